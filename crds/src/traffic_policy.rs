@@ -1,0 +1,532 @@
+//! TrafficPolicy: how traffic to one Service (optionally one port of it) is routed.
+//!
+//! Kubernetes validates what it can (enums, bounds, CEL rules); the operator validates the
+//! rest (regex syntax, subset references) and reports it in status.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::Duration;
+
+/// The desired routing of traffic sent to one Service.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "weir.dev",
+    version = "v1alpha1",
+    kind = "TrafficPolicy",
+    namespaced,
+    status = "TrafficPolicyStatus",
+    shortname = "tp",
+    category = "weir",
+    doc = "Routing, resilience and security policy for traffic sent to one Service",
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.service"),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicySpec {
+    /// The Service (in the policy's namespace) whose traffic this policy governs.
+    pub target_ref: TargetRef,
+    /// Named groups of the target Service's pods, selected by pod labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("subset names must be unique"))]
+    pub subsets: Vec<Subset>,
+    /// Ordered HTTP rules: the first rule whose matches apply routes the request. Requests
+    /// that match no rule go to the Service as a whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub http: Vec<HttpRule>,
+
+    /// Connection limits to each backend (circuit breaking). Not yet translated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+    /// Ejection of backends that keep failing. Not yet translated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+    /// How a backend is picked among the healthy ones. Not yet translated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+    /// A token bucket applied by each receiving proxy. Not yet translated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rate_limit: Option<LocalRateLimit>,
+    /// Who may call the target Service. Not yet translated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+}
+
+/// The Service a policy is attached to.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    /// Name of a Service in the policy's namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub service: String,
+    /// One port of the Service; all its ports when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+}
+
+/// A named group of the target Service's pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Subset {
+    /// Used by destinations, e.g. `v2`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Pod labels that select the subset's pods, e.g. `version: v2`.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("a subset needs at least one label"))]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One ordered routing rule.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.destinations.size() == 1 ? (!has(self.destinations[0].weight) || self.destinations[0].weight == 100) : (self.destinations.all(d, has(d.weight)) && self.destinations.map(d, d.weight).sum() == 100)").message("destination weights must sum to 100 (a single destination may omit its weight)")
+)]
+pub struct HttpRule {
+    /// A name for the rule, used in status messages and stats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub name: Option<String>,
+    /// The rule applies when any match applies; it applies to every request when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub matches: Vec<HttpMatch>,
+    /// Where matching requests go, split by weight.
+    #[schemars(length(min = 1, max = 16))]
+    pub destinations: Vec<Destination>,
+    /// Total time allowed for the request, retries included, e.g. `2s` or `500ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// How failed attempts are retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<Retries>,
+    /// Headers added to or removed from the request before it is forwarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderModifier>,
+    /// Faults injected into matching requests. Not yet translated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultInjection>,
+    /// A copy of matching requests is sent here and its answer dropped. Not yet translated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<Mirror>,
+}
+
+/// Conditions on one request; all the given conditions must hold.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMatch {
+    /// Condition on the request path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// Conditions on request headers; all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<HeaderMatch>,
+    /// Conditions on query parameters; all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub query_params: Vec<QueryParamMatch>,
+    /// The request method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<HttpMethod>,
+}
+
+/// How a path is compared.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathMatchType {
+    /// The whole path equals the value.
+    Exact,
+    /// The path starts with the value, on a segment boundary.
+    Prefix,
+    /// The whole path matches the RE2 regular expression.
+    RegularExpression,
+}
+
+/// A condition on the request path.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'RegularExpression' || self.value.startsWith('/')").message("an Exact or Prefix path must start with '/'"))]
+pub struct PathMatch {
+    /// Exact, Prefix or RegularExpression.
+    #[serde(rename = "type")]
+    pub match_type: PathMatchType,
+    /// The path, prefix or regular expression.
+    #[schemars(length(min = 1, max = 1024))]
+    pub value: String,
+}
+
+/// How a header or query parameter is compared.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StringMatchType {
+    /// Equals the value.
+    Exact,
+    /// Starts with the value.
+    Prefix,
+    /// Matches the RE2 regular expression as a whole.
+    RegularExpression,
+    /// Is present, whatever its value.
+    Present,
+}
+
+/// A condition on one request header.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'Present' ? !has(self.value) : has(self.value)").message("value is required, except with type Present where it must be omitted"))]
+pub struct HeaderMatch {
+    /// Header name, case-insensitive.
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"))]
+    pub name: String,
+    /// Exact, Prefix, RegularExpression or Present.
+    #[serde(rename = "type", default = "default_string_match")]
+    pub match_type: StringMatchType,
+    /// The value, prefix or regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+}
+
+/// A condition on one query parameter.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type == 'Present' ? !has(self.value) : has(self.value)").message("value is required, except with type Present where it must be omitted"))]
+pub struct QueryParamMatch {
+    /// Parameter name, case-sensitive.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Exact, Prefix, RegularExpression or Present.
+    #[serde(rename = "type", default = "default_string_match")]
+    pub match_type: StringMatchType,
+    /// The value, prefix or regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub value: Option<String>,
+}
+
+fn default_string_match() -> StringMatchType {
+    StringMatchType::Exact
+}
+
+/// An HTTP method.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+#[allow(missing_docs)]
+pub enum HttpMethod {
+    Get,
+    Head,
+    Post,
+    Put,
+    Delete,
+    Connect,
+    Options,
+    Trace,
+    Patch,
+}
+
+impl HttpMethod {
+    /// The method as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Head => "HEAD",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Delete => "DELETE",
+            HttpMethod::Connect => "CONNECT",
+            HttpMethod::Options => "OPTIONS",
+            HttpMethod::Trace => "TRACE",
+            HttpMethod::Patch => "PATCH",
+        }
+    }
+}
+
+/// Where matching requests go: a subset of the target Service, the target Service as a whole
+/// (neither `subset` nor `service`), or another Service in the mesh.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.subset) && has(self.service))").message("set subset (of the target Service) or service (another Service), not both"))]
+pub struct Destination {
+    /// A subset of the target Service, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub subset: Option<String>,
+    /// Another Service in the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub service: Option<String>,
+    /// Namespace of `service`; the policy's namespace when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// Port of `service`; required when that Service has more than one port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// Share of the rule's traffic, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub weight: Option<u32>,
+}
+
+/// Retries of failed attempts.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Retries {
+    /// Retries after the first attempt.
+    #[schemars(range(min = 0, max = 10))]
+    pub attempts: u32,
+    /// Time allowed for each attempt, e.g. `500ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// When to retry; `5xx`, `connect-failure`, `refused-stream` and `reset` when omitted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub retry_on: Vec<RetryOn>,
+}
+
+/// A condition that makes an attempt retriable.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum RetryOn {
+    #[serde(rename = "5xx")]
+    FiveXx,
+    #[serde(rename = "gateway-error")]
+    GatewayError,
+    #[serde(rename = "reset")]
+    Reset,
+    #[serde(rename = "connect-failure")]
+    ConnectFailure,
+    #[serde(rename = "refused-stream")]
+    RefusedStream,
+    #[serde(rename = "retriable-4xx")]
+    Retriable4xx,
+    #[serde(rename = "envoy-ratelimited")]
+    EnvoyRateLimited,
+}
+
+impl RetryOn {
+    /// The condition's name in Envoy's `retry_on`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::FiveXx => "5xx",
+            RetryOn::GatewayError => "gateway-error",
+            RetryOn::Reset => "reset",
+            RetryOn::ConnectFailure => "connect-failure",
+            RetryOn::RefusedStream => "refused-stream",
+            RetryOn::Retriable4xx => "retriable-4xx",
+            RetryOn::EnvoyRateLimited => "envoy-ratelimited",
+        }
+    }
+}
+
+/// Request header changes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderModifier {
+    /// Headers set on the request, replacing any value it had.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub set: Vec<HeaderValue>,
+    /// Headers appended to the request, keeping values it had.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub add: Vec<HeaderValue>,
+    /// Names of headers removed from the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub remove: Vec<String>,
+}
+
+/// A header name and value.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct HeaderValue {
+    /// Header name.
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"))]
+    pub name: String,
+    /// Header value.
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// Circuit-breaking limits. Typed now, translated in a later release.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPool {
+    /// Most connections to all backends of the Service at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
+    /// Most requests waiting for a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_pending_requests: Option<u32>,
+    /// Most requests in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_requests: Option<u32>,
+    /// Most retries in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_retries: Option<u32>,
+}
+
+/// Outlier detection. Typed now, translated in a later release.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Consecutive 5xx answers that eject a backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub consecutive_errors: Option<u32>,
+    /// How often backends are evaluated, e.g. `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    /// How long an ejected backend stays out at first, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<Duration>,
+    /// Most backends ejected at once, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// Load balancing algorithm.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum LoadBalancerAlgorithm {
+    RoundRobin,
+    LeastRequest,
+    Random,
+}
+
+/// Load balancing. Typed now, translated in a later release.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancer {
+    /// RoundRobin, LeastRequest or Random.
+    pub algorithm: LoadBalancerAlgorithm,
+}
+
+/// Faults injected into requests. Typed now, translated in a later release.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultInjection {
+    /// Delay added before forwarding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// Requests answered by the proxy with an error status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+/// A delay fault.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    /// How long, e.g. `2s`.
+    pub fixed_delay: Duration,
+    /// Share of requests delayed, in percent.
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: u32,
+}
+
+/// An abort fault.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    /// The status returned.
+    #[schemars(range(min = 200, max = 599))]
+    pub http_status: u16,
+    /// Share of requests aborted, in percent.
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: u32,
+}
+
+/// Request mirroring. Typed now, translated in a later release.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Mirror {
+    /// A subset of the target Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subset: Option<String>,
+    /// Another Service, in the policy's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Share of requests mirrored, in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: Option<u32>,
+}
+
+/// Local rate limiting. Typed now, translated in a later release.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalRateLimit {
+    /// Requests allowed per fill interval.
+    #[schemars(range(min = 1))]
+    pub requests: u32,
+    /// The bucket's refill interval, e.g. `1s`.
+    pub fill_interval: Duration,
+}
+
+/// Authorization of callers. Typed now, translated in a later release.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    /// Deny every request that no rule allows.
+    #[serde(default)]
+    pub default_deny: bool,
+    /// Requests allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allow: Vec<AuthorizationRule>,
+}
+
+/// One authorization rule; all given conditions must hold.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorizationRule {
+    /// Caller service accounts as `namespace/name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub service_accounts: Vec<String>,
+    /// Caller namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub namespaces: Vec<String>,
+    /// Path prefixes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub paths: Vec<String>,
+    /// Methods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub methods: Vec<HttpMethod>,
+}
+
+/// What the operator made of a TrafficPolicy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficPolicyStatus {
+    /// `Accepted`, `ResolvedRefs` and `Programmed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The generation the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,240 @@
+//! Envoy bootstrap generation, shared by `weir-operator bootstrap` and the injector.
+//!
+//! The bootstrap carries the proxy's identity in node metadata ([`ProxyMeta`]); the xDS
+//! server reads it back with [`ProxyMeta::from_node_metadata`] to choose the proxy's profile.
+//! The xDS connection is plaintext gRPC for now; the identity issue swaps
+//! [`xds_cluster`] for one with TLS and file-based call credentials.
+
+use envoy_types::pb::google::protobuf::{value::Kind, Struct};
+use serde_json::{json, Value};
+
+use crate::translate::{Capture, ProxyProfile};
+
+/// Name of the static cluster that reaches the operator.
+pub const XDS_CLUSTER: &str = "weir-xds";
+
+/// Which ADS variant the proxy speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdsProtocol {
+    /// Incremental xDS (the default).
+    Delta,
+    /// State of the world.
+    Sotw,
+}
+
+/// Who a proxy is, as carried in its node metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyMeta {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Capture mode.
+    pub capture: Capture,
+}
+
+const META_NAMESPACE: &str = "NAMESPACE";
+const META_POD: &str = "POD_NAME";
+const META_CAPTURE: &str = "CAPTURE_MODE";
+const META_OUTBOUND_PORT: &str = "OUTBOUND_PORT";
+
+impl ProxyMeta {
+    /// The profile that decides which resources the proxy gets.
+    pub fn profile(&self) -> ProxyProfile {
+        ProxyProfile { capture: self.capture }
+    }
+
+    /// Reads the metadata written by [`bootstrap`]; says which key is missing or malformed.
+    pub fn from_node_metadata(meta: Option<&Struct>) -> Result<ProxyMeta, String> {
+        let get = |key: &str| -> Option<String> {
+            match meta?.fields.get(key)?.kind.as_ref()? {
+                Kind::StringValue(s) => Some(s.clone()),
+                Kind::NumberValue(n) => Some(n.to_string()),
+                _ => None,
+            }
+        };
+        let required = |key: &str| {
+            get(key).ok_or_else(|| {
+                format!("node metadata has no {key}: generate the bootstrap with `weir-operator bootstrap` or the injector")
+            })
+        };
+        let capture = match required(META_CAPTURE)?.as_str() {
+            "transparent" => Capture::Transparent,
+            "explicit" => {
+                let port = required(META_OUTBOUND_PORT)?;
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| format!("node metadata {META_OUTBOUND_PORT}={port:?} is not a port number"))?;
+                Capture::Explicit { port }
+            }
+            other => {
+                return Err(format!("node metadata {META_CAPTURE}={other:?}: expected explicit or transparent"))
+            }
+        };
+        Ok(ProxyMeta { namespace: required(META_NAMESPACE)?, pod: required(META_POD)?, capture })
+    }
+}
+
+/// Everything a bootstrap depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapParams {
+    /// Envoy node id, unique per proxy.
+    pub node_id: String,
+    /// The proxy's identity and capture mode.
+    pub meta: ProxyMeta,
+    /// The operator's xDS address, `host:port`.
+    pub xds_address: String,
+    /// ADS variant.
+    pub protocol: XdsProtocol,
+    /// Envoy admin port, bound to 127.0.0.1.
+    pub admin_port: u16,
+}
+
+/// Why parameters cannot make a bootstrap.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BootstrapError {
+    /// The xDS address is not `host:port`.
+    #[error("xDS address {0:?} is not host:port (e.g. 127.0.0.1:15010 or weir.weir-system.svc:15010)")]
+    BadXdsAddress(String),
+}
+
+/// The bootstrap as JSON (Envoy accepts JSON and YAML alike).
+pub fn bootstrap(params: &BootstrapParams) -> Result<Value, BootstrapError> {
+    let (capture, outbound_port) = match params.meta.capture {
+        Capture::Transparent => ("transparent", None),
+        Capture::Explicit { port } => ("explicit", Some(port.to_string())),
+    };
+    let mut metadata = json!({
+        META_NAMESPACE: params.meta.namespace,
+        META_POD: params.meta.pod,
+        META_CAPTURE: capture,
+    });
+    if let Some(port) = outbound_port {
+        metadata[META_OUTBOUND_PORT] = json!(port);
+    }
+    let api_type = match params.protocol {
+        XdsProtocol::Delta => "DELTA_GRPC",
+        XdsProtocol::Sotw => "GRPC",
+    };
+    Ok(json!({
+        "node": {
+            "id": params.node_id,
+            "cluster": params.meta.namespace,
+            "metadata": metadata,
+        },
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": params.admin_port}},
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{
+                    "envoy_grpc": {
+                        "cluster_name": XDS_CLUSTER,
+                        // Reconnect quickly when the operator restarts or rolls.
+                        "retry_policy": {"retry_back_off": {"base_interval": "0.2s", "max_interval": "2s"}},
+                    },
+                }],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {"clusters": [xds_cluster(&params.xds_address)?]},
+    }))
+}
+
+/// The bootstrap as YAML text.
+pub fn bootstrap_yaml(params: &BootstrapParams) -> Result<String, BootstrapError> {
+    let value = bootstrap(params)?;
+    Ok(serde_yaml::to_string(&value).expect("JSON values always serialize to YAML"))
+}
+
+/// The static cluster that reaches the operator over HTTP/2.
+pub fn xds_cluster(address: &str) -> Result<Value, BootstrapError> {
+    let bad = || BootstrapError::BadXdsAddress(address.to_string());
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    let discovery = if host.parse::<std::net::IpAddr>().is_ok() { "STATIC" } else { "STRICT_DNS" };
+    Ok(json!({
+        "name": XDS_CLUSTER,
+        "type": discovery,
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                    },
+                },
+            },
+        },
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": host, "port_value": port,
+            }}}}]}],
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::Value as PbValue;
+
+    fn params(capture: Capture) -> BootstrapParams {
+        BootstrapParams {
+            node_id: "reviews-v1-abc.default".into(),
+            meta: ProxyMeta { namespace: "default".into(), pod: "reviews-v1-abc".into(), capture },
+            xds_address: "127.0.0.1:15010".into(),
+            protocol: XdsProtocol::Delta,
+            admin_port: 15000,
+        }
+    }
+
+    #[test]
+    fn metadata_round_trips_through_the_node_struct() {
+        for capture in [Capture::Transparent, Capture::Explicit { port: 15001 }] {
+            let json = bootstrap(&params(capture)).unwrap();
+            let fields = json["node"]["metadata"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| {
+                    (k.clone(), PbValue { kind: Some(Kind::StringValue(v.as_str().unwrap().to_string())) })
+                })
+                .collect();
+            let meta = ProxyMeta::from_node_metadata(Some(&Struct { fields })).unwrap();
+            assert_eq!(meta, params(capture).meta);
+        }
+    }
+
+    #[test]
+    fn missing_metadata_names_the_key() {
+        let err = ProxyMeta::from_node_metadata(None).unwrap_err();
+        assert!(err.contains("CAPTURE_MODE"), "{err}");
+    }
+
+    #[test]
+    fn dns_names_use_strict_dns_and_ips_static() {
+        assert_eq!(xds_cluster("10.0.0.1:15010").unwrap()["type"], "STATIC");
+        assert_eq!(xds_cluster("weir.weir-system.svc:15010").unwrap()["type"], "STRICT_DNS");
+        assert_eq!(xds_cluster("[::1]:15010").unwrap()["type"], "STATIC");
+        assert!(xds_cluster("no-port").is_err());
+        assert!(xds_cluster(":15010").is_err());
+    }
+
+    #[test]
+    fn sotw_uses_grpc_api_type() {
+        let mut p = params(Capture::Transparent);
+        p.protocol = XdsProtocol::Sotw;
+        assert_eq!(bootstrap(&p).unwrap()["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
+    }
+}

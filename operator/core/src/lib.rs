@@ -1,0 +1,28 @@
+//! Weir's pure core. Data flow:
+//!
+//! ```text
+//! Event (apply/delete) -> Index (trimmed model, dirty set)
+//!                      -> Translator (per-Service clusters, load assignments, virtual hosts)
+//!                      -> MeshSnapshots (per-profile snapshots with change lists)
+//! ```
+//!
+//! plus policy validation and status ([`policy`], [`status`]) and bootstrap generation
+//! ([`bootstrap`]). Nothing here does I/O: no Kubernetes client, no gRPC transport, no
+//! sockets. The only outside types are Kubernetes objects (k8s-openapi) and Envoy messages
+//! (envoy-types, used for its message types only).
+#![deny(warnings)]
+#![forbid(unsafe_code)]
+
+pub mod bootstrap;
+pub mod index;
+pub mod policy;
+pub mod resources;
+pub mod snapshot;
+pub mod status;
+pub mod testing;
+pub mod translate;
+
+pub use index::{Event, Index, Kind, Object, ObjectKey};
+pub use resources::{Resource, ResourceType};
+pub use snapshot::{MeshSnapshots, Snapshot};
+pub use translate::{Capture, ProxyProfile};

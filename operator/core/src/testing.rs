@@ -1,0 +1,119 @@
+//! `mk_*` builders for tests and benchmarks: Kubernetes objects as a user would write them,
+//! with only the fields that matter set.
+
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use std::collections::BTreeMap;
+use weir_api::{Destination, HttpRule, Subset, TargetRef, TrafficPolicy, TrafficPolicySpec};
+
+fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        namespace: Some(ns.into()),
+        name: Some(name.into()),
+        labels: (!labels.is_empty())
+            .then(|| labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+        ..Default::default()
+    }
+}
+
+/// A ClusterIP Service with named ports (`http` for the first, `p<port>` for the others).
+pub fn mk_service(ns: &str, name: &str, cluster_ip: &str, ports: &[u16]) -> Service {
+    Service {
+        metadata: meta(ns, name, &[]),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(cluster_ip.into()),
+            ports: Some(
+                ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| ServicePort {
+                        name: Some(port_name(i, *p)),
+                        port: i32::from(*p),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The name `mk_service` gives its i-th port.
+pub fn port_name(i: usize, port: u16) -> String {
+    if i == 0 {
+        "http".into()
+    } else {
+        format!("p{port}")
+    }
+}
+
+/// A Pod with labels.
+pub fn mk_pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> Pod {
+    Pod { metadata: meta(ns, name, labels), ..Default::default() }
+}
+
+/// An EndpointSlice of `service` with one port named `port_name` and ready endpoints
+/// (address, pod name).
+pub fn mk_slice(ns: &str, name: &str, service: &str, port_name: &str, port: u16, endpoints: &[(&str, &str)]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: meta(ns, name, &[("kubernetes.io/service-name", service)]),
+        address_type: "IPv4".into(),
+        ports: Some(vec![EndpointPort {
+            name: Some(port_name.into()),
+            port: Some(i32::from(port)),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        endpoints: endpoints
+            .iter()
+            .map(|(ip, pod)| Endpoint {
+                addresses: vec![ip.to_string()],
+                conditions: Some(EndpointConditions { ready: Some(true), ..Default::default() }),
+                target_ref: Some(ObjectReference {
+                    kind: Some("Pod".into()),
+                    name: Some(pod.to_string()),
+                    namespace: Some(ns.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// A rule sending everything to the given destinations.
+pub fn mk_rule(destinations: Vec<Destination>) -> HttpRule {
+    HttpRule { destinations, ..Default::default() }
+}
+
+/// A spec targeting `service` that splits all traffic over subsets `(name, weight)`, each
+/// subset selecting `version: <name>`.
+pub fn mk_policy_spec(service: &str, split: &[(&str, u32)]) -> TrafficPolicySpec {
+    TrafficPolicySpec {
+        target_ref: TargetRef { service: service.into(), port: None },
+        subsets: split
+            .iter()
+            .map(|(name, _)| Subset {
+                name: name.to_string(),
+                labels: BTreeMap::from([("version".to_string(), name.to_string())]),
+            })
+            .collect(),
+        http: vec![mk_rule(
+            split
+                .iter()
+                .map(|(name, w)| Destination { subset: Some(name.to_string()), weight: Some(*w), ..Default::default() })
+                .collect(),
+        )],
+        ..Default::default()
+    }
+}
+
+/// A TrafficPolicy object.
+pub fn mk_policy(ns: &str, name: &str, spec: TrafficPolicySpec) -> TrafficPolicy {
+    let mut tp = TrafficPolicy::new(name, spec);
+    tp.metadata.namespace = Some(ns.into());
+    tp
+}

@@ -1,0 +1,303 @@
+//! Translation from the index to Envoy resources. Pure and deterministic.
+//!
+//! The [`Translator`] keeps, per Service, the clusters, load assignments and virtual hosts it
+//! produced, and redoes only the Services the index marks dirty: an EndpointSlice change
+//! re-encodes that Service's load assignments and nothing else. Clusters and load
+//! assignments are shared by every proxy; listeners and route tables depend on the proxy's
+//! capture mode and are assembled from the per-Service virtual hosts by [`assemble`].
+
+pub mod cluster;
+pub mod endpoint;
+pub mod listener;
+pub mod names;
+pub mod route;
+
+use envoy_types::pb::envoy::config::route::v3::VirtualHost;
+use imbl::OrdMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::index::{Index, ObjectKey, ServiceModel};
+use crate::resources::Resource;
+use crate::status::{resolve_policies, PolicyOutcome};
+
+/// How a proxy receives the application's traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Capture {
+    /// iptables redirects outbound traffic to 15001 and inbound to 15006.
+    Transparent,
+    /// The application sends plain HTTP to 127.0.0.1:<port> (local mode, no iptables).
+    Explicit {
+        /// The outbound listener's port.
+        port: u16,
+    },
+}
+
+/// What the resources served to a proxy depend on. Proxies with the same profile share one
+/// snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProxyProfile {
+    /// Capture mode.
+    pub capture: Capture,
+}
+
+/// Names of resources that changed in one translation pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// Clusters added or changed.
+    pub clusters: Vec<Arc<str>>,
+    /// Clusters removed.
+    pub clusters_removed: Vec<Arc<str>>,
+    /// Load assignments added or changed.
+    pub endpoints: Vec<Arc<str>>,
+    /// Load assignments removed.
+    pub endpoints_removed: Vec<Arc<str>>,
+    /// Some virtual host changed, so route tables (and maybe listeners) must be reassembled.
+    pub routes: bool,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.clusters.is_empty()
+            && self.clusters_removed.is_empty()
+            && self.endpoints.is_empty()
+            && self.endpoints_removed.is_empty()
+            && !self.routes
+    }
+}
+
+/// A virtual host with the names that carry no port, kept apart because explicit mode can
+/// give them to only one port per Service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortVirtualHost {
+    /// The virtual host with port-qualified domains.
+    pub vhost: VirtualHost,
+    /// Domains without the port.
+    pub bare_domains: Vec<String>,
+    /// Whether explicit mode gives the bare names to this port (port 80, else the lowest).
+    pub owns_bare_names: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+struct ServiceOutput {
+    /// Cluster (and load assignment) names with, for subsets, the labels selecting pods.
+    clusters: Vec<(Arc<str>, u16, Option<BTreeMap<String, String>>)>,
+    ports: Vec<u16>,
+}
+
+/// Incremental translator. See the module docs.
+#[derive(Debug, Default)]
+pub struct Translator {
+    services: HashMap<ObjectKey, ServiceOutput>,
+    clusters: OrdMap<Arc<str>, Resource>,
+    endpoints: OrdMap<Arc<str>, Resource>,
+    vhosts: BTreeMap<(ObjectKey, u16), Arc<PortVirtualHost>>,
+    routes_generation: u64,
+}
+
+impl Translator {
+    /// An empty translator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Redoes what the index marks dirty and reports what changed.
+    pub fn update(&mut self, index: &mut Index) -> Changes {
+        let dirty = index.take_dirty();
+        let mut changes = Changes::default();
+        for key in &dirty.services {
+            self.translate_service(index, key, &mut changes);
+        }
+        for key in dirty.endpoints.difference(&dirty.services) {
+            self.translate_endpoints(index, key, &mut changes);
+        }
+        if changes.routes {
+            self.routes_generation += 1;
+        }
+        changes
+    }
+
+    /// All clusters shared by every proxy.
+    pub fn clusters(&self) -> &OrdMap<Arc<str>, Resource> {
+        &self.clusters
+    }
+
+    /// All load assignments.
+    pub fn endpoints(&self) -> &OrdMap<Arc<str>, Resource> {
+        &self.endpoints
+    }
+
+    /// Bumps whenever a virtual host changes.
+    pub fn routes_generation(&self) -> u64 {
+        self.routes_generation
+    }
+
+    /// Virtual hosts in (Service, port) order.
+    pub fn virtual_hosts(&self) -> impl Iterator<Item = (&(ObjectKey, u16), &Arc<PortVirtualHost>)> {
+        self.vhosts.iter()
+    }
+
+    fn translate_service(&mut self, index: &Index, key: &ObjectKey, changes: &mut Changes) {
+        let old = self.services.remove(key).unwrap_or_default();
+        let mut new = ServiceOutput::default();
+        if let Some(svc) = index.service(key) {
+            let outcomes = resolve_policies(index, key);
+            let bare_port = svc.ports.iter().map(|p| p.port).find(|p| *p == 80).or_else(|| svc.ports.iter().map(|p| p.port).min());
+            for port in &svc.ports {
+                let winner = outcomes.iter().find_map(|(_, o)| match o {
+                    PolicyOutcome::Active { policy, ports } if ports.contains(&port.port) => Some(policy.clone()),
+                    _ => None,
+                });
+                let spec = winner.as_ref().map(|p| &p.spec);
+                new.ports.push(port.port);
+                new.clusters.push((names::cluster_name(key, port.port, None).into(), port.port, None));
+                for subset in spec.map(|s| s.subsets.as_slice()).unwrap_or_default() {
+                    let name = names::cluster_name(key, port.port, Some(&subset.name));
+                    new.clusters.push((name.into(), port.port, Some(subset.labels.clone())));
+                }
+                let vhost = route::virtual_host(index, key, port.port, None, false, spec);
+                let bare_domains = names::domains(key, port.port, None, true)
+                    .into_iter()
+                    .filter(|d| !vhost.domains.contains(d))
+                    .collect();
+                let mut vhost = vhost;
+                if let Some(ip) = &svc.cluster_ip {
+                    vhost.domains.push(format!("{ip}:{}", port.port));
+                }
+                let mut bare_domains: Vec<String> = bare_domains;
+                if let Some(ip) = &svc.cluster_ip {
+                    bare_domains.push(ip.clone());
+                }
+                let entry = PortVirtualHost { vhost, bare_domains, owns_bare_names: Some(port.port) == bare_port };
+                let slot = (key.clone(), port.port);
+                if self.vhosts.get(&slot).map(|v| v.as_ref()) != Some(&entry) {
+                    self.vhosts.insert(slot, Arc::new(entry));
+                    changes.routes = true;
+                }
+            }
+        }
+        // Drop what the Service no longer produces.
+        let kept: BTreeSet<&Arc<str>> = new.clusters.iter().map(|(n, _, _)| n).collect();
+        for (name, _, _) in &old.clusters {
+            if !kept.contains(name) {
+                if self.clusters.remove(name).is_some() {
+                    changes.clusters_removed.push(name.clone());
+                }
+                if self.endpoints.remove(name).is_some() {
+                    changes.endpoints_removed.push(name.clone());
+                }
+            }
+        }
+        for port in old.ports.iter().filter(|p| !new.ports.contains(p)) {
+            if self.vhosts.remove(&(key.clone(), *port)).is_some() {
+                changes.routes = true;
+            }
+        }
+        for (name, _, _) in &new.clusters {
+            let resource = Resource::new(name.clone(), &cluster::eds_cluster(name));
+            upsert(&mut self.clusters, resource, &mut changes.clusters);
+        }
+        if let Some(svc) = index.service(key) {
+            self.write_endpoints(index, key, svc, &new, changes);
+        }
+        if !new.clusters.is_empty() {
+            self.services.insert(key.clone(), new);
+        }
+    }
+
+    fn translate_endpoints(&mut self, index: &Index, key: &ObjectKey, changes: &mut Changes) {
+        let (Some(svc), Some(out)) = (index.service(key), self.services.get(key)) else { return };
+        let out = out.clone();
+        self.write_endpoints(index, key, svc, &out, changes);
+    }
+
+    fn write_endpoints(&mut self, index: &Index, key: &ObjectKey, svc: &ServiceModel, out: &ServiceOutput, changes: &mut Changes) {
+        for (name, port, subset) in &out.clusters {
+            let Some(service_port) = svc.ports.iter().find(|p| p.port == *port) else { continue };
+            let mut eps: Vec<(&str, u16)> = Vec::new();
+            for slice in index.slices_for(key) {
+                let Some((_, target)) = slice.ports.iter().find(|(n, _)| *n == service_port.name) else { continue };
+                for ep in slice.endpoints.iter().filter(|e| e.ready) {
+                    if let Some(labels) = subset {
+                        let pod_labels = ep.pod.as_ref().and_then(|p| index.pod_labels(p));
+                        let selected = pod_labels.is_some_and(|pl| labels.iter().all(|(k, v)| pl.get(k) == Some(v)));
+                        if !selected {
+                            continue;
+                        }
+                    }
+                    eps.push((ep.address.as_str(), *target));
+                }
+            }
+            eps.sort_unstable();
+            eps.dedup();
+            let resource = Resource::new(name.clone(), &endpoint::load_assignment(name, eps));
+            upsert(&mut self.endpoints, resource, &mut changes.endpoints);
+        }
+    }
+}
+
+fn upsert(map: &mut OrdMap<Arc<str>, Resource>, resource: Resource, changed: &mut Vec<Arc<str>>) {
+    if map.get(&resource.name).map(|r| r.version) != Some(resource.version) {
+        changed.push(resource.name.clone());
+        map.insert(resource.name.clone(), resource);
+    }
+}
+
+/// Listeners and route tables for one profile.
+pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resource>, Vec<Resource>) {
+    match profile.capture {
+        Capture::Explicit { port } => {
+            let vhosts = translator
+                .virtual_hosts()
+                .map(|(_, v)| {
+                    let mut vhost = v.vhost.clone();
+                    if v.owns_bare_names {
+                        vhost.domains.extend(v.bare_domains.iter().cloned());
+                    }
+                    vhost
+                })
+                .collect();
+            let routes = route::route_configuration(names::EXPLICIT_ROUTE_CONFIG, vhosts);
+            (
+                vec![Resource::new(names::OUTBOUND_LISTENER, &listener::explicit_outbound(port))],
+                vec![Resource::new(names::EXPLICIT_ROUTE_CONFIG, &routes)],
+            )
+        }
+        Capture::Transparent => {
+            let mut by_port: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
+            for ((_, port), v) in translator.virtual_hosts() {
+                let mut vhost = v.vhost.clone();
+                vhost.domains.extend(v.bare_domains.iter().cloned());
+                by_port.entry(*port).or_default().push(vhost);
+            }
+            let ports: Vec<u16> = by_port.keys().copied().collect();
+            let routes = by_port
+                .into_iter()
+                .map(|(port, vhosts)| {
+                    let name = names::port_route_config(port);
+                    Resource::new(name.clone(), &route::route_configuration(&name, vhosts))
+                })
+                .collect();
+            let listeners = vec![
+                Resource::new(names::OUTBOUND_LISTENER, &listener::transparent_outbound(&ports)),
+                Resource::new(names::INBOUND_LISTENER, &listener::transparent_inbound()),
+            ];
+            (listeners, routes)
+        }
+    }
+}
+
+/// Clusters a profile needs beyond the shared ones.
+pub fn profile_clusters(profile: &ProxyProfile) -> Vec<Resource> {
+    match profile.capture {
+        Capture::Explicit { .. } => Vec::new(),
+        Capture::Transparent => vec![
+            Resource::new(names::PASSTHROUGH_CLUSTER, &cluster::original_dst_cluster(names::PASSTHROUGH_CLUSTER)),
+            Resource::new(
+                names::INBOUND_PASSTHROUGH_CLUSTER,
+                &cluster::original_dst_cluster(names::INBOUND_PASSTHROUGH_CLUSTER),
+            ),
+        ],
+    }
+}

@@ -1,0 +1,58 @@
+//! Stable names: the contract between clusters, endpoints and routes, and what operators see
+//! in Envoy stats and the debug endpoints.
+
+use crate::index::ObjectKey;
+
+/// The cluster DNS suffix.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// `name.ns.svc.cluster.local`.
+pub fn fqdn(svc: &ObjectKey) -> String {
+    format!("{}.{}.svc.{CLUSTER_DOMAIN}", svc.name, svc.namespace)
+}
+
+/// `outbound|<port>|<subset>|<fqdn>`; the subset part is empty for the Service as a whole.
+pub fn cluster_name(svc: &ObjectKey, port: u16, subset: Option<&str>) -> String {
+    format!("outbound|{port}|{}|{}", subset.unwrap_or(""), fqdn(svc))
+}
+
+/// Virtual host name: `<fqdn>:<port>`.
+pub fn vhost_name(svc: &ObjectKey, port: u16) -> String {
+    format!("{}:{port}", fqdn(svc))
+}
+
+/// Every name a client in any namespace may use for a Service port: each DNS form with and
+/// (when `bare` is set) without the port, plus the ClusterIP with and without the port.
+/// The short `name` form is only resolvable from the Service's own namespace, but it is
+/// harmless elsewhere and saves a per-namespace route table.
+pub fn domains(svc: &ObjectKey, port: u16, cluster_ip: Option<&str>, bare: bool) -> Vec<String> {
+    let hosts = [
+        svc.name.clone(),
+        format!("{}.{}", svc.name, svc.namespace),
+        format!("{}.{}.svc", svc.name, svc.namespace),
+        fqdn(svc),
+    ];
+    let mut out = Vec::with_capacity(10);
+    for host in hosts.iter().map(String::as_str).chain(cluster_ip) {
+        out.push(format!("{host}:{port}"));
+        if bare {
+            out.push(host.to_string());
+        }
+    }
+    out
+}
+
+/// Listener names.
+pub const OUTBOUND_LISTENER: &str = "outbound";
+/// The inbound listener in transparent mode.
+pub const INBOUND_LISTENER: &str = "inbound";
+/// Route configuration of the explicit outbound listener.
+pub const EXPLICIT_ROUTE_CONFIG: &str = "outbound";
+/// Route configuration for one port in transparent mode.
+pub fn port_route_config(port: u16) -> String {
+    format!("outbound|{port}")
+}
+/// Cluster for traffic to destinations outside the mesh (transparent mode).
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// Cluster for inbound traffic to the local application (transparent mode).
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";

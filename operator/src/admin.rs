@@ -1,0 +1,102 @@
+//! The admin HTTP server: health, readiness, Prometheus metrics, mesh status and debug views.
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use weir_core::ResourceType;
+
+use crate::engine::Engine;
+
+/// The admin routes.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .route("/debug/proxies", get(proxies))
+        .route("/debug/config", get(config))
+        .with_state(engine)
+}
+
+/// Serves the admin routes on `listener` until `shutdown` resolves.
+pub async fn serve(
+    engine: Arc<Engine>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(engine)).with_graceful_shutdown(shutdown).await
+}
+
+async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
+    if engine.is_synced() {
+        "ready\n".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "the source has not delivered its initial state yet\n").into_response()
+    }
+}
+
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        engine.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn status(State(engine): State<Arc<Engine>>) -> Response {
+    Json(engine.mesh_status()).into_response()
+}
+
+async fn proxies(State(engine): State<Arc<Engine>>) -> Response {
+    Json(engine.proxies.list()).into_response()
+}
+
+#[derive(Deserialize)]
+struct ConfigQuery {
+    node: String,
+}
+
+#[derive(Serialize)]
+struct ServedResource {
+    name: String,
+    version: String,
+    bytes: usize,
+}
+
+#[derive(Serialize)]
+struct ServedType {
+    version: String,
+    resources: Vec<ServedResource>,
+}
+
+/// What the node is served now: per type, every resource with its version and size.
+async fn config(State(engine): State<Arc<Engine>>, Query(q): Query<ConfigQuery>) -> Response {
+    let Some(proxy) = engine.proxies.list().into_iter().find(|p| p.node == q.node) else {
+        return (StatusCode::NOT_FOUND, format!("no connected proxy has node id {:?}; see /debug/proxies\n", q.node))
+            .into_response();
+    };
+    let snapshot = engine.current(proxy.profile);
+    let types: std::collections::BTreeMap<&str, ServedType> = ResourceType::ALL
+        .into_iter()
+        .map(|t| {
+            let resources = snapshot
+                .of(t)
+                .values()
+                .map(|r| ServedResource { name: r.name.to_string(), version: r.version_string(), bytes: r.body.value.len() })
+                .collect();
+            (t.short(), ServedType { version: snapshot.version_string(t), resources })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "node": proxy.node,
+        "generation": snapshot.generation,
+        "proxy": proxy,
+        "served": types,
+    }))
+    .into_response()
+}

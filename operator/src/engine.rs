@@ -1,0 +1,289 @@
+//! The engine: the one place where the index, the translator and the published snapshots
+//! live, shared by the sources (which feed events), the xDS streams (which subscribe to a
+//! profile's snapshot) and the admin server (which reads status).
+//!
+//! ```text
+//! source --Vec<Event>--> run_pipeline (debounce) --> Engine::apply --> index -> translate
+//!                                                        --> watch::Sender per profile --> ADS streams
+//! ```
+//!
+//! Changes that arrive close together are coalesced: the pipeline waits for a short quiet
+//! period, and never more than [`MAX_DELAY`] after the first change of a batch.
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{mpsc, watch};
+use weir_core::status::{policy_statuses, PolicyStatus};
+use weir_core::{Event, Index, MeshSnapshots, ProxyProfile, Resource, ResourceType, Snapshot};
+
+use crate::metrics::Metrics;
+use crate::xds::proxies::ProxyRegistry;
+
+/// Longest a change waits for others to join its batch.
+pub const MAX_DELAY: Duration = Duration::from_millis(100);
+/// A batch closes after this long without a new change.
+pub const QUIET: Duration = Duration::from_millis(10);
+
+/// A document a source could not load, as reported in status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceError {
+    /// Where it came from (local mode: the file path).
+    pub source: String,
+    /// Which YAML document in the file (0-based), when known.
+    pub document: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+struct Inner {
+    index: Index,
+    snapshots: MeshSnapshots,
+}
+
+/// Shared state of a running control plane. See the module docs.
+pub struct Engine {
+    inner: Mutex<Inner>,
+    senders: Mutex<HashMap<ProxyProfile, watch::Sender<Arc<Snapshot>>>>,
+    source_errors: Mutex<Vec<SourceError>>,
+    last_push: Mutex<Option<SystemTime>>,
+    synced: std::sync::atomic::AtomicBool,
+    closing: watch::Sender<bool>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Connected proxies.
+    pub proxies: Arc<ProxyRegistry>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Engine")
+    }
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Engine {
+    /// An engine with an empty index.
+    pub fn new() -> Engine {
+        Engine {
+            inner: Mutex::new(Inner { index: Index::new(), snapshots: MeshSnapshots::new() }),
+            senders: Mutex::new(HashMap::new()),
+            source_errors: Mutex::new(Vec::new()),
+            last_push: Mutex::new(None),
+            synced: false.into(),
+            closing: watch::channel(false).0,
+            metrics: Arc::new(Metrics::new()),
+            proxies: Arc::new(ProxyRegistry::default()),
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies a batch of events, translates, and publishes the snapshots that changed.
+    pub fn apply(&self, events: Vec<Event>) {
+        let started = Instant::now();
+        let published = {
+            let mut inner = self.inner();
+            let Inner { index, snapshots } = &mut *inner;
+            for event in events {
+                index.apply(event);
+            }
+            snapshots.update(index).1
+        };
+        self.metrics.translation_seconds.observe(started.elapsed().as_secs_f64());
+        self.publish(published);
+    }
+
+    /// Serves a resource as given to every proxy, beside the translated ones. For tests
+    /// and debugging: this bypasses translation and validation on purpose.
+    pub fn insert_raw(&self, t: ResourceType, resource: Resource) {
+        let published = self.inner().snapshots.insert_raw(t, resource);
+        self.publish(published);
+    }
+
+    /// Stops serving a resource added by [`Engine::insert_raw`].
+    pub fn remove_raw(&self, t: ResourceType, name: &str) {
+        let published = self.inner().snapshots.remove_raw(t, name);
+        self.publish(published);
+    }
+
+    fn publish(&self, published: Vec<(ProxyProfile, Arc<Snapshot>)>) {
+        if published.is_empty() {
+            return;
+        }
+        let senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        for (profile, snapshot) in published {
+            if let Err(err) = weir_core::snapshot::check_consistency(profile, &snapshot) {
+                // Never publish a snapshot that would leave Envoy waiting for a resource.
+                tracing::error!(%err, "snapshot held back");
+                self.metrics.snapshots_inconsistent.inc();
+                continue;
+            }
+            if let Some(tx) = senders.get(&profile) {
+                tx.send_replace(snapshot);
+                self.metrics.snapshots_published.inc();
+            }
+        }
+    }
+
+    /// Subscribes to a profile's snapshots; the receiver holds the current one.
+    pub fn subscribe(&self, profile: ProxyProfile) -> watch::Receiver<Arc<Snapshot>> {
+        let snapshot = self.inner().snapshots.snapshot(profile);
+        let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        senders.entry(profile).or_insert_with(|| watch::channel(snapshot).0).subscribe()
+    }
+
+    /// The snapshot a profile's proxies are served.
+    pub fn current(&self, profile: ProxyProfile) -> Arc<Snapshot> {
+        self.inner().snapshots.snapshot(profile)
+    }
+
+    /// Asks every xDS stream to end, so that proxies reconnect (to another replica, or to
+    /// this one once it is back).
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`Engine::close_streams`] was called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|closing| *closing).await;
+        }
+    }
+
+    /// Records that something was sent to a proxy.
+    pub fn note_push(&self) {
+        *self.last_push.lock().unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
+    }
+
+    /// Replaces the source's load errors.
+    pub fn set_source_errors(&self, errors: Vec<SourceError>) {
+        self.metrics.source_errors.set(errors.len() as i64);
+        *self.source_errors.lock().unwrap_or_else(PoisonError::into_inner) = errors;
+    }
+
+    /// The source has delivered its initial state.
+    pub fn mark_synced(&self) {
+        self.synced.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the source has delivered its initial state (readiness).
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Status of every policy, with `Programmed` from the proxies' ACKs.
+    pub fn policy_statuses(&self) -> Vec<PolicyStatus> {
+        let mut statuses = policy_statuses(&self.inner().index);
+        let proxies = self.proxies.list();
+        let routes_acked = proxies.iter().all(|p| {
+            p.types.get(ResourceType::Route.short()).is_none_or(|s| s.pending_nonce.is_none() && s.nack.is_none())
+        });
+        for status in &mut statuses {
+            let accepted = status.accepted().status;
+            let (ok, reason, message) = match (status.active, accepted, proxies.is_empty(), routes_acked) {
+                (false, _, _, _) => (false, "NotProgrammed", "The policy is not in any route table; see Accepted and ResolvedRefs".to_string()),
+                (true, false, _, _) => (false, "Invalid", "The previous valid version is programmed; the latest is rejected, see Accepted".to_string()),
+                (true, true, true, _) => (false, "NoProxies", "No proxy is connected to carry the policy yet".to_string()),
+                (true, true, false, false) => (false, "Pending", "Some proxies have not ACKed the route tables that carry the policy yet".to_string()),
+                (true, true, false, true) => (true, "Programmed", format!("ACKed by all {} connected proxies", proxies.len())),
+            };
+            status.conditions.push(weir_core::status::ConditionView { type_: "Programmed", status: ok, reason, message });
+        }
+        statuses
+    }
+
+    /// The MeshStatus as served on `/status`.
+    pub fn mesh_status(&self) -> MeshStatusView {
+        let policies = self.policy_statuses();
+        let proxies = self.proxies.list();
+        let rejected: Vec<_> = policies.iter().filter(|p| !p.accepted().status).collect();
+        let counts = self.inner().index.counts();
+        let last_push = *self.last_push.lock().unwrap_or_else(PoisonError::into_inner);
+        MeshStatusView {
+            status: weir_api::MeshStatusStatus {
+                proxies_connected: proxies.len() as u32,
+                proxies_in_sync: proxies.iter().filter(|p| p.in_sync()).count() as u32,
+                policies_accepted: (policies.len() - rejected.len()) as u32,
+                policies_rejected: rejected.len() as u32,
+                certificates_issued: 0,
+                last_push: last_push.map(rfc3339),
+                rejected_policies: rejected
+                    .iter()
+                    .take(50)
+                    .map(|p| weir_api::PolicyProblem {
+                        namespace: p.namespace.clone(),
+                        name: p.name.clone(),
+                        reason: p.accepted().reason.to_string(),
+                        message: p.accepted().message.clone(),
+                    })
+                    .collect(),
+                rejected_config: proxies
+                    .iter()
+                    .flat_map(|p| {
+                        p.types.iter().filter_map(|(t, s)| {
+                            s.nack.as_ref().map(|m| weir_api::ProxyProblem {
+                                node: p.node.clone(),
+                                type_url: t.to_string(),
+                                message: m.clone(),
+                            })
+                        })
+                    })
+                    .take(50)
+                    .collect(),
+                conditions: Vec::new(),
+            },
+            policies,
+            source_errors: self.source_errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            objects: counts,
+        }
+    }
+}
+
+/// `/status`: the MeshStatus status plus per-policy conditions and source errors.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshStatusView {
+    /// What `kubectl get meshstatus` shows.
+    pub status: weir_api::MeshStatusStatus,
+    /// Conditions of every policy.
+    pub policies: Vec<PolicyStatus>,
+    /// Documents the source could not load.
+    pub source_errors: Vec<SourceError>,
+    /// What the index holds.
+    pub objects: weir_core::index::IndexCounts,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let ts = k8s_openapi::jiff::Timestamp::from_second(secs as i64).unwrap_or_default();
+    ts.to_string()
+}
+
+/// Feeds batches from a source into the engine, coalescing bursts.
+pub async fn run_pipeline(engine: Arc<Engine>, mut rx: mpsc::Receiver<Vec<Event>>) {
+    while let Some(mut events) = rx.recv().await {
+        let deadline = tokio::time::Instant::now() + MAX_DELAY;
+        loop {
+            let quiet_end = (tokio::time::Instant::now() + QUIET).min(deadline);
+            match tokio::time::timeout_at(quiet_end, rx.recv()).await {
+                Ok(Some(more)) => events.extend(more),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let engine = engine.clone();
+        // Translation is CPU work; keep it off the async workers that serve streams.
+        if tokio::task::spawn_blocking(move || engine.apply(events)).await.is_err() {
+            tracing::error!("translation panicked; the previous snapshots keep serving");
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! The Weir operator: everything with I/O around the pure core.
+//!
+//! ```text
+//! local::run (directory) --Vec<Event>--> engine::run_pipeline --> Engine (index, translator,
+//! snapshots) --> xds (ADS streams, SotW and delta) --> Envoy
+//!                                            admin (HTTP) reads the Engine
+//! ```
+#![deny(warnings)]
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod engine;
+pub mod local;
+pub mod metrics;
+pub mod xds;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+pub use engine::Engine;
+
+/// A running local-mode control plane.
+#[derive(Debug)]
+pub struct LocalControlPlane {
+    /// Shared state, for tests and embedding.
+    pub engine: Arc<Engine>,
+    /// Where ADS is served.
+    pub xds_addr: SocketAddr,
+    /// Where the admin HTTP server is.
+    pub admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Errors starting local mode.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The directory is missing or not a directory.
+    #[error("{0} is not a directory: give --dir a directory of YAML manifests")]
+    NotADirectory(PathBuf),
+    /// An address could not be bound.
+    #[error("cannot listen on {addr} for {what}: {source} (is another operator running? pick another address)")]
+    Bind {
+        /// xDS or admin.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl LocalControlPlane {
+    /// Starts the directory source, the pipeline, the xDS server and the admin server.
+    pub async fn start(dir: PathBuf, xds_addr: SocketAddr, admin_addr: SocketAddr) -> Result<Self, StartError> {
+        if !dir.is_dir() {
+            return Err(StartError::NotADirectory(dir));
+        }
+        let engine = Arc::new(Engine::new());
+        let xds_listener =
+            xds::bind(xds_addr).await.map_err(|source| StartError::Bind { what: "xDS", addr: xds_addr, source })?;
+        let admin_listener = tokio::net::TcpListener::bind(admin_addr)
+            .await
+            .map_err(|source| StartError::Bind { what: "admin", addr: admin_addr, source })?;
+        let xds_addr = xds_listener.local_addr().map_err(|source| StartError::Bind { what: "xDS", addr: xds_addr, source })?;
+        let admin_addr =
+            admin_listener.local_addr().map_err(|source| StartError::Bind { what: "admin", addr: admin_addr, source })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let signal = move || {
+            let mut rx = shutdown_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let (tx, rx) = mpsc::channel(64);
+        let mut tasks = Vec::new();
+        let stop = signal();
+        let source_engine = engine.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = local::run(dir, source_engine, tx) => {}
+                _ = stop => {}
+            }
+        }));
+        tasks.push(tokio::spawn(engine::run_pipeline(engine.clone(), rx)));
+        let xds_engine = engine.clone();
+        let stop = signal();
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = xds::serve(xds_engine, xds_listener, stop).await {
+                tracing::error!(%err, "xDS server failed");
+            }
+        }));
+        let admin_engine = engine.clone();
+        let stop = signal();
+        tasks.push(tokio::spawn(async move {
+            if let Err(err) = admin::serve(admin_engine, admin_listener, stop).await {
+                tracing::error!(%err, "admin server failed");
+            }
+        }));
+        tracing::info!(%xds_addr, %admin_addr, "local mode started");
+        Ok(LocalControlPlane { engine, xds_addr, admin_addr, shutdown, tasks })
+    }
+
+    /// Ends every xDS stream (proxies reconnect elsewhere or later), stops accepting new
+    /// ones, and stops every task, waiting at most [`STOP_GRACE`] for them.
+    pub async fn stop(mut self) {
+        self.engine.close_streams();
+        let _ = self.shutdown.send(true);
+        let tasks = &mut self.tasks;
+        let all_done = async {
+            for task in tasks.iter_mut() {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(STOP_GRACE, all_done).await.is_err() {
+            tracing::warn!("tasks still running after {STOP_GRACE:?}; aborting them");
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// How long [`LocalControlPlane::stop`] waits for streams and servers to wind down.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+

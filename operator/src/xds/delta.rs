@@ -1,0 +1,271 @@
+//! Incremental (delta) ADS: per type, the stream tracks the proxy's subscriptions and the
+//! version of every resource it has, and sends only differences: changed resources and the
+//! names of removed ones. A reconnecting proxy reports what it has
+//! (`initial_resource_versions`) and is sent only what differs; versions are content hashes,
+//! so this holds across operator restarts too.
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as PbResource,
+};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+use weir_core::{ResourceType, Snapshot};
+
+use super::proxies::ProxyHandle;
+use crate::engine::Engine;
+
+#[derive(Debug, Default)]
+struct TypeStream {
+    subscribed: bool,
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// What the proxy has, by name: the version we sent (or it reported on reconnect).
+    has: HashMap<String, u64>,
+    nonce: Option<String>,
+}
+
+impl TypeStream {
+    fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+struct Stream {
+    engine: Arc<Engine>,
+    node: String,
+    proxy: ProxyHandle,
+    types: [TypeStream; 4],
+    nonce: u64,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+}
+
+/// Runs one delta stream until the proxy goes away.
+pub async fn run(
+    engine: Arc<Engine>,
+    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+) {
+    let first = match inbound.message().await {
+        Ok(Some(req)) => req,
+        _ => return,
+    };
+    let (node, meta) = match super::identify(first.node.as_ref()) {
+        Ok(id) => id,
+        Err(status) => {
+            tracing::warn!(%status, "refusing xDS stream");
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let mut snapshots = engine.subscribe(meta.profile());
+    let mut snapshot = snapshots.borrow_and_update().clone();
+    let proxy = engine.proxies.register(node.clone(), "delta", &meta);
+    engine.metrics.connected_proxies.inc();
+    tracing::info!(node, namespace = meta.namespace, pod = meta.pod, "proxy connected (delta)");
+    let mut stream = Stream { engine: engine.clone(), node: node.clone(), proxy, types: Default::default(), nonce: 0, tx };
+
+    let closed = engine.closed();
+    tokio::pin!(closed);
+    let mut next = Some(first);
+    loop {
+        if let Some(req) = next.take() {
+            if stream.on_request(&snapshot, req).await.is_err() {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = &mut closed => break,
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => next = Some(req),
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(node, %status, "stream ended");
+                    break;
+                }
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let fresh = snapshots.borrow_and_update().clone();
+                let contiguous = fresh.generation == snapshot.generation + 1;
+                snapshot = fresh;
+                if stream.on_snapshot(&snapshot, contiguous).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    engine.metrics.connected_proxies.dec();
+    tracing::info!(node, "proxy disconnected (delta)");
+}
+
+impl Stream {
+    async fn on_request(&mut self, snapshot: &Snapshot, req: DeltaDiscoveryRequest) -> Result<(), ()> {
+        let Some(t) = ResourceType::from_type_url(&req.type_url) else {
+            tracing::debug!(node = self.node, type_url = req.type_url, "ignoring request for a type Weir does not serve");
+            return Ok(());
+        };
+        let state = &mut self.types[t.idx()];
+        if !req.response_nonce.is_empty() {
+            if state.nonce.as_deref() == Some(req.response_nonce.as_str()) {
+                state.nonce = None;
+                match &req.error_detail {
+                    Some(err) => {
+                        super::count_nack(&self.engine, &self.node, t, &err.message);
+                        self.proxy.update(|p| {
+                            let s = p.state(t);
+                            s.pending_nonce = None;
+                            s.nack = Some(err.message.clone());
+                        });
+                    }
+                    None => self.proxy.update(|p| {
+                        let s = p.state(t);
+                        s.pending_nonce = None;
+                        s.nack = None;
+                        s.acked_version = s.sent_version.clone();
+                    }),
+                }
+            }
+            // A delta request may also change subscriptions, so it is not done yet.
+        }
+
+        let first = !state.subscribed;
+        let mut new_names = Vec::new();
+        if first {
+            state.subscribed = true;
+            for (name, version) in &req.initial_resource_versions {
+                // Unparseable versions count as "has something else", which forces a resend.
+                state.has.insert(name.clone(), u64::from_str_radix(version, 16).unwrap_or(u64::MAX));
+            }
+            if req.resource_names_subscribe.is_empty() && t.is_wildcard_by_default() {
+                state.wildcard = true;
+            }
+            self.proxy.update(|p| p.state(t).subscribed = true);
+        }
+        for name in &req.resource_names_subscribe {
+            if name == "*" {
+                state.wildcard = true;
+            } else if state.names.insert(name.clone()) {
+                new_names.push(name.clone());
+            }
+        }
+        for name in &req.resource_names_unsubscribe {
+            if name == "*" {
+                state.wildcard = false;
+            } else {
+                state.names.remove(name);
+            }
+            if !state.wants(name) {
+                state.has.remove(name);
+            }
+        }
+
+        // Everything the proxy wants and does not have at the current version.
+        let mut updates: Vec<Arc<str>> = Vec::new();
+        let mut removed: Vec<String> = Vec::new();
+        if first || !req.resource_names_subscribe.is_empty() {
+            let candidates: Vec<Arc<str>> = if state.wildcard {
+                snapshot.of(t).keys().cloned().collect()
+            } else {
+                state.names.iter().filter_map(|n| snapshot.of(t).get_key_value(n.as_str()).map(|(k, _)| k.clone())).collect()
+            };
+            for name in candidates {
+                let version = snapshot.of(t).get(&name).map(|r| r.version);
+                if state.has.get(name.as_ref()).copied() != version {
+                    updates.push(name);
+                }
+            }
+            // What the proxy has (from before a reconnect) that no longer exists.
+            removed.extend(state.has.keys().filter(|n| !snapshot.of(t).contains_key(n.as_str())).cloned());
+            // Newly asked-for names that do not exist: say so, or Envoy waits for them.
+            removed.extend(new_names.into_iter().filter(|n| !snapshot.of(t).contains_key(n.as_str()) && !state.has.contains_key(n)));
+        }
+        if first || !updates.is_empty() || !removed.is_empty() {
+            return self.respond(snapshot, t, updates, removed).await;
+        }
+        Ok(())
+    }
+
+    async fn on_snapshot(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), ()> {
+        self.proxy.update(|p| p.generation = snapshot.generation);
+        for t in ResourceType::ALL {
+            let state = &self.types[t.idx()];
+            if !state.subscribed {
+                continue;
+            }
+            let (updates, removed): (Vec<Arc<str>>, Vec<String>) = if contiguous {
+                let updates = snapshot.changed[t.idx()]
+                    .iter()
+                    .filter(|n| state.wants(n))
+                    .filter(|n| state.has.get(n.as_ref()).copied() != snapshot.of(t).get(*n).map(|r| r.version))
+                    .cloned()
+                    .collect();
+                let removed = snapshot.removed[t.idx()]
+                    .iter()
+                    .filter(|n| state.has.contains_key(n.as_ref()))
+                    .map(|n| n.to_string())
+                    .collect();
+                (updates, removed)
+            } else {
+                let updates = snapshot
+                    .of(t)
+                    .iter()
+                    .filter(|(n, _)| state.wants(n))
+                    .filter(|(n, r)| state.has.get(n.as_ref()).copied() != Some(r.version))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                let removed =
+                    state.has.keys().filter(|n| !snapshot.of(t).contains_key(n.as_str())).cloned().collect();
+                (updates, removed)
+            };
+            if !updates.is_empty() || !removed.is_empty() {
+                self.respond(snapshot, t, updates, removed).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn respond(&mut self, snapshot: &Snapshot, t: ResourceType, updates: Vec<Arc<str>>, removed: Vec<String>) -> Result<(), ()> {
+        let state = &mut self.types[t.idx()];
+        let mut resources = Vec::with_capacity(updates.len());
+        for name in &updates {
+            if let Some(r) = snapshot.of(t).get(name) {
+                state.has.insert(name.to_string(), r.version);
+                resources.push(PbResource {
+                    name: name.to_string(),
+                    version: r.version_string(),
+                    resource: Some((*r.body).clone()),
+                    ..Default::default()
+                });
+            }
+        }
+        for name in &removed {
+            state.has.remove(name);
+        }
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        state.nonce = Some(nonce.clone());
+        let version = snapshot.version_string(t);
+        let count = resources.len();
+        self.proxy.update(|p| {
+            let s = p.state(t);
+            s.sent_version = Some(version.clone());
+            s.pending_nonce = Some(nonce.clone());
+            s.pushes += 1;
+            s.resources_sent += count as u64;
+        });
+        super::count_push(&self.engine, t, count);
+        let response = DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources,
+            type_url: t.type_url().to_string(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        };
+        self.tx.send(Ok(response)).await.map_err(|_| ())
+    }
+}
