@@ -5,6 +5,8 @@
 #![deny(warnings)]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// kube-derive repeats `type_` across printcolumn attributes, which this lint misreads.
+#![allow(clippy::duplicated_attributes)]
 
 mod duration;
 mod mesh_identity;

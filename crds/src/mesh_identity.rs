@@ -17,9 +17,17 @@ use crate::Duration;
     status = "MeshIdentityStatus",
     category = "weir",
     doc = "The mesh's trust domain, certificate authority and mTLS mode",
-    printcolumn(name = "TrustDomain", type_ = "string", json_path = ".spec.trustDomain"),
+    printcolumn(
+        name = "TrustDomain",
+        type_ = "string",
+        json_path = ".spec.trustDomain"
+    ),
     printcolumn(name = "mTLS", type_ = "string", json_path = ".spec.mtls.mode"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MeshIdentitySpec {

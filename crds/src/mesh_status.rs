@@ -15,13 +15,37 @@ use serde::{Deserialize, Serialize};
     status = "MeshStatusStatus",
     category = "weir",
     doc = "The state of the mesh: proxies, policies, certificates. Written by the operator",
-    printcolumn(name = "Proxies", type_ = "integer", json_path = ".status.proxiesConnected"),
-    printcolumn(name = "InSync", type_ = "integer", json_path = ".status.proxiesInSync"),
-    printcolumn(name = "Accepted", type_ = "integer", json_path = ".status.policiesAccepted"),
-    printcolumn(name = "Rejected", type_ = "integer", json_path = ".status.policiesRejected"),
-    printcolumn(name = "Certs", type_ = "integer", json_path = ".status.certificatesIssued"),
+    printcolumn(
+        name = "Proxies",
+        type_ = "integer",
+        json_path = ".status.proxiesConnected"
+    ),
+    printcolumn(
+        name = "InSync",
+        type_ = "integer",
+        json_path = ".status.proxiesInSync"
+    ),
+    printcolumn(
+        name = "Accepted",
+        type_ = "integer",
+        json_path = ".status.policiesAccepted"
+    ),
+    printcolumn(
+        name = "Rejected",
+        type_ = "integer",
+        json_path = ".status.policiesRejected"
+    ),
+    printcolumn(
+        name = "Certs",
+        type_ = "integer",
+        json_path = ".status.certificatesIssued"
+    ),
     printcolumn(name = "LastPush", type_ = "date", json_path = ".status.lastPush"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 pub struct MeshStatusSpec {}
 

@@ -22,7 +22,11 @@ use crate::Duration;
     shortname = "tp",
     category = "weir",
     doc = "Routing, resilience and security policy for traffic sent to one Service",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.service"),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.targetRef.service"
+    ),
     printcolumn(
         name = "Accepted",
         type_ = "string",
@@ -33,7 +37,11 @@ use crate::Duration;
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
@@ -85,7 +93,10 @@ pub struct TargetRef {
 #[serde(rename_all = "camelCase")]
 pub struct Subset {
     /// Used by destinations, e.g. `v2`.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Pod labels that select the subset's pods, e.g. `version: v2`.
     #[x_kube(validation = Rule::new("self.size() > 0").message("a subset needs at least one label"))]
@@ -190,7 +201,10 @@ pub enum StringMatchType {
 #[x_kube(validation = Rule::new("self.type == 'Present' ? !has(self.value) : has(self.value)").message("value is required, except with type Present where it must be omitted"))]
 pub struct HeaderMatch {
     /// Header name, case-insensitive.
-    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"))]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+    )]
     pub name: String,
     /// Exact, Prefix, RegularExpression or Present.
     #[serde(rename = "type", default = "default_string_match")]
@@ -356,7 +370,10 @@ pub struct HeaderModifier {
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct HeaderValue {
     /// Header name.
-    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"))]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+    )]
     pub name: String,
     /// Header value.
     #[schemars(length(max = 4096))]

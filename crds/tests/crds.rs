@@ -36,10 +36,12 @@ fn check_structural(node: &Value, path: &str, problems: &mut Vec<String>) {
         Some("object") => {
             let props = map.get("properties").and_then(Value::as_object);
             let additional = map.get("additionalProperties");
-            if props.is_none() && additional.is_none() && !preserve && path != "" {
+            if props.is_none() && additional.is_none() && !preserve && !path.is_empty() {
                 // An empty object with no properties is allowed only for an empty spec.
                 if !path.ends_with(".spec") {
-                    problems.push(format!("{path}: free-form object without preserve-unknown-fields"));
+                    problems.push(format!(
+                        "{path}: free-form object without preserve-unknown-fields"
+                    ));
                 }
             }
             for (name, child) in props.into_iter().flatten() {
@@ -63,7 +65,9 @@ fn check_structural(node: &Value, path: &str, problems: &mut Vec<String>) {
         if let Some(branches) = map.get(junction) {
             let text = branches.to_string();
             if text.contains("\"type\"") || text.contains("\"properties\"") {
-                problems.push(format!("{path}: {junction} must not declare types or properties"));
+                problems.push(format!(
+                    "{path}: {junction} must not declare types or properties"
+                ));
             }
         }
     }
@@ -78,7 +82,11 @@ fn every_crd_schema_is_structural() {
             let mut problems = Vec::new();
             check_structural(schema, "", &mut problems);
             assert!(problems.is_empty(), "{file}: {problems:#?}");
-            assert_eq!(version["subresources"]["status"], serde_json::json!({}), "{file}: status subresource");
+            assert_eq!(
+                version["subresources"]["status"],
+                serde_json::json!({}),
+                "{file}: status subresource"
+            );
         }
     }
 }

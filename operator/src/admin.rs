@@ -29,20 +29,29 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(engine))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
     if engine.is_synced() {
         "ready\n".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "the source has not delivered its initial state yet\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the source has not delivered its initial state yet\n",
+        )
+            .into_response()
     }
 }
 
 async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         engine.metrics.encode(),
     )
         .into_response()
@@ -77,7 +86,13 @@ struct ServedType {
 /// What the node is served now: per type, every resource with its version and size.
 async fn config(State(engine): State<Arc<Engine>>, Query(q): Query<ConfigQuery>) -> Response {
     let Some(proxy) = engine.proxies.list().into_iter().find(|p| p.node == q.node) else {
-        return (StatusCode::NOT_FOUND, format!("no connected proxy has node id {:?}; see /debug/proxies\n", q.node))
+        return (
+            StatusCode::NOT_FOUND,
+            format!(
+                "no connected proxy has node id {:?}; see /debug/proxies\n",
+                q.node
+            ),
+        )
             .into_response();
     };
     let snapshot = engine.current(proxy.profile);
@@ -87,9 +102,19 @@ async fn config(State(engine): State<Arc<Engine>>, Query(q): Query<ConfigQuery>)
             let resources = snapshot
                 .of(t)
                 .values()
-                .map(|r| ServedResource { name: r.name.to_string(), version: r.version_string(), bytes: r.body.value.len() })
+                .map(|r| ServedResource {
+                    name: r.name.to_string(),
+                    version: r.version_string(),
+                    bytes: r.body.value.len(),
+                })
                 .collect();
-            (t.short(), ServedType { version: snapshot.version_string(t), resources })
+            (
+                t.short(),
+                ServedType {
+                    version: snapshot.version_string(t),
+                    resources,
+                },
+            )
         })
         .collect();
     Json(serde_json::json!({

@@ -72,7 +72,10 @@ impl Engine {
     /// An engine with an empty index.
     pub fn new() -> Engine {
         Engine {
-            inner: Mutex::new(Inner { index: Index::new(), snapshots: MeshSnapshots::new() }),
+            inner: Mutex::new(Inner {
+                index: Index::new(),
+                snapshots: MeshSnapshots::new(),
+            }),
             senders: Mutex::new(HashMap::new()),
             source_errors: Mutex::new(Vec::new()),
             last_push: Mutex::new(None),
@@ -98,7 +101,9 @@ impl Engine {
             }
             snapshots.update(index).1
         };
-        self.metrics.translation_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .translation_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.publish(published);
     }
 
@@ -138,7 +143,10 @@ impl Engine {
     pub fn subscribe(&self, profile: ProxyProfile) -> watch::Receiver<Arc<Snapshot>> {
         let snapshot = self.inner().snapshots.snapshot(profile);
         let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
-        senders.entry(profile).or_insert_with(|| watch::channel(snapshot).0).subscribe()
+        senders
+            .entry(profile)
+            .or_insert_with(|| watch::channel(snapshot).0)
+            .subscribe()
     }
 
     /// The snapshot a profile's proxies are served.
@@ -162,13 +170,19 @@ impl Engine {
 
     /// Records that something was sent to a proxy.
     pub fn note_push(&self) {
-        *self.last_push.lock().unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
+        *self
+            .last_push
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
     }
 
     /// Replaces the source's load errors.
     pub fn set_source_errors(&self, errors: Vec<SourceError>) {
         self.metrics.source_errors.set(errors.len() as i64);
-        *self.source_errors.lock().unwrap_or_else(PoisonError::into_inner) = errors;
+        *self
+            .source_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = errors;
     }
 
     /// The source has delivered its initial state.
@@ -186,7 +200,9 @@ impl Engine {
         let mut statuses = policy_statuses(&self.inner().index);
         let proxies = self.proxies.list();
         let routes_acked = proxies.iter().all(|p| {
-            p.types.get(ResourceType::Route.short()).is_none_or(|s| s.pending_nonce.is_none() && s.nack.is_none())
+            p.types
+                .get(ResourceType::Route.short())
+                .is_none_or(|s| s.pending_nonce.is_none() && s.nack.is_none())
         });
         for status in &mut statuses {
             let accepted = status.accepted().status;
@@ -197,7 +213,12 @@ impl Engine {
                 (true, true, false, false) => (false, "Pending", "Some proxies have not ACKed the route tables that carry the policy yet".to_string()),
                 (true, true, false, true) => (true, "Programmed", format!("ACKed by all {} connected proxies", proxies.len())),
             };
-            status.conditions.push(weir_core::status::ConditionView { type_: "Programmed", status: ok, reason, message });
+            status.conditions.push(weir_core::status::ConditionView {
+                type_: "Programmed",
+                status: ok,
+                reason,
+                message,
+            });
         }
         statuses
     }
@@ -208,7 +229,10 @@ impl Engine {
         let proxies = self.proxies.list();
         let rejected: Vec<_> = policies.iter().filter(|p| !p.accepted().status).collect();
         let counts = self.inner().index.counts();
-        let last_push = *self.last_push.lock().unwrap_or_else(PoisonError::into_inner);
+        let last_push = *self
+            .last_push
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         MeshStatusView {
             status: weir_api::MeshStatusStatus {
                 proxies_connected: proxies.len() as u32,
@@ -243,7 +267,11 @@ impl Engine {
                 conditions: Vec::new(),
             },
             policies,
-            source_errors: self.source_errors.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            source_errors: self
+                .source_errors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             objects: counts,
         }
     }
@@ -264,7 +292,10 @@ pub struct MeshStatusView {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let ts = k8s_openapi::jiff::Timestamp::from_second(secs as i64).unwrap_or_default();
     ts.to_string()
 }
@@ -282,7 +313,10 @@ pub async fn run_pipeline(engine: Arc<Engine>, mut rx: mpsc::Receiver<Vec<Event>
         }
         let engine = engine.clone();
         // Translation is CPU work; keep it off the async workers that serve streams.
-        if tokio::task::spawn_blocking(move || engine.apply(events)).await.is_err() {
+        if tokio::task::spawn_blocking(move || engine.apply(events))
+            .await
+            .is_err()
+        {
             tracing::error!("translation panicked; the previous snapshots keep serving");
         }
     }

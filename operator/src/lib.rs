@@ -54,19 +54,43 @@ pub enum StartError {
 
 impl LocalControlPlane {
     /// Starts the directory source, the pipeline, the xDS server and the admin server.
-    pub async fn start(dir: PathBuf, xds_addr: SocketAddr, admin_addr: SocketAddr) -> Result<Self, StartError> {
+    pub async fn start(
+        dir: PathBuf,
+        xds_addr: SocketAddr,
+        admin_addr: SocketAddr,
+    ) -> Result<Self, StartError> {
         if !dir.is_dir() {
             return Err(StartError::NotADirectory(dir));
         }
         let engine = Arc::new(Engine::new());
-        let xds_listener =
-            xds::bind(xds_addr).await.map_err(|source| StartError::Bind { what: "xDS", addr: xds_addr, source })?;
+        let xds_listener = xds::bind(xds_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "xDS",
+                addr: xds_addr,
+                source,
+            })?;
         let admin_listener = tokio::net::TcpListener::bind(admin_addr)
             .await
-            .map_err(|source| StartError::Bind { what: "admin", addr: admin_addr, source })?;
-        let xds_addr = xds_listener.local_addr().map_err(|source| StartError::Bind { what: "xDS", addr: xds_addr, source })?;
-        let admin_addr =
-            admin_listener.local_addr().map_err(|source| StartError::Bind { what: "admin", addr: admin_addr, source })?;
+            .map_err(|source| StartError::Bind {
+                what: "admin",
+                addr: admin_addr,
+                source,
+            })?;
+        let xds_addr = xds_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "xDS",
+                addr: xds_addr,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "admin",
+                addr: admin_addr,
+                source,
+            })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let signal = move || {
             let mut rx = shutdown_rx.clone();
@@ -100,7 +124,13 @@ impl LocalControlPlane {
             }
         }));
         tracing::info!(%xds_addr, %admin_addr, "local mode started");
-        Ok(LocalControlPlane { engine, xds_addr, admin_addr, shutdown, tasks })
+        Ok(LocalControlPlane {
+            engine,
+            xds_addr,
+            admin_addr,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Ends every xDS stream (proxies reconnect elsewhere or later), stops accepting new
@@ -125,4 +155,3 @@ impl LocalControlPlane {
 
 /// How long [`LocalControlPlane::stop`] waits for streams and servers to wind down.
 pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
-

@@ -49,7 +49,11 @@ pub struct DirSource {
 impl DirSource {
     /// A source over `dir`; nothing is read until [`DirSource::scan`].
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        DirSource { dir: dir.into(), files: BTreeMap::new(), current: HashMap::new() }
+        DirSource {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            current: HashMap::new(),
+        }
     }
 
     /// Reads the directory and returns the events that bring the index up to date, and the
@@ -63,7 +67,11 @@ impl DirSource {
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
                 Err(err) => {
-                    errors.push(SourceError { source: path.display().to_string(), document: None, message: format!("cannot read: {err}") });
+                    errors.push(SourceError {
+                        source: path.display().to_string(),
+                        document: None,
+                        message: format!("cannot read: {err}"),
+                    });
                     // Keep what the file gave before.
                     if let Some(old) = self.files.remove(&path) {
                         seen.insert(path, old);
@@ -77,10 +85,23 @@ impl DirSource {
                 old => {
                     let (objects, file_errors) = parse_file(&path, &text);
                     for e in &file_errors {
-                        tracing::warn!(file = e.source, document = e.document, "{}; keeping the file's last good version", e.message);
+                        tracing::warn!(
+                            file = e.source,
+                            document = e.document,
+                            "{}; keeping the file's last good version",
+                            e.message
+                        );
                     }
-                    let objects = if file_errors.is_empty() { objects } else { old.map(|o| o.objects).unwrap_or_default() };
-                    FileState { content_hash, objects, errors: file_errors }
+                    let objects = if file_errors.is_empty() {
+                        objects
+                    } else {
+                        old.map(|o| o.objects).unwrap_or_default()
+                    };
+                    FileState {
+                        content_hash,
+                        objects,
+                        errors: file_errors,
+                    }
                 }
             };
             errors.extend(state.errors.iter().cloned());
@@ -107,7 +128,7 @@ impl DirSource {
             .map(|(id, l)| (id.clone(), l.object.clone()))
             .collect();
         applies.sort_by(|a, b| a.0.cmp(&b.0));
-        events.extend(applies.into_iter().map(|(_, o)| Event::Apply(o)));
+        events.extend(applies.into_iter().map(|(_, o)| Event::apply(o)));
         self.current = next.into_iter().map(|(id, l)| (id, l.hash)).collect();
         (events, errors)
     }
@@ -117,20 +138,30 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<SourceError
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(err) => {
-            errors.push(SourceError { source: dir.display().to_string(), document: None, message: format!("cannot read directory: {err}") });
+            errors.push(SourceError {
+                source: dir.display().to_string(),
+                document: None,
+                message: format!("cannot read directory: {err}"),
+            });
             return;
         }
     };
     let mut entries: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
     entries.sort();
     for path in entries {
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let hidden = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
         if hidden {
             continue;
         }
         if path.is_dir() {
             collect_yaml(&path, out, errors);
-        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        } else if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             out.push(path);
         }
     }
@@ -143,7 +174,11 @@ fn parse_file(path: &Path, text: &str) -> (Vec<Loaded>, Vec<SourceError>) {
     let mut errors = Vec::new();
     let source = path.display().to_string();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let error = |message: String| SourceError { source: source.clone(), document: Some(i), message };
+        let error = |message: String| SourceError {
+            source: source.clone(),
+            document: Some(i),
+            message,
+        };
         let value = match serde_yaml::Value::deserialize(doc) {
             Ok(serde_yaml::Value::Null) => continue,
             Ok(v) => v,
@@ -155,7 +190,9 @@ fn parse_file(path: &Path, text: &str) -> (Vec<Loaded>, Vec<SourceError>) {
         let json = match serde_json::to_value(&value) {
             Ok(j) => j,
             Err(err) => {
-                errors.push(error(format!("cannot be read as JSON-compatible data: {err}")));
+                errors.push(error(format!(
+                    "cannot be read as JSON-compatible data: {err}"
+                )));
                 continue;
             }
         };
@@ -172,13 +209,29 @@ fn parse_file(path: &Path, text: &str) -> (Vec<Loaded>, Vec<SourceError>) {
 }
 
 fn to_object(json: serde_json::Value) -> Result<Option<Object>, String> {
-    let api_version = json.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let kind = json.get("kind").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let name = json.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("<unnamed>").to_string();
+    let api_version = json
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let kind = json
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let name = json
+        .pointer("/metadata/name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("<unnamed>")
+        .to_string();
     if kind.is_empty() || api_version.is_empty() {
         return Err("document has no apiVersion or kind: every document needs both".into());
     }
-    fn parse<T: serde::de::DeserializeOwned>(json: serde_json::Value, kind: &str, name: &str) -> Result<T, String> {
+    fn parse<T: serde::de::DeserializeOwned>(
+        json: serde_json::Value,
+        kind: &str,
+        name: &str,
+    ) -> Result<T, String> {
         serde_path_to_error::deserialize(json).map_err(|err| {
             let path = err.path().to_string();
             format!("{kind} {name}: field {path}: {}", err.inner())
@@ -187,11 +240,18 @@ fn to_object(json: serde_json::Value) -> Result<Option<Object>, String> {
     let object = match (api_version.as_str(), kind.as_str()) {
         ("v1", "Service") => Object::Service(parse(json, &kind, &name)?),
         ("v1", "Pod") => Object::Pod(parse(json, &kind, &name)?),
-        ("discovery.k8s.io/v1", "EndpointSlice") => Object::EndpointSlice(parse(json, &kind, &name)?),
-        (weir_api::API_VERSION, "TrafficPolicy") => Object::TrafficPolicy(parse(json, &kind, &name)?),
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            Object::EndpointSlice(parse(json, &kind, &name)?)
+        }
+        (weir_api::API_VERSION, "TrafficPolicy") => {
+            Object::TrafficPolicy(parse(json, &kind, &name)?)
+        }
         (weir_api::API_VERSION, "MeshIdentity") => Object::MeshIdentity(parse(json, &kind, &name)?),
         (v, "TrafficPolicy" | "MeshIdentity") => {
-            return Err(format!("{kind} {name}: apiVersion {v} is not served: use {}", weir_api::API_VERSION))
+            return Err(format!(
+                "{kind} {name}: apiVersion {v} is not served: use {}",
+                weir_api::API_VERSION
+            ))
         }
         _ => return Ok(None),
     };
@@ -277,18 +337,30 @@ mod tests {
         assert_eq!(errors.len(), 1);
         assert!(errors[0].source.ends_with("svc.yaml"));
         assert_eq!(errors[0].document, Some(0));
-        assert!(errors[0].message.contains("spec.ports[0].port"), "{}", errors[0].message);
+        assert!(
+            errors[0].message.contains("spec.ports[0].port"),
+            "{}",
+            errors[0].message
+        );
 
         std::fs::remove_file(dir.join("svc.yaml")).unwrap();
         let (events, errors) = source.scan();
-        assert!(matches!(events.as_slice(), [Event::Delete(Kind::Service, k)] if k.name == "reviews"));
+        assert!(
+            matches!(events.as_slice(), [Event::Delete(Kind::Service, k)] if k.name == "reviews")
+        );
         assert!(errors.is_empty());
     }
 
     #[test]
     fn other_kinds_are_skipped_and_unchanged_files_yield_nothing() {
         let dir = tempdir();
-        write(&dir, "all.yaml", &format!("{SERVICE}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: x}}\n---\n"));
+        write(
+            &dir,
+            "all.yaml",
+            &format!(
+                "{SERVICE}---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: x}}\n---\n"
+            ),
+        );
         let mut source = DirSource::new(&dir);
         assert_eq!(source.scan().0.len(), 1);
         assert!(source.scan().0.is_empty());
@@ -299,7 +371,11 @@ mod tests {
         let dir = tempdir();
         write(&dir, "tp.yaml", "apiVersion: weir.dev/v1\nkind: TrafficPolicy\nmetadata: {name: x}\nspec: {targetRef: {service: reviews}}\n");
         let (_, errors) = DirSource::new(&dir).scan();
-        assert!(errors[0].message.contains("use weir.dev/v1alpha1"), "{}", errors[0].message);
+        assert!(
+            errors[0].message.contains("use weir.dev/v1alpha1"),
+            "{}",
+            errors[0].message
+        );
     }
 
     fn tempdir() -> PathBuf {

@@ -13,7 +13,11 @@ use weir_core::bootstrap::{bootstrap_yaml, BootstrapParams, ProxyMeta, XdsProtoc
 use weir_core::Capture;
 
 #[derive(Parser)]
-#[command(name = "weir-operator", version, about = "The Weir service mesh control plane")]
+#[command(
+    name = "weir-operator",
+    version,
+    about = "The Weir service mesh control plane"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,27 +83,45 @@ enum CaptureArg {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Local { dir, xds_addr, admin_addr } => {
+        Command::Local {
+            dir,
+            xds_addr,
+            admin_addr,
+        } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
                 .init();
             let plane = weir_operator::LocalControlPlane::start(dir, xds_addr, admin_addr).await?;
-            shutdown_signal().await.context("waiting for a shutdown signal")?;
+            shutdown_signal()
+                .await
+                .context("waiting for a shutdown signal")?;
             tracing::info!("shutting down");
             plane.stop().await;
             Ok(())
         }
-        Command::Bootstrap { node_id, namespace, pod, xds_addr, xds_protocol, capture, outbound_port, admin_port } => {
+        Command::Bootstrap {
+            node_id,
+            namespace,
+            pod,
+            xds_addr,
+            xds_protocol,
+            capture,
+            outbound_port,
+            admin_port,
+        } => {
             let params = BootstrapParams {
                 node_id,
                 meta: ProxyMeta {
                     namespace,
                     pod,
                     capture: match capture {
-                        CaptureArg::Explicit => Capture::Explicit { port: outbound_port },
+                        CaptureArg::Explicit => Capture::Explicit {
+                            port: outbound_port,
+                        },
                         CaptureArg::Transparent => Capture::Transparent,
                     },
                 },

@@ -1,7 +1,9 @@
 //! Prometheus metrics of the operator, exposed as text on the admin server's `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
+use prometheus_client::metrics::{
+    counter::Counter, family::Family, gauge::Gauge, histogram::Histogram,
+};
 use prometheus_client::registry::Registry;
 
 /// Labels of per-type xDS metrics.
@@ -52,27 +54,52 @@ impl Metrics {
         let pushed_resources = Family::<TypeLabels, Counter>::default();
         let nacks = Family::<TypeLabels, Counter>::default();
         let connected_proxies = Gauge::default();
-        let translation_seconds =
-            Histogram::new([0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]);
+        let translation_seconds = Histogram::new([
+            0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
         let snapshots_published = Counter::default();
         let snapshots_inconsistent = Counter::default();
         let source_errors = Gauge::default();
-        registry.register("xds_pushes", "xDS responses sent to proxies", pushes.clone());
-        registry.register("xds_pushed_resources", "Resources carried by xDS responses", pushed_resources.clone());
-        registry.register("xds_nacks", "Config rejections (NACKs) received from proxies", nacks.clone());
-        registry.register("xds_connected_proxies", "Proxies with an open ADS stream", connected_proxies.clone());
+        registry.register(
+            "xds_pushes",
+            "xDS responses sent to proxies",
+            pushes.clone(),
+        );
+        registry.register(
+            "xds_pushed_resources",
+            "Resources carried by xDS responses",
+            pushed_resources.clone(),
+        );
+        registry.register(
+            "xds_nacks",
+            "Config rejections (NACKs) received from proxies",
+            nacks.clone(),
+        );
+        registry.register(
+            "xds_connected_proxies",
+            "Proxies with an open ADS stream",
+            connected_proxies.clone(),
+        );
         registry.register(
             "translation_seconds",
             "Time to apply a batch of changes and translate it",
             translation_seconds.clone(),
         );
-        registry.register("snapshots_published", "Per-profile snapshots published", snapshots_published.clone());
+        registry.register(
+            "snapshots_published",
+            "Per-profile snapshots published",
+            snapshots_published.clone(),
+        );
         registry.register(
             "snapshots_inconsistent",
             "Snapshots held back because they failed the consistency check",
             snapshots_inconsistent.clone(),
         );
-        registry.register("source_errors", "Source documents that currently fail to load", source_errors.clone());
+        registry.register(
+            "source_errors",
+            "Source documents that currently fail to load",
+            source_errors.clone(),
+        );
         Metrics {
             registry,
             pushes,
@@ -89,7 +116,8 @@ impl Metrics {
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

@@ -39,7 +39,10 @@ where
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
 }
 
 /// The Envoy binary: `ENVOY_BIN`, else `.venv/bin/envoy` (installed by `make envoy`).
@@ -66,7 +69,10 @@ pub fn scratch_dir(label: &str) -> PathBuf {
 
 /// A port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
 }
 
 /// How a backend behaves.
@@ -108,9 +114,15 @@ impl Backend {
                     tokio::time::sleep(d).await;
                 }
                 if n < behavior.fail_first {
-                    return (StatusCode::SERVICE_UNAVAILABLE, format!("{name} failing on purpose"));
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("{name} failing on purpose"),
+                    );
                 }
-                let echo = headers.get("x-weir-test").and_then(|v| v.to_str().ok()).unwrap_or("");
+                let echo = headers
+                    .get("x-weir-test")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
                 (StatusCode::OK, format!("{name}\n{echo}"))
             }
         };
@@ -118,7 +130,12 @@ impl Backend {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Backend { name: name.to_string(), addr, hits, task })
+        Ok(Backend {
+            name: name.to_string(),
+            addr,
+            hits,
+            task,
+        })
     }
 }
 
@@ -137,7 +154,14 @@ pub fn service_yaml(ns: &str, name: &str, cluster_ip: &str, port: u16) -> String
 
 /// YAML for a Pod with labels and an EndpointSlice of `service` with the pod's one endpoint
 /// at `addr`: how a backend joins a Service in local mode.
-pub fn endpoint_yaml(ns: &str, service: &str, pod: &str, labels: &[(&str, &str)], addr: SocketAddr, ready: bool) -> String {
+pub fn endpoint_yaml(
+    ns: &str,
+    service: &str,
+    pod: &str,
+    labels: &[(&str, &str)],
+    addr: SocketAddr,
+    ready: bool,
+) -> String {
     let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {pod}\n  namespace: {ns}\n  labels: {{{labels}}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {service}-{pod}\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports:\n- {{name: http, port: {port}, protocol: TCP}}\nendpoints:\n- addresses: [\"{ip}\"]\n  conditions: {{ready: {ready}}}\n  targetRef: {{kind: Pod, name: {pod}, namespace: {ns}}}\n",
@@ -173,27 +197,60 @@ pub struct Envoy {
 impl Envoy {
     /// Starts Envoy with a bootstrap for an explicit-capture proxy pointed at `xds_addr`,
     /// and waits until it is ready (its listeners and clusters arrived).
-    pub async fn start(node_id: &str, xds_addr: SocketAddr, protocol: XdsProtocol) -> Result<Envoy> {
+    pub async fn start(
+        node_id: &str,
+        xds_addr: SocketAddr,
+        protocol: XdsProtocol,
+    ) -> Result<Envoy> {
         Self::start_with(node_id, xds_addr, protocol, free_port(), free_port()).await
     }
 
     /// As [`Envoy::start`], with given ports (to restart an Envoy in place).
-    pub async fn start_with(node_id: &str, xds_addr: SocketAddr, protocol: XdsProtocol, outbound_port: u16, admin_port: u16) -> Result<Envoy> {
+    pub async fn start_with(
+        node_id: &str,
+        xds_addr: SocketAddr,
+        protocol: XdsProtocol,
+        outbound_port: u16,
+        admin_port: u16,
+    ) -> Result<Envoy> {
         let dir = scratch_dir("envoy");
         let params = BootstrapParams {
             node_id: node_id.to_string(),
-            meta: ProxyMeta { namespace: "default".into(), pod: node_id.to_string(), capture: Capture::Explicit { port: outbound_port } },
+            meta: ProxyMeta {
+                namespace: "default".into(),
+                pod: node_id.to_string(),
+                capture: Capture::Explicit {
+                    port: outbound_port,
+                },
+            },
             xds_address: xds_addr.to_string(),
             protocol,
             admin_port,
         };
         let bootstrap = dir.join("bootstrap.yaml");
         std::fs::write(&bootstrap, bootstrap_yaml(&params)?)?;
-        let log = dir.join("envoy.log");
+        Self::start_from(&bootstrap, node_id, outbound_port, admin_port).await
+    }
+
+    /// Starts Envoy from a bootstrap file whose outbound and admin ports are given.
+    pub async fn start_from(
+        bootstrap: &Path,
+        node_id: &str,
+        outbound_port: u16,
+        admin_port: u16,
+    ) -> Result<Envoy> {
+        let log = bootstrap.with_file_name("envoy.log");
         let child = tokio::process::Command::new(envoy_bin()?)
             .arg("-c")
-            .arg(&bootstrap)
-            .args(["--disable-hot-restart", "--concurrency", "1", "--log-level", "info", "--log-path"])
+            .arg(bootstrap)
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--log-level",
+                "info",
+                "--log-path",
+            ])
             .arg(&log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -201,7 +258,13 @@ impl Envoy {
             .kill_on_drop(true)
             .spawn()
             .context("starting envoy")?;
-        let mut envoy = Envoy { outbound_port, admin_port, node_id: node_id.to_string(), child, log };
+        let mut envoy = Envoy {
+            outbound_port,
+            admin_port,
+            node_id: node_id.to_string(),
+            child,
+            log,
+        };
         envoy.wait_ready().await?;
         Ok(envoy)
     }
@@ -220,7 +283,10 @@ impl Envoy {
         })
         .await;
         if let Ok(Some(status)) = self.child.try_wait() {
-            bail!("envoy exited ({status}); log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            bail!(
+                "envoy exited ({status}); log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         }
         result.with_context(|| format!("log:\n{}", tail(&log)))
     }
@@ -232,18 +298,33 @@ impl Envoy {
 
     /// One stat from the admin `/stats` endpoint.
     pub async fn stat(&self, name: &str) -> Result<u64> {
-        let url = format!("http://127.0.0.1:{}/stats?filter=^{}$", self.admin_port, regex_escape(name));
+        let url = format!(
+            "http://127.0.0.1:{}/stats?filter=^{}$",
+            self.admin_port,
+            regex_escape(name)
+        );
         let text = reqwest::get(&url).await?.text().await?;
         text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}: ")).and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(&format!("{name}: "))
+                    .and_then(|v| v.trim().parse().ok())
+            })
             .with_context(|| format!("stat {name} not found in {text:?}"))
     }
 
     /// Sends `n` GETs for `host` + `path` through the outbound listener and counts the
     /// first line of each answer (the backend's name), or `status <code>` for non-200s.
-    pub async fn send(&self, n: usize, host: &str, path: &str, headers: &[(&str, &str)]) -> Result<BTreeMap<String, usize>> {
+    pub async fn send(
+        &self,
+        n: usize,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<BTreeMap<String, usize>> {
         let mut out = BTreeMap::new();
-        let client = reqwest::Client::builder().pool_max_idle_per_host(4).build()?;
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(4)
+            .build()?;
         for _ in 0..n {
             let key = self.request(&client, "GET", host, path, headers).await?;
             *out.entry(key).or_insert(0) += 1;
@@ -252,7 +333,14 @@ impl Envoy {
     }
 
     /// One request; the backend's name, or `status <code>`.
-    pub async fn request(&self, client: &reqwest::Client, method: &str, host: &str, path: &str, headers: &[(&str, &str)]) -> Result<String> {
+    pub async fn request(
+        &self,
+        client: &reqwest::Client,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<String> {
         let url = format!("http://127.0.0.1:{}{path}", self.outbound_port);
         let mut req = client.request(method.parse()?, &url).header("host", host);
         for (k, v) in headers {
@@ -261,7 +349,11 @@ impl Envoy {
         let resp = req.send().await.context("request through envoy")?;
         let status = resp.status();
         let body = resp.text().await?;
-        Ok(if status.is_success() { body.lines().next().unwrap_or_default().to_string() } else { format!("status {}", status.as_u16()) })
+        Ok(if status.is_success() {
+            body.lines().next().unwrap_or_default().to_string()
+        } else {
+            format!("status {}", status.as_u16())
+        })
     }
 
     /// Stops Envoy.
@@ -271,7 +363,15 @@ impl Envoy {
 }
 
 fn regex_escape(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c.to_string() } else { format!("\\{c}") }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
 }
 
 fn tail(path: &Path) -> String {
@@ -282,7 +382,10 @@ fn tail(path: &Path) -> String {
 
 /// Fetches JSON from the operator's admin server.
 pub async fn admin_json(admin: SocketAddr, path: &str) -> Result<serde_json::Value> {
-    let text = reqwest::get(format!("http://{admin}{path}")).await?.text().await?;
+    let text = reqwest::get(format!("http://{admin}{path}"))
+        .await?
+        .text()
+        .await?;
     serde_json::from_str(&text).with_context(|| format!("{path} returned {text:?}"))
 }
 
@@ -295,7 +398,12 @@ pub async fn pushes(admin: SocketAddr, node: &str) -> Result<BTreeMap<String, u6
         .with_context(|| format!("proxy {node} not connected: {proxies}"))?;
     Ok(proxy["types"]
         .as_object()
-        .map(|types| types.iter().map(|(t, s)| (t.clone(), s["pushes"].as_u64().unwrap_or(0))).collect())
+        .map(|types| {
+            types
+                .iter()
+                .map(|(t, s)| (t.clone(), s["pushes"].as_u64().unwrap_or(0)))
+                .collect()
+        })
         .unwrap_or_default())
 }
 
@@ -323,7 +431,9 @@ impl Mesh {
 
     /// Starts a control plane on `dir`, serving xDS on `xds_addr`.
     pub async fn start_in(dir: PathBuf, xds_addr: SocketAddr) -> Result<Mesh> {
-        let plane = weir_operator::LocalControlPlane::start(dir.clone(), xds_addr, "127.0.0.1:0".parse()?).await?;
+        let plane =
+            weir_operator::LocalControlPlane::start(dir.clone(), xds_addr, "127.0.0.1:0".parse()?)
+                .await?;
         let admin = plane.admin_addr;
         eventually("the operator to be ready", DEADLINE, || async move {
             let resp = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
@@ -340,17 +450,32 @@ impl Mesh {
 
     /// Declares Service `name` in namespace default with one HTTP port.
     pub fn add_service(&self, name: &str, cluster_ip: &str, port: u16) -> Result<()> {
-        self.write(&format!("svc-{name}.yaml"), &service_yaml("default", name, cluster_ip, port))
+        self.write(
+            &format!("svc-{name}.yaml"),
+            &service_yaml("default", name, cluster_ip, port),
+        )
     }
 
     /// Starts a backend named `<service>-<version>` and adds it to the Service as a pod
     /// labelled `version: <version>`.
-    pub async fn add_backend(&self, service: &str, version: &str, behavior: Behavior) -> Result<Backend> {
+    pub async fn add_backend(
+        &self,
+        service: &str,
+        version: &str,
+        behavior: Behavior,
+    ) -> Result<Backend> {
         let name = format!("{service}-{version}");
         let backend = Backend::start(&name, behavior).await?;
         self.write(
             &format!("ep-{name}.yaml"),
-            &endpoint_yaml("default", service, &name, &[("app", service), ("version", version)], backend.addr, true),
+            &endpoint_yaml(
+                "default",
+                service,
+                &name,
+                &[("app", service), ("version", version)],
+                backend.addr,
+                true,
+            ),
         )?;
         Ok(backend)
     }
@@ -373,8 +498,14 @@ impl Mesh {
 
 /// A TrafficPolicy splitting `service` over version subsets by weight.
 pub fn split_policy_yaml(name: &str, service: &str, split: &[(&str, u32)]) -> String {
-    let subsets: Vec<String> = split.iter().map(|(v, _)| format!("  - name: {v}\n    labels: {{version: {v}}}\n")).collect();
-    let dests: Vec<String> = split.iter().map(|(v, w)| format!("    - {{subset: {v}, weight: {w}}}\n")).collect();
+    let subsets: Vec<String> = split
+        .iter()
+        .map(|(v, _)| format!("  - name: {v}\n    labels: {{version: {v}}}\n"))
+        .collect();
+    let dests: Vec<String> = split
+        .iter()
+        .map(|(v, w)| format!("    - {{subset: {v}, weight: {w}}}\n"))
+        .collect();
     format!(
         "apiVersion: weir.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  targetRef: {{service: {service}}}\n  subsets:\n{}  http:\n  - name: split\n    destinations:\n{}",
         subsets.concat(),

@@ -13,9 +13,16 @@ use weir_tests::*;
 async fn mesh_on_v2() -> anyhow::Result<(Mesh, Backend, Backend)> {
     let mesh = Mesh::start().await?;
     mesh.add_service("reviews", "10.96.0.10", 9080)?;
-    let v1 = mesh.add_backend("reviews", "v1", Behavior::default()).await?;
-    let v2 = mesh.add_backend("reviews", "v2", Behavior::default()).await?;
-    mesh.write("policy.yaml", &split_policy_yaml("reviews", "reviews", &[("v1", 0), ("v2", 100)]))?;
+    let v1 = mesh
+        .add_backend("reviews", "v1", Behavior::default())
+        .await?;
+    let v2 = mesh
+        .add_backend("reviews", "v2", Behavior::default())
+        .await?;
+    mesh.write(
+        "policy.yaml",
+        &split_policy_yaml("reviews", "reviews", &[("v1", 0), ("v2", 100)]),
+    )?;
     Ok((mesh, v1, v2))
 }
 
@@ -35,7 +42,8 @@ async fn a_restarted_envoy_reconnects_and_gets_the_same_config() -> anyhow::Resu
         all_on(&envoy, "reviews-v2").await?;
         let (outbound, admin) = (envoy.outbound_port, envoy.admin_port);
         envoy.stop().await;
-        let envoy = Envoy::start_with("restart", mesh.plane.xds_addr, protocol, outbound, admin).await?;
+        let envoy =
+            Envoy::start_with("restart", mesh.plane.xds_addr, protocol, outbound, admin).await?;
         // Ready means Envoy has its listeners and clusters again; the first request must route.
         let c = envoy.send(20, "reviews:9080", "/", &[]).await?;
         assert_eq!(c.get("reviews-v2"), Some(&20), "{protocol:?}: {c:?}");
@@ -55,16 +63,28 @@ async fn envoy_keeps_serving_while_the_operator_restarts_and_resyncs_after() -> 
     mesh.plane.stop().await;
     // With no operator, Envoy serves its last config.
     let c = envoy.send(50, "reviews:9080", "/", &[]).await?;
-    assert_eq!(c.get("reviews-v2"), Some(&50), "Envoy kept its config without the operator: {c:?}");
+    assert_eq!(
+        c.get("reviews-v2"),
+        Some(&50),
+        "Envoy kept its config without the operator: {c:?}"
+    );
     // Change the policy while the operator is down; the new operator must deliver it.
-    write_file(&dir, "policy.yaml", &split_policy_yaml("reviews", "reviews", &[("v1", 100), ("v2", 0)]))?;
+    write_file(
+        &dir,
+        "policy.yaml",
+        &split_policy_yaml("reviews", "reviews", &[("v1", 100), ("v2", 0)]),
+    )?;
 
     let mesh = Mesh::start_in(dir, xds).await?;
     all_on(&envoy, "reviews-v1").await?;
-    let status = eventually("the proxy to be in sync with the new operator", DEADLINE, || async {
-        let s = mesh.status().await.ok()?;
-        (s["status"]["proxiesInSync"] == 1).then_some(s)
-    })
+    let status = eventually(
+        "the proxy to be in sync with the new operator",
+        DEADLINE,
+        || async {
+            let s = mesh.status().await.ok()?;
+            (s["status"]["proxiesInSync"] == 1).then_some(s)
+        },
+    )
     .await?;
     assert_eq!(status["status"]["proxiesConnected"], 1);
     Ok(())
@@ -75,14 +95,18 @@ fn rejected_cluster() -> Resource {
     let cluster = Cluster {
         name: "rejected-by-envoy".into(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
-        connect_timeout: Some(envoy_types::pb::google::protobuf::Duration { seconds: -1, nanos: 0 }),
+        connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+            seconds: -1,
+            nanos: 0,
+        }),
         ..Default::default()
     };
     Resource::new("rejected-by-envoy", &cluster)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nack_is_recorded_keeps_the_last_good_config_and_causes_no_resend() -> anyhow::Result<()> {
+async fn a_nack_is_recorded_keeps_the_last_good_config_and_causes_no_resend() -> anyhow::Result<()>
+{
     let (mesh, _v1, _v2) = mesh_on_v2().await?;
     let admin = mesh.plane.admin_addr;
     for protocol in [XdsProtocol::Delta, XdsProtocol::Sotw] {
@@ -90,21 +114,44 @@ async fn a_nack_is_recorded_keeps_the_last_good_config_and_causes_no_resend() ->
         let envoy = Envoy::start(&node, mesh.plane.xds_addr, protocol).await?;
         all_on(&envoy, "reviews-v2").await?;
 
-        mesh.plane.engine.insert_raw(ResourceType::Cluster, rejected_cluster());
+        mesh.plane
+            .engine
+            .insert_raw(ResourceType::Cluster, rejected_cluster());
         let nack = eventually("the NACK in /debug/proxies", DEADLINE, || async {
             let proxies = admin_json(admin, "/debug/proxies").await.ok()?;
-            let proxy = proxies.as_array()?.iter().find(|p| p["node"] == node.as_str())?.clone();
+            let proxy = proxies
+                .as_array()?
+                .iter()
+                .find(|p| p["node"] == node.as_str())?
+                .clone();
             proxy["types"]["cds"]["nack"].as_str().map(str::to_string)
         })
         .await?;
         println!("{protocol:?} NACK: {nack}");
-        assert!(nack.contains("positive duration"), "Envoy's own message: {nack}");
+        assert!(
+            nack.contains("positive duration"),
+            "Envoy's own message: {nack}"
+        );
 
         let status = mesh.status().await?;
-        let problems = status["status"]["rejectedConfig"].as_array().cloned().unwrap_or_default();
-        assert!(problems.iter().any(|p| p["node"] == node.as_str() && p["message"] == nack.as_str()), "{status}");
-        let metrics = reqwest::get(format!("http://{admin}/metrics")).await?.text().await?;
-        assert!(metrics.contains("weir_xds_nacks_total{type=\"cds\"}"), "{metrics}");
+        let problems = status["status"]["rejectedConfig"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p["node"] == node.as_str() && p["message"] == nack.as_str()),
+            "{status}"
+        );
+        let metrics = reqwest::get(format!("http://{admin}/metrics"))
+            .await?
+            .text()
+            .await?;
+        assert!(
+            metrics.contains("weir_xds_nacks_total{type=\"cds\"}"),
+            "{metrics}"
+        );
 
         // The last good config keeps serving.
         let c = envoy.send(50, "reviews:9080", "/", &[]).await?;
@@ -117,10 +164,13 @@ async fn a_nack_is_recorded_keeps_the_last_good_config_and_causes_no_resend() ->
         assert_eq!(before, after, "{protocol:?}: no resend loop after a NACK");
 
         // Taking the rejected cluster away is a change like any other: it clears the NACK.
-        mesh.plane.engine.remove_raw(ResourceType::Cluster, "rejected-by-envoy");
+        mesh.plane
+            .engine
+            .remove_raw(ResourceType::Cluster, "rejected-by-envoy");
         eventually("the proxy to be back in sync", DEADLINE, || async {
             let s = mesh.status().await.ok()?;
-            (s["status"]["proxiesInSync"] == 1 && s["status"]["rejectedConfig"].is_null()).then_some(())
+            (s["status"]["proxiesInSync"] == 1 && s["status"]["rejectedConfig"].is_null())
+                .then_some(())
         })
         .await?;
         envoy.stop().await;

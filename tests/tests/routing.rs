@@ -8,15 +8,22 @@ use weir_tests::*;
 async fn reviews_mesh() -> anyhow::Result<(Mesh, Backend, Backend)> {
     let mesh = Mesh::start().await?;
     mesh.add_service("reviews", "10.96.0.10", 9080)?;
-    let v1 = mesh.add_backend("reviews", "v1", Behavior::default()).await?;
-    let v2 = mesh.add_backend("reviews", "v2", Behavior::default()).await?;
+    let v1 = mesh
+        .add_backend("reviews", "v1", Behavior::default())
+        .await?;
+    let v2 = mesh
+        .add_backend("reviews", "v2", Behavior::default())
+        .await?;
     Ok((mesh, v1, v2))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_80_20_split_lands_within_4_points() -> anyhow::Result<()> {
     let (mesh, _v1, _v2) = reviews_mesh().await?;
-    mesh.write("policy.yaml", &split_policy_yaml("reviews", "reviews", &[("v1", 80), ("v2", 20)]))?;
+    mesh.write(
+        "policy.yaml",
+        &split_policy_yaml("reviews", "reviews", &[("v1", 80), ("v2", 20)]),
+    )?;
     let envoy = Envoy::start("split", mesh.plane.xds_addr, XdsProtocol::Delta).await?;
     // The policy is in place once v2 answers at all and v1 still does.
     eventually("both subsets to answer", DEADLINE, || async {
@@ -28,7 +35,10 @@ async fn an_80_20_split_lands_within_4_points() -> anyhow::Result<()> {
     let v1 = share(&counts, "reviews-v1");
     println!("80/20 split over 2000 requests: {counts:?} -> v1 {v1:.1}%");
     assert_eq!(counts.values().sum::<usize>(), 2000);
-    assert!((v1 - 80.0).abs() <= 4.0, "v1 got {v1:.1}%, want 80±4: {counts:?}");
+    assert!(
+        (v1 - 80.0).abs() <= 4.0,
+        "v1 got {v1:.1}%, want 80±4: {counts:?}"
+    );
     Ok(())
 }
 
@@ -46,10 +56,17 @@ async fn every_client_name_for_a_service_routes_to_it() -> anyhow::Result<()> {
         "10.96.0.10:9080",
     ] {
         let counts = envoy.send(4, host, "/", &[]).await?;
-        assert!(counts.keys().all(|k| k.starts_with("reviews-")), "{host}: {counts:?}");
+        assert!(
+            counts.keys().all(|k| k.starts_with("reviews-")),
+            "{host}: {counts:?}"
+        );
     }
     let unknown = envoy.send(1, "ratings:9080", "/", &[]).await?;
-    assert_eq!(unknown.keys().next().map(String::as_str), Some("status 404"), "an unknown host is not routed");
+    assert_eq!(
+        unknown.keys().next().map(String::as_str),
+        Some("status 404"),
+        "an unknown host is not routed"
+    );
     Ok(())
 }
 
@@ -100,7 +117,9 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matches_route_as_declared_and_in_order() -> anyhow::Result<()> {
     let (mesh, _v1, _v2) = reviews_mesh().await?;
-    let _v3 = mesh.add_backend("reviews", "v3", Behavior::default()).await?;
+    let _v3 = mesh
+        .add_backend("reviews", "v3", Behavior::default())
+        .await?;
     mesh.write("policy.yaml", MATCH_POLICY)?;
     let envoy = Envoy::start("matches", mesh.plane.xds_addr, XdsProtocol::Sotw).await?;
     let client = reqwest::Client::new();
@@ -114,7 +133,9 @@ async fn matches_route_as_declared_and_in_order() -> anyhow::Result<()> {
     .await?;
 
     let h = "reviews:9080";
-    let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+    // (method, path, headers, the backend that must answer)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("GET", "/", &[("end-user", "jason")], "reviews-v2"),
         ("GET", "/", &[("end-user", "JASON")], "reviews-v1"),
         ("GET", "/exact", &[], "reviews-v3"),
@@ -136,8 +157,14 @@ async fn matches_route_as_declared_and_in_order() -> anyhow::Result<()> {
         }
     }
     // Header matches apply to every request that carries the header, whatever else it asks.
-    let jason = envoy.send(200, h, "/items/7", &[("end-user", "jason")]).await?;
-    assert_eq!(only(jason).as_deref(), Some("reviews-v2"), "the first matching rule wins");
+    let jason = envoy
+        .send(200, h, "/items/7", &[("end-user", "jason")])
+        .await?;
+    assert_eq!(
+        only(jason).as_deref(),
+        Some("reviews-v2"),
+        "the first matching rule wins"
+    );
     Ok(())
 }
 
@@ -170,14 +197,50 @@ async fn a_slow_backend_times_out_and_a_flaky_one_is_retried() -> anyhow::Result
     mesh.add_service("slow", "10.96.0.20", 8080)?;
     mesh.add_service("flaky", "10.96.0.21", 8080)?;
     mesh.add_service("flaky-no-policy", "10.96.0.22", 8080)?;
-    let slow = mesh.add_backend("slow", "v1", Behavior { delay: Some(Duration::from_secs(3)), ..Default::default() }).await?;
-    let flaky = mesh.add_backend("flaky", "v1", Behavior { fail_first: 1, ..Default::default() }).await?;
-    let _control = mesh.add_backend("flaky-no-policy", "v1", Behavior { fail_first: 1, ..Default::default() }).await?;
+    let slow = mesh
+        .add_backend(
+            "slow",
+            "v1",
+            Behavior {
+                delay: Some(Duration::from_secs(3)),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let flaky = mesh
+        .add_backend(
+            "flaky",
+            "v1",
+            Behavior {
+                fail_first: 1,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let _control = mesh
+        .add_backend(
+            "flaky-no-policy",
+            "v1",
+            Behavior {
+                fail_first: 1,
+                ..Default::default()
+            },
+        )
+        .await?;
     mesh.write("policy.yaml", RESILIENCE_POLICY)?;
     let envoy = Envoy::start("resilience", mesh.plane.xds_addr, XdsProtocol::Delta).await?;
     eventually("both policies to be programmed", DEADLINE, || async {
-        let conditions = [mesh.policy_conditions("slow").await.ok()?, mesh.policy_conditions("flaky").await.ok()?];
-        conditions.iter().all(|c| c.iter().any(|c| c["type"] == "Programmed" && c["status"] == true)).then_some(())
+        let conditions = [
+            mesh.policy_conditions("slow").await.ok()?,
+            mesh.policy_conditions("flaky").await.ok()?,
+        ];
+        conditions
+            .iter()
+            .all(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Programmed" && c["status"] == true)
+            })
+            .then_some(())
     })
     .await?;
 
@@ -186,14 +249,28 @@ async fn a_slow_backend_times_out_and_a_flaky_one_is_retried() -> anyhow::Result
     let got = envoy.request(&client, "GET", "slow:8080", "/", &[]).await?;
     let took = started.elapsed();
     assert_eq!(got, "status 504", "the route timeout answers 504");
-    assert!(took < Duration::from_secs(3), "the timeout cut the request short ({took:?})");
+    assert!(
+        took < Duration::from_secs(3),
+        "the timeout cut the request short ({took:?})"
+    );
     assert_eq!(slow.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 
-    let got = envoy.request(&client, "GET", "flaky:8080", "/", &[]).await?;
+    let got = envoy
+        .request(&client, "GET", "flaky:8080", "/", &[])
+        .await?;
     assert_eq!(got, "flaky-v1", "the 503 of the first attempt was retried");
-    assert_eq!(flaky.hits.load(std::sync::atomic::Ordering::SeqCst), 2, "one failure, one retry");
+    assert_eq!(
+        flaky.hits.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one failure, one retry"
+    );
 
-    let got = envoy.request(&client, "GET", "flaky-no-policy:8080", "/", &[]).await?;
-    assert_eq!(got, "status 503", "without a retry policy the failure reaches the client");
+    let got = envoy
+        .request(&client, "GET", "flaky-no-policy:8080", "/", &[])
+        .await?;
+    assert_eq!(
+        got, "status 503",
+        "without a retry policy the failure reaches the client"
+    );
     Ok(())
 }

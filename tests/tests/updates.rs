@@ -8,9 +8,16 @@ use weir_tests::*;
 async fn edit_reaches_the_same_envoy(protocol: XdsProtocol) -> anyhow::Result<()> {
     let mesh = Mesh::start().await?;
     mesh.add_service("reviews", "10.96.0.10", 9080)?;
-    let _v1 = mesh.add_backend("reviews", "v1", Behavior::default()).await?;
-    let _v2 = mesh.add_backend("reviews", "v2", Behavior::default()).await?;
-    mesh.write("policy.yaml", &split_policy_yaml("reviews", "reviews", &[("v1", 100), ("v2", 0)]))?;
+    let _v1 = mesh
+        .add_backend("reviews", "v1", Behavior::default())
+        .await?;
+    let _v2 = mesh
+        .add_backend("reviews", "v2", Behavior::default())
+        .await?;
+    mesh.write(
+        "policy.yaml",
+        &split_policy_yaml("reviews", "reviews", &[("v1", 100), ("v2", 0)]),
+    )?;
     let envoy = Envoy::start("edit", mesh.plane.xds_addr, protocol).await?;
     let pid = envoy.pid();
     eventually("all traffic on v1", DEADLINE, || async {
@@ -20,15 +27,30 @@ async fn edit_reaches_the_same_envoy(protocol: XdsProtocol) -> anyhow::Result<()
     .await?;
 
     let edited_at = std::time::Instant::now();
-    mesh.write("policy.yaml", &split_policy_yaml("reviews", "reviews", &[("v1", 0), ("v2", 100)]))?;
+    mesh.write(
+        "policy.yaml",
+        &split_policy_yaml("reviews", "reviews", &[("v1", 0), ("v2", 100)]),
+    )?;
     eventually("all traffic on v2 after the edit", DEADLINE, || async {
         let c = envoy.send(20, "reviews:9080", "/", &[]).await.ok()?;
         (c.get("reviews-v2") == Some(&20)).then_some(())
     })
     .await?;
-    println!("{protocol:?}: file edit to Envoy routing by it: {:?}", edited_at.elapsed());
-    assert_eq!(envoy.pid(), pid, "the same Envoy process serves the new policy");
-    assert!(envoy.stat("listener_manager.total_listeners_active").await? >= 1);
+    println!(
+        "{protocol:?}: file edit to Envoy routing by it: {:?}",
+        edited_at.elapsed()
+    );
+    assert_eq!(
+        envoy.pid(),
+        pid,
+        "the same Envoy process serves the new policy"
+    );
+    assert!(
+        envoy
+            .stat("listener_manager.total_listeners_active")
+            .await?
+            >= 1
+    );
     Ok(())
 }
 
@@ -45,7 +67,9 @@ async fn a_policy_edit_reaches_envoy_without_restart_over_sotw() -> anyhow::Resu
 async fn endpoint_changes_are_eds_only(protocol: XdsProtocol) -> anyhow::Result<()> {
     let mesh = Mesh::start().await?;
     mesh.add_service("ratings", "10.96.0.30", 9080)?;
-    let _a = mesh.add_backend("ratings", "a", Behavior::default()).await?;
+    let _a = mesh
+        .add_backend("ratings", "a", Behavior::default())
+        .await?;
     let node = format!("eds-{protocol:?}");
     let envoy = Envoy::start(&node, mesh.plane.xds_addr, protocol).await?;
     eventually("ratings-a to answer", DEADLINE, || async {
@@ -62,7 +86,9 @@ async fn endpoint_changes_are_eds_only(protocol: XdsProtocol) -> anyhow::Result<
     .await?;
 
     // Add an endpoint: traffic spreads to it.
-    let _b = mesh.add_backend("ratings", "b", Behavior::default()).await?;
+    let _b = mesh
+        .add_backend("ratings", "b", Behavior::default())
+        .await?;
     eventually("ratings-b to get traffic", DEADLINE, || async {
         let c = envoy.send(20, "ratings:9080", "/", &[]).await.ok()?;
         c.contains_key("ratings-b").then_some(())
@@ -79,10 +105,17 @@ async fn endpoint_changes_are_eds_only(protocol: XdsProtocol) -> anyhow::Result<
     let after = pushes(admin, &node).await?;
     println!("{protocol:?} pushes before {before:?} after {after:?}");
     for t in ["cds", "lds", "rds"] {
-        assert_eq!(before.get(t), after.get(t), "{t} was pushed for an endpoint change");
+        assert_eq!(
+            before.get(t),
+            after.get(t),
+            "{t} was pushed for an endpoint change"
+        );
     }
     let eds = after["eds"] - before["eds"];
-    assert!((1..=2).contains(&eds), "one EDS push per change (coalescing may merge them): {eds}");
+    assert!(
+        (1..=2).contains(&eds),
+        "one EDS push per change (coalescing may merge them): {eds}"
+    );
     Ok(())
 }
 
@@ -132,12 +165,20 @@ spec:
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_policies_are_rejected_and_the_previous_config_keeps_serving() -> anyhow::Result<()> {
+async fn invalid_policies_are_rejected_and_the_previous_config_keeps_serving() -> anyhow::Result<()>
+{
     let mesh = Mesh::start().await?;
     mesh.add_service("reviews", "10.96.0.10", 9080)?;
-    let _v1 = mesh.add_backend("reviews", "v1", Behavior::default()).await?;
-    let _v2 = mesh.add_backend("reviews", "v2", Behavior::default()).await?;
-    mesh.write("policy.yaml", &split_policy_yaml("reviews", "reviews", &[("v1", 0), ("v2", 100)]))?;
+    let _v1 = mesh
+        .add_backend("reviews", "v1", Behavior::default())
+        .await?;
+    let _v2 = mesh
+        .add_backend("reviews", "v2", Behavior::default())
+        .await?;
+    mesh.write(
+        "policy.yaml",
+        &split_policy_yaml("reviews", "reviews", &[("v1", 0), ("v2", 100)]),
+    )?;
     let envoy = Envoy::start("invalid", mesh.plane.xds_addr, XdsProtocol::Delta).await?;
     eventually("all traffic on v2", DEADLINE, || async {
         let c = envoy.send(20, "reviews:9080", "/", &[]).await.ok()?;
@@ -147,19 +188,32 @@ async fn invalid_policies_are_rejected_and_the_previous_config_keeps_serving() -
 
     for (yaml, reason, field) in [
         (BAD_WEIGHTS, "InvalidWeights", "spec.http[0].destinations"),
-        (UNKNOWN_SUBSET, "UnknownSubset", "spec.http[0].destinations[0].subset"),
-        (BAD_REGEX, "InvalidRegex", "spec.http[0].matches[0].path.value"),
+        (
+            UNKNOWN_SUBSET,
+            "UnknownSubset",
+            "spec.http[0].destinations[0].subset",
+        ),
+        (
+            BAD_REGEX,
+            "InvalidRegex",
+            "spec.http[0].matches[0].path.value",
+        ),
     ] {
         mesh.write("policy.yaml", yaml)?;
         let accepted = eventually(&format!("{reason} in /status"), DEADLINE, || async {
             let conditions = mesh.policy_conditions("reviews").await.ok()?;
-            conditions.into_iter().find(|c| c["type"] == "Accepted" && c["reason"] == reason)
+            conditions
+                .into_iter()
+                .find(|c| c["type"] == "Accepted" && c["reason"] == reason)
         })
         .await?;
         let message = accepted["message"].as_str().unwrap_or_default();
         println!("{reason}: {message}");
         assert_eq!(accepted["status"], false);
-        assert!(message.starts_with(field), "the message names the field {field}: {message}");
+        assert!(
+            message.starts_with(field),
+            "the message names the field {field}: {message}"
+        );
         assert!(message.contains("previous valid version"), "{message}");
         let status = mesh.status().await?;
         assert_eq!(status["status"]["policiesRejected"], 1, "{status}");
@@ -169,13 +223,22 @@ async fn invalid_policies_are_rejected_and_the_previous_config_keeps_serving() -
     }
 
     // A file that is not even YAML: reported with file and document; nothing changes.
-    mesh.write("policy.yaml", "apiVersion: weir.dev/v1alpha1\nkind: TrafficPolicy\n  metadata: [\n")?;
+    mesh.write(
+        "policy.yaml",
+        "apiVersion: weir.dev/v1alpha1\nkind: TrafficPolicy\n  metadata: [\n",
+    )?;
     let error = eventually("the YAML error in /status", DEADLINE, || async {
         let status = mesh.status().await.ok()?;
         status["sourceErrors"].as_array()?.first().cloned()
     })
     .await?;
-    assert!(error["source"].as_str().unwrap_or_default().ends_with("policy.yaml"), "{error}");
+    assert!(
+        error["source"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("policy.yaml"),
+        "{error}"
+    );
     assert_eq!(error["document"], 0);
     let c = envoy.send(50, "reviews:9080", "/", &[]).await?;
     assert_eq!(c.get("reviews-v2"), Some(&50), "{c:?}");

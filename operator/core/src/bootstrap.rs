@@ -41,7 +41,9 @@ const META_OUTBOUND_PORT: &str = "OUTBOUND_PORT";
 impl ProxyMeta {
     /// The profile that decides which resources the proxy gets.
     pub fn profile(&self) -> ProxyProfile {
-        ProxyProfile { capture: self.capture }
+        ProxyProfile {
+            capture: self.capture,
+        }
     }
 
     /// Reads the metadata written by [`bootstrap`]; says which key is missing or malformed.
@@ -62,16 +64,22 @@ impl ProxyMeta {
             "transparent" => Capture::Transparent,
             "explicit" => {
                 let port = required(META_OUTBOUND_PORT)?;
-                let port = port
-                    .parse::<u16>()
-                    .map_err(|_| format!("node metadata {META_OUTBOUND_PORT}={port:?} is not a port number"))?;
+                let port = port.parse::<u16>().map_err(|_| {
+                    format!("node metadata {META_OUTBOUND_PORT}={port:?} is not a port number")
+                })?;
                 Capture::Explicit { port }
             }
             other => {
-                return Err(format!("node metadata {META_CAPTURE}={other:?}: expected explicit or transparent"))
+                return Err(format!(
+                    "node metadata {META_CAPTURE}={other:?}: expected explicit or transparent"
+                ))
             }
         };
-        Ok(ProxyMeta { namespace: required(META_NAMESPACE)?, pod: required(META_POD)?, capture })
+        Ok(ProxyMeta {
+            namespace: required(META_NAMESPACE)?,
+            pod: required(META_POD)?,
+            capture,
+        })
     }
 }
 
@@ -94,7 +102,9 @@ pub struct BootstrapParams {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BootstrapError {
     /// The xDS address is not `host:port`.
-    #[error("xDS address {0:?} is not host:port (e.g. 127.0.0.1:15010 or weir.weir-system.svc:15010)")]
+    #[error(
+        "xDS address {0:?} is not host:port (e.g. 127.0.0.1:15010 or weir.weir-system.svc:15010)"
+    )]
     BadXdsAddress(String),
 }
 
@@ -160,7 +170,11 @@ pub fn xds_cluster(address: &str) -> Result<Value, BootstrapError> {
     if host.is_empty() {
         return Err(bad());
     }
-    let discovery = if host.parse::<std::net::IpAddr>().is_ok() { "STATIC" } else { "STRICT_DNS" };
+    let discovery = if host.parse::<std::net::IpAddr>().is_ok() {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
     Ok(json!({
         "name": XDS_CLUSTER,
         "type": discovery,
@@ -192,7 +206,11 @@ mod tests {
     fn params(capture: Capture) -> BootstrapParams {
         BootstrapParams {
             node_id: "reviews-v1-abc.default".into(),
-            meta: ProxyMeta { namespace: "default".into(), pod: "reviews-v1-abc".into(), capture },
+            meta: ProxyMeta {
+                namespace: "default".into(),
+                pod: "reviews-v1-abc".into(),
+                capture,
+            },
             xds_address: "127.0.0.1:15010".into(),
             protocol: XdsProtocol::Delta,
             admin_port: 15000,
@@ -208,7 +226,12 @@ mod tests {
                 .unwrap()
                 .iter()
                 .map(|(k, v)| {
-                    (k.clone(), PbValue { kind: Some(Kind::StringValue(v.as_str().unwrap().to_string())) })
+                    (
+                        k.clone(),
+                        PbValue {
+                            kind: Some(Kind::StringValue(v.as_str().unwrap().to_string())),
+                        },
+                    )
                 })
                 .collect();
             let meta = ProxyMeta::from_node_metadata(Some(&Struct { fields })).unwrap();
@@ -225,7 +248,10 @@ mod tests {
     #[test]
     fn dns_names_use_strict_dns_and_ips_static() {
         assert_eq!(xds_cluster("10.0.0.1:15010").unwrap()["type"], "STATIC");
-        assert_eq!(xds_cluster("weir.weir-system.svc:15010").unwrap()["type"], "STRICT_DNS");
+        assert_eq!(
+            xds_cluster("weir.weir-system.svc:15010").unwrap()["type"],
+            "STRICT_DNS"
+        );
         assert_eq!(xds_cluster("[::1]:15010").unwrap()["type"], "STATIC");
         assert!(xds_cluster("no-port").is_err());
         assert!(xds_cluster(":15010").is_err());
@@ -235,6 +261,9 @@ mod tests {
     fn sotw_uses_grpc_api_type() {
         let mut p = params(Capture::Transparent);
         p.protocol = XdsProtocol::Sotw;
-        assert_eq!(bootstrap(&p).unwrap()["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
+        assert_eq!(
+            bootstrap(&p).unwrap()["dynamic_resources"]["ads_config"]["api_type"],
+            "GRPC"
+        );
     }
 }

@@ -28,12 +28,17 @@ pub struct ObjectKey {
 impl ObjectKey {
     /// A key from its parts.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectKey { namespace: namespace.into(), name: name.into() }
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
 
     fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
         ObjectKey::new(
-            meta.namespace.clone().unwrap_or_else(|| "default".to_string()),
+            meta.namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_string()),
             meta.name.clone().unwrap_or_default(),
         )
     }
@@ -84,9 +89,10 @@ impl Object {
             Object::EndpointSlice(o) => (Kind::EndpointSlice, ObjectKey::of(&o.metadata)),
             Object::Pod(o) => (Kind::Pod, ObjectKey::of(&o.metadata)),
             Object::TrafficPolicy(o) => (Kind::TrafficPolicy, ObjectKey::of(&o.metadata)),
-            Object::MeshIdentity(o) => {
-                (Kind::MeshIdentity, ObjectKey::new("", o.metadata.name.clone().unwrap_or_default()))
-            }
+            Object::MeshIdentity(o) => (
+                Kind::MeshIdentity,
+                ObjectKey::new("", o.metadata.name.clone().unwrap_or_default()),
+            ),
         }
     }
 }
@@ -94,10 +100,17 @@ impl Object {
 /// A change to the mesh's inputs.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// The object was created or updated.
-    Apply(Object),
+    /// The object was created or updated (boxed: objects are large, deletes are small).
+    Apply(Box<Object>),
     /// The object is gone.
     Delete(Kind, ObjectKey),
+}
+
+impl Event {
+    /// An apply event.
+    pub fn apply(object: Object) -> Event {
+        Event::Apply(Box::new(object))
+    }
 }
 
 /// One port of a Service.
@@ -203,27 +216,32 @@ impl Index {
 
     /// Applies one event and records what it dirtied.
     pub fn apply(&mut self, event: Event) {
+        let event = match event {
+            Event::Apply(object) => Ok(*object),
+            Event::Delete(kind, key) => Err((kind, key)),
+        };
         match event {
-            Event::Apply(Object::Service(svc)) => self.apply_service(svc),
-            Event::Apply(Object::EndpointSlice(slice)) => self.apply_slice(slice),
-            Event::Apply(Object::Pod(pod)) => self.apply_pod(pod),
-            Event::Apply(Object::TrafficPolicy(tp)) => self.apply_policy(tp),
-            Event::Apply(Object::MeshIdentity(mi)) => {
-                self.identities.insert(mi.metadata.name.clone().unwrap_or_default(), mi);
+            Ok(Object::Service(svc)) => self.apply_service(svc),
+            Ok(Object::EndpointSlice(slice)) => self.apply_slice(slice),
+            Ok(Object::Pod(pod)) => self.apply_pod(pod),
+            Ok(Object::TrafficPolicy(tp)) => self.apply_policy(tp),
+            Ok(Object::MeshIdentity(mi)) => {
+                self.identities
+                    .insert(mi.metadata.name.clone().unwrap_or_default(), mi);
             }
-            Event::Delete(Kind::Service, key) => {
+            Err((Kind::Service, key)) => {
                 if self.services.remove(&key).is_some() {
                     self.dirty_service(&key);
                 }
             }
-            Event::Delete(Kind::EndpointSlice, key) => self.remove_slice(&key),
-            Event::Delete(Kind::Pod, key) => {
+            Err((Kind::EndpointSlice, key)) => self.remove_slice(&key),
+            Err((Kind::Pod, key)) => {
                 if self.pods.remove(&key).is_some() {
                     self.dirty_pod_services(&key);
                 }
             }
-            Event::Delete(Kind::TrafficPolicy, key) => self.remove_policy(&key),
-            Event::Delete(Kind::MeshIdentity, key) => {
+            Err((Kind::TrafficPolicy, key)) => self.remove_policy(&key),
+            Err((Kind::MeshIdentity, key)) => {
                 self.identities.remove(&key.name);
             }
         }
@@ -244,7 +262,9 @@ impl Index {
         // Policies elsewhere that route to this Service see it appear or vanish.
         if let Some(policies) = self.policies_by_backend.get(key) {
             for p in policies {
-                self.dirty.services.insert(ObjectKey::new(p.namespace.clone(), self.policy_target(p)));
+                self.dirty
+                    .services
+                    .insert(ObjectKey::new(p.namespace.clone(), self.policy_target(p)));
             }
         }
     }
@@ -309,27 +329,49 @@ impl Index {
             .filter_map(|ep| {
                 let address = ep.addresses.into_iter().next()?;
                 let ready = ep.conditions.and_then(|c| c.ready).unwrap_or(true);
-                let pod = ep.target_ref.filter(|r| r.kind.as_deref() == Some("Pod")).and_then(|r| {
-                    Some(ObjectKey::new(r.namespace.unwrap_or_else(|| key.namespace.clone()), r.name?))
-                });
-                Some(EndpointModel { address, ready, pod })
+                let pod = ep
+                    .target_ref
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| {
+                        Some(ObjectKey::new(
+                            r.namespace.unwrap_or_else(|| key.namespace.clone()),
+                            r.name?,
+                        ))
+                    });
+                Some(EndpointModel {
+                    address,
+                    ready,
+                    pod,
+                })
             })
             .collect();
-        let model = SliceModel { service: service.clone(), ports, endpoints };
+        let model = SliceModel {
+            service: service.clone(),
+            ports,
+            endpoints,
+        };
         if self.slices.get(&key) == Some(&model) {
             return;
         }
         self.remove_slice(&key);
         for pod in model.endpoints.iter().filter_map(|e| e.pod.clone()) {
-            self.services_by_pod.entry(pod).or_default().insert(service.clone());
+            self.services_by_pod
+                .entry(pod)
+                .or_default()
+                .insert(service.clone());
         }
-        self.slices_by_service.entry(service.clone()).or_default().insert(key.clone());
+        self.slices_by_service
+            .entry(service.clone())
+            .or_default()
+            .insert(key.clone());
         self.slices.insert(key, model);
         self.dirty.endpoints.insert(service);
     }
 
     fn remove_slice(&mut self, key: &ObjectKey) {
-        let Some(old) = self.slices.remove(key) else { return };
+        let Some(old) = self.slices.remove(key) else {
+            return;
+        };
         if let Some(set) = self.slices_by_service.get_mut(&old.service) {
             set.remove(key);
             if set.is_empty() {
@@ -338,7 +380,9 @@ impl Index {
         }
         // Forget pod -> service links no remaining slice of the service backs.
         for pod in old.endpoints.iter().filter_map(|e| e.pod.as_ref()) {
-            let still = self.slices_for(&old.service).any(|s| s.endpoints.iter().any(|e| e.pod.as_ref() == Some(pod)));
+            let still = self
+                .slices_for(&old.service)
+                .any(|s| s.endpoints.iter().any(|e| e.pod.as_ref() == Some(pod)));
             if !still {
                 if let Some(set) = self.services_by_pod.get_mut(pod) {
                     set.remove(&old.service);
@@ -377,24 +421,41 @@ impl Index {
         self.remove_policy(&key);
         self.link_policy(&key, &tp.spec);
         self.policies.insert(key.clone(), entry);
-        self.dirty.services.insert(ObjectKey::new(key.namespace.clone(), tp.spec.target_ref.service.clone()));
+        self.dirty.services.insert(ObjectKey::new(
+            key.namespace.clone(),
+            tp.spec.target_ref.service.clone(),
+        ));
         // The served spec may target another Service than the latest one.
         let served = self.policy_target(&key);
-        self.dirty.services.insert(ObjectKey::new(key.namespace, served));
+        self.dirty
+            .services
+            .insert(ObjectKey::new(key.namespace, served));
     }
 
     fn link_policy(&mut self, key: &ObjectKey, spec: &weir_api::TrafficPolicySpec) {
         let target = ObjectKey::new(key.namespace.clone(), spec.target_ref.service.clone());
-        self.policies_by_target.entry(target).or_default().insert(key.clone());
+        self.policies_by_target
+            .entry(target)
+            .or_default()
+            .insert(key.clone());
         for backend in backend_services(&key.namespace, spec) {
-            self.policies_by_backend.entry(backend).or_default().insert(key.clone());
+            self.policies_by_backend
+                .entry(backend)
+                .or_default()
+                .insert(key.clone());
         }
     }
 
     fn remove_policy(&mut self, key: &ObjectKey) {
-        let Some(old) = self.policies.remove(key) else { return };
-        for spec in [old.verdict.as_ref().ok(), old.last_valid.as_ref()].into_iter().flatten() {
-            let target = ObjectKey::new(key.namespace.clone(), spec.spec.target_ref.service.clone());
+        let Some(old) = self.policies.remove(key) else {
+            return;
+        };
+        for spec in [old.verdict.as_ref().ok(), old.last_valid.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            let target =
+                ObjectKey::new(key.namespace.clone(), spec.spec.target_ref.service.clone());
             self.dirty.services.insert(target.clone());
             unlink(&mut self.policies_by_target, &target, key);
             for backend in backend_services(&key.namespace, &spec.spec) {
@@ -423,7 +484,10 @@ impl Index {
     }
 
     /// The slices of a Service, in key order.
-    pub fn slices_for<'a>(&'a self, service: &ObjectKey) -> impl Iterator<Item = &'a SliceModel> + 'a {
+    pub fn slices_for<'a>(
+        &'a self,
+        service: &ObjectKey,
+    ) -> impl Iterator<Item = &'a SliceModel> + 'a {
         self.slices_by_service
             .get(service)
             .into_iter()
@@ -450,7 +514,10 @@ impl Index {
             .into_iter()
             .flatten()
             .filter_map(|k| self.policies.get_key_value(k))
-            .filter(|(_, p)| p.effective().is_some_and(|v| v.spec.target_ref.service == service.name))
+            .filter(|(_, p)| {
+                p.effective()
+                    .is_some_and(|v| v.spec.target_ref.service == service.name)
+            })
             .collect();
         out.sort_by(|a, b| precedence(a.1, a.0).cmp(&precedence(b.1, b.0)));
         out
@@ -509,7 +576,10 @@ fn backend_services(namespace: &str, spec: &weir_api::TrafficPolicySpec) -> BTre
         .flat_map(|r| &r.destinations)
         .filter_map(|d| {
             let name = d.service.as_ref()?;
-            Some(ObjectKey::new(d.namespace.clone().unwrap_or_else(|| namespace.to_string()), name.clone()))
+            Some(ObjectKey::new(
+                d.namespace.clone().unwrap_or_else(|| namespace.to_string()),
+                name.clone(),
+            ))
         })
         .collect()
 }

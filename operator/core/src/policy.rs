@@ -77,7 +77,10 @@ pub fn validate(spec: &TrafficPolicySpec) -> Result<ValidPolicy, Rejection> {
         if spec.subsets[..i].iter().any(|s| s.name == subset.name) {
             check(invalid(
                 &format!("spec.subsets[{i}].name"),
-                &format!("subset {:?} is defined twice: give each subset its own name", subset.name),
+                &format!(
+                    "subset {:?} is defined twice: give each subset its own name",
+                    subset.name
+                ),
             ));
         }
         if subset.labels.is_empty() {
@@ -98,20 +101,33 @@ pub fn validate(spec: &TrafficPolicySpec) -> Result<ValidPolicy, Rejection> {
         }
         return Err(Rejection { message, ..first });
     }
-    Ok(ValidPolicy { spec: spec.clone(), unsupported: unsupported_fields(spec) })
+    Ok(ValidPolicy {
+        spec: spec.clone(),
+        unsupported: unsupported_fields(spec),
+    })
 }
 
-fn validate_rule(spec: &TrafficPolicySpec, i: usize, rule: &HttpRule, check: &mut impl FnMut(Rejection)) {
+fn validate_rule(
+    spec: &TrafficPolicySpec,
+    i: usize,
+    rule: &HttpRule,
+    check: &mut impl FnMut(Rejection),
+) {
     let at = format!("spec.http[{i}]");
     let dests = &rule.destinations;
     if dests.is_empty() {
-        check(invalid(&format!("{at}.destinations"), "is empty: a rule needs at least one destination"));
+        check(invalid(
+            &format!("{at}.destinations"),
+            "is empty: a rule needs at least one destination",
+        ));
     } else if dests.len() == 1 {
         if let Some(w) = dests[0].weight.filter(|w| *w != 100) {
             check(Rejection {
                 reason: reason::INVALID_WEIGHTS,
                 field: format!("{at}.destinations[0].weight"),
-                message: format!("is {w} but a single destination takes all traffic: set 100 or omit the weight"),
+                message: format!(
+                    "is {w} but a single destination takes all traffic: set 100 or omit the weight"
+                ),
             });
         }
     } else {
@@ -167,10 +183,15 @@ fn validate_rule(spec: &TrafficPolicySpec, i: usize, rule: &HttpRule, check: &mu
         let mat = format!("{at}.matches[{k}]");
         if let Some(path) = &m.path {
             match path.match_type {
-                PathMatchType::RegularExpression => check_regex(&format!("{mat}.path.value"), &path.value, check),
+                PathMatchType::RegularExpression => {
+                    check_regex(&format!("{mat}.path.value"), &path.value, check)
+                }
                 _ if !path.value.starts_with('/') => check(invalid(
                     &format!("{mat}.path.value"),
-                    &format!("{:?} does not start with '/': an Exact or Prefix path is absolute", path.value),
+                    &format!(
+                        "{:?} does not start with '/': an Exact or Prefix path is absolute",
+                        path.value
+                    ),
                 )),
                 _ => {}
             }
@@ -179,7 +200,11 @@ fn validate_rule(spec: &TrafficPolicySpec, i: usize, rule: &HttpRule, check: &mu
             check_string_match(&format!("{mat}.headers[{h}]"), header_parts(header), check);
         }
         for (q, param) in m.query_params.iter().enumerate() {
-            check_string_match(&format!("{mat}.queryParams[{q}]"), query_parts(param), check);
+            check_string_match(
+                &format!("{mat}.queryParams[{q}]"),
+                query_parts(param),
+                check,
+            );
         }
     }
     if let Some(timeout) = &rule.timeout {
@@ -187,7 +212,10 @@ fn validate_rule(spec: &TrafficPolicySpec, i: usize, rule: &HttpRule, check: &mu
     }
     if let Some(retries) = &rule.retries {
         if retries.attempts > 10 {
-            check(invalid(&format!("{at}.retries.attempts"), "is over 10: retry at most 10 times"));
+            check(invalid(
+                &format!("{at}.retries.attempts"),
+                "is over 10: retry at most 10 times",
+            ));
         }
         if let Some(t) = &retries.per_try_timeout {
             check_duration(&format!("{at}.retries.perTryTimeout"), t, check);
@@ -209,12 +237,18 @@ fn check_string_match(
     check: &mut impl FnMut(Rejection),
 ) {
     match (match_type, value) {
-        (StringMatchType::Present, Some(_)) => {
-            check(invalid(&format!("{field}.value"), "is set with type Present: remove the value or pick another type"))
-        }
+        (StringMatchType::Present, Some(_)) => check(invalid(
+            &format!("{field}.value"),
+            "is set with type Present: remove the value or pick another type",
+        )),
         (StringMatchType::Present, None) => {}
-        (_, None) => check(invalid(&format!("{field}.value"), "is missing: Exact, Prefix and RegularExpression need a value")),
-        (StringMatchType::RegularExpression, Some(v)) => check_regex(&format!("{field}.value"), v, check),
+        (_, None) => check(invalid(
+            &format!("{field}.value"),
+            "is missing: Exact, Prefix and RegularExpression need a value",
+        )),
+        (StringMatchType::RegularExpression, Some(v)) => {
+            check_regex(&format!("{field}.value"), v, check)
+        }
         _ => {}
     }
 }
@@ -223,18 +257,30 @@ fn check_string_match(
 /// that RE2 has, so a pattern that fails here would fail in Envoy too.
 fn check_regex(field: &str, pattern: &str, check: &mut impl FnMut(Rejection)) {
     if let Err(err) = regex::Regex::new(pattern) {
-        let detail = err.to_string().lines().last().unwrap_or_default().trim().to_string();
+        let detail = err
+            .to_string()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         check(Rejection {
             reason: reason::INVALID_REGEX,
             field: field.to_string(),
-            message: format!("{pattern:?} is not a valid RE2 regular expression ({detail}): fix the pattern"),
+            message: format!(
+                "{pattern:?} is not a valid RE2 regular expression ({detail}): fix the pattern"
+            ),
         });
     }
 }
 
 fn check_duration(field: &str, d: &weir_api::Duration, check: &mut impl FnMut(Rejection)) {
     match d.to_std() {
-        Err(err) => check(Rejection { reason: reason::INVALID_DURATION, field: field.to_string(), message: err.to_string() }),
+        Err(err) => check(Rejection {
+            reason: reason::INVALID_DURATION,
+            field: field.to_string(),
+            message: err.to_string(),
+        }),
         Ok(v) if v == Duration::ZERO => check(Rejection {
             reason: reason::INVALID_DURATION,
             field: field.to_string(),
@@ -245,7 +291,11 @@ fn check_duration(field: &str, d: &weir_api::Duration, check: &mut impl FnMut(Re
 }
 
 fn invalid(field: &str, message: &str) -> Rejection {
-    Rejection { reason: reason::INVALID_FIELD, field: field.to_string(), message: message.to_string() }
+    Rejection {
+        reason: reason::INVALID_FIELD,
+        field: field.to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// Fields the API accepts that translation does not apply yet.
@@ -258,7 +308,11 @@ fn unsupported_fields(spec: &TrafficPolicySpec) -> Vec<String> {
         ("spec.localRateLimit", spec.local_rate_limit.is_some()),
         ("spec.authorization", spec.authorization.is_some()),
     ];
-    out.extend(top.iter().filter(|(_, used)| *used).map(|(f, _)| f.to_string()));
+    out.extend(
+        top.iter()
+            .filter(|(_, used)| *used)
+            .map(|(f, _)| f.to_string()),
+    );
     for (i, rule) in spec.http.iter().enumerate() {
         if rule.fault.is_some() {
             out.push(format!("spec.http[{i}].fault"));
@@ -306,7 +360,10 @@ mod tests {
     fn a_bad_regex_is_rejected_with_its_field() {
         let mut spec = mk_policy_spec("reviews", &[("v1", 100)]);
         spec.http[0].matches = vec![HttpMatch {
-            path: Some(PathMatch { match_type: PathMatchType::RegularExpression, value: "/api/(v1".into() }),
+            path: Some(PathMatch {
+                match_type: PathMatchType::RegularExpression,
+                value: "/api/(v1".into(),
+            }),
             ..Default::default()
         }];
         let err = validate(&spec).unwrap_err();
@@ -317,9 +374,16 @@ mod tests {
     #[test]
     fn every_problem_is_listed_in_the_message() {
         let mut spec = mk_policy_spec("reviews", &[("v1", 70), ("v2", 20)]);
-        spec.http.push(mk_rule(vec![Destination { subset: Some("nope".into()), ..Default::default() }]));
+        spec.http.push(mk_rule(vec![Destination {
+            subset: Some("nope".into()),
+            ..Default::default()
+        }]));
         let err = validate(&spec).unwrap_err();
-        assert!(err.message.contains("spec.http[1].destinations[0].subset"), "{}", err.message);
+        assert!(
+            err.message.contains("spec.http[1].destinations[0].subset"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -328,7 +392,10 @@ mod tests {
         spec.connection_pool = Some(Default::default());
         spec.http[0].fault = Some(Default::default());
         let valid = validate(&spec).unwrap();
-        assert_eq!(valid.unsupported, vec!["spec.connectionPool", "spec.http[0].fault"]);
+        assert_eq!(
+            valid.unsupported,
+            vec!["spec.connectionPool", "spec.http[0].fault"]
+        );
     }
 
     #[test]

@@ -22,14 +22,20 @@ pub enum ResourceType {
 
 impl ResourceType {
     /// All types, CDS first.
-    pub const ALL: [ResourceType; 4] =
-        [ResourceType::Cluster, ResourceType::Endpoint, ResourceType::Listener, ResourceType::Route];
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ];
 
     /// The type URL Envoy uses.
     pub fn type_url(self) -> &'static str {
         match self {
             ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            ResourceType::Endpoint => "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            ResourceType::Endpoint => {
+                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+            }
             ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
         }
@@ -76,13 +82,23 @@ pub struct Resource {
 impl Resource {
     /// Encodes a message as a resource.
     pub fn new<M: Message + Name>(name: impl Into<Arc<str>>, message: &M) -> Resource {
-        Resource::from_any(name, Any { type_url: M::type_url(), value: message.encode_to_vec() })
+        Resource::from_any(
+            name,
+            Any {
+                type_url: M::type_url(),
+                value: message.encode_to_vec(),
+            },
+        )
     }
 
     /// Wraps an already packed resource (also used by tests to serve arbitrary bytes).
     pub fn from_any(name: impl Into<Arc<str>>, body: Any) -> Resource {
         let version = xxh3_64(&body.value);
-        Resource { name: name.into(), version, body: Arc::new(body) }
+        Resource {
+            name: name.into(),
+            version,
+            body: Arc::new(body),
+        }
     }
 
     /// The version as sent on the wire.

@@ -131,33 +131,51 @@ impl MeshSnapshots {
             snapshot.resources[ResourceType::Route.idx()].insert(r.name.clone(), r);
         }
         for ((t, name), r) in &self.raw {
-            snapshot.resources[t.idx()].entry(name.clone()).or_insert_with(|| r.clone());
+            snapshot.resources[t.idx()]
+                .entry(name.clone())
+                .or_insert_with(|| r.clone());
         }
         for t in ResourceType::ALL {
-            snapshot.versions[t.idx()] = snapshot.resources[t.idx()].values().fold(0, |v, r| v ^ r.fingerprint());
+            snapshot.versions[t.idx()] = snapshot.resources[t.idx()]
+                .values()
+                .fold(0, |v, r| v ^ r.fingerprint());
         }
         snapshot.generation = 1;
         let snapshot = Arc::new(snapshot);
         self.profiles.insert(
             profile,
-            ProfileState { snapshot: snapshot.clone(), routes_generation: self.translator.routes_generation() },
+            ProfileState {
+                snapshot: snapshot.clone(),
+                routes_generation: self.translator.routes_generation(),
+            },
         );
         snapshot
     }
 
     /// Serves `resource` to every profile as given. Returns the changed snapshots.
-    pub fn insert_raw(&mut self, t: ResourceType, resource: Resource) -> Vec<(ProxyProfile, Arc<Snapshot>)> {
+    pub fn insert_raw(
+        &mut self,
+        t: ResourceType,
+        resource: Resource,
+    ) -> Vec<(ProxyProfile, Arc<Snapshot>)> {
         let name = resource.name.clone();
         self.raw.insert((t, name.clone()), resource);
         let profiles: Vec<ProxyProfile> = self.profiles.keys().copied().collect();
         profiles
             .into_iter()
-            .filter_map(|p| self.rebuild(p, &Changes::default(), &[(t, name.clone())]).map(|s| (p, s)))
+            .filter_map(|p| {
+                self.rebuild(p, &Changes::default(), &[(t, name.clone())])
+                    .map(|s| (p, s))
+            })
             .collect()
     }
 
     /// Stops serving a resource added by [`MeshSnapshots::insert_raw`].
-    pub fn remove_raw(&mut self, t: ResourceType, name: &str) -> Vec<(ProxyProfile, Arc<Snapshot>)> {
+    pub fn remove_raw(
+        &mut self,
+        t: ResourceType,
+        name: &str,
+    ) -> Vec<(ProxyProfile, Arc<Snapshot>)> {
         let name: Arc<str> = name.into();
         if self.raw.remove(&(t, name.clone())).is_none() {
             return Vec::new();
@@ -165,7 +183,10 @@ impl MeshSnapshots {
         let profiles: Vec<ProxyProfile> = self.profiles.keys().copied().collect();
         profiles
             .into_iter()
-            .filter_map(|p| self.rebuild(p, &Changes::default(), &[(t, name.clone())]).map(|s| (p, s)))
+            .filter_map(|p| {
+                self.rebuild(p, &Changes::default(), &[(t, name.clone())])
+                    .map(|s| (p, s))
+            })
             .collect()
     }
 
@@ -182,14 +203,27 @@ impl MeshSnapshots {
     ) -> Option<Arc<Snapshot>> {
         let state = self.profiles.get(&profile)?;
         let old = state.snapshot.clone();
-        let mut next = Snapshot { generation: old.generation + 1, ..(*old).clone() };
+        let mut next = Snapshot {
+            generation: old.generation + 1,
+            ..(*old).clone()
+        };
         let mut changed: [BTreeSet<Arc<str>>; 4] = Default::default();
         let mut removed: [BTreeSet<Arc<str>>; 4] = Default::default();
 
         // CDS and EDS: apply the translator's change lists to the previous maps.
         let shared = [
-            (ResourceType::Cluster, self.translator.clusters(), &changes.clusters, &changes.clusters_removed),
-            (ResourceType::Endpoint, self.translator.endpoints(), &changes.endpoints, &changes.endpoints_removed),
+            (
+                ResourceType::Cluster,
+                self.translator.clusters(),
+                &changes.clusters,
+                &changes.clusters_removed,
+            ),
+            (
+                ResourceType::Endpoint,
+                self.translator.endpoints(),
+                &changes.endpoints,
+                &changes.endpoints_removed,
+            ),
         ];
         for (t, source, upserts, removals) in shared {
             let map = &mut next.resources[t.idx()];
@@ -217,7 +251,10 @@ impl MeshSnapshots {
         // LDS and RDS: reassemble when a virtual host changed; these maps are small.
         if self.translator.routes_generation() != state.routes_generation {
             let (listeners, routes) = translate::assemble(&self.translator, &profile);
-            for (t, fresh) in [(ResourceType::Listener, listeners), (ResourceType::Route, routes)] {
+            for (t, fresh) in [
+                (ResourceType::Listener, listeners),
+                (ResourceType::Route, routes),
+            ] {
                 let mut map: ResourceMap = fresh.into_iter().map(|r| (r.name.clone(), r)).collect();
                 for ((rt, name), r) in &self.raw {
                     if *rt == t {
@@ -281,7 +318,13 @@ impl MeshSnapshots {
         }
         let routes_generation = self.translator.routes_generation();
         let next = Arc::new(next);
-        self.profiles.insert(profile, ProfileState { snapshot: next.clone(), routes_generation });
+        self.profiles.insert(
+            profile,
+            ProfileState {
+                snapshot: next.clone(),
+                routes_generation,
+            },
+        );
         Some(next)
     }
 }
@@ -306,12 +349,19 @@ pub fn check_consistency(profile: ProxyProfile, snapshot: &Snapshot) -> Result<(
     let names: Box<dyn Iterator<Item = &Arc<str>>> = if check_all {
         Box::new(clusters.keys())
     } else {
-        Box::new(snapshot.changed[ResourceType::Cluster.idx()].iter().chain(snapshot.removed[ResourceType::Endpoint.idx()].iter()))
+        Box::new(
+            snapshot.changed[ResourceType::Cluster.idx()]
+                .iter()
+                .chain(snapshot.removed[ResourceType::Endpoint.idx()].iter()),
+        )
     };
     for name in names {
         if let Some(r) = clusters.get(name) {
             if !endpoints.contains_key(name) && is_eds(r) {
-                return Err(Inconsistent { profile, problem: format!("EDS cluster {name} has no load assignment") });
+                return Err(Inconsistent {
+                    profile,
+                    problem: format!("EDS cluster {name} has no load assignment"),
+                });
             }
         }
     }

@@ -41,7 +41,9 @@ pub fn resolve_policies(index: &Index, service: &ObjectKey) -> Vec<(ObjectKey, P
     let mut claimed: Vec<(u16, ObjectKey)> = Vec::new();
     let mut out = Vec::new();
     for (key, entry) in index.policies_for(service) {
-        let Some(valid) = entry.effective() else { continue };
+        let Some(valid) = entry.effective() else {
+            continue;
+        };
         let outcome = match svc {
             None => PolicyOutcome::TargetNotFound {
                 message: format!(
@@ -82,7 +84,11 @@ fn join(ports: &BTreeSet<u16>) -> String {
     if ports.is_empty() {
         return "no TCP ports".into();
     }
-    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+    ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A status condition, independent of the Kubernetes type (the controller converts it).
@@ -127,7 +133,10 @@ pub fn policy_statuses(index: &Index) -> Vec<PolicyStatus> {
     let mut outcomes = std::collections::HashMap::new();
     let targets: BTreeSet<ObjectKey> = index
         .policies()
-        .filter_map(|(k, p)| p.effective().map(|v| ObjectKey::new(k.namespace.clone(), v.spec.target_ref.service.clone())))
+        .filter_map(|(k, p)| {
+            p.effective()
+                .map(|v| ObjectKey::new(k.namespace.clone(), v.spec.target_ref.service.clone()))
+        })
         .collect();
     for target in &targets {
         outcomes.extend(resolve_policies(index, target));
@@ -199,17 +208,30 @@ fn resolved_refs(
     served: Option<&Arc<ValidPolicy>>,
     outcome: Option<&PolicyOutcome>,
 ) -> ConditionView {
-    let not_found = |reason, message| ConditionView { type_: "ResolvedRefs", status: false, reason, message };
+    let not_found = |reason, message| ConditionView {
+        type_: "ResolvedRefs",
+        status: false,
+        reason,
+        message,
+    };
     if let Some(PolicyOutcome::TargetNotFound { message }) = outcome {
         return not_found(reason::TARGET_NOT_FOUND, message.clone());
     }
     let Some(valid) = served else {
-        return not_found(reason::TARGET_NOT_FOUND, "no valid version of the policy to resolve".into());
+        return not_found(
+            reason::TARGET_NOT_FOUND,
+            "no valid version of the policy to resolve".into(),
+        );
     };
     for (i, rule) in valid.spec.http.iter().enumerate() {
         for (j, dest) in rule.destinations.iter().enumerate() {
             let Some(name) = &dest.service else { continue };
-            let other = ObjectKey::new(dest.namespace.clone().unwrap_or_else(|| key.namespace.clone()), name.clone());
+            let other = ObjectKey::new(
+                dest.namespace
+                    .clone()
+                    .unwrap_or_else(|| key.namespace.clone()),
+                name.clone(),
+            );
             let field = format!("spec.http[{i}].destinations[{j}]");
             match index.service(&other) {
                 None => {

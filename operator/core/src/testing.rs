@@ -11,8 +11,12 @@ fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
     ObjectMeta {
         namespace: Some(ns.into()),
         name: Some(name.into()),
-        labels: (!labels.is_empty())
-            .then(|| labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+        labels: (!labels.is_empty()).then(|| {
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        }),
         ..Default::default()
     }
 }
@@ -52,12 +56,22 @@ pub fn port_name(i: usize, port: u16) -> String {
 
 /// A Pod with labels.
 pub fn mk_pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> Pod {
-    Pod { metadata: meta(ns, name, labels), ..Default::default() }
+    Pod {
+        metadata: meta(ns, name, labels),
+        ..Default::default()
+    }
 }
 
 /// An EndpointSlice of `service` with one port named `port_name` and ready endpoints
 /// (address, pod name).
-pub fn mk_slice(ns: &str, name: &str, service: &str, port_name: &str, port: u16, endpoints: &[(&str, &str)]) -> EndpointSlice {
+pub fn mk_slice(
+    ns: &str,
+    name: &str,
+    service: &str,
+    port_name: &str,
+    port: u16,
+    endpoints: &[(&str, &str)],
+) -> EndpointSlice {
     EndpointSlice {
         metadata: meta(ns, name, &[("kubernetes.io/service-name", service)]),
         address_type: "IPv4".into(),
@@ -71,7 +85,10 @@ pub fn mk_slice(ns: &str, name: &str, service: &str, port_name: &str, port: u16,
             .iter()
             .map(|(ip, pod)| Endpoint {
                 addresses: vec![ip.to_string()],
-                conditions: Some(EndpointConditions { ready: Some(true), ..Default::default() }),
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    ..Default::default()
+                }),
                 target_ref: Some(ObjectReference {
                     kind: Some("Pod".into()),
                     name: Some(pod.to_string()),
@@ -86,14 +103,20 @@ pub fn mk_slice(ns: &str, name: &str, service: &str, port_name: &str, port: u16,
 
 /// A rule sending everything to the given destinations.
 pub fn mk_rule(destinations: Vec<Destination>) -> HttpRule {
-    HttpRule { destinations, ..Default::default() }
+    HttpRule {
+        destinations,
+        ..Default::default()
+    }
 }
 
 /// A spec targeting `service` that splits all traffic over subsets `(name, weight)`, each
 /// subset selecting `version: <name>`.
 pub fn mk_policy_spec(service: &str, split: &[(&str, u32)]) -> TrafficPolicySpec {
     TrafficPolicySpec {
-        target_ref: TargetRef { service: service.into(), port: None },
+        target_ref: TargetRef {
+            service: service.into(),
+            port: None,
+        },
         subsets: split
             .iter()
             .map(|(name, _)| Subset {
@@ -104,7 +127,11 @@ pub fn mk_policy_spec(service: &str, split: &[(&str, u32)]) -> TrafficPolicySpec
         http: vec![mk_rule(
             split
                 .iter()
-                .map(|(name, w)| Destination { subset: Some(name.to_string()), weight: Some(*w), ..Default::default() })
+                .map(|(name, w)| Destination {
+                    subset: Some(name.to_string()),
+                    weight: Some(*w),
+                    ..Default::default()
+                })
                 .collect(),
         )],
         ..Default::default()

@@ -63,8 +63,20 @@ pub async fn run(
     let mut snapshot = snapshots.borrow_and_update().clone();
     let proxy = engine.proxies.register(node.clone(), "delta", &meta);
     engine.metrics.connected_proxies.inc();
-    tracing::info!(node, namespace = meta.namespace, pod = meta.pod, "proxy connected (delta)");
-    let mut stream = Stream { engine: engine.clone(), node: node.clone(), proxy, types: Default::default(), nonce: 0, tx };
+    tracing::info!(
+        node,
+        namespace = meta.namespace,
+        pod = meta.pod,
+        "proxy connected (delta)"
+    );
+    let mut stream = Stream {
+        engine: engine.clone(),
+        node: node.clone(),
+        proxy,
+        types: Default::default(),
+        nonce: 0,
+        tx,
+    };
 
     let closed = engine.closed();
     tokio::pin!(closed);
@@ -103,33 +115,42 @@ pub async fn run(
 }
 
 impl Stream {
-    async fn on_request(&mut self, snapshot: &Snapshot, req: DeltaDiscoveryRequest) -> Result<(), ()> {
+    async fn on_request(
+        &mut self,
+        snapshot: &Snapshot,
+        req: DeltaDiscoveryRequest,
+    ) -> Result<(), ()> {
         let Some(t) = ResourceType::from_type_url(&req.type_url) else {
-            tracing::debug!(node = self.node, type_url = req.type_url, "ignoring request for a type Weir does not serve");
+            tracing::debug!(
+                node = self.node,
+                type_url = req.type_url,
+                "ignoring request for a type Weir does not serve"
+            );
             return Ok(());
         };
         let state = &mut self.types[t.idx()];
-        if !req.response_nonce.is_empty() {
-            if state.nonce.as_deref() == Some(req.response_nonce.as_str()) {
-                state.nonce = None;
-                match &req.error_detail {
-                    Some(err) => {
-                        super::count_nack(&self.engine, &self.node, t, &err.message);
-                        self.proxy.update(|p| {
-                            let s = p.state(t);
-                            s.pending_nonce = None;
-                            s.nack = Some(err.message.clone());
-                        });
-                    }
-                    None => self.proxy.update(|p| {
+        // An ACK or NACK of the last response (answers to superseded ones are ignored). A
+        // delta request may also change subscriptions, so handling goes on below.
+        if !req.response_nonce.is_empty()
+            && state.nonce.as_deref() == Some(req.response_nonce.as_str())
+        {
+            state.nonce = None;
+            match &req.error_detail {
+                Some(err) => {
+                    super::count_nack(&self.engine, &self.node, t, &err.message);
+                    self.proxy.update(|p| {
                         let s = p.state(t);
                         s.pending_nonce = None;
-                        s.nack = None;
-                        s.acked_version = s.sent_version.clone();
-                    }),
+                        s.nack = Some(err.message.clone());
+                    });
                 }
+                None => self.proxy.update(|p| {
+                    let s = p.state(t);
+                    s.pending_nonce = None;
+                    s.nack = None;
+                    s.acked_version = s.sent_version.clone();
+                }),
             }
-            // A delta request may also change subscriptions, so it is not done yet.
         }
 
         let first = !state.subscribed;
@@ -138,7 +159,10 @@ impl Stream {
             state.subscribed = true;
             for (name, version) in &req.initial_resource_versions {
                 // Unparseable versions count as "has something else", which forces a resend.
-                state.has.insert(name.clone(), u64::from_str_radix(version, 16).unwrap_or(u64::MAX));
+                state.has.insert(
+                    name.clone(),
+                    u64::from_str_radix(version, 16).unwrap_or(u64::MAX),
+                );
             }
             if req.resource_names_subscribe.is_empty() && t.is_wildcard_by_default() {
                 state.wildcard = true;
@@ -170,7 +194,16 @@ impl Stream {
             let candidates: Vec<Arc<str>> = if state.wildcard {
                 snapshot.of(t).keys().cloned().collect()
             } else {
-                state.names.iter().filter_map(|n| snapshot.of(t).get_key_value(n.as_str()).map(|(k, _)| k.clone())).collect()
+                state
+                    .names
+                    .iter()
+                    .filter_map(|n| {
+                        snapshot
+                            .of(t)
+                            .get_key_value(n.as_str())
+                            .map(|(k, _)| k.clone())
+                    })
+                    .collect()
             };
             for name in candidates {
                 let version = snapshot.of(t).get(&name).map(|r| r.version);
@@ -179,9 +212,17 @@ impl Stream {
                 }
             }
             // What the proxy has (from before a reconnect) that no longer exists.
-            removed.extend(state.has.keys().filter(|n| !snapshot.of(t).contains_key(n.as_str())).cloned());
+            removed.extend(
+                state
+                    .has
+                    .keys()
+                    .filter(|n| !snapshot.of(t).contains_key(n.as_str()))
+                    .cloned(),
+            );
             // Newly asked-for names that do not exist: say so, or Envoy waits for them.
-            removed.extend(new_names.into_iter().filter(|n| !snapshot.of(t).contains_key(n.as_str()) && !state.has.contains_key(n)));
+            removed.extend(new_names.into_iter().filter(|n| {
+                !snapshot.of(t).contains_key(n.as_str()) && !state.has.contains_key(n)
+            }));
         }
         if first || !updates.is_empty() || !removed.is_empty() {
             return self.respond(snapshot, t, updates, removed).await;
@@ -200,7 +241,10 @@ impl Stream {
                 let updates = snapshot.changed[t.idx()]
                     .iter()
                     .filter(|n| state.wants(n))
-                    .filter(|n| state.has.get(n.as_ref()).copied() != snapshot.of(t).get(*n).map(|r| r.version))
+                    .filter(|n| {
+                        state.has.get(n.as_ref()).copied()
+                            != snapshot.of(t).get(*n).map(|r| r.version)
+                    })
                     .cloned()
                     .collect();
                 let removed = snapshot.removed[t.idx()]
@@ -217,8 +261,12 @@ impl Stream {
                     .filter(|(n, r)| state.has.get(n.as_ref()).copied() != Some(r.version))
                     .map(|(n, _)| n.clone())
                     .collect();
-                let removed =
-                    state.has.keys().filter(|n| !snapshot.of(t).contains_key(n.as_str())).cloned().collect();
+                let removed = state
+                    .has
+                    .keys()
+                    .filter(|n| !snapshot.of(t).contains_key(n.as_str()))
+                    .cloned()
+                    .collect();
                 (updates, removed)
             };
             if !updates.is_empty() || !removed.is_empty() {
@@ -228,7 +276,13 @@ impl Stream {
         Ok(())
     }
 
-    async fn respond(&mut self, snapshot: &Snapshot, t: ResourceType, updates: Vec<Arc<str>>, removed: Vec<String>) -> Result<(), ()> {
+    async fn respond(
+        &mut self,
+        snapshot: &Snapshot,
+        t: ResourceType,
+        updates: Vec<Arc<str>>,
+        removed: Vec<String>,
+    ) -> Result<(), ()> {
         let state = &mut self.types[t.idx()];
         let mut resources = Vec::with_capacity(updates.len());
         for name in &updates {

@@ -11,7 +11,9 @@ pub mod proxies;
 pub mod sotw;
 
 use envoy_types::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_server::{AggregatedDiscoveryService, AggregatedDiscoveryServiceServer},
+    aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    },
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use futures::Stream;
@@ -95,9 +97,12 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 pub(crate) fn identify(
     node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
 ) -> Result<(String, ProxyMeta), Status> {
-    let node = node.ok_or_else(|| Status::invalid_argument("the first xDS request carries no node"))?;
+    let node =
+        node.ok_or_else(|| Status::invalid_argument("the first xDS request carries no node"))?;
     if node.id.is_empty() {
-        return Err(Status::invalid_argument("node.id is empty: give every proxy a unique node id"));
+        return Err(Status::invalid_argument(
+            "node.id is empty: give every proxy a unique node id",
+        ));
     }
     let meta = ProxyMeta::from_node_metadata(node.metadata.as_ref())
         .map_err(|e| Status::invalid_argument(format!("node {}: {e}", node.id)))?;
@@ -108,7 +113,11 @@ pub(crate) fn identify(
 pub(crate) fn count_push(engine: &Engine, t: ResourceType, resources: usize) {
     let labels = crate::metrics::TypeLabels { r#type: t.short() };
     engine.metrics.pushes.get_or_create(&labels).inc();
-    engine.metrics.pushed_resources.get_or_create(&labels).inc_by(resources as u64);
+    engine
+        .metrics
+        .pushed_resources
+        .get_or_create(&labels)
+        .inc_by(resources as u64);
     engine.note_push();
 }
 
@@ -116,5 +125,10 @@ pub(crate) fn count_push(engine: &Engine, t: ResourceType, resources: usize) {
 pub(crate) fn count_nack(engine: &Engine, node: &str, t: ResourceType, message: &str) {
     let labels = crate::metrics::TypeLabels { r#type: t.short() };
     engine.metrics.nacks.get_or_create(&labels).inc();
-    tracing::warn!(node, r#type = t.short(), message, "proxy rejected config (NACK); it keeps its last good config");
+    tracing::warn!(
+        node,
+        r#type = t.short(),
+        message,
+        "proxy rejected config (NACK); it keeps its last good config"
+    );
 }

@@ -89,7 +89,11 @@ impl ProxyHandle {
 
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
-        self.registry.proxies.lock().expect("registry lock poisoned").remove(&self.id);
+        self.registry
+            .proxies
+            .lock()
+            .expect("registry lock poisoned")
+            .remove(&self.id);
     }
 }
 
@@ -115,18 +119,37 @@ impl ProxyRegistry {
             namespace: meta.namespace.clone(),
             pod: meta.pod.clone(),
             profile: meta.profile(),
-            connected_at: SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            connected_at: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             generation: 0,
             types: BTreeMap::new(),
         }));
-        self.proxies.lock().expect("registry lock poisoned").insert(id, record.clone());
-        ProxyHandle { id, record, registry: self.clone() }
+        self.proxies
+            .lock()
+            .expect("registry lock poisoned")
+            .insert(id, record.clone());
+        ProxyHandle {
+            id,
+            record,
+            registry: self.clone(),
+        }
     }
 
     /// A copy of every record, in connection order.
     pub fn list(&self) -> Vec<ProxyRecord> {
-        let records: Vec<_> = self.proxies.lock().expect("registry lock poisoned").values().cloned().collect();
-        records.iter().map(|r| r.lock().expect("proxy record lock poisoned").clone()).collect()
+        let records: Vec<_> = self
+            .proxies
+            .lock()
+            .expect("registry lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        records
+            .iter()
+            .map(|r| r.lock().expect("proxy record lock poisoned").clone())
+            .collect()
     }
 
     /// Number of open streams.

@@ -35,7 +35,11 @@ struct Stream {
 }
 
 /// Runs one SotW stream until the proxy goes away.
-pub async fn run(engine: Arc<Engine>, mut inbound: Streaming<DiscoveryRequest>, tx: mpsc::Sender<Result<DiscoveryResponse, Status>>) {
+pub async fn run(
+    engine: Arc<Engine>,
+    mut inbound: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
     let first = match inbound.message().await {
         Ok(Some(req)) => req,
         _ => return,
@@ -52,8 +56,20 @@ pub async fn run(engine: Arc<Engine>, mut inbound: Streaming<DiscoveryRequest>, 
     let mut snapshot = snapshots.borrow_and_update().clone();
     let proxy = engine.proxies.register(node.clone(), "sotw", &meta);
     engine.metrics.connected_proxies.inc();
-    tracing::info!(node, namespace = meta.namespace, pod = meta.pod, "proxy connected (sotw)");
-    let mut stream = Stream { engine: engine.clone(), node: node.clone(), proxy, types: Default::default(), nonce: 0, tx };
+    tracing::info!(
+        node,
+        namespace = meta.namespace,
+        pod = meta.pod,
+        "proxy connected (sotw)"
+    );
+    let mut stream = Stream {
+        engine: engine.clone(),
+        node: node.clone(),
+        proxy,
+        types: Default::default(),
+        nonce: 0,
+        tx,
+    };
 
     let closed = engine.closed();
     tokio::pin!(closed);
@@ -94,7 +110,11 @@ pub async fn run(engine: Arc<Engine>, mut inbound: Streaming<DiscoveryRequest>, 
 impl Stream {
     async fn on_request(&mut self, snapshot: &Snapshot, req: DiscoveryRequest) -> Result<(), ()> {
         let Some(t) = ResourceType::from_type_url(&req.type_url) else {
-            tracing::debug!(node = self.node, type_url = req.type_url, "ignoring request for a type Weir does not serve");
+            tracing::debug!(
+                node = self.node,
+                type_url = req.type_url,
+                "ignoring request for a type Weir does not serve"
+            );
             return Ok(());
         };
         let state = &mut self.types[t.idx()];
@@ -137,7 +157,15 @@ impl Stream {
             // A new subscription gets everything it asks for.
             let all: Vec<Arc<str>> = match &state.names {
                 None => snapshot.of(t).keys().cloned().collect(),
-                Some(names) => names.iter().filter_map(|n| snapshot.of(t).get_key_value(n.as_str()).map(|(k, _)| k.clone())).collect(),
+                Some(names) => names
+                    .iter()
+                    .filter_map(|n| {
+                        snapshot
+                            .of(t)
+                            .get_key_value(n.as_str())
+                            .map(|(k, _)| k.clone())
+                    })
+                    .collect(),
             };
             self.proxy.update(|p| p.state(t).subscribed = true);
             return self.respond(snapshot, t, all, true).await;
@@ -166,7 +194,12 @@ impl Stream {
             };
             let wanted: Vec<Arc<str>> = candidates
                 .into_iter()
-                .filter(|n| state.names.as_ref().is_none_or(|names| names.contains(n.as_ref())))
+                .filter(|n| {
+                    state
+                        .names
+                        .as_ref()
+                        .is_none_or(|names| names.contains(n.as_ref()))
+                })
                 .filter(|n| snapshot.of(t).get(n).map(|r| r.version) != state.sent.get(n).copied())
                 .collect();
             if !wanted.is_empty() {
@@ -176,7 +209,13 @@ impl Stream {
         Ok(())
     }
 
-    async fn respond(&mut self, snapshot: &Snapshot, t: ResourceType, names: Vec<Arc<str>>, full: bool) -> Result<(), ()> {
+    async fn respond(
+        &mut self,
+        snapshot: &Snapshot,
+        t: ResourceType,
+        names: Vec<Arc<str>>,
+        full: bool,
+    ) -> Result<(), ()> {
         let state = &mut self.types[t.idx()];
         let mut resources = Vec::with_capacity(names.len());
         for name in &names {

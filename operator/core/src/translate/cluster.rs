@@ -10,7 +10,10 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::google::protobuf::Duration;
 
 /// Connect timeout for mesh clusters; a later policy field may override it.
-const CONNECT_TIMEOUT: Duration = Duration { seconds: 1, nanos: 0 };
+const CONNECT_TIMEOUT: Duration = Duration {
+    seconds: 1,
+    nanos: 0,
+};
 
 /// Config source that means "over the same ADS stream".
 pub fn ads() -> ConfigSource {
@@ -26,7 +29,10 @@ pub fn eds_cluster(name: &str) -> Cluster {
     Cluster {
         name: name.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-        eds_cluster_config: Some(EdsClusterConfig { eds_config: Some(ads()), service_name: name.to_string() }),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: name.to_string(),
+        }),
         connect_timeout: Some(CONNECT_TIMEOUT),
         lb_policy: LbPolicy::RoundRobin as i32,
         ..Default::default()
@@ -37,7 +43,9 @@ pub fn eds_cluster(name: &str) -> Cluster {
 pub fn original_dst_cluster(name: &str) -> Cluster {
     Cluster {
         name: name.to_string(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
         connect_timeout: Some(CONNECT_TIMEOUT),
         lb_policy: LbPolicy::ClusterProvided as i32,
         ..Default::default()

@@ -20,7 +20,10 @@ pub fn socket_address(ip: &str, port: u16) -> Address {
 }
 
 /// The assignment for `cluster` with the given (ip, port) endpoints, in the order given.
-pub fn load_assignment<'a>(cluster: &str, endpoints: impl IntoIterator<Item = (&'a str, u16)>) -> ClusterLoadAssignment {
+pub fn load_assignment<'a>(
+    cluster: &str,
+    endpoints: impl IntoIterator<Item = (&'a str, u16)>,
+) -> ClusterLoadAssignment {
     let lb_endpoints: Vec<LbEndpoint> = endpoints
         .into_iter()
         .map(|(ip, port)| LbEndpoint {
@@ -36,7 +39,10 @@ pub fn load_assignment<'a>(cluster: &str, endpoints: impl IntoIterator<Item = (&
         endpoints: if lb_endpoints.is_empty() {
             Vec::new()
         } else {
-            vec![LocalityLbEndpoints { lb_endpoints, ..Default::default() }]
+            vec![LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }]
         },
         ..Default::default()
     }

@@ -9,8 +9,8 @@
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{
-    filter::ConfigType as FilterConfig, listener_filter::ConfigType as ListenerFilterConfig, Filter,
-    FilterChain, FilterChainMatch, Listener, ListenerFilter,
+    filter::ConfigType as FilterConfig, listener_filter::ConfigType as ListenerFilterConfig,
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
@@ -52,7 +52,13 @@ pub fn transparent_outbound(ports: &[u16]) -> Listener {
         listener_filters: vec![original_dst()],
         filter_chains: ports
             .iter()
-            .map(|p| http_chain(&format!("outbound_{p}"), &names::port_route_config(*p), Some(*p)))
+            .map(|p| {
+                http_chain(
+                    &format!("outbound_{p}"),
+                    &names::port_route_config(*p),
+                    Some(*p),
+                )
+            })
             .collect(),
         default_filter_chain: Some(tcp_chain("passthrough", names::PASSTHROUGH_CLUSTER)),
         ..Default::default()
@@ -98,7 +104,9 @@ fn http_chain(stat_prefix: &str, route_config: &str, port: Option<u16>) -> Filte
     FilterChain {
         name: stat_prefix.into(),
         filter_chain_match: port.map(|p| FilterChainMatch {
-            destination_port: Some(UInt32Value { value: u32::from(p) }),
+            destination_port: Some(UInt32Value {
+                value: u32::from(p),
+            }),
             ..Default::default()
         }),
         filters: vec![Filter {

@@ -79,10 +79,18 @@ pub struct PortVirtualHost {
     pub owns_bare_names: bool,
 }
 
+/// One cluster a Service produces (its load assignment has the same name).
+#[derive(Debug, Clone)]
+struct ClusterSlot {
+    name: Arc<str>,
+    port: u16,
+    /// For a subset, the pod labels that select its endpoints.
+    subset_labels: Option<BTreeMap<String, String>>,
+}
+
 #[derive(Debug, Default, Clone)]
 struct ServiceOutput {
-    /// Cluster (and load assignment) names with, for subsets, the labels selecting pods.
-    clusters: Vec<(Arc<str>, u16, Option<BTreeMap<String, String>>)>,
+    clusters: Vec<ClusterSlot>,
     ports: Vec<u16>,
 }
 
@@ -134,7 +142,9 @@ impl Translator {
     }
 
     /// Virtual hosts in (Service, port) order.
-    pub fn virtual_hosts(&self) -> impl Iterator<Item = (&(ObjectKey, u16), &Arc<PortVirtualHost>)> {
+    pub fn virtual_hosts(
+        &self,
+    ) -> impl Iterator<Item = (&(ObjectKey, u16), &Arc<PortVirtualHost>)> {
         self.vhosts.iter()
     }
 
@@ -143,33 +153,44 @@ impl Translator {
         let mut new = ServiceOutput::default();
         if let Some(svc) = index.service(key) {
             let outcomes = resolve_policies(index, key);
-            let bare_port = svc.ports.iter().map(|p| p.port).find(|p| *p == 80).or_else(|| svc.ports.iter().map(|p| p.port).min());
+            let bare_port = svc
+                .ports
+                .iter()
+                .map(|p| p.port)
+                .find(|p| *p == 80)
+                .or_else(|| svc.ports.iter().map(|p| p.port).min());
             for port in &svc.ports {
                 let winner = outcomes.iter().find_map(|(_, o)| match o {
-                    PolicyOutcome::Active { policy, ports } if ports.contains(&port.port) => Some(policy.clone()),
+                    PolicyOutcome::Active { policy, ports } if ports.contains(&port.port) => {
+                        Some(policy.clone())
+                    }
                     _ => None,
                 });
                 let spec = winner.as_ref().map(|p| &p.spec);
                 new.ports.push(port.port);
-                new.clusters.push((names::cluster_name(key, port.port, None).into(), port.port, None));
+                new.clusters.push(ClusterSlot {
+                    name: names::cluster_name(key, port.port, None).into(),
+                    port: port.port,
+                    subset_labels: None,
+                });
                 for subset in spec.map(|s| s.subsets.as_slice()).unwrap_or_default() {
-                    let name = names::cluster_name(key, port.port, Some(&subset.name));
-                    new.clusters.push((name.into(), port.port, Some(subset.labels.clone())));
+                    new.clusters.push(ClusterSlot {
+                        name: names::cluster_name(key, port.port, Some(&subset.name)).into(),
+                        port: port.port,
+                        subset_labels: Some(subset.labels.clone()),
+                    });
                 }
-                let vhost = route::virtual_host(index, key, port.port, None, false, spec);
-                let bare_domains = names::domains(key, port.port, None, true)
+                let cluster_ip = svc.cluster_ip.as_deref();
+                let vhost = route::virtual_host(index, key, port.port, cluster_ip, false, spec);
+                let bare_domains = names::domains(key, port.port, cluster_ip, true)
                     .into_iter()
                     .filter(|d| !vhost.domains.contains(d))
                     .collect();
-                let mut vhost = vhost;
-                if let Some(ip) = &svc.cluster_ip {
-                    vhost.domains.push(format!("{ip}:{}", port.port));
-                }
-                let mut bare_domains: Vec<String> = bare_domains;
-                if let Some(ip) = &svc.cluster_ip {
-                    bare_domains.push(ip.clone());
-                }
-                let entry = PortVirtualHost { vhost, bare_domains, owns_bare_names: Some(port.port) == bare_port };
+                let entry = PortVirtualHost {
+                    vhost,
+                    bare_domains,
+                    owns_bare_names: Some(port.port) == bare_port,
+                };
                 let slot = (key.clone(), port.port);
                 if self.vhosts.get(&slot).map(|v| v.as_ref()) != Some(&entry) {
                     self.vhosts.insert(slot, Arc::new(entry));
@@ -178,8 +199,8 @@ impl Translator {
             }
         }
         // Drop what the Service no longer produces.
-        let kept: BTreeSet<&Arc<str>> = new.clusters.iter().map(|(n, _, _)| n).collect();
-        for (name, _, _) in &old.clusters {
+        let kept: BTreeSet<&Arc<str>> = new.clusters.iter().map(|c| &c.name).collect();
+        for ClusterSlot { name, .. } in &old.clusters {
             if !kept.contains(name) {
                 if self.clusters.remove(name).is_some() {
                     changes.clusters_removed.push(name.clone());
@@ -194,7 +215,7 @@ impl Translator {
                 changes.routes = true;
             }
         }
-        for (name, _, _) in &new.clusters {
+        for ClusterSlot { name, .. } in &new.clusters {
             let resource = Resource::new(name.clone(), &cluster::eds_cluster(name));
             upsert(&mut self.clusters, resource, &mut changes.clusters);
         }
@@ -207,21 +228,41 @@ impl Translator {
     }
 
     fn translate_endpoints(&mut self, index: &Index, key: &ObjectKey, changes: &mut Changes) {
-        let (Some(svc), Some(out)) = (index.service(key), self.services.get(key)) else { return };
+        let (Some(svc), Some(out)) = (index.service(key), self.services.get(key)) else {
+            return;
+        };
         let out = out.clone();
         self.write_endpoints(index, key, svc, &out, changes);
     }
 
-    fn write_endpoints(&mut self, index: &Index, key: &ObjectKey, svc: &ServiceModel, out: &ServiceOutput, changes: &mut Changes) {
-        for (name, port, subset) in &out.clusters {
-            let Some(service_port) = svc.ports.iter().find(|p| p.port == *port) else { continue };
+    fn write_endpoints(
+        &mut self,
+        index: &Index,
+        key: &ObjectKey,
+        svc: &ServiceModel,
+        out: &ServiceOutput,
+        changes: &mut Changes,
+    ) {
+        for ClusterSlot {
+            name,
+            port,
+            subset_labels: subset,
+        } in &out.clusters
+        {
+            let Some(service_port) = svc.ports.iter().find(|p| p.port == *port) else {
+                continue;
+            };
             let mut eps: Vec<(&str, u16)> = Vec::new();
             for slice in index.slices_for(key) {
-                let Some((_, target)) = slice.ports.iter().find(|(n, _)| *n == service_port.name) else { continue };
+                let Some((_, target)) = slice.ports.iter().find(|(n, _)| *n == service_port.name)
+                else {
+                    continue;
+                };
                 for ep in slice.endpoints.iter().filter(|e| e.ready) {
                     if let Some(labels) = subset {
                         let pod_labels = ep.pod.as_ref().and_then(|p| index.pod_labels(p));
-                        let selected = pod_labels.is_some_and(|pl| labels.iter().all(|(k, v)| pl.get(k) == Some(v)));
+                        let selected = pod_labels
+                            .is_some_and(|pl| labels.iter().all(|(k, v)| pl.get(k) == Some(v)));
                         if !selected {
                             continue;
                         }
@@ -260,7 +301,10 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
                 .collect();
             let routes = route::route_configuration(names::EXPLICIT_ROUTE_CONFIG, vhosts);
             (
-                vec![Resource::new(names::OUTBOUND_LISTENER, &listener::explicit_outbound(port))],
+                vec![Resource::new(
+                    names::OUTBOUND_LISTENER,
+                    &listener::explicit_outbound(port),
+                )],
                 vec![Resource::new(names::EXPLICIT_ROUTE_CONFIG, &routes)],
             )
         }
@@ -280,7 +324,10 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
                 })
                 .collect();
             let listeners = vec![
-                Resource::new(names::OUTBOUND_LISTENER, &listener::transparent_outbound(&ports)),
+                Resource::new(
+                    names::OUTBOUND_LISTENER,
+                    &listener::transparent_outbound(&ports),
+                ),
                 Resource::new(names::INBOUND_LISTENER, &listener::transparent_inbound()),
             ];
             (listeners, routes)
@@ -293,7 +340,10 @@ pub fn profile_clusters(profile: &ProxyProfile) -> Vec<Resource> {
     match profile.capture {
         Capture::Explicit { .. } => Vec::new(),
         Capture::Transparent => vec![
-            Resource::new(names::PASSTHROUGH_CLUSTER, &cluster::original_dst_cluster(names::PASSTHROUGH_CLUSTER)),
+            Resource::new(
+                names::PASSTHROUGH_CLUSTER,
+                &cluster::original_dst_cluster(names::PASSTHROUGH_CLUSTER),
+            ),
             Resource::new(
                 names::INBOUND_PASSTHROUGH_CLUSTER,
                 &cluster::original_dst_cluster(names::INBOUND_PASSTHROUGH_CLUSTER),

@@ -38,8 +38,11 @@ pub fn virtual_host(
         for (i, rule) in policy.http.iter().enumerate() {
             let action = rule_action(index, svc, port, rule);
             let name = rule.name.clone().unwrap_or_else(|| format!("rule-{i}"));
-            let matches: Vec<Option<&HttpMatch>> =
-                if rule.matches.is_empty() { vec![None] } else { rule.matches.iter().map(Some).collect() };
+            let matches: Vec<Option<&HttpMatch>> = if rule.matches.is_empty() {
+                vec![None]
+            } else {
+                rule.matches.iter().map(Some).collect()
+            };
             for m in matches {
                 routes.push(Route {
                     name: name.clone(),
@@ -58,9 +61,14 @@ pub fn virtual_host(
     }
     routes.push(Route {
         name: "default".into(),
-        r#match: Some(RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".into())), ..Default::default() }),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
         action: Some(Action::Route(RouteAction {
-            cluster_specifier: Some(ClusterSpecifier::Cluster(names::cluster_name(svc, port, None))),
+            cluster_specifier: Some(ClusterSpecifier::Cluster(names::cluster_name(
+                svc, port, None,
+            ))),
             timeout: Some(NO_TIMEOUT),
             ..Default::default()
         })),
@@ -87,10 +95,16 @@ pub fn route_configuration(name: &str, virtual_hosts: Vec<VirtualHost>) -> Route
 
 /// Envoy's default route timeout is 15s; a mesh should not cut long requests it was not asked
 /// to cut, so routes without a policy timeout have none.
-const NO_TIMEOUT: Duration = Duration { seconds: 0, nanos: 0 };
+const NO_TIMEOUT: Duration = Duration {
+    seconds: 0,
+    nanos: 0,
+};
 
 fn pb_duration(d: std::time::Duration) -> Duration {
-    Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+    Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
 }
 
 fn rule_action(index: &Index, svc: &ObjectKey, port: u16, rule: &HttpRule) -> RouteAction {
@@ -101,7 +115,10 @@ fn rule_action(index: &Index, svc: &ObjectKey, port: u16, rule: &HttpRule) -> Ro
             let cluster = match (&d.subset, &d.service) {
                 (Some(subset), _) => names::cluster_name(svc, port, Some(subset)),
                 (None, Some(other)) => {
-                    let other = ObjectKey::new(d.namespace.clone().unwrap_or_else(|| svc.namespace.clone()), other.clone());
+                    let other = ObjectKey::new(
+                        d.namespace.clone().unwrap_or_else(|| svc.namespace.clone()),
+                        other.clone(),
+                    );
                     let other_port = destination_port(index, &other, d.port, port);
                     names::cluster_name(&other, other_port, None)
                 }
@@ -126,18 +143,40 @@ fn rule_action(index: &Index, svc: &ObjectKey, port: u16, rule: &HttpRule) -> Ro
             ..Default::default()
         })
     };
-    let timeout = rule.timeout.as_ref().and_then(|t| t.to_std().ok()).map(pb_duration).unwrap_or(NO_TIMEOUT);
-    let retry_policy = rule.retries.as_ref().filter(|r| r.attempts > 0).map(|r| RetryPolicy {
-        retry_on: if r.retry_on.is_empty() {
-            DEFAULT_RETRY_ON.to_string()
-        } else {
-            r.retry_on.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",")
-        },
-        num_retries: Some(UInt32Value { value: r.attempts }),
-        per_try_timeout: r.per_try_timeout.as_ref().and_then(|t| t.to_std().ok()).map(pb_duration),
+    let timeout = rule
+        .timeout
+        .as_ref()
+        .and_then(|t| t.to_std().ok())
+        .map(pb_duration)
+        .unwrap_or(NO_TIMEOUT);
+    let retry_policy = rule
+        .retries
+        .as_ref()
+        .filter(|r| r.attempts > 0)
+        .map(|r| RetryPolicy {
+            retry_on: if r.retry_on.is_empty() {
+                DEFAULT_RETRY_ON.to_string()
+            } else {
+                r.retry_on
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
+            num_retries: Some(UInt32Value { value: r.attempts }),
+            per_try_timeout: r
+                .per_try_timeout
+                .as_ref()
+                .and_then(|t| t.to_std().ok())
+                .map(pb_duration),
+            ..Default::default()
+        });
+    RouteAction {
+        cluster_specifier: Some(cluster_specifier),
+        timeout: Some(timeout),
+        retry_policy,
         ..Default::default()
-    });
-    RouteAction { cluster_specifier: Some(cluster_specifier), timeout: Some(timeout), retry_policy, ..Default::default() }
+    }
 }
 
 /// The port of another Service a destination means: the one given, the only one it has, or
@@ -155,7 +194,10 @@ pub fn destination_port(index: &Index, other: &ObjectKey, given: Option<u16>, ro
 
 fn route_match(m: Option<&HttpMatch>) -> RouteMatch {
     let Some(m) = m else {
-        return RouteMatch { path_specifier: Some(PathSpecifier::Prefix("/".into())), ..Default::default() };
+        return RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        };
     };
     let path_specifier = match &m.path {
         None => PathSpecifier::Prefix("/".into()),
@@ -200,13 +242,20 @@ fn route_match(m: Option<&HttpMatch>) -> RouteMatch {
         .iter()
         .map(|q| QueryParameterMatcher {
             name: q.name.clone(),
-            query_parameter_match_specifier: Some(match string_matcher(q.match_type, q.value.as_deref()) {
-                Some(sm) => QueryParameterMatchSpecifier::StringMatch(sm),
-                None => QueryParameterMatchSpecifier::PresentMatch(true),
-            }),
+            query_parameter_match_specifier: Some(
+                match string_matcher(q.match_type, q.value.as_deref()) {
+                    Some(sm) => QueryParameterMatchSpecifier::StringMatch(sm),
+                    None => QueryParameterMatchSpecifier::PresentMatch(true),
+                },
+            ),
         })
         .collect();
-    RouteMatch { path_specifier: Some(path_specifier), headers, query_parameters, ..Default::default() }
+    RouteMatch {
+        path_specifier: Some(path_specifier),
+        headers,
+        query_parameters,
+        ..Default::default()
+    }
 }
 
 /// `None` for Present.
@@ -218,23 +267,37 @@ fn string_matcher(match_type: StringMatchType, value: Option<&str>) -> Option<St
         StringMatchType::RegularExpression => MatchPattern::SafeRegex(regex(&value)),
         StringMatchType::Present => return None,
     };
-    Some(StringMatcher { match_pattern: Some(pattern), ..Default::default() })
+    Some(StringMatcher {
+        match_pattern: Some(pattern),
+        ..Default::default()
+    })
 }
 
 fn regex(pattern: &str) -> RegexMatcher {
-    RegexMatcher { regex: pattern.to_string(), ..Default::default() }
+    RegexMatcher {
+        regex: pattern.to_string(),
+        ..Default::default()
+    }
 }
 
 fn headers_to_add(modifier: Option<&HeaderModifier>) -> Vec<HeaderValueOption> {
     let Some(m) = modifier else { return Vec::new() };
     let option = |h: &weir_api::HeaderValue, action: HeaderAppendAction| HeaderValueOption {
-        header: Some(HeaderValue { key: h.name.to_ascii_lowercase(), value: h.value.clone(), ..Default::default() }),
+        header: Some(HeaderValue {
+            key: h.name.to_ascii_lowercase(),
+            value: h.value.clone(),
+            ..Default::default()
+        }),
         append_action: action as i32,
         ..Default::default()
     };
     m.set
         .iter()
         .map(|h| option(h, HeaderAppendAction::OverwriteIfExistsOrAdd))
-        .chain(m.add.iter().map(|h| option(h, HeaderAppendAction::AppendIfExistsOrAdd)))
+        .chain(
+            m.add
+                .iter()
+                .map(|h| option(h, HeaderAppendAction::AppendIfExistsOrAdd)),
+        )
         .collect()
 }
