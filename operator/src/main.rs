@@ -12,6 +12,10 @@ use std::path::PathBuf;
 use weir_core::bootstrap::{bootstrap_yaml, BootstrapParams, ProxyMeta, XdsProtocol};
 use weir_core::Capture;
 
+// glibc malloc spends much of a full translation consolidating chunks; mimalloc halves it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "weir-operator",

@@ -166,6 +166,10 @@ pub struct PolicyEntry {
     pub verdict: Result<Arc<ValidPolicy>, Rejection>,
     /// The last spec that passed validation: what is served while the latest is invalid.
     pub last_valid: Option<Arc<ValidPolicy>>,
+    /// Services the latest and the served spec target (index links, for O(1) removal).
+    targets: BTreeSet<ObjectKey>,
+    /// Other Services they route to.
+    backends: BTreeSet<ObjectKey>,
 }
 
 impl PolicyEntry {
@@ -260,21 +264,11 @@ impl Index {
     fn dirty_service(&mut self, key: &ObjectKey) {
         self.dirty.services.insert(key.clone());
         // Policies elsewhere that route to this Service see it appear or vanish.
-        if let Some(policies) = self.policies_by_backend.get(key) {
-            for p in policies {
-                self.dirty
-                    .services
-                    .insert(ObjectKey::new(p.namespace.clone(), self.policy_target(p)));
-            }
-        }
-    }
-
-    fn policy_target(&self, key: &ObjectKey) -> String {
-        self.policies
-            .get(key)
-            .and_then(|p| p.effective())
-            .map(|v| v.spec.target_ref.service.clone())
-            .unwrap_or_default()
+        let referrers = self.policies_by_backend.get(key).into_iter().flatten();
+        let targets = referrers
+            .filter_map(|p| self.policies.get(p))
+            .flat_map(|e| e.targets.iter().cloned());
+        self.dirty.services.extend(targets.collect::<Vec<_>>());
     }
 
     fn dirty_pod_services(&mut self, pod: &ObjectKey) {
@@ -407,70 +401,57 @@ impl Index {
     fn apply_policy(&mut self, tp: TrafficPolicy) {
         let key = ObjectKey::of(&tp.metadata);
         let verdict = policy::validate(&tp.spec).map(Arc::new);
-        let previous = self.policies.get(&key);
         let last_valid = match &verdict {
             Ok(valid) => Some(valid.clone()),
-            Err(_) => previous.and_then(|p| p.effective().cloned()),
+            Err(_) => self.policies.get(&key).and_then(|p| p.effective().cloned()),
         };
+        // Link the latest spec (for its status) and the served one (for translation).
+        let specs = std::iter::once(&tp.spec).chain(last_valid.as_ref().map(|v| &v.spec));
+        let mut targets = BTreeSet::new();
+        let mut backends = BTreeSet::new();
+        for spec in specs {
+            targets.insert(ObjectKey::new(
+                key.namespace.clone(),
+                spec.target_ref.service.clone(),
+            ));
+            backends.extend(backend_services(&key.namespace, spec));
+        }
+        self.remove_policy(&key);
+        for target in &targets {
+            self.policies_by_target
+                .entry(target.clone())
+                .or_default()
+                .insert(key.clone());
+            self.dirty.services.insert(target.clone());
+        }
+        for backend in &backends {
+            self.policies_by_backend
+                .entry(backend.clone())
+                .or_default()
+                .insert(key.clone());
+        }
         let entry = PolicyEntry {
             generation: tp.metadata.generation,
             created: tp.metadata.creation_timestamp.clone(),
             verdict,
             last_valid,
+            targets,
+            backends,
         };
-        self.remove_policy(&key);
-        self.link_policy(&key, &tp.spec);
-        self.policies.insert(key.clone(), entry);
-        self.dirty.services.insert(ObjectKey::new(
-            key.namespace.clone(),
-            tp.spec.target_ref.service.clone(),
-        ));
-        // The served spec may target another Service than the latest one.
-        let served = self.policy_target(&key);
-        self.dirty
-            .services
-            .insert(ObjectKey::new(key.namespace, served));
-    }
-
-    fn link_policy(&mut self, key: &ObjectKey, spec: &weir_api::TrafficPolicySpec) {
-        let target = ObjectKey::new(key.namespace.clone(), spec.target_ref.service.clone());
-        self.policies_by_target
-            .entry(target)
-            .or_default()
-            .insert(key.clone());
-        for backend in backend_services(&key.namespace, spec) {
-            self.policies_by_backend
-                .entry(backend)
-                .or_default()
-                .insert(key.clone());
-        }
+        self.policies.insert(key, entry);
     }
 
     fn remove_policy(&mut self, key: &ObjectKey) {
         let Some(old) = self.policies.remove(key) else {
             return;
         };
-        for spec in [old.verdict.as_ref().ok(), old.last_valid.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            let target =
-                ObjectKey::new(key.namespace.clone(), spec.spec.target_ref.service.clone());
+        for target in &old.targets {
             self.dirty.services.insert(target.clone());
-            unlink(&mut self.policies_by_target, &target, key);
-            for backend in backend_services(&key.namespace, &spec.spec) {
-                unlink(&mut self.policies_by_backend, &backend, key);
-            }
+            unlink(&mut self.policies_by_target, target, key);
         }
-        // A rejected latest spec is linked by its target too.
-        for set in self.policies_by_target.values_mut() {
-            set.remove(key);
+        for backend in &old.backends {
+            unlink(&mut self.policies_by_backend, backend, key);
         }
-        for set in self.policies_by_backend.values_mut() {
-            set.remove(key);
-        }
-        self.policies_by_target.retain(|_, s| !s.is_empty());
-        self.policies_by_backend.retain(|_, s| !s.is_empty());
     }
 
     /// All Services, in key order.

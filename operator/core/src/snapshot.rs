@@ -18,6 +18,10 @@ use crate::index::Index;
 use crate::resources::{Resource, ResourceType};
 use crate::translate::{self, Changes, ProxyProfile, Translator};
 
+/// Above this many changed resources of a type, a profile's map is rebuilt from the
+/// translator's instead of patched name by name.
+const BULK_THRESHOLD: usize = 1024;
+
 /// Resources of one type, by name.
 pub type ResourceMap = OrdMap<Arc<str>, Resource>;
 
@@ -226,6 +230,25 @@ impl MeshSnapshots {
             ),
         ];
         for (t, source, upserts, removals) in shared {
+            if upserts.len() + removals.len() > BULK_THRESHOLD {
+                // A large change (the first full translation): start from the translator's
+                // map, shared in O(1), and lay the profile's own resources over it.
+                let mut map = source.clone();
+                if t == ResourceType::Cluster {
+                    for r in translate::profile_clusters(&profile) {
+                        map.insert(r.name.clone(), r);
+                    }
+                }
+                for ((rt, name), r) in &self.raw {
+                    if *rt == t && !source.contains_key(name) {
+                        map.insert(name.clone(), r.clone());
+                    }
+                }
+                changed[t.idx()].extend(upserts.iter().filter(|n| map.contains_key(*n)).cloned());
+                removed[t.idx()].extend(removals.iter().filter(|n| !map.contains_key(*n)).cloned());
+                next.resources[t.idx()] = map;
+                continue;
+            }
             let map = &mut next.resources[t.idx()];
             for name in upserts {
                 if let Some(r) = source.get(name) {

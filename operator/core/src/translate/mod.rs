@@ -12,8 +12,10 @@ pub mod listener;
 pub mod names;
 pub mod route;
 
-use envoy_types::pb::envoy::config::route::v3::VirtualHost;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::Any;
 use imbl::OrdMap;
+use prost::{Message, Name};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
@@ -67,14 +69,16 @@ impl Changes {
     }
 }
 
-/// A virtual host with the names that carry no port, kept apart because explicit mode can
-/// give them to only one port per Service.
-#[derive(Debug, Clone, PartialEq)]
+/// One Service port's virtual host, encoded once when the Service changes, in the two forms
+/// route tables need: with port-qualified names only, and with the bare names too (explicit
+/// mode gives bare names to one port per Service; transparent mode to every port, since each
+/// port has its own table). Route tables are assembled by concatenating these bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortVirtualHost {
-    /// The virtual host with port-qualified domains.
-    pub vhost: VirtualHost,
-    /// Domains without the port.
-    pub bare_domains: Vec<String>,
+    /// Encoded `VirtualHost` with port-qualified domains.
+    pub qualified: Vec<u8>,
+    /// Encoded `VirtualHost` with the bare names as well.
+    pub with_bare_names: Vec<u8>,
     /// Whether explicit mode gives the bare names to this port (port 80, else the lowest).
     pub owns_bare_names: bool,
 }
@@ -182,13 +186,12 @@ impl Translator {
                 }
                 let cluster_ip = svc.cluster_ip.as_deref();
                 let vhost = route::virtual_host(index, key, port.port, cluster_ip, false, spec);
-                let bare_domains = names::domains(key, port.port, cluster_ip, true)
-                    .into_iter()
-                    .filter(|d| !vhost.domains.contains(d))
-                    .collect();
+                let qualified = vhost.encode_to_vec();
+                let mut vhost = vhost;
+                vhost.domains = names::domains(key, port.port, cluster_ip, true);
                 let entry = PortVirtualHost {
-                    vhost,
-                    bare_domains,
+                    qualified,
+                    with_bare_names: vhost.encode_to_vec(),
                     owns_bare_names: Some(port.port) == bare_port,
                 };
                 let slot = (key.clone(), port.port);
@@ -289,38 +292,34 @@ fn upsert(map: &mut OrdMap<Arc<str>, Resource>, resource: Resource, changed: &mu
 pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resource>, Vec<Resource>) {
     match profile.capture {
         Capture::Explicit { port } => {
-            let vhosts = translator
-                .virtual_hosts()
-                .map(|(_, v)| {
-                    let mut vhost = v.vhost.clone();
-                    if v.owns_bare_names {
-                        vhost.domains.extend(v.bare_domains.iter().cloned());
-                    }
-                    vhost
-                })
-                .collect();
-            let routes = route::route_configuration(names::EXPLICIT_ROUTE_CONFIG, vhosts);
+            let vhosts = translator.virtual_hosts().map(|(_, v)| {
+                if v.owns_bare_names {
+                    v.with_bare_names.as_slice()
+                } else {
+                    v.qualified.as_slice()
+                }
+            });
             (
                 vec![Resource::new(
                     names::OUTBOUND_LISTENER,
                     &listener::explicit_outbound(port),
                 )],
-                vec![Resource::new(names::EXPLICIT_ROUTE_CONFIG, &routes)],
+                vec![route_table(names::EXPLICIT_ROUTE_CONFIG, vhosts)],
             )
         }
         Capture::Transparent => {
-            let mut by_port: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
+            let mut by_port: BTreeMap<u16, Vec<&[u8]>> = BTreeMap::new();
             for ((_, port), v) in translator.virtual_hosts() {
-                let mut vhost = v.vhost.clone();
-                vhost.domains.extend(v.bare_domains.iter().cloned());
-                by_port.entry(*port).or_default().push(vhost);
+                by_port
+                    .entry(*port)
+                    .or_default()
+                    .push(v.with_bare_names.as_slice());
             }
             let ports: Vec<u16> = by_port.keys().copied().collect();
             let routes = by_port
                 .into_iter()
                 .map(|(port, vhosts)| {
-                    let name = names::port_route_config(port);
-                    Resource::new(name.clone(), &route::route_configuration(&name, vhosts))
+                    route_table(&names::port_route_config(port), vhosts.into_iter())
                 })
                 .collect();
             let listeners = vec![
@@ -333,6 +332,27 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
             (listeners, routes)
         }
     }
+}
+
+/// A route table from pre-encoded virtual hosts: the table's own fields, then each virtual
+/// host as repeated field 2 (`virtual_hosts`), which is what encoding the full message would
+/// produce, without decoding or cloning 10,000 virtual hosts.
+fn route_table<'a>(name: &str, vhosts: impl Iterator<Item = &'a [u8]>) -> Resource {
+    use prost::encoding::{encode_key, encode_varint, WireType};
+    const VIRTUAL_HOSTS_TAG: u32 = 2;
+    let mut buf = route::route_configuration(name, Vec::new()).encode_to_vec();
+    for vhost in vhosts {
+        encode_key(VIRTUAL_HOSTS_TAG, WireType::LengthDelimited, &mut buf);
+        encode_varint(vhost.len() as u64, &mut buf);
+        buf.extend_from_slice(vhost);
+    }
+    Resource::from_any(
+        name,
+        Any {
+            type_url: RouteConfiguration::type_url(),
+            value: buf,
+        },
+    )
 }
 
 /// Clusters a profile needs beyond the shared ones.
