@@ -100,8 +100,14 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend on 127.0.0.1 with an OS-chosen port.
     pub async fn start(name: &str, behavior: Behavior) -> Result<Backend> {
+        Self::start_on(name, "127.0.0.1:0".parse()?, behavior).await
+    }
+
+    /// Starts a backend on a given address (any 127.0.0.0/8 address works on Linux, so
+    /// several backends can share a port, as pods of one EndpointSlice do).
+    pub async fn start_on(name: &str, addr: SocketAddr, behavior: Behavior) -> Result<Backend> {
         use axum::http::{HeaderMap, StatusCode};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
         let (counter, body_name) = (hits.clone(), name.to_string());
@@ -168,6 +174,19 @@ pub fn endpoint_yaml(
         labels = labels.join(", "),
         port = addr.port(),
         ip = addr.ip(),
+    )
+}
+
+/// YAML for one EndpointSlice of `service` with one port and several ready endpoints
+/// (pod name, IP).
+pub fn slice_yaml(ns: &str, service: &str, slice: &str, port: u16, endpoints: &[(&str, std::net::IpAddr)]) -> String {
+    let eps: Vec<String> = endpoints
+        .iter()
+        .map(|(pod, ip)| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: {pod}, namespace: {ns}}}\n"))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {slice}\n  namespace: {ns}\n  labels: {{kubernetes.io/service-name: {service}}}\naddressType: IPv4\nports:\n- {{name: http, port: {port}, protocol: TCP}}\nendpoints:\n{}",
+        if eps.is_empty() { "[]\n".to_string() } else { eps.concat() }
     )
 }
 
