@@ -107,7 +107,9 @@ impl Backend {
     /// several backends can share a port, as pods of one EndpointSlice do).
     pub async fn start_on(name: &str, addr: SocketAddr, behavior: Behavior) -> Result<Backend> {
         use axum::http::{HeaderMap, StatusCode};
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
         let (counter, body_name) = (hits.clone(), name.to_string());
@@ -179,7 +181,13 @@ pub fn endpoint_yaml(
 
 /// YAML for one EndpointSlice of `service` with one port and several ready endpoints
 /// (pod name, IP).
-pub fn slice_yaml(ns: &str, service: &str, slice: &str, port: u16, endpoints: &[(&str, std::net::IpAddr)]) -> String {
+pub fn slice_yaml(
+    ns: &str,
+    service: &str,
+    slice: &str,
+    port: u16,
+    endpoints: &[(&str, std::net::IpAddr)],
+) -> String {
     let eps: Vec<String> = endpoints
         .iter()
         .map(|(pod, ip)| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: {pod}, namespace: {ns}}}\n"))
@@ -351,6 +359,19 @@ impl Envoy {
         Ok(out)
     }
 
+    /// Waits until every request to `host` is answered by `backend`.
+    pub async fn wait_all_on(&self, host: &str, backend: &str) -> Result<()> {
+        eventually(
+            &format!("all traffic to {host} on {backend}"),
+            DEADLINE,
+            || async {
+                let c = self.send(20, host, "/", &[]).await.ok()?;
+                (c.get(backend) == Some(&20)).then_some(())
+            },
+        )
+        .await
+    }
+
     /// One request; the backend's name, or `status <code>`.
     pub async fn request(
         &self,
@@ -497,6 +518,26 @@ impl Mesh {
             ),
         )?;
         Ok(backend)
+    }
+
+    /// Service `reviews` (10.96.0.10:9080) with backends `reviews-v1` and `reviews-v2`,
+    /// and, when `split` is given, a policy splitting it over the two by weight.
+    pub async fn with_reviews(split: Option<[u32; 2]>) -> Result<(Mesh, Backend, Backend)> {
+        let mesh = Mesh::start().await?;
+        mesh.add_service("reviews", "10.96.0.10", 9080)?;
+        let v1 = mesh
+            .add_backend("reviews", "v1", Behavior::default())
+            .await?;
+        let v2 = mesh
+            .add_backend("reviews", "v2", Behavior::default())
+            .await?;
+        if let Some([w1, w2]) = split {
+            mesh.write(
+                "policy.yaml",
+                &split_policy_yaml("reviews", "reviews", &[("v1", w1), ("v2", w2)]),
+            )?;
+        }
+        Ok((mesh, v1, v2))
     }
 
     /// The operator's `/status`.

@@ -10,36 +10,12 @@ use weir_core::bootstrap::XdsProtocol;
 use weir_core::{Resource, ResourceType};
 use weir_tests::*;
 
-async fn mesh_on_v2() -> anyhow::Result<(Mesh, Backend, Backend)> {
-    let mesh = Mesh::start().await?;
-    mesh.add_service("reviews", "10.96.0.10", 9080)?;
-    let v1 = mesh
-        .add_backend("reviews", "v1", Behavior::default())
-        .await?;
-    let v2 = mesh
-        .add_backend("reviews", "v2", Behavior::default())
-        .await?;
-    mesh.write(
-        "policy.yaml",
-        &split_policy_yaml("reviews", "reviews", &[("v1", 0), ("v2", 100)]),
-    )?;
-    Ok((mesh, v1, v2))
-}
-
-async fn all_on(envoy: &Envoy, backend: &str) -> anyhow::Result<()> {
-    eventually(&format!("all traffic on {backend}"), DEADLINE, || async {
-        let c = envoy.send(20, "reviews:9080", "/", &[]).await.ok()?;
-        (c.get(backend) == Some(&20)).then_some(())
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_envoy_reconnects_and_gets_the_same_config() -> anyhow::Result<()> {
-    let (mesh, _v1, _v2) = mesh_on_v2().await?;
+    let (mesh, _v1, _v2) = Mesh::with_reviews(Some([0, 100])).await?;
     for protocol in [XdsProtocol::Delta, XdsProtocol::Sotw] {
         let envoy = Envoy::start("restart", mesh.plane.xds_addr, protocol).await?;
-        all_on(&envoy, "reviews-v2").await?;
+        envoy.wait_all_on("reviews:9080", "reviews-v2").await?;
         let (outbound, admin) = (envoy.outbound_port, envoy.admin_port);
         envoy.stop().await;
         let envoy =
@@ -54,11 +30,11 @@ async fn a_restarted_envoy_reconnects_and_gets_the_same_config() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_keeps_serving_while_the_operator_restarts_and_resyncs_after() -> anyhow::Result<()> {
-    let (mesh, _v1, _v2) = mesh_on_v2().await?;
+    let (mesh, _v1, _v2) = Mesh::with_reviews(Some([0, 100])).await?;
     let xds = mesh.plane.xds_addr;
     let dir = mesh.dir.clone();
     let envoy = Envoy::start("operator-restart", xds, XdsProtocol::Delta).await?;
-    all_on(&envoy, "reviews-v2").await?;
+    envoy.wait_all_on("reviews:9080", "reviews-v2").await?;
 
     mesh.plane.stop().await;
     // With no operator, Envoy serves its last config.
@@ -76,7 +52,7 @@ async fn envoy_keeps_serving_while_the_operator_restarts_and_resyncs_after() -> 
     )?;
 
     let mesh = Mesh::start_in(dir, xds).await?;
-    all_on(&envoy, "reviews-v1").await?;
+    envoy.wait_all_on("reviews:9080", "reviews-v1").await?;
     let status = eventually(
         "the proxy to be in sync with the new operator",
         DEADLINE,
@@ -107,12 +83,12 @@ fn rejected_cluster() -> Resource {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nack_is_recorded_keeps_the_last_good_config_and_causes_no_resend() -> anyhow::Result<()>
 {
-    let (mesh, _v1, _v2) = mesh_on_v2().await?;
+    let (mesh, _v1, _v2) = Mesh::with_reviews(Some([0, 100])).await?;
     let admin = mesh.plane.admin_addr;
     for protocol in [XdsProtocol::Delta, XdsProtocol::Sotw] {
         let node = format!("nack-{protocol:?}");
         let envoy = Envoy::start(&node, mesh.plane.xds_addr, protocol).await?;
-        all_on(&envoy, "reviews-v2").await?;
+        envoy.wait_all_on("reviews:9080", "reviews-v2").await?;
 
         mesh.plane
             .engine

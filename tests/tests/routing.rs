@@ -5,21 +5,9 @@ use std::time::Duration;
 use weir_core::bootstrap::XdsProtocol;
 use weir_tests::*;
 
-async fn reviews_mesh() -> anyhow::Result<(Mesh, Backend, Backend)> {
-    let mesh = Mesh::start().await?;
-    mesh.add_service("reviews", "10.96.0.10", 9080)?;
-    let v1 = mesh
-        .add_backend("reviews", "v1", Behavior::default())
-        .await?;
-    let v2 = mesh
-        .add_backend("reviews", "v2", Behavior::default())
-        .await?;
-    Ok((mesh, v1, v2))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_80_20_split_lands_within_4_points() -> anyhow::Result<()> {
-    let (mesh, _v1, _v2) = reviews_mesh().await?;
+    let (mesh, _v1, _v2) = Mesh::with_reviews(None).await?;
     mesh.write(
         "policy.yaml",
         &split_policy_yaml("reviews", "reviews", &[("v1", 80), ("v2", 20)]),
@@ -44,7 +32,7 @@ async fn an_80_20_split_lands_within_4_points() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_name_for_a_service_routes_to_it() -> anyhow::Result<()> {
-    let (mesh, _v1, _v2) = reviews_mesh().await?;
+    let (mesh, _v1, _v2) = Mesh::with_reviews(None).await?;
     let envoy = Envoy::start("names", mesh.plane.xds_addr, XdsProtocol::Delta).await?;
     for host in [
         "reviews",
@@ -116,7 +104,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matches_route_as_declared_and_in_order() -> anyhow::Result<()> {
-    let (mesh, _v1, _v2) = reviews_mesh().await?;
+    let (mesh, _v1, _v2) = Mesh::with_reviews(None).await?;
     let _v3 = mesh
         .add_backend("reviews", "v3", Behavior::default())
         .await?;

@@ -20,22 +20,14 @@ async fn edit_reaches_the_same_envoy(protocol: XdsProtocol) -> anyhow::Result<()
     )?;
     let envoy = Envoy::start("edit", mesh.plane.xds_addr, protocol).await?;
     let pid = envoy.pid();
-    eventually("all traffic on v1", DEADLINE, || async {
-        let c = envoy.send(50, "reviews:9080", "/", &[]).await.ok()?;
-        (c.get("reviews-v1") == Some(&50)).then_some(())
-    })
-    .await?;
+    envoy.wait_all_on("reviews:9080", "reviews-v1").await?;
 
     let edited_at = std::time::Instant::now();
     mesh.write(
         "policy.yaml",
         &split_policy_yaml("reviews", "reviews", &[("v1", 0), ("v2", 100)]),
     )?;
-    eventually("all traffic on v2 after the edit", DEADLINE, || async {
-        let c = envoy.send(20, "reviews:9080", "/", &[]).await.ok()?;
-        (c.get("reviews-v2") == Some(&20)).then_some(())
-    })
-    .await?;
+    envoy.wait_all_on("reviews:9080", "reviews-v2").await?;
     println!(
         "{protocol:?}: file edit to Envoy routing by it: {:?}",
         edited_at.elapsed()
@@ -70,8 +62,15 @@ async fn endpoint_changes_are_eds_only(protocol: XdsProtocol) -> anyhow::Result<
     // Two pods of one EndpointSlice share the target port, on two loopback addresses.
     let a = Backend::start_on("ratings-a", "127.0.0.2:0".parse()?, Behavior::default()).await?;
     let port = a.addr.port();
-    let b = Backend::start_on("ratings-b", format!("127.0.0.3:{port}").parse()?, Behavior::default()).await?;
-    let slice = |endpoints: &[(&str, std::net::IpAddr)]| slice_yaml("default", "ratings", "ratings-1", port, endpoints);
+    let b = Backend::start_on(
+        "ratings-b",
+        format!("127.0.0.3:{port}").parse()?,
+        Behavior::default(),
+    )
+    .await?;
+    let slice = |endpoints: &[(&str, std::net::IpAddr)]| {
+        slice_yaml("default", "ratings", "ratings-1", port, endpoints)
+    };
     mesh.write("slice.yaml", &slice(&[("ratings-a", a.addr.ip())]))?;
     let node = format!("eds-{protocol:?}");
     let envoy = Envoy::start(&node, mesh.plane.xds_addr, protocol).await?;
@@ -89,7 +88,10 @@ async fn endpoint_changes_are_eds_only(protocol: XdsProtocol) -> anyhow::Result<
     .await?;
 
     // An endpoint added to the slice gets traffic.
-    mesh.write("slice.yaml", &slice(&[("ratings-a", a.addr.ip()), ("ratings-b", b.addr.ip())]))?;
+    mesh.write(
+        "slice.yaml",
+        &slice(&[("ratings-a", a.addr.ip()), ("ratings-b", b.addr.ip())]),
+    )?;
     eventually("ratings-b to get traffic", DEADLINE, || async {
         let c = envoy.send(20, "ratings:9080", "/", &[]).await.ok()?;
         c.contains_key("ratings-b").then_some(())
@@ -106,7 +108,11 @@ async fn endpoint_changes_are_eds_only(protocol: XdsProtocol) -> anyhow::Result<
     let after = pushes(admin, &node).await?;
     println!("{protocol:?} pushes before {before:?} after {after:?}");
     for t in ["cds", "lds", "rds"] {
-        assert_eq!(before.get(t), after.get(t), "{t} was pushed for an endpoint change");
+        assert_eq!(
+            before.get(t),
+            after.get(t),
+            "{t} was pushed for an endpoint change"
+        );
     }
     let eds = after["eds"] - before["eds"];
     assert_eq!(eds, 2, "one EDS push per change");
@@ -174,11 +180,7 @@ async fn invalid_policies_are_rejected_and_the_previous_config_keeps_serving() -
         &split_policy_yaml("reviews", "reviews", &[("v1", 0), ("v2", 100)]),
     )?;
     let envoy = Envoy::start("invalid", mesh.plane.xds_addr, XdsProtocol::Delta).await?;
-    eventually("all traffic on v2", DEADLINE, || async {
-        let c = envoy.send(20, "reviews:9080", "/", &[]).await.ok()?;
-        (c.get("reviews-v2") == Some(&20)).then_some(())
-    })
-    .await?;
+    envoy.wait_all_on("reviews:9080", "reviews-v2").await?;
 
     for (yaml, reason, field) in [
         (BAD_WEIGHTS, "InvalidWeights", "spec.http[0].destinations"),

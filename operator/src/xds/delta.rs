@@ -9,12 +9,10 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
 use weir_core::{ResourceType, Snapshot};
 
-use super::proxies::ProxyHandle;
-use crate::engine::Engine;
+use super::{AdsProtocol, Gone, StreamCore};
+use envoy_types::pb::envoy::config::core::v3::Node;
 
 #[derive(Debug, Default)]
 struct TypeStream {
@@ -32,97 +30,54 @@ impl TypeStream {
     }
 }
 
-struct Stream {
-    engine: Arc<Engine>,
-    node: String,
-    proxy: ProxyHandle,
+/// A delta stream.
+pub(crate) struct DeltaStream {
+    core: StreamCore<DeltaDiscoveryResponse>,
     types: [TypeStream; 4],
-    nonce: u64,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 }
 
-/// Runs one delta stream until the proxy goes away.
-pub async fn run(
-    engine: Arc<Engine>,
-    mut inbound: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
-) {
-    let first = match inbound.message().await {
-        Ok(Some(req)) => req,
-        _ => return,
-    };
-    let (node, meta) = match super::identify(first.node.as_ref()) {
-        Ok(id) => id,
-        Err(status) => {
-            tracing::warn!(%status, "refusing xDS stream");
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let mut snapshots = engine.subscribe(meta.profile());
-    let mut snapshot = snapshots.borrow_and_update().clone();
-    let proxy = engine.proxies.register(node.clone(), "delta", &meta);
-    engine.metrics.connected_proxies.inc();
-    tracing::info!(
-        node,
-        namespace = meta.namespace,
-        pod = meta.pod,
-        "proxy connected (delta)"
-    );
-    let mut stream = Stream {
-        engine: engine.clone(),
-        node: node.clone(),
-        proxy,
-        types: Default::default(),
-        nonce: 0,
-        tx,
-    };
+impl AdsProtocol for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
 
-    let closed = engine.closed();
-    tokio::pin!(closed);
-    let mut next = Some(first);
-    loop {
-        if let Some(req) = next.take() {
-            if stream.on_request(&snapshot, req).await.is_err() {
-                break;
-            }
-        }
-        tokio::select! {
-            _ = &mut closed => break,
-            msg = inbound.message() => match msg {
-                Ok(Some(req)) => next = Some(req),
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(node, %status, "stream ended");
-                    break;
-                }
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let fresh = snapshots.borrow_and_update().clone();
-                let contiguous = fresh.generation == snapshot.generation + 1;
-                snapshot = fresh;
-                if stream.on_snapshot(&snapshot, contiguous).await.is_err() {
-                    break;
-                }
-            }
+    fn node(req: &DeltaDiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn new(core: StreamCore<DeltaDiscoveryResponse>) -> Self {
+        DeltaStream {
+            core,
+            types: Default::default(),
         }
     }
-    engine.metrics.connected_proxies.dec();
-    tracing::info!(node, "proxy disconnected (delta)");
-}
 
-impl Stream {
+    fn core(&self) -> &StreamCore<DeltaDiscoveryResponse> {
+        &self.core
+    }
+
     async fn on_request(
         &mut self,
         snapshot: &Snapshot,
         req: DeltaDiscoveryRequest,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Gone> {
+        self.handle_request(snapshot, req).await
+    }
+
+    async fn on_snapshot(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), Gone> {
+        self.push_changes(snapshot, contiguous).await
+    }
+}
+
+impl DeltaStream {
+    async fn handle_request(
+        &mut self,
+        snapshot: &Snapshot,
+        req: DeltaDiscoveryRequest,
+    ) -> Result<(), Gone> {
         let Some(t) = ResourceType::from_type_url(&req.type_url) else {
             tracing::debug!(
-                node = self.node,
+                node = self.core.node,
                 type_url = req.type_url,
                 "ignoring request for a type Weir does not serve"
             );
@@ -135,22 +90,8 @@ impl Stream {
             && state.nonce.as_deref() == Some(req.response_nonce.as_str())
         {
             state.nonce = None;
-            match &req.error_detail {
-                Some(err) => {
-                    super::count_nack(&self.engine, &self.node, t, &err.message);
-                    self.proxy.update(|p| {
-                        let s = p.state(t);
-                        s.pending_nonce = None;
-                        s.nack = Some(err.message.clone());
-                    });
-                }
-                None => self.proxy.update(|p| {
-                    let s = p.state(t);
-                    s.pending_nonce = None;
-                    s.nack = None;
-                    s.acked_version = s.sent_version.clone();
-                }),
-            }
+            let nack = req.error_detail.as_ref().map(|e| e.message.as_str());
+            self.core.record_answer(t, nack, None);
         }
 
         let first = !state.subscribed;
@@ -167,7 +108,7 @@ impl Stream {
             if req.resource_names_subscribe.is_empty() && t.is_wildcard_by_default() {
                 state.wildcard = true;
             }
-            self.proxy.update(|p| p.state(t).subscribed = true);
+            self.core.proxy.update(|p| p.state(t).subscribed = true);
         }
         for name in &req.resource_names_subscribe {
             if name == "*" {
@@ -230,8 +171,7 @@ impl Stream {
         Ok(())
     }
 
-    async fn on_snapshot(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), ()> {
-        self.proxy.update(|p| p.generation = snapshot.generation);
+    async fn push_changes(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), Gone> {
         for t in ResourceType::ALL {
             let state = &self.types[t.idx()];
             if !state.subscribed {
@@ -282,7 +222,7 @@ impl Stream {
         t: ResourceType,
         updates: Vec<Arc<str>>,
         removed: Vec<String>,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Gone> {
         let state = &mut self.types[t.idx()];
         let mut resources = Vec::with_capacity(updates.len());
         for name in &updates {
@@ -299,19 +239,10 @@ impl Stream {
         for name in &removed {
             state.has.remove(name);
         }
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
-        state.nonce = Some(nonce.clone());
         let version = snapshot.version_string(t);
         let count = resources.len();
-        self.proxy.update(|p| {
-            let s = p.state(t);
-            s.sent_version = Some(version.clone());
-            s.pending_nonce = Some(nonce.clone());
-            s.pushes += 1;
-            s.resources_sent += count as u64;
-        });
-        super::count_push(&self.engine, t, count);
+        let nonce = self.core.book_response(t, &version, count);
+        state.nonce = Some(nonce.clone());
         let response = DeltaDiscoveryResponse {
             system_version_info: version,
             resources,
@@ -320,6 +251,6 @@ impl Stream {
             nonce,
             ..Default::default()
         };
-        self.tx.send(Ok(response)).await.map_err(|_| ())
+        self.core.send(response).await
     }
 }

@@ -10,6 +10,10 @@ pub mod delta;
 pub mod proxies;
 pub mod sotw;
 
+use proxies::ProxyHandle;
+use std::future::Future;
+use weir_core::Snapshot;
+
 use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_server::{
         AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -56,7 +60,11 @@ impl AggregatedDiscoveryService for AdsService {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(sotw::run(self.engine.clone(), request.into_inner(), tx));
+        tokio::spawn(drive::<sotw::SotwStream>(
+            self.engine.clone(),
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -65,7 +73,11 @@ impl AggregatedDiscoveryService for AdsService {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(delta::run(self.engine.clone(), request.into_inner(), tx));
+        tokio::spawn(drive::<delta::DeltaStream>(
+            self.engine.clone(),
+            request.into_inner(),
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -131,4 +143,160 @@ pub(crate) fn count_nack(engine: &Engine, node: &str, t: ResourceType, message: 
         message,
         "proxy rejected config (NACK); it keeps its last good config"
     );
+}
+
+/// What differs between the SotW and delta variants of a stream; [`drive`] does the rest.
+pub(crate) trait AdsProtocol: Sized + Send + 'static {
+    /// DiscoveryRequest or DeltaDiscoveryRequest.
+    type Request: Send + 'static;
+    /// DiscoveryResponse or DeltaDiscoveryResponse.
+    type Response: Send + 'static;
+    /// `sotw` or `delta`.
+    const NAME: &'static str;
+    /// The node of a request (set on the first one).
+    fn node(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
+    /// A stream over its shared state.
+    fn new(core: StreamCore<Self::Response>) -> Self;
+    /// The shared state.
+    fn core(&self) -> &StreamCore<Self::Response>;
+    /// Handles one request from the proxy.
+    fn on_request(
+        &mut self,
+        snapshot: &Snapshot,
+        req: Self::Request,
+    ) -> impl Future<Output = Result<(), Gone>> + Send;
+    /// Pushes what a new snapshot changed; `contiguous` when it directly follows the last one.
+    fn on_snapshot(
+        &mut self,
+        snapshot: &Snapshot,
+        contiguous: bool,
+    ) -> impl Future<Output = Result<(), Gone>> + Send;
+}
+
+/// The proxy went away (its response channel closed).
+#[derive(Debug)]
+pub(crate) struct Gone;
+
+/// State every stream has, whatever its variant.
+pub(crate) struct StreamCore<R> {
+    pub engine: Arc<Engine>,
+    pub node: String,
+    pub proxy: ProxyHandle,
+    nonce: u64,
+    tx: mpsc::Sender<Result<R, Status>>,
+}
+
+impl<R> StreamCore<R> {
+    /// Records the proxy's answer to our last response of type `t`: an ACK of `version`,
+    /// or a NACK with Envoy's message.
+    pub fn record_answer(&self, t: ResourceType, nack: Option<&str>, version: Option<String>) {
+        if let Some(message) = nack {
+            count_nack(&self.engine, &self.node, t, message);
+        }
+        self.proxy.update(|p| {
+            let s = p.state(t);
+            s.pending_nonce = None;
+            s.nack = nack.map(str::to_string);
+            if nack.is_none() {
+                s.acked_version = version.or_else(|| s.sent_version.clone());
+            }
+        });
+    }
+
+    /// Books a response of type `t` carrying `count` resources at `version`; returns its nonce.
+    pub fn book_response(&mut self, t: ResourceType, version: &str, count: usize) -> String {
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        self.proxy.update(|p| {
+            let s = p.state(t);
+            s.sent_version = Some(version.to_string());
+            s.pending_nonce = Some(nonce.clone());
+            s.pushes += 1;
+            s.resources_sent += count as u64;
+        });
+        count_push(&self.engine, t, count);
+        nonce
+    }
+
+    /// Sends a response; fails when the proxy is gone.
+    pub async fn send(&self, response: R) -> Result<(), Gone> {
+        self.tx.send(Ok(response)).await.map_err(|_| Gone)
+    }
+}
+
+/// Runs one ADS stream until the proxy goes away or the engine closes streams: identifies
+/// the proxy from its first request, subscribes to its profile's snapshots, then feeds the
+/// protocol requests and snapshot changes in arrival order.
+pub(crate) async fn drive<P: AdsProtocol>(
+    engine: Arc<Engine>,
+    mut inbound: Streaming<P::Request>,
+    tx: mpsc::Sender<Result<P::Response, Status>>,
+) {
+    let first = match inbound.message().await {
+        Ok(Some(req)) => req,
+        _ => return,
+    };
+    let (node, meta) = match identify(P::node(&first)) {
+        Ok(id) => id,
+        Err(status) => {
+            tracing::warn!(%status, "refusing xDS stream");
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+    };
+    let mut snapshots = engine.subscribe(meta.profile());
+    let mut snapshot = snapshots.borrow_and_update().clone();
+    let proxy = engine.proxies.register(node.clone(), P::NAME, &meta);
+    engine.metrics.connected_proxies.inc();
+    tracing::info!(
+        node,
+        namespace = meta.namespace,
+        pod = meta.pod,
+        protocol = P::NAME,
+        "proxy connected"
+    );
+    let core = StreamCore {
+        engine: engine.clone(),
+        node: node.clone(),
+        proxy,
+        nonce: 0,
+        tx,
+    };
+    let mut stream = P::new(core);
+
+    let closed = engine.closed();
+    tokio::pin!(closed);
+    let mut next = Some(first);
+    loop {
+        if let Some(req) = next.take() {
+            if stream.on_request(&snapshot, req).await.is_err() {
+                break;
+            }
+        }
+        tokio::select! {
+            _ = &mut closed => break,
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => next = Some(req),
+                Ok(None) => break,
+                Err(status) => {
+                    tracing::debug!(node, %status, "stream ended");
+                    break;
+                }
+            },
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let fresh = snapshots.borrow_and_update().clone();
+                let contiguous = fresh.generation == snapshot.generation + 1;
+                snapshot = fresh;
+                stream.core().proxy.update(|p| p.generation = snapshot.generation);
+                if stream.on_snapshot(&snapshot, contiguous).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    engine.metrics.connected_proxies.dec();
+    tracing::info!(node, protocol = P::NAME, "proxy disconnected");
 }

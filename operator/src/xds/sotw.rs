@@ -6,12 +6,10 @@
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use tokio::sync::mpsc;
-use tonic::{Status, Streaming};
 use weir_core::{ResourceType, Snapshot};
 
-use super::proxies::ProxyHandle;
-use crate::engine::Engine;
+use super::{AdsProtocol, Gone, StreamCore};
+use envoy_types::pb::envoy::config::core::v3::Node;
 
 #[derive(Debug, Default)]
 struct TypeStream {
@@ -25,93 +23,50 @@ struct TypeStream {
     nonce: Option<String>,
 }
 
-struct Stream {
-    engine: Arc<Engine>,
-    node: String,
-    proxy: ProxyHandle,
+/// A state-of-the-world stream.
+pub(crate) struct SotwStream {
+    core: StreamCore<DiscoveryResponse>,
     types: [TypeStream; 4],
-    nonce: u64,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 }
 
-/// Runs one SotW stream until the proxy goes away.
-pub async fn run(
-    engine: Arc<Engine>,
-    mut inbound: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-) {
-    let first = match inbound.message().await {
-        Ok(Some(req)) => req,
-        _ => return,
-    };
-    let (node, meta) = match super::identify(first.node.as_ref()) {
-        Ok(id) => id,
-        Err(status) => {
-            tracing::warn!(%status, "refusing xDS stream");
-            let _ = tx.send(Err(status)).await;
-            return;
-        }
-    };
-    let mut snapshots = engine.subscribe(meta.profile());
-    let mut snapshot = snapshots.borrow_and_update().clone();
-    let proxy = engine.proxies.register(node.clone(), "sotw", &meta);
-    engine.metrics.connected_proxies.inc();
-    tracing::info!(
-        node,
-        namespace = meta.namespace,
-        pod = meta.pod,
-        "proxy connected (sotw)"
-    );
-    let mut stream = Stream {
-        engine: engine.clone(),
-        node: node.clone(),
-        proxy,
-        types: Default::default(),
-        nonce: 0,
-        tx,
-    };
+impl AdsProtocol for SotwStream {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const NAME: &'static str = "sotw";
 
-    let closed = engine.closed();
-    tokio::pin!(closed);
-    let mut next = Some(first);
-    loop {
-        if let Some(req) = next.take() {
-            if stream.on_request(&snapshot, req).await.is_err() {
-                break;
-            }
-        }
-        tokio::select! {
-            _ = &mut closed => break,
-            msg = inbound.message() => match msg {
-                Ok(Some(req)) => next = Some(req),
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(node, %status, "stream ended");
-                    break;
-                }
-            },
-            changed = snapshots.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                let fresh = snapshots.borrow_and_update().clone();
-                let contiguous = fresh.generation == snapshot.generation + 1;
-                snapshot = fresh;
-                if stream.on_snapshot(&snapshot, contiguous).await.is_err() {
-                    break;
-                }
-            }
+    fn node(req: &DiscoveryRequest) -> Option<&Node> {
+        req.node.as_ref()
+    }
+
+    fn new(core: StreamCore<DiscoveryResponse>) -> Self {
+        SotwStream {
+            core,
+            types: Default::default(),
         }
     }
-    engine.metrics.connected_proxies.dec();
-    tracing::info!(node, "proxy disconnected (sotw)");
+
+    fn core(&self) -> &StreamCore<DiscoveryResponse> {
+        &self.core
+    }
+
+    async fn on_request(&mut self, snapshot: &Snapshot, req: DiscoveryRequest) -> Result<(), Gone> {
+        self.handle_request(snapshot, req).await
+    }
+
+    async fn on_snapshot(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), Gone> {
+        self.push_changes(snapshot, contiguous).await
+    }
 }
 
-impl Stream {
-    async fn on_request(&mut self, snapshot: &Snapshot, req: DiscoveryRequest) -> Result<(), ()> {
+impl SotwStream {
+    async fn handle_request(
+        &mut self,
+        snapshot: &Snapshot,
+        req: DiscoveryRequest,
+    ) -> Result<(), Gone> {
         let Some(t) = ResourceType::from_type_url(&req.type_url) else {
             tracing::debug!(
-                node = self.node,
+                node = self.core.node,
                 type_url = req.type_url,
                 "ignoring request for a type Weir does not serve"
             );
@@ -124,22 +79,9 @@ impl Stream {
                 return Ok(());
             }
             state.nonce = None;
-            match &req.error_detail {
-                Some(err) => {
-                    super::count_nack(&self.engine, &self.node, t, &err.message);
-                    self.proxy.update(|p| {
-                        let s = p.state(t);
-                        s.pending_nonce = None;
-                        s.nack = Some(err.message.clone());
-                    });
-                }
-                None => self.proxy.update(|p| {
-                    let s = p.state(t);
-                    s.pending_nonce = None;
-                    s.nack = None;
-                    s.acked_version = Some(req.version_info.clone());
-                }),
-            }
+            let nack = req.error_detail.as_ref().map(|e| e.message.as_str());
+            self.core
+                .record_answer(t, nack, Some(req.version_info.clone()));
         }
         let names = if req.resource_names.is_empty() && t.is_wildcard_by_default()
             || req.resource_names.iter().any(|n| n == "*")
@@ -167,14 +109,13 @@ impl Stream {
                     })
                     .collect(),
             };
-            self.proxy.update(|p| p.state(t).subscribed = true);
+            self.core.proxy.update(|p| p.state(t).subscribed = true);
             return self.respond(snapshot, t, all, true).await;
         }
         Ok(())
     }
 
-    async fn on_snapshot(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), ()> {
-        self.proxy.update(|p| p.generation = snapshot.generation);
+    async fn push_changes(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), Gone> {
         for t in ResourceType::ALL {
             let state = &self.types[t.idx()];
             if !state.subscribed {
@@ -215,7 +156,7 @@ impl Stream {
         t: ResourceType,
         names: Vec<Arc<str>>,
         full: bool,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Gone> {
         let state = &mut self.types[t.idx()];
         let mut resources = Vec::with_capacity(names.len());
         for name in &names {
@@ -227,19 +168,10 @@ impl Stream {
         if full {
             state.sent_type_version = Some(snapshot.versions[t.idx()]);
         }
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
-        state.nonce = Some(nonce.clone());
         let version = snapshot.version_string(t);
         let count = resources.len();
-        self.proxy.update(|p| {
-            let s = p.state(t);
-            s.sent_version = Some(version.clone());
-            s.pending_nonce = Some(nonce.clone());
-            s.pushes += 1;
-            s.resources_sent += count as u64;
-        });
-        super::count_push(&self.engine, t, count);
+        let nonce = self.core.book_response(t, &version, count);
+        state.nonce = Some(nonce.clone());
         let response = DiscoveryResponse {
             version_info: version,
             resources,
@@ -247,6 +179,6 @@ impl Stream {
             nonce,
             ..Default::default()
         };
-        self.tx.send(Ok(response)).await.map_err(|_| ())
+        self.core.send(response).await
     }
 }
