@@ -44,7 +44,8 @@ fmt:
 
 bench:
 	$(CARGO) bench -p weir-core --bench translate
-	$(CARGO) run --release -p weir-tests --bin weir-bench-xds
+	$(CARGO) build --release --bin weir-operator --bin weir-bench-xds
+	./target/release/weir-bench-xds
 
 ## Against the cluster in KUBECONFIG (see e2e/README.md); not part of `make test`.
 e2e:

@@ -133,20 +133,34 @@ impl Engine {
                 continue;
             }
             if let Some(tx) = senders.get(&profile) {
-                tx.send_replace(snapshot);
-                self.metrics.snapshots_published.inc();
+                // Never replace a newer snapshot with an older one published late.
+                let newer = tx.send_if_modified(|current| {
+                    let newer = snapshot.generation > current.generation;
+                    if newer {
+                        *current = snapshot;
+                    }
+                    newer
+                });
+                if newer {
+                    self.metrics.snapshots_published.inc();
+                }
             }
         }
     }
 
     /// Subscribes to a profile's snapshots; the receiver holds the current one.
     pub fn subscribe(&self, profile: ProxyProfile) -> watch::Receiver<Arc<Snapshot>> {
-        let snapshot = self.inner().snapshots.snapshot(profile);
+        // Hold the index lock until the sender exists: a translation finishing in between
+        // would otherwise publish to no one and leave this profile's channel stale.
+        let mut inner = self.inner();
+        let snapshot = inner.snapshots.snapshot(profile);
         let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
-        senders
+        let receiver = senders
             .entry(profile)
             .or_insert_with(|| watch::channel(snapshot).0)
-            .subscribe()
+            .subscribe();
+        drop(inner);
+        receiver
     }
 
     /// The snapshot a profile's proxies are served.

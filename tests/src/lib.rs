@@ -57,6 +57,18 @@ pub fn envoy_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// A binary built beside the running one (`target/<profile>/NAME`).
+pub fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let bin = std::env::current_exe()?.with_file_name(name);
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it first (`make demo` and `make bench` do)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// A fresh scratch directory under the system temp dir.
 pub fn scratch_dir(label: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);

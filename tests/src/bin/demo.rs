@@ -186,18 +186,6 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-fn sibling_binary(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.with_file_name(name);
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it first (`make demo` does)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
 fn rel(path: &Path, root: &Path) -> String {
     path.strip_prefix(root)
         .unwrap_or(path)
