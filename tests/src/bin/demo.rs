@@ -3,7 +3,7 @@
 //! same Envoy, prints the splits and the mesh status, and stops everything.
 
 use anyhow::{bail, Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use weir_tests::*;
