@@ -1,5 +1,10 @@
-//! The Weir sidecar injector. Empty until the sidecar-injection issue: it will turn a Pod,
-//! its namespace and the mesh configuration into a JSON patch, using the bootstrap generator
-//! in `weir-core`.
+//! Weir's sidecar injection.
+//!
+//! Today: [`capture`], the iptables rules that `weir-init` installs in a pod's network
+//! namespace so that the application's TCP traffic goes through Envoy. Next (the
+//! sidecar-injection issue): the pure Pod -> JSON patch logic, the HTTPS admission server and
+//! `weir-webhook inject`, using the bootstrap generator in `weir-core`.
 #![deny(warnings)]
 #![forbid(unsafe_code)]
+
+pub mod capture;
