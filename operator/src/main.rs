@@ -135,6 +135,7 @@ async fn main() -> Result<()> {
                     Protocol::Sotw => XdsProtocol::Sotw,
                 },
                 admin_port,
+                sidecar: None,
             };
             print!("{}", bootstrap_yaml(&params)?);
             Ok(())

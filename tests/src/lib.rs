@@ -244,6 +244,33 @@ impl Envoy {
         Self::start_with(node_id, xds_addr, protocol, free_port(), free_port()).await
     }
 
+    /// Starts an explicit-capture Envoy that also serves a sidecar's probe and Prometheus
+    /// listeners.
+    pub async fn start_sidecar(
+        node_id: &str,
+        xds_addr: SocketAddr,
+        sidecar: weir_core::bootstrap::SidecarListeners,
+    ) -> Result<Envoy> {
+        let (outbound_port, admin_port) = (free_port(), free_port());
+        let params = BootstrapParams {
+            node_id: node_id.to_string(),
+            meta: ProxyMeta {
+                namespace: "default".into(),
+                pod: node_id.to_string(),
+                capture: Capture::Explicit {
+                    port: outbound_port,
+                },
+            },
+            xds_address: xds_addr.to_string(),
+            protocol: XdsProtocol::Delta,
+            admin_port,
+            sidecar: Some(sidecar),
+        };
+        let bootstrap = scratch_dir("envoy").join("bootstrap.yaml");
+        std::fs::write(&bootstrap, bootstrap_yaml(&params)?)?;
+        Self::start_from(&bootstrap, node_id, outbound_port, admin_port).await
+    }
+
     /// As [`Envoy::start`], with given ports (to restart an Envoy in place).
     pub async fn start_with(
         node_id: &str,
@@ -265,6 +292,7 @@ impl Envoy {
             xds_address: xds_addr.to_string(),
             protocol,
             admin_port,
+            sidecar: None,
         };
         let bootstrap = dir.join("bootstrap.yaml");
         std::fs::write(&bootstrap, bootstrap_yaml(&params)?)?;

@@ -262,3 +262,66 @@ async fn a_slow_backend_times_out_and_a_flaky_one_is_retried() -> anyhow::Result
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_probe_listener_forwards_app_probes_and_reports_readiness() -> anyhow::Result<()>
+{
+    use weir_core::bootstrap::{ProbeRoute, SidecarListeners};
+    let mesh = Mesh::start().await?;
+    let app = Backend::start("app", Behavior::default()).await?;
+    let (probe_port, prometheus_port) = (free_port(), free_port());
+    let sidecar = SidecarListeners {
+        probe_port,
+        prometheus_port,
+        probes: vec![ProbeRoute {
+            path: "/app-health/web/livez".into(),
+            app_port: app.addr.port(),
+            app_path: "/healthz".into(),
+        }],
+    };
+    let envoy = Envoy::start_sidecar("probes", mesh.plane.xds_addr, sidecar).await?;
+    let client = reqwest::Client::new();
+    let ready = client
+        .get(format!("http://127.0.0.1:{probe_port}/healthz/ready"))
+        .send()
+        .await?;
+    assert_eq!(
+        ready.status(),
+        200,
+        "Envoy is ready, so its readiness path says so"
+    );
+    let live = client
+        .get(format!(
+            "http://127.0.0.1:{probe_port}/app-health/web/livez"
+        ))
+        .send()
+        .await?;
+    assert_eq!(live.status(), 200);
+    assert_eq!(
+        live.text().await?.lines().next(),
+        Some("app"),
+        "the probe reached the application"
+    );
+    assert_eq!(app.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let unknown = client
+        .get(format!(
+            "http://127.0.0.1:{probe_port}/app-health/other/livez"
+        ))
+        .send()
+        .await?;
+    assert_eq!(unknown.status(), 404);
+    let metrics = client
+        .get(format!(
+            "http://127.0.0.1:{prometheus_port}/stats/prometheus"
+        ))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("envoy_server_live"),
+        "Prometheus text from Envoy's admin"
+    );
+    envoy.stop().await;
+    Ok(())
+}

@@ -96,7 +96,36 @@ pub struct BootstrapParams {
     pub protocol: XdsProtocol,
     /// Envoy admin port, bound to 127.0.0.1.
     pub admin_port: u16,
+    /// Plaintext listeners of a sidecar (probes, Prometheus); none in local mode.
+    pub sidecar: Option<SidecarListeners>,
 }
+
+/// The plaintext listeners a sidecar serves beside xDS-configured ones: kubelet probes
+/// (which must keep working when inbound traffic requires mTLS) and Prometheus scraping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarListeners {
+    /// Port of the probe listener (excluded from inbound capture).
+    pub probe_port: u16,
+    /// Port of the Prometheus listener (excluded from inbound capture).
+    pub prometheus_port: u16,
+    /// Application probes rewritten to the probe listener.
+    pub probes: Vec<ProbeRoute>,
+}
+
+/// One application HTTP probe served through the probe listener: `GET <path>` on the probe
+/// port is forwarded to `127.0.0.1:<app_port><app_path>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRoute {
+    /// Path on the probe port, e.g. `/app-health/web/livez`.
+    pub path: String,
+    /// The application container's port.
+    pub app_port: u16,
+    /// The application's probe path, e.g. `/healthz`.
+    pub app_path: String,
+}
+
+/// Path on the probe port that says whether Envoy itself is ready.
+pub const PROXY_READY_PATH: &str = "/healthz/ready";
 
 /// Why parameters cannot make a bootstrap.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -151,8 +180,82 @@ pub fn bootstrap(params: &BootstrapParams) -> Result<Value, BootstrapError> {
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
-        "static_resources": {"clusters": [xds_cluster(&params.xds_address)?]},
+        "static_resources": static_resources(params)?,
     }))
+}
+
+fn static_resources(params: &BootstrapParams) -> Result<Value, BootstrapError> {
+    let mut clusters = vec![xds_cluster(&params.xds_address)?];
+    let mut listeners = Vec::new();
+    if let Some(sidecar) = &params.sidecar {
+        clusters.push(static_cluster(ADMIN_CLUSTER, params.admin_port));
+        let mut routes = vec![route(PROXY_READY_PATH, ADMIN_CLUSTER, "/ready")];
+        let mut ports: Vec<u16> = sidecar.probes.iter().map(|p| p.app_port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        clusters.extend(
+            ports
+                .iter()
+                .map(|port| static_cluster(&format!("probe-{port}"), *port)),
+        );
+        routes.extend(
+            sidecar
+                .probes
+                .iter()
+                .map(|p| route(&p.path, &format!("probe-{}", p.app_port), &p.app_path)),
+        );
+        listeners.push(http_listener("probes", sidecar.probe_port, routes));
+        listeners.push(http_listener(
+            "prometheus",
+            sidecar.prometheus_port,
+            vec![route(
+                "/stats/prometheus",
+                ADMIN_CLUSTER,
+                "/stats/prometheus",
+            )],
+        ));
+    }
+    Ok(json!({"clusters": clusters, "listeners": listeners}))
+}
+
+/// Reaches Envoy's own admin interface (for readiness and metrics).
+const ADMIN_CLUSTER: &str = "weir-admin";
+
+fn static_cluster(name: &str, port: u16) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": port,
+            }}}}]}],
+        },
+    })
+}
+
+fn route(path: &str, cluster: &str, rewrite: &str) -> Value {
+    json!({"match": {"path": path}, "route": {"cluster": cluster, "prefix_rewrite": rewrite}})
+}
+
+fn http_listener(name: &str, port: u16, routes: Vec<Value>) -> Value {
+    json!({
+        "name": name,
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]},
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }],
+            },
+        }]}],
+    })
 }
 
 /// The bootstrap as YAML text.
@@ -214,6 +317,7 @@ mod tests {
             xds_address: "127.0.0.1:15010".into(),
             protocol: XdsProtocol::Delta,
             admin_port: 15000,
+            sidecar: None,
         }
     }
 
