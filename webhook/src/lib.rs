@@ -1,10 +1,16 @@
 //! Weir's sidecar injection.
 //!
-//! Today: [`capture`], the iptables rules that `weir-init` installs in a pod's network
-//! namespace so that the application's TCP traffic goes through Envoy. Next (the
-//! sidecar-injection issue): the pure Pod -> JSON patch logic, the HTTPS admission server and
-//! `weir-webhook inject`, using the bootstrap generator in `weir-core`.
+//! - [`capture`]: the iptables rules `weir-init` installs in a pod's network namespace so
+//!   that the application's TCP traffic goes through Envoy.
+//! - [`inject`]: Pod + namespace + mesh configuration -> injected Pod and JSON patch (pure),
+//!   with [`annotations`] for per-pod overrides.
+//! - [`manifests`]: the same on YAML manifests (`weir-webhook inject -f`).
+//!
+//! Next: the HTTPS AdmissionReview server.
 #![deny(warnings)]
 #![forbid(unsafe_code)]
 
+pub mod annotations;
 pub mod capture;
+pub mod inject;
+pub mod manifests;
