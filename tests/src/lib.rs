@@ -5,6 +5,8 @@
 #![deny(warnings)]
 #![forbid(unsafe_code)]
 
+pub mod netns;
+
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

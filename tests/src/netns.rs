@@ -1,0 +1,273 @@
+//! Network namespaces as pods and hosts, for tests of traffic capture and sidecars.
+//!
+//! [`Net`] makes two namespaces, `pod` (10.200.0.2) and `peer` (10.200.0.3), joined by a
+//! veth pair, and removes them (with everything started in them) on drop. Processes run in
+//! them through `ip netns exec`; stand-in applications are the Python script
+//! `tests/netns-peer.py`, run by the system Python so that any uid can run it.
+//!
+//! Needs root, iproute2, iptables, setpriv and /usr/bin/python3 (`make test` installs what is
+//! missing). [`prerequisites`] says what is missing; tests skip with a message outside CI
+//! and fail in CI.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The pod's address.
+pub const POD_IP: &str = "10.200.0.2";
+/// The peer's address.
+pub const PEER_IP: &str = "10.200.0.3";
+/// The system Python: a per-user one (pyenv under /root) is not runnable by test uids.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// What is missing to run namespace tests here, if anything.
+pub fn prerequisites() -> Result<(), String> {
+    let euid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| format!("cannot run id: {e}"))?;
+    if String::from_utf8_lossy(&euid.stdout).trim() != "0" {
+        return Err("not root".into());
+    }
+    if !std::path::Path::new(PYTHON).exists() {
+        return Err(format!("{PYTHON} is missing"));
+    }
+    for tool in ["ip", "iptables-restore", "iptables-save", "setpriv"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success());
+        if !found.unwrap_or(false) {
+            return Err(format!("{tool} is missing"));
+        }
+    }
+    Ok(())
+}
+
+/// Returns false (after saying why on stderr) when the test cannot run here; panics in CI.
+pub fn can_run(test: &str) -> bool {
+    match prerequisites() {
+        Ok(()) => true,
+        Err(why) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test} cannot run in CI: {why}"
+            );
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+/// Runs a command to completion; panics with its stderr when it fails.
+pub fn run(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A binary of this workspace, built by `cargo build --workspace` (`make test` does).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target dir")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace first (`make test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Which namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The pod.
+    Pod,
+    /// The rest of the network.
+    Peer,
+}
+
+/// Two namespaces joined by a veth pair. See the module docs.
+#[derive(Debug)]
+pub struct Net {
+    /// The pod namespace's name.
+    pub pod: String,
+    /// The peer namespace's name.
+    pub peer: String,
+    children: Vec<Child>,
+    /// The peer script, copied where every uid can read it.
+    pub script: PathBuf,
+}
+
+impl Net {
+    /// Makes the namespaces; `label` keeps parallel tests apart.
+    pub fn new(label: &str) -> Net {
+        let id = format!("{label}{}", std::process::id() % 100_000);
+        let script = std::env::temp_dir().join(format!("weir-peer-{id}.py"));
+        std::fs::copy(crate::workspace_root().join("tests/netns-peer.py"), &script)
+            .expect("copy the peer script");
+        let net = Net {
+            pod: format!("weir-pod-{id}"),
+            peer: format!("weir-peer-{id}"),
+            children: Vec::new(),
+            script,
+        };
+        let (pod, peer) = (net.pod.as_str(), net.peer.as_str());
+        run(&["ip", "netns", "add", pod]);
+        run(&["ip", "netns", "add", peer]);
+        let (veth_pod, veth_peer) = (format!("vp{id}"), format!("vq{id}"));
+        run(&[
+            "ip", "link", "add", &veth_pod, "netns", pod, "type", "veth", "peer", "name",
+            &veth_peer, "netns", peer,
+        ]);
+        for (ns, dev, ip) in [(pod, &veth_pod, POD_IP), (peer, &veth_peer, PEER_IP)] {
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ]);
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        // Service ClusterIPs (10.96.0.0/12) are routed out of the pod, as in a cluster.
+        run(&["ip", "-n", pod, "route", "add", "default", "via", PEER_IP]);
+        net
+    }
+
+    /// The namespace's name.
+    pub fn name(&self, side: Side) -> &str {
+        match side {
+            Side::Pod => &self.pod,
+            Side::Peer => &self.peer,
+        }
+    }
+
+    /// `ip netns exec <ns>` and the rest, as a command to spawn.
+    pub fn command(&self, side: Side, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.name(side)]).args(args);
+        cmd
+    }
+
+    /// Starts a long-running process in a namespace; it is killed on drop.
+    pub fn spawn(&mut self, side: Side, args: &[&str]) -> &mut Child {
+        let child = self
+            .command(side, args)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        self.children.push(child);
+        self.children.last_mut().expect("just pushed")
+    }
+
+    /// A TCP listener answering `text` on `port`, once it answers.
+    pub fn serve(&mut self, side: Side, port: u16, text: &str) {
+        self.start_peer(side, "serve", port, text);
+        self.wait_for(&format!("{text} on {port}"), || {
+            self.ask(side, None, "127.0.0.1", port) == text
+        });
+    }
+
+    /// An HTTP server answering `text` on `port`, once it answers.
+    pub fn serve_http(&mut self, side: Side, port: u16, text: &str) {
+        self.start_peer(side, "http", port, text);
+        let url = format!("http://127.0.0.1:{port}/");
+        self.wait_for(&format!("{text} on {port}"), || {
+            self.get(side, &url) == format!("200 {text}")
+        });
+    }
+
+    fn start_peer(&mut self, side: Side, mode: &str, port: u16, text: &str) {
+        let script = self.script.to_string_lossy().into_owned();
+        let port = port.to_string();
+        let child = self
+            .command(side, &[PYTHON, &script, mode, &port, text])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start peer");
+        self.children.push(child);
+    }
+
+    /// Polls `check` for up to 20 s.
+    pub fn wait_for(&self, what: &str, check: impl Fn() -> bool) {
+        let end = Instant::now() + Duration::from_secs(20);
+        while !check() {
+            assert!(Instant::now() < end, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn peer_output(&self, side: Side, uid: Option<u32>, args: &[&str]) -> String {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", self.name(side)]);
+        if let Some(uid) = uid {
+            let id = uid.to_string();
+            cmd.args(["setpriv", "--reuid", &id, "--regid", &id, "--clear-groups"]);
+        }
+        let out = cmd
+            .arg(PYTHON)
+            .arg(&self.script)
+            .args(args)
+            .output()
+            .expect("run the peer script");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Connects to `host:port` from a namespace (as `uid`, or root) and returns the answer.
+    pub fn ask(&self, side: Side, uid: Option<u32>, host: &str, port: u16) -> String {
+        self.peer_output(side, uid, &["ask", host, &port.to_string()])
+    }
+
+    /// `GET url` from a namespace: `<status> <first line of the body>`.
+    pub fn get(&self, side: Side, url: &str) -> String {
+        self.peer_output(side, None, &["get", url])
+    }
+
+    /// `GET url` with one header (`Name: value`).
+    pub fn get_with(&self, side: Side, url: &str, header: &str) -> String {
+        self.peer_output(side, None, &["get", url, header])
+    }
+
+    /// Makes `names` resolve to `ip` inside a namespace (`ip netns exec` mounts
+    /// /etc/netns/<ns>/hosts over /etc/hosts).
+    pub fn hosts(&self, side: Side, entries: &[(&str, &str)]) {
+        let dir = PathBuf::from(format!("/etc/netns/{}", self.name(side)));
+        std::fs::create_dir_all(&dir).expect("create /etc/netns/<ns>");
+        let mut text = "127.0.0.1 localhost\n".to_string();
+        for (ip, names) in entries {
+            text.push_str(&format!("{ip} {names}\n"));
+        }
+        std::fs::write(dir.join("hosts"), text).expect("write hosts");
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in [&self.pod, &self.peer] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
+        }
+        let _ = std::fs::remove_file(&self.script);
+    }
+}
