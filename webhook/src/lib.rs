@@ -5,8 +5,7 @@
 //! - [`inject`]: Pod + namespace + mesh configuration -> injected Pod and JSON patch (pure),
 //!   with [`annotations`] for per-pod overrides.
 //! - [`manifests`]: the same on YAML manifests (`weir-webhook inject -f`).
-//!
-//! Next: the HTTPS AdmissionReview server.
+//! - [`server`]: the HTTPS AdmissionReview v1 server (`weir-webhook serve`).
 #![deny(warnings)]
 #![forbid(unsafe_code)]
 
@@ -14,3 +13,4 @@ pub mod annotations;
 pub mod capture;
 pub mod inject;
 pub mod manifests;
+pub mod server;

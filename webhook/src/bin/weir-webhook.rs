@@ -1,5 +1,6 @@
 //! `weir-webhook`: the sidecar injector.
 //!
+//! - `serve`: the HTTPS admission webhook (AdmissionReview v1 at `POST /inject`).
 //! - `inject -f FILE` (or `-f -`): prints the manifests with their pods injected.
 #![deny(warnings)]
 #![forbid(unsafe_code)]
@@ -18,6 +19,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the mutating admission webhook over HTTPS.
+    Serve {
+        /// Listen address.
+        #[arg(long, default_value = "0.0.0.0:9443")]
+        addr: std::net::SocketAddr,
+        /// Serving certificate (PEM); re-read when it changes.
+        #[arg(long, default_value = "/etc/weir/webhook/tls.crt")]
+        tls_cert: std::path::PathBuf,
+        /// Serving key (PEM); re-read when it changes.
+        #[arg(long, default_value = "/etc/weir/webhook/tls.key")]
+        tls_key: std::path::PathBuf,
+        #[command(flatten)]
+        mesh: MeshArgs,
+    },
     /// Print manifests with the pods of Pods, Deployments, StatefulSets, DaemonSets,
     /// ReplicaSets, Jobs and CronJobs injected; other documents pass through.
     Inject {
@@ -46,8 +61,44 @@ struct MeshArgs {
     no_native_sidecars: bool,
 }
 
-fn main() -> Result<()> {
+impl MeshArgs {
+    fn config(self) -> MeshConfig {
+        MeshConfig {
+            proxy_image: self.proxy_image,
+            init_image: self.init_image,
+            xds_address: self.xds_address,
+            native_sidecars: !self.no_native_sidecars,
+            ..MeshConfig::default()
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Serve {
+            addr,
+            tls_cert,
+            tls_key,
+            mesh,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            let listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tracing::info!(%addr, "serving AdmissionReview v1 at /inject");
+            weir_webhook::server::serve(
+                listener,
+                tls_cert,
+                tls_key,
+                std::sync::Arc::new(mesh.config()),
+            )
+            .await
+        }
         Command::Inject { file, mesh } => {
             let mut text = String::new();
             if file == "-" {
@@ -57,14 +108,8 @@ fn main() -> Result<()> {
             } else {
                 text = std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
             }
-            let config = MeshConfig {
-                proxy_image: mesh.proxy_image,
-                init_image: mesh.init_image,
-                xds_address: mesh.xds_address,
-                native_sidecars: !mesh.no_native_sidecars,
-                ..MeshConfig::default()
-            };
-            let (yaml, warnings) = weir_webhook::manifests::inject_manifests(&text, &config)?;
+            let (yaml, warnings) =
+                weir_webhook::manifests::inject_manifests(&text, &mesh.config())?;
             for w in warnings {
                 eprintln!("warning: {w}");
             }
