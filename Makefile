@@ -63,6 +63,8 @@ bench:
 	$(CARGO) bench -p weir-core --bench translate
 	$(CARGO) build --release --bin weir-operator --bin weir-bench-xds
 	./target/release/weir-bench-xds
+	$(CARGO) build --release --bin weir-bench-webhook
+	./target/release/weir-bench-webhook
 
 ## Against the cluster in KUBECONFIG (see e2e/README.md); not part of `make test`.
 e2e:
