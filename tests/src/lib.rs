@@ -253,24 +253,15 @@ impl Envoy {
         xds_addr: SocketAddr,
         sidecar: weir_core::bootstrap::SidecarListeners,
     ) -> Result<Envoy> {
-        let (outbound_port, admin_port) = (free_port(), free_port());
-        let params = BootstrapParams {
-            node_id: node_id.to_string(),
-            meta: ProxyMeta {
-                namespace: "default".into(),
-                pod: node_id.to_string(),
-                capture: Capture::Explicit {
-                    port: outbound_port,
-                },
-            },
-            xds_address: xds_addr.to_string(),
-            protocol: XdsProtocol::Delta,
-            admin_port,
-            sidecar: Some(sidecar),
-        };
-        let bootstrap = scratch_dir("envoy").join("bootstrap.yaml");
-        std::fs::write(&bootstrap, bootstrap_yaml(&params)?)?;
-        Self::start_from(&bootstrap, node_id, outbound_port, admin_port).await
+        let mut params = explicit_params(
+            node_id,
+            xds_addr,
+            XdsProtocol::Delta,
+            free_port(),
+            free_port(),
+        );
+        params.sidecar = Some(sidecar);
+        Self::start_params(&params).await
     }
 
     /// As [`Envoy::start`], with given ports (to restart an Envoy in place).
@@ -281,24 +272,32 @@ impl Envoy {
         outbound_port: u16,
         admin_port: u16,
     ) -> Result<Envoy> {
-        let dir = scratch_dir("envoy");
-        let params = BootstrapParams {
-            node_id: node_id.to_string(),
-            meta: ProxyMeta {
-                namespace: "default".into(),
-                pod: node_id.to_string(),
-                capture: Capture::Explicit {
-                    port: outbound_port,
-                },
-            },
-            xds_address: xds_addr.to_string(),
+        Self::start_params(&explicit_params(
+            node_id,
+            xds_addr,
             protocol,
+            outbound_port,
             admin_port,
-            sidecar: None,
+        ))
+        .await
+    }
+
+    async fn start_params(params: &BootstrapParams) -> Result<Envoy> {
+        let bootstrap = scratch_dir("envoy").join("bootstrap.yaml");
+        std::fs::write(&bootstrap, bootstrap_yaml(params)?)?;
+        let Capture::Explicit {
+            port: outbound_port,
+        } = params.meta.capture
+        else {
+            bail!("test Envoys use explicit capture");
         };
-        let bootstrap = dir.join("bootstrap.yaml");
-        std::fs::write(&bootstrap, bootstrap_yaml(&params)?)?;
-        Self::start_from(&bootstrap, node_id, outbound_port, admin_port).await
+        Self::start_from(
+            &bootstrap,
+            &params.node_id,
+            outbound_port,
+            params.admin_port,
+        )
+        .await
     }
 
     /// Starts Envoy from a bootstrap file whose outbound and admin ports are given.
@@ -460,6 +459,30 @@ fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// Bootstrap parameters of an explicit-capture test proxy in namespace default.
+fn explicit_params(
+    node_id: &str,
+    xds_addr: SocketAddr,
+    protocol: XdsProtocol,
+    outbound_port: u16,
+    admin_port: u16,
+) -> BootstrapParams {
+    BootstrapParams {
+        node_id: node_id.to_string(),
+        meta: ProxyMeta {
+            namespace: "default".into(),
+            pod: node_id.to_string(),
+            capture: Capture::Explicit {
+                port: outbound_port,
+            },
+        },
+        xds_address: xds_addr.to_string(),
+        protocol,
+        admin_port,
+        sidecar: None,
+    }
 }
 
 /// Fetches JSON from the operator's admin server.
