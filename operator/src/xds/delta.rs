@@ -20,7 +20,8 @@ struct TypeStream {
     wildcard: bool,
     names: BTreeSet<String>,
     /// What the proxy has, by name: the version we sent (or it reported on reconnect).
-    has: HashMap<String, u64>,
+    /// Names share the snapshot's allocations, so a stream costs a pointer per resource.
+    has: HashMap<Arc<str>, u64>,
     nonce: Option<String>,
 }
 
@@ -100,10 +101,14 @@ impl DeltaStream {
             state.subscribed = true;
             for (name, version) in &req.initial_resource_versions {
                 // Unparseable versions count as "has something else", which forces a resend.
-                state.has.insert(
-                    name.clone(),
-                    u64::from_str_radix(version, 16).unwrap_or(u64::MAX),
-                );
+                let name = snapshot
+                    .of(t)
+                    .get_key_value(name.as_str())
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_else(|| name.as_str().into());
+                state
+                    .has
+                    .insert(name, u64::from_str_radix(version, 16).unwrap_or(u64::MAX));
             }
             if req.resource_names_subscribe.is_empty() && t.is_wildcard_by_default() {
                 state.wildcard = true;
@@ -124,7 +129,7 @@ impl DeltaStream {
                 state.names.remove(name);
             }
             if !state.wants(name) {
-                state.has.remove(name);
+                state.has.remove(name.as_str());
             }
         }
 
@@ -157,12 +162,12 @@ impl DeltaStream {
                 state
                     .has
                     .keys()
-                    .filter(|n| !snapshot.of(t).contains_key(n.as_str()))
-                    .cloned(),
+                    .filter(|n| !snapshot.of(t).contains_key(n.as_ref()))
+                    .map(|n| n.to_string()),
             );
             // Newly asked-for names that do not exist: say so, or Envoy waits for them.
             removed.extend(new_names.into_iter().filter(|n| {
-                !snapshot.of(t).contains_key(n.as_str()) && !state.has.contains_key(n)
+                !snapshot.of(t).contains_key(n.as_str()) && !state.has.contains_key(n.as_str())
             }));
         }
         if first || !updates.is_empty() || !removed.is_empty() {
@@ -204,8 +209,8 @@ impl DeltaStream {
                 let removed = state
                     .has
                     .keys()
-                    .filter(|n| !snapshot.of(t).contains_key(n.as_str()))
-                    .cloned()
+                    .filter(|n| !snapshot.of(t).contains_key(n.as_ref()))
+                    .map(|n| n.to_string())
                     .collect();
                 (updates, removed)
             };
@@ -227,7 +232,7 @@ impl DeltaStream {
         let mut resources = Vec::with_capacity(updates.len());
         for name in &updates {
             if let Some(r) = snapshot.of(t).get(name) {
-                state.has.insert(name.to_string(), r.version);
+                state.has.insert(name.clone(), r.version);
                 resources.push(PbResource {
                     name: name.to_string(),
                     version: r.version_string(),
@@ -237,7 +242,7 @@ impl DeltaStream {
             }
         }
         for name in &removed {
-            state.has.remove(name);
+            state.has.remove(name.as_str());
         }
         let version = snapshot.version_string(t);
         let count = resources.len();
