@@ -213,6 +213,8 @@ impl MeshSnapshots {
         };
         let mut changed: [BTreeSet<Arc<str>>; 4] = Default::default();
         let mut removed: [BTreeSet<Arc<str>>; 4] = Default::default();
+        // Types whose map was rebuilt whole: their version is recomputed in one pass.
+        let mut rebuilt = [false; 4];
 
         // CDS and EDS: apply the translator's change lists to the previous maps.
         let shared = [
@@ -244,9 +246,11 @@ impl MeshSnapshots {
                         map.insert(name.clone(), r.clone());
                     }
                 }
-                changed[t.idx()].extend(upserts.iter().filter(|n| map.contains_key(*n)).cloned());
+                // Every upsert is in `map` by construction (it is the translator's map).
+                changed[t.idx()].extend(upserts.iter().cloned());
                 removed[t.idx()].extend(removals.iter().filter(|n| !map.contains_key(*n)).cloned());
                 next.resources[t.idx()] = map;
+                rebuilt[t.idx()] = true;
                 continue;
             }
             let map = &mut next.resources[t.idx()];
@@ -326,16 +330,22 @@ impl MeshSnapshots {
         }
         for t in ResourceType::ALL {
             let i = t.idx();
-            let mut v = old.versions[i];
-            for name in changed[i].iter().chain(removed[i].iter()) {
-                if let Some(o) = old.resources[i].get(name) {
-                    v ^= o.fingerprint();
+            next.versions[i] = if rebuilt[i] {
+                next.resources[i]
+                    .values()
+                    .fold(0, |v, r| v ^ r.fingerprint())
+            } else {
+                let mut v = old.versions[i];
+                for name in changed[i].iter().chain(removed[i].iter()) {
+                    if let Some(o) = old.resources[i].get(name) {
+                        v ^= o.fingerprint();
+                    }
+                    if let Some(n) = next.resources[i].get(name) {
+                        v ^= n.fingerprint();
+                    }
                 }
-                if let Some(n) = next.resources[i].get(name) {
-                    v ^= n.fingerprint();
-                }
-            }
-            next.versions[i] = v;
+                v
+            };
             next.changed[i] = changed[i].iter().cloned().collect::<Vec<_>>().into();
             next.removed[i] = removed[i].iter().cloned().collect::<Vec<_>>().into();
         }
