@@ -23,6 +23,10 @@ pub mod testing;
 pub mod translate;
 
 pub use index::{Event, Index, Kind, Object, ObjectKey};
+
+/// Hash maps keyed by object names: ahash is several times faster than SipHash on these
+/// keys and still randomly seeded, so names chosen by users cannot force collisions.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 pub use resources::{Resource, ResourceType};
 pub use snapshot::{MeshSnapshots, Snapshot};
 pub use translate::{Capture, ProxyProfile};

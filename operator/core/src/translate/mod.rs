@@ -16,7 +16,9 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
 use imbl::OrdMap;
 use prost::{Message, Name};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::HashMap;
 use std::sync::Arc;
 
 use crate::index::{Index, ObjectKey, ServiceModel};
