@@ -122,23 +122,12 @@ impl MeshSnapshots {
             return state.snapshot.clone();
         }
         let mut snapshot = Snapshot::empty();
-        snapshot.resources[ResourceType::Cluster.idx()] = self.translator.clusters().clone();
-        snapshot.resources[ResourceType::Endpoint.idx()] = self.translator.endpoints().clone();
-        let (listeners, routes) = translate::assemble(&self.translator, &profile);
-        for r in translate::profile_clusters(&profile) {
-            snapshot.resources[ResourceType::Cluster.idx()].insert(r.name.clone(), r);
+        for t in [ResourceType::Cluster, ResourceType::Endpoint] {
+            snapshot.resources[t.idx()] = self.shared_map(t, &profile);
         }
-        for r in listeners {
-            snapshot.resources[ResourceType::Listener.idx()].insert(r.name.clone(), r);
-        }
-        for r in routes {
-            snapshot.resources[ResourceType::Route.idx()].insert(r.name.clone(), r);
-        }
-        for ((t, name), r) in &self.raw {
-            snapshot.resources[t.idx()]
-                .entry(name.clone())
-                .or_insert_with(|| r.clone());
-        }
+        let (listeners, routes) = self.assembled_maps(&profile);
+        snapshot.resources[ResourceType::Listener.idx()] = listeners;
+        snapshot.resources[ResourceType::Route.idx()] = routes;
         for t in ResourceType::ALL {
             snapshot.versions[t.idx()] = snapshot.resources[t.idx()]
                 .values()
@@ -199,6 +188,46 @@ impl MeshSnapshots {
         self.profiles.iter().map(|(p, s)| (p, &s.snapshot))
     }
 
+    /// Raw resources of type `t` laid under `map`: a resource already there wins.
+    fn add_raw(&self, t: ResourceType, map: &mut ResourceMap) {
+        for ((rt, name), r) in &self.raw {
+            if *rt == t {
+                map.entry(name.clone()).or_insert_with(|| r.clone());
+            }
+        }
+    }
+
+    /// The whole CDS or EDS map of a profile: the translator's (shared in O(1)), the
+    /// profile's own clusters, and raw resources.
+    fn shared_map(&self, t: ResourceType, profile: &ProxyProfile) -> ResourceMap {
+        let mut map = match t {
+            ResourceType::Cluster => self.translator.clusters().clone(),
+            ResourceType::Endpoint => self.translator.endpoints().clone(),
+            _ => ResourceMap::new(),
+        };
+        if t == ResourceType::Cluster {
+            for r in translate::profile_clusters(profile) {
+                map.insert(r.name.clone(), r);
+            }
+        }
+        self.add_raw(t, &mut map);
+        map
+    }
+
+    /// The LDS and RDS maps of a profile, assembled from the translator's virtual hosts.
+    fn assembled_maps(&self, profile: &ProxyProfile) -> (ResourceMap, ResourceMap) {
+        let (listeners, routes) = translate::assemble(&self.translator, profile);
+        let mut maps = [listeners, routes].map(|rs| {
+            rs.into_iter()
+                .map(|r| (r.name.clone(), r))
+                .collect::<ResourceMap>()
+        });
+        self.add_raw(ResourceType::Listener, &mut maps[0]);
+        self.add_raw(ResourceType::Route, &mut maps[1]);
+        let [listeners, routes] = maps;
+        (listeners, routes)
+    }
+
     fn rebuild(
         &mut self,
         profile: ProxyProfile,
@@ -233,19 +262,9 @@ impl MeshSnapshots {
         ];
         for (t, source, upserts, removals) in shared {
             if upserts.len() + removals.len() > BULK_THRESHOLD {
-                // A large change (the first full translation): start from the translator's
-                // map, shared in O(1), and lay the profile's own resources over it.
-                let mut map = source.clone();
-                if t == ResourceType::Cluster {
-                    for r in translate::profile_clusters(&profile) {
-                        map.insert(r.name.clone(), r);
-                    }
-                }
-                for ((rt, name), r) in &self.raw {
-                    if *rt == t && !source.contains_key(name) {
-                        map.insert(name.clone(), r.clone());
-                    }
-                }
+                // A large change (the first full translation): take the whole map, which
+                // shares the translator's in O(1), instead of patching it name by name.
+                let map = self.shared_map(t, &profile);
                 // Every upsert is in `map` by construction (it is the translator's map).
                 changed[t.idx()].extend(upserts.iter().cloned());
                 removed[t.idx()].extend(removals.iter().filter(|n| !map.contains_key(*n)).cloned());
@@ -277,17 +296,11 @@ impl MeshSnapshots {
 
         // LDS and RDS: reassemble when a virtual host changed; these maps are small.
         if self.translator.routes_generation() != state.routes_generation {
-            let (listeners, routes) = translate::assemble(&self.translator, &profile);
-            for (t, fresh) in [
+            let (listeners, routes) = self.assembled_maps(&profile);
+            for (t, map) in [
                 (ResourceType::Listener, listeners),
                 (ResourceType::Route, routes),
             ] {
-                let mut map: ResourceMap = fresh.into_iter().map(|r| (r.name.clone(), r)).collect();
-                for ((rt, name), r) in &self.raw {
-                    if *rt == t {
-                        map.entry(name.clone()).or_insert_with(|| r.clone());
-                    }
-                }
                 let old_map = &old.resources[t.idx()];
                 for (name, r) in &map {
                     if old_map.get(name).map(|o| o.version) != Some(r.version) {
