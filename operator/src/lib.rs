@@ -63,34 +63,8 @@ impl LocalControlPlane {
             return Err(StartError::NotADirectory(dir));
         }
         let engine = Arc::new(Engine::new());
-        let xds_listener = xds::bind(xds_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "xDS",
-                addr: xds_addr,
-                source,
-            })?;
-        let admin_listener = tokio::net::TcpListener::bind(admin_addr)
-            .await
-            .map_err(|source| StartError::Bind {
-                what: "admin",
-                addr: admin_addr,
-                source,
-            })?;
-        let xds_addr = xds_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                what: "xDS",
-                addr: xds_addr,
-                source,
-            })?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                what: "admin",
-                addr: admin_addr,
-                source,
-            })?;
+        let (xds_listener, xds_addr) = listen("xDS", xds_addr).await?;
+        let (admin_listener, admin_addr) = listen("admin", admin_addr).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let signal = move || {
             let mut rx = shutdown_rx.clone();
@@ -151,6 +125,19 @@ impl LocalControlPlane {
             task.abort();
         }
     }
+}
+
+/// Binds `addr` and returns the listener with the address it got (port 0 picks one).
+async fn listen(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let bind_error = |source| StartError::Bind { what, addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    Ok((listener, local))
 }
 
 /// How long [`LocalControlPlane::stop`] waits for streams and servers to wind down.

@@ -62,20 +62,6 @@ impl AdsProtocol for DeltaStream {
         snapshot: &Snapshot,
         req: DeltaDiscoveryRequest,
     ) -> Result<(), Gone> {
-        self.handle_request(snapshot, req).await
-    }
-
-    async fn on_snapshot(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), Gone> {
-        self.push_changes(snapshot, contiguous).await
-    }
-}
-
-impl DeltaStream {
-    async fn handle_request(
-        &mut self,
-        snapshot: &Snapshot,
-        req: DeltaDiscoveryRequest,
-    ) -> Result<(), Gone> {
         let Some(t) = ResourceType::from_type_url(&req.type_url) else {
             tracing::debug!(
                 node = self.core.node,
@@ -176,7 +162,7 @@ impl DeltaStream {
         Ok(())
     }
 
-    async fn push_changes(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), Gone> {
+    async fn on_snapshot(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), Gone> {
         for t in ResourceType::ALL {
             let state = &self.types[t.idx()];
             if !state.subscribed {
@@ -220,7 +206,9 @@ impl DeltaStream {
         }
         Ok(())
     }
+}
 
+impl DeltaStream {
     async fn respond(
         &mut self,
         snapshot: &Snapshot,

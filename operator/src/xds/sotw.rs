@@ -50,20 +50,6 @@ impl AdsProtocol for SotwStream {
     }
 
     async fn on_request(&mut self, snapshot: &Snapshot, req: DiscoveryRequest) -> Result<(), Gone> {
-        self.handle_request(snapshot, req).await
-    }
-
-    async fn on_snapshot(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), Gone> {
-        self.push_changes(snapshot, contiguous).await
-    }
-}
-
-impl SotwStream {
-    async fn handle_request(
-        &mut self,
-        snapshot: &Snapshot,
-        req: DiscoveryRequest,
-    ) -> Result<(), Gone> {
         let Some(t) = ResourceType::from_type_url(&req.type_url) else {
             tracing::debug!(
                 node = self.core.node,
@@ -115,7 +101,7 @@ impl SotwStream {
         Ok(())
     }
 
-    async fn push_changes(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), Gone> {
+    async fn on_snapshot(&mut self, snapshot: &Snapshot, contiguous: bool) -> Result<(), Gone> {
         for t in ResourceType::ALL {
             let state = &self.types[t.idx()];
             if !state.subscribed {
@@ -149,7 +135,9 @@ impl SotwStream {
         }
         Ok(())
     }
+}
 
+impl SotwStream {
     async fn respond(
         &mut self,
         snapshot: &Snapshot,
