@@ -19,7 +19,7 @@ use weir_core::status::{policy_statuses, PolicyStatus};
 use weir_core::{Event, Index, MeshSnapshots, ProxyProfile, Resource, ResourceType, Snapshot};
 
 use crate::metrics::Metrics;
-use crate::xds::proxies::ProxyRegistry;
+use crate::xds::proxies::{ProxyRecord, ProxyRegistry};
 
 /// Longest a change waits for others to join its batch.
 pub const MAX_DELAY: Duration = Duration::from_millis(100);
@@ -209,10 +209,9 @@ impl Engine {
         self.synced.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Status of every policy, with `Programmed` from the proxies' ACKs.
-    pub fn policy_statuses(&self) -> Vec<PolicyStatus> {
+    /// Status of every policy, with `Programmed` from the ACKs of `proxies`.
+    fn policy_statuses(&self, proxies: &[ProxyRecord]) -> Vec<PolicyStatus> {
         let mut statuses = policy_statuses(&self.inner().index);
-        let proxies = self.proxies.list();
         let routes_acked = proxies.iter().all(|p| {
             p.types
                 .get(ResourceType::Route.short())
@@ -239,8 +238,9 @@ impl Engine {
 
     /// The MeshStatus as served on `/status`.
     pub fn mesh_status(&self) -> MeshStatusView {
-        let policies = self.policy_statuses();
+        // One look at the proxies, so that the counts and Programmed agree.
         let proxies = self.proxies.list();
+        let policies = self.policy_statuses(&proxies);
         let rejected: Vec<_> = policies.iter().filter(|p| !p.accepted().status).collect();
         let counts = self.inner().index.counts();
         let last_push = *self
