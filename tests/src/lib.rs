@@ -59,16 +59,19 @@ pub fn envoy_bin() -> Result<PathBuf> {
     Ok(bin)
 }
 
-/// A binary built beside the running one (`target/<profile>/NAME`).
-pub fn sibling_binary(name: &str) -> Result<PathBuf> {
-    let bin = std::env::current_exe()?.with_file_name(name);
-    if !bin.exists() {
-        bail!(
-            "{} not found: build it first (`make demo` and `make bench` do)",
-            bin.display()
-        );
-    }
-    Ok(bin)
+/// A binary of this workspace, found beside the running executable: next to it for a
+/// binary (`target/<profile>/NAME`), one level up for a test (`target/<profile>/deps/..`).
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the executable has no directory")?;
+    let found = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|bin| bin.exists());
+    found.with_context(|| {
+        format!("{name} is not built next to {}: build the workspace first (`make test`, `make demo` and `make bench` do)", exe.display())
+    })
 }
 
 /// A fresh scratch directory under the system temp dir.

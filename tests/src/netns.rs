@@ -73,23 +73,6 @@ pub fn run(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A binary of this workspace, built by `cargo build --workspace` (`make test` does).
-pub fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: build the workspace first (`make test` does)",
-        bin.display()
-    );
-    bin
-}
-
 /// Which namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

@@ -10,7 +10,7 @@ fn weir_init_captures_outbound_and_inbound_tcp_except_what_it_must_not() {
     if !can_run("weir_init_captures_outbound_and_inbound_tcp_except_what_it_must_not") {
         return;
     }
-    let init = workspace_binary("weir-init");
+    let init = weir_tests::workspace_binary("weir-init").unwrap();
     let init = init.to_str().expect("utf-8 path");
     let mut net = Net::new("cap");
     // The rest of the network: a service, and a second one on a port the pod excludes.

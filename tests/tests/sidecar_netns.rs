@@ -31,8 +31,8 @@ fn an_injected_sidecar_captures_and_routes_the_applications_traffic() {
     if !can_run("an_injected_sidecar_captures_and_routes_the_applications_traffic") {
         return;
     }
-    let operator = workspace_binary("weir-operator");
-    let init = workspace_binary("weir-init");
+    let operator = weir_tests::workspace_binary("weir-operator").unwrap();
+    let init = weir_tests::workspace_binary("weir-init").unwrap();
     let envoy = envoy_bin().expect("envoy");
     let mut net = Net::new("side");
 

@@ -188,7 +188,7 @@ async fn main() -> Result<()> {
         format!("127.0.0.1:{}", free_port()).parse()?,
         format!("127.0.0.1:{}", free_port()).parse()?,
     );
-    let mut operator = tokio::process::Command::new(sibling_binary("weir-operator")?)
+    let mut operator = tokio::process::Command::new(workspace_binary("weir-operator")?)
         .args(["local", "--dir"])
         .arg(&dir)
         .args([

@@ -13,7 +13,7 @@ const REQUESTS: usize = 500;
 #[tokio::main]
 async fn main() -> Result<()> {
     let root = workspace_root();
-    let operator_bin = sibling_binary("weir-operator")?;
+    let operator_bin = workspace_binary("weir-operator")?;
     let demo_dir = root.join("target/weir-demo");
     let _ = std::fs::remove_dir_all(&demo_dir);
     std::fs::create_dir_all(&demo_dir)?;
