@@ -50,6 +50,8 @@ pub struct Engine {
     last_push: Mutex<Option<SystemTime>>,
     synced: std::sync::atomic::AtomicBool,
     closing: watch::Sender<bool>,
+    /// Bumped after every applied batch, for whoever reports on the index (status writer).
+    applied: watch::Sender<u64>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Connected proxies.
@@ -81,6 +83,7 @@ impl Engine {
             last_push: Mutex::new(None),
             synced: false.into(),
             closing: watch::channel(false).0,
+            applied: watch::channel(0).0,
             metrics: Arc::new(Metrics::new()),
             proxies: Arc::new(ProxyRegistry::default()),
         }
@@ -105,6 +108,17 @@ impl Engine {
             .translation_seconds
             .observe(started.elapsed().as_secs_f64());
         self.publish(published);
+        self.applied.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that sees a change after every applied batch.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// Keys of every object of `kind` in the index.
+    pub fn keys(&self, kind: weir_core::Kind) -> Vec<weir_core::ObjectKey> {
+        self.inner().index.keys(kind)
     }
 
     /// Serves a resource as given to every proxy, beside the translated ones. For tests

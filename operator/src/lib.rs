@@ -1,15 +1,18 @@
 //! The Weir operator: everything with I/O around the pure core.
 //!
 //! ```text
-//! local::run (directory) --Vec<Event>--> engine::run_pipeline --> Engine (index, translator,
-//! snapshots) --> xds (ADS streams, SotW and delta) --> Envoy
+//! local::run (directory)  --+
+//!                           +--Vec<Event>--> engine::run_pipeline --> Engine (index,
+//! k8s::watch (API server) --+    translator, snapshots) --> xds (ADS, SotW and delta) --> Envoy
 //!                                            admin (HTTP) reads the Engine
+//! k8s::leader (Lease) --> k8s::status writes policy conditions and MeshStatus (leader only)
 //! ```
 #![deny(warnings)]
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod engine;
+pub mod k8s;
 pub mod local;
 pub mod metrics;
 pub mod xds;
@@ -21,20 +24,31 @@ use tokio::sync::{mpsc, watch};
 
 pub use engine::Engine;
 
-/// A running local-mode control plane.
+/// Where the control plane's inputs come from.
 #[derive(Debug)]
-pub struct LocalControlPlane {
+pub enum Source {
+    /// A directory of YAML manifests (local mode).
+    Dir(PathBuf),
+    /// The Kubernetes API (operator mode).
+    Kube(k8s::KubeOptions),
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct ControlPlane {
     /// Shared state, for tests and embedding.
     pub engine: Arc<Engine>,
     /// Where ADS is served.
     pub xds_addr: SocketAddr,
     /// Where the admin HTTP server is.
     pub admin_addr: SocketAddr,
+    /// Whether this replica leads (always false in local mode, which writes no status).
+    pub leading: watch::Receiver<bool>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-/// Errors starting local mode.
+/// Errors starting the control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The directory is missing or not a directory.
@@ -52,15 +66,17 @@ pub enum StartError {
     },
 }
 
-impl LocalControlPlane {
-    /// Starts the directory source, the pipeline, the xDS server and the admin server.
+impl ControlPlane {
+    /// Starts the source, the pipeline, the xDS server and the admin server.
     pub async fn start(
-        dir: PathBuf,
+        source: Source,
         xds_addr: SocketAddr,
         admin_addr: SocketAddr,
     ) -> Result<Self, StartError> {
-        if !dir.is_dir() {
-            return Err(StartError::NotADirectory(dir));
+        if let Source::Dir(dir) = &source {
+            if !dir.is_dir() {
+                return Err(StartError::NotADirectory(dir.clone()));
+            }
         }
         let engine = Arc::new(Engine::new());
         let (xds_listener, xds_addr) = listen("xDS", xds_addr).await?;
@@ -74,14 +90,22 @@ impl LocalControlPlane {
         };
         let (tx, rx) = mpsc::channel(64);
         let mut tasks = Vec::new();
-        let stop = signal();
-        let source_engine = engine.clone();
-        tasks.push(tokio::spawn(async move {
-            tokio::select! {
-                _ = local::run(dir, source_engine, tx) => {}
-                _ = stop => {}
+        let leading = match source {
+            Source::Dir(dir) => {
+                let stop = signal();
+                let source_engine = engine.clone();
+                tasks.push(tokio::spawn(async move {
+                    tokio::select! {
+                        _ = local::run(dir, source_engine, tx) => {}
+                        _ = stop => {}
+                    }
+                }));
+                watch::channel(false).1
             }
-        }));
+            Source::Kube(options) => {
+                k8s::spawn(options, engine.clone(), tx, signal.clone(), &mut tasks)
+            }
+        };
         tasks.push(tokio::spawn(engine::run_pipeline(engine.clone(), rx)));
         let xds_engine = engine.clone();
         let stop = signal();
@@ -97,18 +121,20 @@ impl LocalControlPlane {
                 tracing::error!(%err, "admin server failed");
             }
         }));
-        tracing::info!(%xds_addr, %admin_addr, "local mode started");
-        Ok(LocalControlPlane {
+        tracing::info!(%xds_addr, %admin_addr, "control plane started");
+        Ok(ControlPlane {
             engine,
             xds_addr,
             admin_addr,
+            leading,
             shutdown,
             tasks,
         })
     }
 
     /// Ends every xDS stream (proxies reconnect elsewhere or later), stops accepting new
-    /// ones, and stops every task, waiting at most [`STOP_GRACE`] for them.
+    /// ones, releases the Lease if held, and stops every task, waiting at most
+    /// [`STOP_GRACE`] for them.
     pub async fn stop(mut self) {
         self.engine.close_streams();
         let _ = self.shutdown.send(true);
@@ -140,5 +166,5 @@ async fn listen(
     Ok((listener, local))
 }
 
-/// How long [`LocalControlPlane::stop`] waits for streams and servers to wind down.
+/// How long [`ControlPlane::stop`] waits for streams and servers to wind down.
 pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -227,26 +227,18 @@ fn to_object(json: serde_json::Value) -> Result<Option<Object>, String> {
     if kind.is_empty() || api_version.is_empty() {
         return Err("document has no apiVersion or kind: every document needs both".into());
     }
-    fn parse<T: serde::de::DeserializeOwned>(
-        json: serde_json::Value,
-        kind: &str,
-        name: &str,
-    ) -> Result<T, String> {
-        serde_path_to_error::deserialize(json).map_err(|err| {
-            let path = err.path().to_string();
-            format!("{kind} {name}: field {path}: {}", err.inner())
-        })
-    }
     let object = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Service") => Object::Service(parse(json, &kind, &name)?),
-        ("v1", "Pod") => Object::Pod(parse(json, &kind, &name)?),
+        ("v1", "Service") => Object::Service(decode(json, &kind, &name)?),
+        ("v1", "Pod") => Object::Pod(decode(json, &kind, &name)?),
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            Object::EndpointSlice(parse(json, &kind, &name)?)
+            Object::EndpointSlice(decode(json, &kind, &name)?)
         }
         (weir_api::API_VERSION, "TrafficPolicy") => {
-            Object::TrafficPolicy(parse(json, &kind, &name)?)
+            Object::TrafficPolicy(decode(json, &kind, &name)?)
         }
-        (weir_api::API_VERSION, "MeshIdentity") => Object::MeshIdentity(parse(json, &kind, &name)?),
+        (weir_api::API_VERSION, "MeshIdentity") => {
+            Object::MeshIdentity(decode(json, &kind, &name)?)
+        }
         (v, "TrafficPolicy" | "MeshIdentity") => {
             return Err(format!(
                 "{kind} {name}: apiVersion {v} is not served: use {}",
@@ -259,6 +251,18 @@ fn to_object(json: serde_json::Value) -> Result<Option<Object>, String> {
         return Err(format!("{kind} has no metadata.name: name every object"));
     }
     Ok(Some(object))
+}
+
+/// Deserializes one object; the error names the object and the field path.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    json: serde_json::Value,
+    kind: &str,
+    name: &str,
+) -> Result<T, String> {
+    serde_path_to_error::deserialize(json).map_err(|err| {
+        let path = err.path().to_string();
+        format!("{kind} {name}: field {path}: {}", err.inner())
+    })
 }
 
 /// Watches `dir` and feeds the pipeline until the channel closes.

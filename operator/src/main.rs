@@ -1,5 +1,6 @@
 //! `weir-operator`: the Weir control plane.
 //!
+//! - `run`: the operator in a cluster (or against the cluster in KUBECONFIG).
 //! - `local --dir DIR`: runs without a cluster, on a directory of YAML manifests.
 //! - `bootstrap ...`: prints an Envoy bootstrap for one workload.
 #![deny(warnings)]
@@ -11,6 +12,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use weir_core::bootstrap::{bootstrap_yaml, BootstrapParams, ProxyMeta, XdsProtocol};
 use weir_core::Capture;
+use weir_operator::k8s::leader::LeaseSettings;
+use weir_operator::k8s::KubeOptions;
+use weir_operator::{ControlPlane, Source};
 
 // glibc malloc spends much of a full translation consolidating chunks; mimalloc halves it.
 #[global_allocator]
@@ -29,6 +33,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator against the Kubernetes API (in-cluster config, or KUBECONFIG).
+    Run {
+        /// Address for ADS (gRPC).
+        #[arg(long, default_value = "0.0.0.0:15010", env = "WEIR_XDS_ADDR")]
+        xds_addr: SocketAddr,
+        /// Address for the admin HTTP server (probes, metrics, status).
+        #[arg(long, default_value = "0.0.0.0:15090", env = "WEIR_ADMIN_ADDR")]
+        admin_addr: SocketAddr,
+        /// Namespace of the leader Lease (the operator's own namespace).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "weir-system")]
+        namespace: String,
+        /// This replica's identity in the Lease (its pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Name of the leader Lease.
+        #[arg(long, default_value = "weir-operator")]
+        lease_name: String,
+        /// How long an unrenewed Lease stays with its holder, e.g. 15s.
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        lease_duration: std::time::Duration,
+        /// A leader that cannot renew for this long stops writing, e.g. 10s.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        renew_deadline: std::time::Duration,
+        /// How often the Lease is read or renewed, e.g. 2s.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        retry_period: std::time::Duration,
+    },
     /// Run the control plane on a directory of YAML manifests (Services, EndpointSlices,
     /// Pods, TrafficPolicies, MeshIdentities), re-reading it on change.
     Local {
@@ -87,25 +118,41 @@ enum CaptureArg {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run {
+            xds_addr,
+            admin_addr,
+            namespace,
+            identity,
+            lease_name,
+            lease_duration,
+            renew_deadline,
+            retry_period,
+        } => {
+            init_logging();
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot reach the Kubernetes API: run in a cluster, or set KUBECONFIG")?;
+            let identity = match identity {
+                Some(id) => id,
+                None => hostname()?,
+            };
+            let lease = LeaseSettings {
+                name: lease_name,
+                lease_duration,
+                renew_deadline,
+                retry_period,
+                ..LeaseSettings::new(namespace, identity)
+            };
+            let source = Source::Kube(KubeOptions { client, lease });
+            serve(source, xds_addr, admin_addr).await
+        }
         Command::Local {
             dir,
             xds_addr,
             admin_addr,
         } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
-            let plane = weir_operator::LocalControlPlane::start(dir, xds_addr, admin_addr).await?;
-            shutdown_signal()
-                .await
-                .context("waiting for a shutdown signal")?;
-            tracing::info!("shutting down");
-            plane.stop().await;
-            Ok(())
+            init_logging();
+            serve(Source::Dir(dir), xds_addr, admin_addr).await
         }
         Command::Bootstrap {
             node_id,
@@ -140,6 +187,49 @@ async fn main() -> Result<()> {
             print!("{}", bootstrap_yaml(&params)?);
             Ok(())
         }
+    }
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs the control plane until SIGTERM or Ctrl-C, then stops it gracefully.
+async fn serve(source: Source, xds_addr: SocketAddr, admin_addr: SocketAddr) -> Result<()> {
+    let plane = ControlPlane::start(source, xds_addr, admin_addr).await?;
+    shutdown_signal()
+        .await
+        .context("waiting for a shutdown signal")?;
+    tracing::info!("shutting down: closing xDS streams, releasing the Lease");
+    plane.stop().await;
+    Ok(())
+}
+
+fn hostname() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("no --identity or POD_NAME, and cannot read the host name")?;
+    Ok(name.trim().to_string())
+}
+
+/// `15s`, `500ms`, `1m`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map(|i| text.split_at(i))
+        .ok_or_else(|| format!("{text}: give a unit, e.g. 15s or 500ms"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text}: expected a whole number then ms, s or m"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("{text}: unit {unit} unknown: use ms, s or m")),
     }
 }
 

@@ -32,6 +32,12 @@ pub struct Metrics {
     pub snapshots_inconsistent: Counter,
     /// Source documents that failed to load (local mode: files).
     pub source_errors: Gauge,
+    /// Kubernetes watch failures (each is retried with backoff).
+    pub watch_errors: Counter,
+    /// Status writes to the API server (policies and MeshStatus).
+    pub status_writes: Counter,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -60,6 +66,9 @@ impl Metrics {
         let snapshots_published = Counter::default();
         let snapshots_inconsistent = Counter::default();
         let source_errors = Gauge::default();
+        let watch_errors = Counter::default();
+        let status_writes = Counter::default();
+        let leader = Gauge::default();
         registry.register(
             "xds_pushes",
             "xDS responses sent to proxies",
@@ -100,6 +109,21 @@ impl Metrics {
             "Source documents that currently fail to load",
             source_errors.clone(),
         );
+        registry.register(
+            "watch_errors",
+            "Kubernetes watch failures, each retried with backoff",
+            watch_errors.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Status writes to the Kubernetes API (policies and MeshStatus)",
+            status_writes.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease",
+            leader.clone(),
+        );
         Metrics {
             registry,
             pushes,
@@ -110,6 +134,9 @@ impl Metrics {
             snapshots_published,
             snapshots_inconsistent,
             source_errors,
+            watch_errors,
+            status_writes,
+            leader,
         }
     }
 

@@ -5,6 +5,7 @@
 #![deny(warnings)]
 #![forbid(unsafe_code)]
 
+pub mod fake_api;
 pub mod netns;
 
 use anyhow::{bail, Context, Result};
@@ -527,7 +528,7 @@ pub struct Mesh {
     /// The directory the control plane watches.
     pub dir: PathBuf,
     /// The running control plane.
-    pub plane: weir_operator::LocalControlPlane,
+    pub plane: weir_operator::ControlPlane,
 }
 
 impl Mesh {
@@ -539,9 +540,12 @@ impl Mesh {
 
     /// Starts a control plane on `dir`, serving xDS on `xds_addr`.
     pub async fn start_in(dir: PathBuf, xds_addr: SocketAddr) -> Result<Mesh> {
-        let plane =
-            weir_operator::LocalControlPlane::start(dir.clone(), xds_addr, "127.0.0.1:0".parse()?)
-                .await?;
+        let plane = weir_operator::ControlPlane::start(
+            weir_operator::Source::Dir(dir.clone()),
+            xds_addr,
+            "127.0.0.1:0".parse()?,
+        )
+        .await?;
         let admin = plane.admin_addr;
         eventually("the operator to be ready", DEADLINE, || async move {
             let resp = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;

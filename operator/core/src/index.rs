@@ -402,6 +402,16 @@ impl Index {
 
     fn apply_policy(&mut self, tp: TrafficPolicy) {
         let key = ObjectKey::of(&tp.metadata);
+        // The API server bumps the generation on every spec change and never on status
+        // writes, so the operator's own status updates coming back cost nothing.
+        if let Some(old) = self.policies.get(&key) {
+            if old.generation.is_some()
+                && old.generation == tp.metadata.generation
+                && old.created == tp.metadata.creation_timestamp
+            {
+                return;
+            }
+        }
         let verdict = policy::validate(&tp.spec).map(Arc::new);
         let last_valid = match &verdict {
             Ok(valid) => Some(valid.clone()),
@@ -509,6 +519,22 @@ impl Index {
     /// The MeshIdentity objects.
     pub fn identities(&self) -> impl Iterator<Item = &MeshIdentity> {
         self.identities.values()
+    }
+
+    /// Keys of every object of `kind` the index holds (a relisting source deletes the
+    /// ones the new list lacks).
+    pub fn keys(&self, kind: Kind) -> Vec<ObjectKey> {
+        match kind {
+            Kind::Service => self.services.keys().cloned().collect(),
+            Kind::EndpointSlice => self.slices.keys().cloned().collect(),
+            Kind::Pod => self.pods.keys().cloned().collect(),
+            Kind::TrafficPolicy => self.policies.keys().cloned().collect(),
+            Kind::MeshIdentity => self
+                .identities
+                .keys()
+                .map(|name| ObjectKey::new("", name.clone()))
+                .collect(),
+        }
     }
 
     /// Counts for memory accounting and status.

@@ -368,3 +368,32 @@ fn an_invalid_edit_keeps_serving_the_last_valid_version() {
     assert!(s.active, "the previous version stays programmed");
     assert_eq!(snapshots.snapshot(profile).versions, before.versions);
 }
+
+#[test]
+fn a_policy_echoed_back_with_the_same_generation_dirties_nothing() {
+    let mut index = Index::new();
+    apply(&mut index, bookinfo());
+    let mut policy = mk_policy(
+        "default",
+        "canary",
+        mk_policy_spec("reviews", &[("v1", 50), ("v2", 50)]),
+    );
+    policy.metadata.generation = Some(3);
+    index.apply(Event::apply(Object::TrafficPolicy(policy.clone())));
+    assert!(!index.take_dirty().is_empty());
+
+    // What a status write looks like from the watch: same generation, new status.
+    let mut echoed = policy.clone();
+    echoed.status = Some(Default::default());
+    index.apply(Event::apply(Object::TrafficPolicy(echoed)));
+    assert!(
+        index.take_dirty().is_empty(),
+        "a status-only change retranslated"
+    );
+
+    let mut edited = policy;
+    edited.metadata.generation = Some(4);
+    edited.spec = mk_policy_spec("reviews", &[("v1", 10), ("v2", 90)]);
+    index.apply(Event::apply(Object::TrafficPolicy(edited)));
+    assert!(!index.take_dirty().is_empty(), "a spec change was ignored");
+}

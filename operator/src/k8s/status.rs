@@ -1,0 +1,313 @@
+//! The status writer: tells users, through the API, what became of each TrafficPolicy and
+//! of the mesh. Only the leader writes.
+//!
+//! ```text
+//! engine (after every batch) or a 1 s tick --> Engine::mesh_status()
+//!   per policy: desired conditions vs. what the server has (ObservedPolicies) and what we
+//!     last wrote --> server-side apply of /status (field manager weir-operator)
+//!     --> a Warning Event when a policy becomes rejected or unresolved
+//!   MeshStatus `mesh`: written when it changed, at most once per second
+//! ```
+//!
+//! `lastTransitionTime` moves only when a condition's status flips. Before every write the
+//! writer checks that it still leads; a replica that lost the Lease stops at once.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::{Api, Client};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use weir_api::{MeshStatus, MeshStatusStatus, TrafficPolicy, TrafficPolicyStatus};
+use weir_core::status::{ConditionView, PolicyStatus};
+use weir_core::ObjectKey;
+
+use super::watch::ObservedPolicies;
+use crate::engine::Engine;
+
+/// The one field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "weir-operator";
+/// The cluster-scoped MeshStatus the leader keeps current.
+pub const MESH_STATUS_NAME: &str = "mesh";
+/// MeshStatus is written at most this often.
+pub const MESH_STATUS_PERIOD: Duration = Duration::from_secs(1);
+
+/// Writes policy and mesh status while this replica leads.
+pub struct StatusWriter {
+    client: Client,
+    engine: Arc<Engine>,
+    observed: Arc<ObservedPolicies>,
+    recorder: Recorder,
+    /// What we last wrote per policy (the watch may not have shown it yet).
+    written: HashMap<ObjectKey, TrafficPolicyStatus>,
+    mesh_written: Option<MeshStatusStatus>,
+    mesh_exists: bool,
+    mesh_last_write: Option<Instant>,
+}
+
+impl StatusWriter {
+    /// A writer reporting as `identity`.
+    pub fn new(
+        client: Client,
+        engine: Arc<Engine>,
+        observed: Arc<ObservedPolicies>,
+        identity: &str,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(identity.into()),
+        };
+        StatusWriter {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            engine,
+            observed,
+            written: HashMap::new(),
+            mesh_written: None,
+            mesh_exists: false,
+            mesh_last_write: None,
+        }
+    }
+
+    /// Writes until `shutdown` resolves.
+    pub async fn run(
+        mut self,
+        mut leading: watch::Receiver<bool>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut applied = self.engine.applied();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let wait = match self.mesh_last_write {
+                // A MeshStatus change held back by the throttle is written when it ends.
+                Some(at) if *leading.borrow() && self.mesh_pending() => {
+                    (at + MESH_STATUS_PERIOD).saturating_duration_since(Instant::now())
+                }
+                _ => MESH_STATUS_PERIOD,
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                changed = leading.changed() => {
+                    if changed.is_err() {
+                        return; // the elector is gone: so is the right to write
+                    }
+                }
+                _ = applied.changed() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if !*leading.borrow_and_update() {
+                // A new term starts from what the server has, not from our memory.
+                self.written.clear();
+                self.mesh_written = None;
+                self.mesh_exists = false;
+                continue;
+            }
+            self.write_once(&leading).await;
+        }
+    }
+
+    fn mesh_pending(&self) -> bool {
+        self.mesh_written.as_ref() != Some(&self.engine.mesh_status().status)
+    }
+
+    /// One pass: every policy whose status differs, then MeshStatus if due.
+    pub async fn write_once(&mut self, leading: &watch::Receiver<bool>) {
+        let view = self.engine.mesh_status();
+        let live: std::collections::HashSet<ObjectKey> = view
+            .policies
+            .iter()
+            .map(|p| ObjectKey::new(p.namespace.clone(), p.name.clone()))
+            .collect();
+        self.written.retain(|k, _| live.contains(k));
+        for policy in &view.policies {
+            if !*leading.borrow() {
+                return;
+            }
+            self.write_policy(policy).await;
+        }
+        let due = self
+            .mesh_last_write
+            .is_none_or(|at| at.elapsed() >= MESH_STATUS_PERIOD);
+        if due && self.mesh_written.as_ref() != Some(&view.status) && *leading.borrow() {
+            self.write_mesh(view.status).await;
+        }
+    }
+
+    async fn write_policy(&mut self, policy: &PolicyStatus) {
+        let key = ObjectKey::new(policy.namespace.clone(), policy.name.clone());
+        let observed = self.observed.get(&key).unwrap_or_default();
+        let current = observed.status.clone().unwrap_or_default();
+        let desired = TrafficPolicyStatus {
+            conditions: policy
+                .conditions
+                .iter()
+                .map(|c| to_condition(c, policy.observed_generation, &current.conditions))
+                .collect(),
+            observed_generation: policy.observed_generation,
+        };
+        if same(&desired, &current) || self.written.get(&key).is_some_and(|w| same(&desired, w)) {
+            return;
+        }
+        let api: Api<TrafficPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
+        let patch = serde_json::json!({
+            "apiVersion": weir_api::API_VERSION,
+            "kind": "TrafficPolicy",
+            "status": desired,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api
+            .patch_status(&key.name, &params, &Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.engine.metrics.status_writes.inc();
+                self.announce(&key, observed.uid, &desired, &current).await;
+                self.written.insert(key, desired);
+            }
+            // Deleted meanwhile: the watch will tell the index.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(err) => {
+                tracing::warn!(policy = %key, %err, "status write failed; retrying on the next pass");
+            }
+        }
+    }
+
+    /// A Warning Event for each condition that newly went False for a new reason.
+    async fn announce(
+        &self,
+        key: &ObjectKey,
+        uid: Option<String>,
+        desired: &TrafficPolicyStatus,
+        current: &TrafficPolicyStatus,
+    ) {
+        for condition in desired.conditions.iter().filter(|c| c.status == "False") {
+            let before = current
+                .conditions
+                .iter()
+                .find(|c| c.type_ == condition.type_);
+            if before.is_some_and(|b| b.status == "False" && b.reason == condition.reason) {
+                continue;
+            }
+            if condition.type_ == "Programmed" {
+                continue; // transient while proxies catch up: status says it, no Event
+            }
+            let reference = ObjectReference {
+                api_version: Some(weir_api::API_VERSION.into()),
+                kind: Some("TrafficPolicy".into()),
+                namespace: Some(key.namespace.clone()),
+                name: Some(key.name.clone()),
+                uid: uid.clone(),
+                ..ObjectReference::default()
+            };
+            let event = KubeEvent {
+                type_: EventType::Warning,
+                reason: condition.reason.clone(),
+                note: Some(truncate(&condition.message, 1000)),
+                action: if condition.type_ == "Accepted" {
+                    "Validate".into()
+                } else {
+                    "Resolve".into()
+                },
+                secondary: None,
+            };
+            if let Err(err) = self.recorder.publish(&event, &reference).await {
+                tracing::warn!(policy = %key, %err, "could not record an Event");
+            }
+        }
+    }
+
+    async fn write_mesh(&mut self, status: MeshStatusStatus) {
+        let api: Api<MeshStatus> = Api::all(self.client.clone());
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        if !self.mesh_exists {
+            // MeshStatus has a status subresource: create the object, then write its status.
+            let object = serde_json::json!({
+                "apiVersion": weir_api::API_VERSION,
+                "kind": "MeshStatus",
+                "metadata": {"name": MESH_STATUS_NAME},
+                "spec": {},
+            });
+            if let Err(err) = api
+                .patch(MESH_STATUS_NAME, &params, &Patch::Apply(&object))
+                .await
+            {
+                tracing::warn!(%err, "cannot create MeshStatus {MESH_STATUS_NAME}");
+                return;
+            }
+            self.mesh_exists = true;
+        }
+        let patch = serde_json::json!({
+            "apiVersion": weir_api::API_VERSION,
+            "kind": "MeshStatus",
+            "status": status,
+        });
+        self.mesh_last_write = Some(Instant::now());
+        match api
+            .patch_status(MESH_STATUS_NAME, &params, &Patch::Apply(&patch))
+            .await
+        {
+            Ok(_) => {
+                self.engine.metrics.status_writes.inc();
+                self.mesh_written = Some(status);
+            }
+            Err(err) => {
+                // Deleted by someone: recreate on the next pass.
+                self.mesh_exists = false;
+                tracing::warn!(%err, "MeshStatus write failed; retrying");
+            }
+        }
+    }
+}
+
+/// Kubernetes condition from ours, keeping the transition time while the status holds.
+fn to_condition(view: &ConditionView, generation: Option<i64>, current: &[Condition]) -> Condition {
+    let status = if view.status { "True" } else { "False" };
+    let since = current
+        .iter()
+        .find(|c| c.type_ == view.type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(Timestamp::now()));
+    Condition {
+        type_: view.type_.into(),
+        status: status.into(),
+        reason: view.reason.into(),
+        message: truncate(&view.message, 32 * 1024),
+        observed_generation: generation,
+        last_transition_time: since,
+    }
+}
+
+/// Equal but for transition times.
+fn same(a: &TrafficPolicyStatus, b: &TrafficPolicyStatus) -> bool {
+    let key = |c: &Condition| {
+        (
+            c.type_.clone(),
+            c.status.clone(),
+            c.reason.clone(),
+            c.message.clone(),
+            c.observed_generation,
+        )
+    };
+    a.observed_generation == b.observed_generation
+        && a.conditions.len() == b.conditions.len()
+        && a.conditions
+            .iter()
+            .map(key)
+            .eq(b.conditions.iter().map(key))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
