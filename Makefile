@@ -65,6 +65,8 @@ bench:
 	./target/release/weir-bench-xds
 	$(CARGO) build --release --bin weir-bench-webhook
 	./target/release/weir-bench-webhook
+	$(CARGO) build --release --bin weir-operator --bin weir-bench-kube
+	./target/release/weir-bench-kube
 
 ## Against the cluster in KUBECONFIG (see e2e/README.md); not part of `make test`.
 e2e:

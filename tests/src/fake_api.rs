@@ -456,7 +456,8 @@ fn query_map(uri: &Uri) -> HashMap<String, String> {
                 k.to_string(),
                 v.replace("%2F", "/")
                     .replace("%3D", "=")
-                    .replace("%2C", ","),
+                    .replace("%2C", ",")
+                    .replace("%3A", ":"),
             )
         })
         .collect()
@@ -602,7 +603,7 @@ async fn handle(
         }
         (Method::GET, None) => {
             let selector = query.get("labelSelector");
-            let items: Vec<Value> = store
+            let matching: Vec<&Value> = store
                 .objects
                 .iter()
                 .filter(|((c, ns, _), _)| {
@@ -610,18 +611,37 @@ async fn handle(
                 })
                 .map(|(_, v)| v)
                 .filter(|v| matches_labels(v, selector))
+                .collect();
+            // Pages as the API server does (`limit`, `continue`); the token carries the
+            // offset and the version of the first page, which every page reports.
+            let (offset, rv) = query
+                .get("continue")
+                .and_then(|c| c.split_once(':'))
+                .and_then(|(o, rv)| Some((o.parse().ok()?, rv.parse().ok()?)))
+                .unwrap_or((0usize, store.rv));
+            let limit: usize = query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(usize::MAX);
+            let end = offset.saturating_add(limit).min(matching.len());
+            let mut metadata = json!({"resourceVersion": rv.to_string()});
+            if end < matching.len() {
+                metadata["continue"] = json!(format!("{end}:{rv}"));
+            }
+            let items: Vec<Value> = matching[offset.min(end)..end]
+                .iter()
                 .map(|v| {
                     if meta_only {
                         metadata_only(v)
                     } else {
-                        v.clone()
+                        (*v).clone()
                     }
                 })
                 .collect();
             let list = json!({
                 "apiVersion": if meta_only { "meta.k8s.io/v1" } else { "v1" },
                 "kind": if meta_only { "PartialObjectMetadataList" } else { "List" },
-                "metadata": {"resourceVersion": store.rv.to_string()},
+                "metadata": metadata,
                 "items": items,
             });
             ok(&list, StatusCode::OK)
@@ -739,5 +759,60 @@ async fn handle(
             }
         }
         (method, _) => status_error(405, "MethodNotAllowed", &format!("{method} {path}")),
+    }
+}
+
+/// A `weir-operator run` process against a [`FakeApi`], through a kubeconfig file.
+pub struct OperatorProcess {
+    /// The process.
+    pub child: tokio::process::Child,
+    /// Its admin address.
+    pub admin: SocketAddr,
+    /// Its xDS address.
+    pub xds: SocketAddr,
+}
+
+impl FakeApi {
+    /// Starts `weir-operator run` (the binary at `bin`) as `identity`, with a 2 s Lease.
+    pub fn spawn_operator(
+        &self,
+        bin: &std::path::Path,
+        identity: &str,
+        scratch: &std::path::Path,
+    ) -> anyhow::Result<OperatorProcess> {
+        let kubeconfig = scratch.join(format!("kubeconfig-{identity}"));
+        self.kubeconfig(&kubeconfig)?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse()?;
+        let xds: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse()?;
+        let log = std::fs::File::create(scratch.join(format!("operator-{identity}.log")))?;
+        let child = tokio::process::Command::new(bin)
+            .args(["run", "--namespace", "weir-system", "--identity", identity])
+            .args([
+                "--lease-duration",
+                "2s",
+                "--renew-deadline",
+                "1500ms",
+                "--retry-period",
+                "200ms",
+            ])
+            .args([
+                "--admin-addr",
+                &admin.to_string(),
+                "--xds-addr",
+                &xds.to_string(),
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(OperatorProcess { child, admin, xds })
+    }
+
+    /// Who holds the operator's Lease (`None` when nobody, or no Lease yet).
+    pub fn lease_holder(&self) -> Option<String> {
+        let lease = self.get(collections::LEASES, "weir-system", "weir-operator")?;
+        lease["spec"]["holderIdentity"].as_str().map(str::to_string)
     }
 }

@@ -502,3 +502,60 @@ async fn an_object_that_does_not_decode_is_reported_and_skipped() -> Result<()> 
     plane.stop().await;
     Ok(())
 }
+
+async fn ready(admin: std::net::SocketAddr) -> bool {
+    reqwest::get(format!("http://{admin}/readyz"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_processes_elect_one_leader_survive_a_kill_and_release_on_sigterm() -> Result<()> {
+    let bin = weir_tests::workspace_binary("weir-operator")?;
+    let scratch = weir_tests::scratch_dir("kube-processes");
+    let api = FakeApi::start().await?;
+    api.apply(mk_service("reviews", "10.96.0.10", 9080));
+    api.apply(mk_policy("canary", split_spec("reviews")));
+
+    let mut a = api.spawn_operator(&bin, "weir-a", &scratch)?;
+    eventually("weir-a leads", DEADLINE, || async {
+        (api.lease_holder().as_deref() == Some("weir-a")).then_some(())
+    })
+    .await?;
+    let mut b = api.spawn_operator(&bin, "weir-b", &scratch)?;
+    eventually(
+        "both replicas ready (listed every kind)",
+        DEADLINE,
+        || async { (ready(a.admin).await && ready(b.admin).await).then_some(()) },
+    )
+    .await?;
+    wait_condition(&api, "canary", "Accepted", "True", "Accepted").await?;
+    // Both serve xDS; b follows as long as a renews.
+    for _ in 0..10 {
+        assert_eq!(api.lease_holder().as_deref(), Some("weir-a"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Killed: no release, so b waits for the Lease to expire, then takes it.
+    a.child.start_kill()?;
+    a.child.wait().await?;
+    let killed = Instant::now();
+    eventually("weir-b takes over", DEADLINE, || async {
+        (api.lease_holder().as_deref() == Some("weir-b")).then_some(())
+    })
+    .await?;
+    let takeover = killed.elapsed();
+    eprintln!("takeover after SIGKILL: {takeover:?} (lease duration 2 s)");
+    api.apply(mk_policy("canary", split_spec("details")));
+    wait_condition(&api, "canary", "ResolvedRefs", "False", "TargetNotFound").await?;
+
+    // SIGTERM: a clean exit that gives the Lease up.
+    let pid = b.child.id().context("b has no pid")?;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()?;
+    let status = tokio::time::timeout(DEADLINE, b.child.wait()).await??;
+    assert!(status.success(), "weir-b exited with {status}");
+    assert_eq!(api.lease_holder(), None, "the Lease was not released");
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! `make bench` (part 3): the operator's memory with a large cluster loaded through the
+//! Kubernetes watch path.
+//!
+//! Fills the in-process API server (`weir_tests::fake_api`) with SERVICES Services (default
+//! 10,000), one EndpointSlice of 5 endpoints each (50,000 endpoints), the 50,000 Pods behind
+//! them and POLICIES TrafficPolicies (default 2,000), then starts the release operator as
+//! its own process (`weir-operator run`, KUBECONFIG pointing at the fake) and waits until
+//! `/status` counts every object. Reports the time to load and the operator's resident
+//! memory (VmRSS) and peak (VmHWM) from /proc.
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::time::{Duration, Instant};
+use weir_tests::fake_api::FakeApi;
+use weir_tests::*;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn proc_kb(pid: u32, field: &str) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field))
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed line")?
+        .parse()?)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let services = env_usize("SERVICES", 10_000);
+    let per_slice = 5;
+    let policies = env_usize("POLICIES", 2_000);
+    let api = FakeApi::start().await?;
+    for i in 0..services {
+        let ns = format!("ns{}", i % 50);
+        let name = format!("svc{i}");
+        api.apply(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
+            "spec": {"clusterIP": format!("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256),
+                "selector": {"app": name}, "type": "ClusterIP",
+                "ports": [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]}}));
+        let mut endpoints = Vec::new();
+        for j in 0..per_slice {
+            let n = i * per_slice + j;
+            let pod = format!("{name}-{j}");
+            let version = if j == 0 { "v2" } else { "v1" };
+            api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": pod, "namespace": ns,
+                    "labels": {"app": name, "version": version, "pod-template-hash": "7d4f9c8b5"},
+                    "annotations": {"weir.dev/injected": "0.1.0"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/app:1.2.3",
+                    "ports": [{"containerPort": 8080}]}], "nodeName": format!("node{}", n % 100)},
+                "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", 128 + n / 65536, (n / 256) % 256, n % 256)}}));
+            endpoints.push(json!({"addresses": [format!("10.{}.{}.{}", 128 + n / 65536, (n / 256) % 256, n % 256)],
+                "conditions": {"ready": true, "serving": true, "terminating": false},
+                "nodeName": format!("node{}", n % 100),
+                "targetRef": {"kind": "Pod", "name": pod, "namespace": ns}}));
+        }
+        api.apply(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": format!("{name}-abcde"), "namespace": ns,
+                "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+            "addressType": "IPv4", "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}));
+    }
+    for i in 0..policies.min(services) {
+        api.apply(json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficPolicy",
+            "metadata": {"name": format!("svc{i}-canary"), "namespace": format!("ns{}", i % 50)},
+            "spec": {"targetRef": {"service": format!("svc{i}")},
+                "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
+                "http": [{"destinations": [{"subset": "v1", "weight": 80}, {"subset": "v2", "weight": 20}]}]}}));
+    }
+    let scratch = scratch_dir("bench-kube");
+    let bin = workspace_binary("weir-operator")?;
+    let started = Instant::now();
+    let mut operator = api.spawn_operator(&bin, "weir-bench", &scratch)?;
+    let pid = operator.child.id().context("no pid")?;
+    let want = (
+        services,
+        services,
+        services * per_slice,
+        services * per_slice,
+    );
+    let status = format!("http://{}/status", operator.admin);
+    eventually(
+        "every object in the operator's index",
+        Duration::from_secs(300),
+        || async {
+            let v: serde_json::Value = reqwest::get(&status).await.ok()?.json().await.ok()?;
+            let o = &v["objects"];
+            let got = (
+                o["services"].as_u64()? as usize,
+                o["endpoint_slices"].as_u64()? as usize,
+                o["endpoints"].as_u64()? as usize,
+                o["pods"].as_u64()? as usize,
+            );
+            (got == want && o["policies"].as_u64()? as usize == policies.min(services))
+                .then_some(())
+        },
+    )
+    .await?;
+    let loaded = started.elapsed();
+    // Let the first translation and status writes finish before reading steady memory.
+    let mut rss = proc_kb(pid, "VmRSS")?;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss = proc_kb(pid, "VmRSS")?;
+    }
+    let peak = proc_kb(pid, "VmHWM")?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    println!(
+        "watch path: {services} Services, {services} EndpointSlices, {} endpoints, {} Pods (metadata), {} policies",
+        services * per_slice,
+        services * per_slice,
+        policies.min(services)
+    );
+    println!(
+        "  loaded and indexed in {:.2} s (operator CPU {:.2} s, at 100 ticks/s)",
+        loaded.as_secs_f64(),
+        ticks as f64 / 100.0
+    );
+    println!(
+        "  operator RSS {:.1} MiB, peak {:.1} MiB",
+        rss as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    operator.child.start_kill()?;
+    Ok(())
+}
