@@ -35,10 +35,10 @@ struct Change {
     object: Value,
 }
 
-/// A request the fake served (reads are not recorded).
+/// A request the fake served.
 #[derive(Debug, Clone)]
 pub struct Recorded {
-    /// POST, PUT, PATCH or DELETE.
+    /// GET, POST, PUT, PATCH or DELETE.
     pub method: String,
     /// The URL path.
     pub path: String,
@@ -49,6 +49,42 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// The RBAC verb, API group, resource (with `/subresource`), namespace and name the
+    /// request needs permission for.
+    pub fn authorization(&self) -> Option<(String, String, String, String, Option<String>)> {
+        let route = route(&self.path)?;
+        let watch = self
+            .query
+            .split('&')
+            .any(|kv| kv == "watch=true" || kv == "watch=1");
+        let verb = match (self.method.as_str(), &route.name) {
+            ("GET", Some(_)) => "get",
+            ("GET", None) if watch => "watch",
+            ("GET", None) => "list",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", _) => "delete",
+            _ => return None,
+        };
+        let mut parts = route.collection.split('/');
+        let group = match parts.next()? {
+            "api" => String::new(),
+            _ => parts.next()?.to_string(),
+        };
+        let mut resource = route.collection.rsplit('/').next()?.to_string();
+        if route.status {
+            resource.push_str("/status");
+        }
+        Some((
+            verb.into(),
+            group,
+            resource,
+            route.namespace.unwrap_or_default(),
+            route.name,
+        ))
+    }
+
     /// The `fieldManager` query parameter.
     pub fn field_manager(&self) -> Option<&str> {
         self.query
@@ -222,7 +258,7 @@ impl FakeApi {
             .collect()
     }
 
-    /// Writes, in order.
+    /// Every request, in order.
     pub fn recorded(&self) -> Vec<Recorded> {
         self.store().recorded.clone()
     }
@@ -509,7 +545,7 @@ async fn handle(
         return status_error(500, "InternalError", "injected failure");
     }
     let body_json: Option<Value> = serde_json::from_slice(&body).ok();
-    if method != Method::GET {
+    {
         store.recorded.push(Recorded {
             method: method.to_string(),
             path: path.clone(),

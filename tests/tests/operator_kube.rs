@@ -559,3 +559,79 @@ async fn operator_processes_elect_one_leader_survive_a_kill_and_release_on_sigte
     assert_eq!(api.lease_holder(), None, "the Lease was not released");
     Ok(())
 }
+
+/// RBAC rules of a ClusterRole or Role manifest.
+fn rules(file: &str) -> Result<Vec<serde_yaml::Value>> {
+    let path = weir_tests::workspace_root().join("config/rbac").join(file);
+    let role: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
+    Ok(role["rules"].as_sequence().context("no rules")?.clone())
+}
+
+fn allows(
+    rules: &[serde_yaml::Value],
+    verb: &str,
+    group: &str,
+    resource: &str,
+    name: Option<&str>,
+) -> bool {
+    let has = |v: &serde_yaml::Value, key: &str, want: &str| {
+        v[key]
+            .as_sequence()
+            .is_some_and(|s| s.iter().any(|x| x.as_str() == Some(want)))
+    };
+    rules.iter().any(|r| {
+        has(r, "verbs", verb)
+            && has(r, "apiGroups", group)
+            && has(r, "resources", resource)
+            && (r["resourceNames"].is_null() || name.is_some_and(|n| has(r, "resourceNames", n)))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_the_operator_makes_is_allowed_by_the_shipped_rbac() -> Result<()> {
+    let cluster = rules("cluster_role.yaml")?;
+    let lease = rules("leader_election_role.yaml")?;
+    let text = serde_yaml::to_string(&cluster)? + &serde_yaml::to_string(&lease)?;
+    assert!(!text.contains('*'), "wildcards in the RBAC rules");
+
+    let api = FakeApi::start().await?;
+    api.apply(mk_service("reviews", "10.96.0.10", 9080));
+    let plane = start_operator(&api, "weir-a").await?;
+    wait_leading(&plane).await?;
+    // Every kind of write: policy status, an Event, MeshStatus creation and status.
+    let mut bad = split_spec("reviews");
+    bad["http"][0]["destinations"][0]["weight"] = json!(10);
+    api.apply(mk_policy("bad", bad));
+    wait_condition(&api, "bad", "Accepted", "False", "InvalidWeights").await?;
+    eventually("an Event", DEADLINE, || async {
+        (!events_for(&api, "bad").is_empty()).then_some(())
+    })
+    .await?;
+    eventually("MeshStatus status", DEADLINE, || async {
+        api.get(MESH_STATUSES, "", "mesh")
+            .filter(|m| m["status"]["policiesRejected"] == 1)
+    })
+    .await?;
+    plane.stop().await;
+
+    let mut denied = Vec::new();
+    for request in api.recorded() {
+        let (verb, group, resource, namespace, name) = request
+            .authorization()
+            .with_context(|| format!("unroutable request {}", request.path))?;
+        let ok = if group == "coordination.k8s.io" {
+            namespace == "weir-system" && allows(&lease, &verb, &group, &resource, name.as_deref())
+        } else {
+            allows(&cluster, &verb, &group, &resource, name.as_deref())
+        };
+        if !ok {
+            denied.push(format!(
+                "{verb} {group}/{resource} {namespace}/{}",
+                name.unwrap_or_default()
+            ));
+        }
+    }
+    denied.dedup();
+    assert!(denied.is_empty(), "the shipped RBAC denies: {denied:#?}");
+    Ok(())
+}
