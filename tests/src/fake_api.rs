@@ -228,6 +228,18 @@ impl FakeApi {
         }
     }
 
+    /// Applies every document of a YAML manifest (as `kubectl apply -f`).
+    pub fn apply_yaml(&self, text: &str) -> anyhow::Result<()> {
+        use serde::Deserialize;
+        for doc in serde_yaml::Deserializer::from_str(text) {
+            let value = Value::deserialize(doc)?;
+            if !value.is_null() {
+                self.apply(value);
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes an object; whether it existed.
     pub fn delete(&self, collection: &str, namespace: &str, name: &str) -> bool {
         let key = (

@@ -635,3 +635,51 @@ async fn every_request_the_operator_makes_is_allowed_by_the_shipped_rbac() -> Re
     assert!(denied.is_empty(), "the shipped RBAC denies: {denied:#?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_real_envoy_a_policy_from_the_api_routes_traffic_and_is_programmed() -> Result<()> {
+    use weir_tests::{endpoint_yaml, service_yaml, split_policy_yaml, Backend, Envoy};
+    let api = FakeApi::start().await?;
+    api.apply_yaml(&service_yaml(NS, "reviews", "10.96.0.10", 9080))?;
+    let v1 = Backend::start("reviews-v1", Default::default()).await?;
+    let v2 = Backend::start("reviews-v2", Default::default()).await?;
+    for (backend, version) in [(&v1, "v1"), (&v2, "v2")] {
+        let labels = [("app", "reviews"), ("version", version)];
+        api.apply_yaml(&endpoint_yaml(
+            NS,
+            "reviews",
+            &backend.name,
+            &labels,
+            backend.addr,
+            true,
+        ))?;
+    }
+    let mut policy = split_policy_yaml("reviews", "reviews", &[("v1", 0), ("v2", 100)]);
+    policy = policy.replace("namespace: default", &format!("namespace: {NS}"));
+    api.apply_yaml(&policy)?;
+    let plane = start_operator(&api, "weir-a").await?;
+    wait_condition(&api, "reviews", "Programmed", "False", "NoProxies").await?;
+
+    let envoy = Envoy::start(
+        "web-1.shop",
+        plane.xds_addr,
+        weir_core::bootstrap::XdsProtocol::Delta,
+    )
+    .await?;
+    envoy.wait_all_on("reviews.shop", "reviews-v2").await?;
+    let message = wait_condition(&api, "reviews", "Programmed", "True", "Programmed").await?;
+    assert!(message.contains("ACKed by all 1"), "{message}");
+
+    // An edit through the API reaches the same Envoy.
+    api.apply_yaml(
+        &split_policy_yaml("reviews", "reviews", &[("v1", 100), ("v2", 0)])
+            .replace("namespace: default", &format!("namespace: {NS}")),
+    )?;
+    envoy.wait_all_on("reviews.shop", "reviews-v1").await?;
+
+    // A graceful stop closes the stream; Envoy keeps its last config and keeps routing.
+    plane.stop().await;
+    let counts = envoy.send(20, "reviews.shop", "/", &[]).await?;
+    assert_eq!(counts.get("reviews-v1"), Some(&20), "{counts:?}");
+    Ok(())
+}
