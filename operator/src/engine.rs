@@ -48,6 +48,7 @@ pub struct Engine {
     senders: Mutex<HashMap<ProxyProfile, watch::Sender<Arc<Snapshot>>>>,
     source_errors: Mutex<Vec<SourceError>>,
     last_push: Mutex<Option<SystemTime>>,
+    listed: std::sync::atomic::AtomicBool,
     synced: std::sync::atomic::AtomicBool,
     closing: watch::Sender<bool>,
     /// Bumped after every applied batch, for whoever reports on the index (status writer).
@@ -81,6 +82,7 @@ impl Engine {
             senders: Mutex::new(HashMap::new()),
             source_errors: Mutex::new(Vec::new()),
             last_push: Mutex::new(None),
+            listed: false.into(),
             synced: false.into(),
             closing: watch::channel(false).0,
             applied: watch::channel(0).0,
@@ -213,12 +215,15 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner) = errors;
     }
 
-    /// The source has delivered its initial state.
-    pub fn mark_synced(&self) {
-        self.synced.store(true, std::sync::atomic::Ordering::SeqCst);
+    /// The source has sent its initial state to `tx`: the engine counts as synced (ready)
+    /// once the pipeline has applied everything sent before this call. The empty batch
+    /// sent here wakes the pipeline to check, in case it applied the rest already.
+    pub async fn mark_listed(&self, tx: &mpsc::Sender<Vec<Event>>) {
+        self.listed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = tx.send(Vec::new()).await;
     }
 
-    /// Whether the source has delivered its initial state (readiness).
+    /// Whether the source's initial state is translated and served (readiness).
     pub fn is_synced(&self) -> bool {
         self.synced.load(std::sync::atomic::Ordering::SeqCst)
     }
@@ -328,7 +333,9 @@ fn rfc3339(t: SystemTime) -> String {
     ts.to_string()
 }
 
-/// Feeds batches from a source into the engine, coalescing bursts.
+/// Feeds batches from a source into the engine, coalescing bursts. Marks the engine synced
+/// when a batch applied leaves the channel empty after the source said it had listed
+/// everything ([`Engine::mark_listed`]).
 pub async fn run_pipeline(engine: Arc<Engine>, mut rx: mpsc::Receiver<Vec<Event>>) {
     while let Some(mut events) = rx.recv().await {
         let deadline = tokio::time::Instant::now() + MAX_DELAY;
@@ -339,13 +346,21 @@ pub async fn run_pipeline(engine: Arc<Engine>, mut rx: mpsc::Receiver<Vec<Event>
                 Ok(None) | Err(_) => break,
             }
         }
-        let engine = engine.clone();
+        let worker = engine.clone();
         // Translation is CPU work; keep it off the async workers that serve streams.
-        if tokio::task::spawn_blocking(move || engine.apply(events))
+        if tokio::task::spawn_blocking(move || worker.apply(events))
             .await
             .is_err()
         {
             tracing::error!("translation panicked; the previous snapshots keep serving");
+        }
+        // Listed, and nothing sent before that is left in the channel: it is all applied.
+        let listed = engine.listed.load(std::sync::atomic::Ordering::SeqCst);
+        if listed && rx.is_empty() && !engine.is_synced() {
+            engine
+                .synced
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            tracing::info!("initial state translated; ready");
         }
     }
 }

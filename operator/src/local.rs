@@ -291,6 +291,7 @@ pub async fn run(dir: PathBuf, engine: Arc<Engine>, tx: mpsc::Sender<Vec<Event>>
         }
     };
     let mut source = DirSource::new(dir);
+    let mut listed = false;
     loop {
         let scanned = {
             // Small directories: reading them inline is cheaper than a thread hop.
@@ -301,7 +302,10 @@ pub async fn run(dir: PathBuf, engine: Arc<Engine>, tx: mpsc::Sender<Vec<Event>>
         if !scanned.is_empty() && tx.send(scanned).await.is_err() {
             return;
         }
-        engine.mark_synced();
+        if !listed {
+            engine.mark_listed(&tx).await;
+            listed = true;
+        }
         tokio::select! {
             woke = wake_rx.recv() => {
                 if woke.is_none() {

@@ -683,3 +683,24 @@ async fn through_real_envoy_a_policy_from_the_api_routes_traffic_and_is_programm
     assert_eq!(counts.get("reviews-v1"), Some(&20), "{counts:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_means_the_initial_state_is_translated() -> Result<()> {
+    let api = FakeApi::start().await?;
+    for i in 0..3000 {
+        api.apply(mk_service(
+            &format!("svc{i}"),
+            &format!("10.96.{}.{}", i / 256, i % 256),
+            8080,
+        ));
+    }
+    let plane = start_operator(&api, "weir-a").await?;
+    eventually("/readyz", DEADLINE, || async {
+        ready(plane.admin_addr).await.then_some(())
+    })
+    .await?;
+    // Not eventually: the moment it is ready, everything listed is in the index.
+    assert_eq!(plane.engine.keys(weir_core::Kind::Service).len(), 3000);
+    plane.stop().await;
+    Ok(())
+}

@@ -78,8 +78,8 @@ impl DecodeErrors {
     }
 }
 
-/// Runs the five watchers until the pipeline closes. Marks the engine synced once every
-/// kind has been listed.
+/// Runs the five watchers until the pipeline closes. Tells the engine once every kind has
+/// been listed (it is ready when the pipeline has applied that).
 pub async fn run(
     client: Client,
     engine: Arc<Engine>,
@@ -195,7 +195,9 @@ impl WatchContext {
                     if !self.send(std::mem::take(&mut batch)).await {
                         return;
                     }
-                    self.mark_listed();
+                    if self.completes_listing() {
+                        self.engine.mark_listed(&self.tx).await;
+                    }
                 }
                 watcher::Event::Apply(object) => {
                     let events: Vec<Event> = self.convert(object, &to_object).into_iter().collect();
@@ -258,12 +260,14 @@ impl WatchContext {
         events.is_empty() || self.tx.send(events).await.is_ok()
     }
 
-    fn mark_listed(&self) {
+    /// Records that this kind was listed; whether that completes the initial state.
+    fn completes_listing(&self) -> bool {
         let mut listed = self.listed.lock().unwrap_or_else(PoisonError::into_inner);
-        if listed.insert(self.kind) && listed.len() == KINDS {
-            tracing::info!("every kind listed; ready");
-            self.engine.mark_synced();
+        let completes = listed.insert(self.kind) && listed.len() == KINDS;
+        if completes {
+            tracing::info!("every kind listed");
         }
+        completes
     }
 }
 
