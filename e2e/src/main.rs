@@ -22,6 +22,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const DEADLINE: Duration = Duration::from_secs(180);
+/// `-f` arguments for the samples the suite applies (not meshstatus.yaml: the operator
+/// owns MeshStatus).
+const SAMPLES: [&str; 6] = [
+    "-f",
+    "config/samples/reviews-service.yaml",
+    "-f",
+    "config/samples/trafficpolicy.yaml",
+    "-f",
+    "config/samples/meshidentity.yaml",
+];
 const CRDS: [&str; 3] = [
     "trafficpolicies.weir.dev",
     "meshidentities.weir.dev",
@@ -149,15 +159,7 @@ fn run() -> Result<()> {
     println!("    leader: {holder}");
 
     step("apply config/samples/");
-    kubectl(&[
-        "apply",
-        "-f",
-        "config/samples/reviews-service.yaml",
-        "-f",
-        "config/samples/trafficpolicy.yaml",
-        "-f",
-        "config/samples/meshidentity.yaml",
-    ])?;
+    kubectl(&[&["apply"][..], &SAMPLES].concat())?;
     wait_condition("reviews", "Accepted", "True", Some("Accepted"))?;
     wait_condition("reviews", "ResolvedRefs", "True", Some("ResolvedRefs"))?;
     // No sidecars run in this suite: Programmed is reported, False until a proxy ACKs.
@@ -248,6 +250,7 @@ fn apply_stdin(json: &str) -> Result<String> {
 /// Removes everything the suite created, whatever happened.
 fn cleanup() {
     step("clean up");
+    let samples = [&["delete"][..], &SAMPLES, &["--ignore-not-found"]].concat();
     let steps: [&[&str]; 4] = [
         &[
             "delete",
@@ -258,16 +261,7 @@ fn cleanup() {
             "default",
             "--ignore-not-found",
         ],
-        &[
-            "delete",
-            "-f",
-            "config/samples/reviews-service.yaml",
-            "-f",
-            "config/samples/trafficpolicy.yaml",
-            "-f",
-            "config/samples/meshidentity.yaml",
-            "--ignore-not-found",
-        ],
+        &samples,
         &[
             "delete",
             "-k",

@@ -243,7 +243,8 @@ impl Engine {
                 (true, false, _, _) => (false, "Invalid", "The previous valid version is programmed; the latest is rejected, see Accepted".to_string()),
                 (true, true, true, _) => (false, "NoProxies", "No proxy is connected to carry the policy yet".to_string()),
                 (true, true, false, false) => (false, "Pending", "Some proxies have not ACKed the route tables that carry the policy yet".to_string()),
-                (true, true, false, true) => (true, "Programmed", format!("ACKed by all {} connected proxies", proxies.len())),
+                // No proxy count in the text: it would rewrite every policy's status whenever a proxy comes or goes.
+                (true, true, false, true) => (true, "Programmed", "ACKed by every connected proxy".to_string()),
             };
             status.conditions.push(weir_core::status::ConditionView {
                 type_: "Programmed",

@@ -75,6 +75,14 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     })
 }
 
+/// A benchmark's size setting: the environment variable `name` when set, else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A fresh scratch directory under the system temp dir.
 pub fn scratch_dir(label: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);

@@ -668,7 +668,10 @@ async fn through_real_envoy_a_policy_from_the_api_routes_traffic_and_is_programm
     .await?;
     envoy.wait_all_on("reviews.shop", "reviews-v2").await?;
     let message = wait_condition(&api, "reviews", "Programmed", "True", "Programmed").await?;
-    assert!(message.contains("ACKed by all 1"), "{message}");
+    assert!(
+        message.contains("ACKed by every connected proxy"),
+        "{message}"
+    );
 
     // An edit through the API reaches the same Envoy.
     api.apply_yaml(

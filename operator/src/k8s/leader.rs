@@ -147,15 +147,18 @@ impl Elector {
         }
     }
 
+    /// The Lease, if it exists.
+    async fn read(&self) -> Result<Option<Lease>, LeaseError> {
+        self.api
+            .get_opt(&self.settings.name)
+            .await
+            .map_err(|e| self.error(e))
+    }
+
     /// One round: whether we hold the Lease afterwards.
     async fn round(&mut self) -> Result<bool, LeaseError> {
         let me = self.settings.identity.clone();
-        let Some(mut lease) = self
-            .api
-            .get_opt(&self.settings.name)
-            .await
-            .map_err(|e| self.error(e))?
-        else {
+        let Some(mut lease) = self.read().await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.settings.name.clone()),
@@ -226,12 +229,7 @@ impl Elector {
 
     /// Gives the Lease up: no holder, so the next replica to look takes it at once.
     async fn release(&self) -> Result<(), LeaseError> {
-        let Some(mut lease) = self
-            .api
-            .get_opt(&self.settings.name)
-            .await
-            .map_err(|e| self.error(e))?
-        else {
+        let Some(mut lease) = self.read().await? else {
             return Ok(());
         };
         let mut spec = lease.spec.take().unwrap_or_default();

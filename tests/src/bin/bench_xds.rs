@@ -24,13 +24,6 @@ use weir_tests::*;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn node(i: usize) -> Node {
     let s = |v: &str| Value {
         kind: Some(Kind::StringValue(v.to_string())),
