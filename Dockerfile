@@ -3,15 +3,20 @@
 #   docker build --target operator -t ghcr.io/weir-mesh/weir-operator:0.1.0 .
 #   docker build --target webhook  -t ghcr.io/weir-mesh/weir-webhook:0.1.0 .
 #   docker build --target init     -t ghcr.io/weir-mesh/weir-init:0.1.0 .
-# The binaries are linked statically (glibc, crt-static), so the operator and webhook
-# images are distroless/static: no shell, no package manager, non-root.
+# The binaries are linked statically (glibc, crt-static: a static-pie; checked with this
+# very build command outside Docker) and stripped (~20 MB for the operator), so the
+# operator and webhook images are distroless/static: no shell, no package manager,
+# non-root. They resolve no host names (the API server is reached by IP in a pod), so
+# glibc's NSS, absent from a static binary, is not needed.
 
 FROM docker.io/library/rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 # crt-static applies to the target only with an explicit --target (build scripts and proc
 # macros stay dynamic, as they must).
-ENV RUSTFLAGS="-C target-feature=+crt-static"
+ENV RUSTFLAGS="-C target-feature=+crt-static" \
+    CARGO_PROFILE_RELEASE_DEBUG=false \
+    CARGO_PROFILE_RELEASE_STRIP=true
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     target="$(uname -m)-unknown-linux-gnu" \

@@ -36,6 +36,9 @@ pub const FIELD_MANAGER: &str = "weir-operator";
 pub const MESH_STATUS_NAME: &str = "mesh";
 /// MeshStatus is written at most this often.
 pub const MESH_STATUS_PERIOD: Duration = Duration::from_secs(1);
+/// MeshStatus is rewritten this often even when unchanged, which also recreates it if
+/// someone deleted it.
+pub const MESH_STATUS_RESYNC: Duration = Duration::from_secs(60);
 
 /// Writes policy and mesh status while this replica leads.
 pub struct StatusWriter {
@@ -130,10 +133,14 @@ impl StatusWriter {
             }
             self.write_policy(policy).await;
         }
-        let due = self
-            .mesh_last_write
-            .is_none_or(|at| at.elapsed() >= MESH_STATUS_PERIOD);
-        if due && self.mesh_written.as_ref() != Some(&view.status) && *leading.borrow() {
+        let since = self.mesh_last_write.map(|at| at.elapsed());
+        let due = since.is_none_or(|s| s >= MESH_STATUS_PERIOD);
+        let changed = self.mesh_written.as_ref() != Some(&view.status);
+        let resync = since.is_some_and(|s| s >= MESH_STATUS_RESYNC);
+        if due && (changed || resync) && *leading.borrow() {
+            if resync {
+                self.mesh_exists = false;
+            }
             self.write_mesh(view.status).await;
         }
     }
