@@ -2,8 +2,9 @@
 //! Kubernetes watch path.
 //!
 //! Fills the in-process API server (`weir_tests::fake_api`) with SERVICES Services (default
-//! 10,000), one EndpointSlice of 5 endpoints each (50,000 endpoints), the 50,000 Pods behind
-//! them and POLICIES TrafficPolicies (default 2,000), then starts the release operator as
+//! 10,000), one EndpointSlice of ENDPOINTS_PER_SERVICE endpoints each (default 5: 50,000
+//! endpoints), the Pods behind them (PODS=0 leaves them out) and POLICIES TrafficPolicies
+//! (default 2,000), then starts the release operator as
 //! its own process (`weir-operator run`, KUBECONFIG pointing at the fake) and waits until
 //! `/status` counts every object. Reports the time to load and the operator's resident
 //! memory (VmRSS) and peak (VmHWM) from /proc.
@@ -33,7 +34,8 @@ fn proc_kb(pid: u32, field: &str) -> Result<u64> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let services = env_usize("SERVICES", 10_000);
-    let per_slice = 5;
+    let per_slice = env_usize("ENDPOINTS_PER_SERVICE", 5);
+    let with_pods = env_usize("PODS", 1) != 0;
     let policies = env_usize("POLICIES", 2_000);
     let api = FakeApi::start().await?;
     for i in 0..services {
@@ -49,13 +51,15 @@ async fn main() -> Result<()> {
             let n = i * per_slice + j;
             let pod = format!("{name}-{j}");
             let version = if j == 0 { "v2" } else { "v1" };
-            api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+            if with_pods {
+                api.apply(json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": pod, "namespace": ns,
                     "labels": {"app": name, "version": version, "pod-template-hash": "7d4f9c8b5"},
                     "annotations": {"weir.dev/injected": "0.1.0"}},
                 "spec": {"containers": [{"name": "app", "image": "registry.example/app:1.2.3",
                     "ports": [{"containerPort": 8080}]}], "nodeName": format!("node{}", n % 100)},
                 "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", 128 + n / 65536, (n / 256) % 256, n % 256)}}));
+            }
             endpoints.push(json!({"addresses": [format!("10.{}.{}.{}", 128 + n / 65536, (n / 256) % 256, n % 256)],
                 "conditions": {"ready": true, "serving": true, "terminating": false},
                 "nodeName": format!("node{}", n % 100),
@@ -79,12 +83,8 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let mut operator = api.spawn_operator(&bin, "weir-bench", &scratch)?;
     let pid = operator.child.id().context("no pid")?;
-    let want = (
-        services,
-        services,
-        services * per_slice,
-        services * per_slice,
-    );
+    let pods = if with_pods { services * per_slice } else { 0 };
+    let want = (services, services, services * per_slice, pods);
     let status = format!("http://{}/status", operator.admin);
     eventually(
         "every object in the operator's index",
@@ -122,7 +122,7 @@ async fn main() -> Result<()> {
     println!(
         "watch path: {services} Services, {services} EndpointSlices, {} endpoints, {} Pods (metadata), {} policies",
         services * per_slice,
-        services * per_slice,
+        pods,
         policies.min(services)
     );
     println!(
