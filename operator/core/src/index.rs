@@ -379,17 +379,23 @@ impl Index {
                 self.slices_by_service.remove(&old.service);
             }
         }
-        // Forget pod -> service links no remaining slice of the service backs.
-        for pod in old.endpoints.iter().filter_map(|e| e.pod.as_ref()) {
-            let still = self
-                .slices_for(&old.service)
-                .any(|s| s.endpoints.iter().any(|e| e.pod.as_ref() == Some(pod)));
-            if !still {
-                if let Some(set) = self.services_by_pod.get_mut(pod) {
-                    set.retain(|s| *s != old.service);
-                    if set.is_empty() {
-                        self.services_by_pod.remove(pod);
-                    }
+        // Forget pod -> service links no remaining slice of the service backs (one pass
+        // over the remaining slices, not one per pod: Services can have thousands).
+        let remaining: std::collections::HashSet<&ObjectKey> = self
+            .slices_for(&old.service)
+            .flat_map(|s| s.endpoints.iter().filter_map(|e| e.pod.as_ref()))
+            .collect();
+        let unlinked: Vec<&ObjectKey> = old
+            .endpoints
+            .iter()
+            .filter_map(|e| e.pod.as_ref())
+            .filter(|pod| !remaining.contains(pod))
+            .collect();
+        for pod in unlinked {
+            if let Some(set) = self.services_by_pod.get_mut(pod) {
+                set.retain(|s| *s != old.service);
+                if set.is_empty() {
+                    self.services_by_pod.remove(pod);
                 }
             }
         }
