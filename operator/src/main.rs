@@ -216,21 +216,11 @@ fn hostname() -> Result<String> {
     Ok(name.trim().to_string())
 }
 
-/// `15s`, `500ms`, `1m`.
+/// A flag duration, written as in policies (`15s`, `500ms`, `1m30s`).
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let (number, unit) = text
-        .find(|c: char| !c.is_ascii_digit())
-        .map(|i| text.split_at(i))
-        .ok_or_else(|| format!("{text}: give a unit, e.g. 15s or 500ms"))?;
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text}: expected a whole number then ms, s or m"))?;
-    match unit {
-        "ms" => Ok(std::time::Duration::from_millis(n)),
-        "s" => Ok(std::time::Duration::from_secs(n)),
-        "m" => Ok(std::time::Duration::from_secs(n * 60)),
-        _ => Err(format!("{text}: unit {unit} unknown: use ms, s or m")),
-    }
+    weir_api::Duration(text.to_string())
+        .to_std()
+        .map_err(|err| err.to_string())
 }
 
 async fn shutdown_signal() -> std::io::Result<()> {

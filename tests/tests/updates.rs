@@ -6,18 +6,7 @@ use weir_core::bootstrap::XdsProtocol;
 use weir_tests::*;
 
 async fn edit_reaches_the_same_envoy(protocol: XdsProtocol) -> anyhow::Result<()> {
-    let mesh = Mesh::start().await?;
-    mesh.add_service("reviews", "10.96.0.10", 9080)?;
-    let _v1 = mesh
-        .add_backend("reviews", "v1", Behavior::default())
-        .await?;
-    let _v2 = mesh
-        .add_backend("reviews", "v2", Behavior::default())
-        .await?;
-    mesh.write(
-        "policy.yaml",
-        &split_policy_yaml("reviews", "reviews", &[("v1", 100), ("v2", 0)]),
-    )?;
+    let (mesh, _v1, _v2) = Mesh::with_reviews(Some([100, 0])).await?;
     let envoy = Envoy::start("edit", mesh.plane.xds_addr, protocol).await?;
     let pid = envoy.pid();
     envoy.wait_all_on("reviews:9080", "reviews-v1").await?;
@@ -167,18 +156,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_policies_are_rejected_and_the_previous_config_keeps_serving() -> anyhow::Result<()>
 {
-    let mesh = Mesh::start().await?;
-    mesh.add_service("reviews", "10.96.0.10", 9080)?;
-    let _v1 = mesh
-        .add_backend("reviews", "v1", Behavior::default())
-        .await?;
-    let _v2 = mesh
-        .add_backend("reviews", "v2", Behavior::default())
-        .await?;
-    mesh.write(
-        "policy.yaml",
-        &split_policy_yaml("reviews", "reviews", &[("v1", 0), ("v2", 100)]),
-    )?;
+    let (mesh, _v1, _v2) = Mesh::with_reviews(Some([0, 100])).await?;
     let envoy = Envoy::start("invalid", mesh.plane.xds_addr, XdsProtocol::Delta).await?;
     envoy.wait_all_on("reviews:9080", "reviews-v2").await?;
 

@@ -85,10 +85,12 @@ impl StatusWriter {
     ) {
         let mut applied = self.engine.applied();
         let mut shutdown = std::pin::pin!(shutdown);
+        // Whether the last pass left a MeshStatus change for the throttle to let through.
+        let mut held_back = false;
         loop {
             let wait = match self.mesh_last_write {
-                // A MeshStatus change held back by the throttle is written when it ends.
-                Some(at) if *leading.borrow() && self.mesh_pending() => {
+                // A change held back by the throttle is written when the throttle ends.
+                Some(at) if held_back => {
                     (at + MESH_STATUS_PERIOD).saturating_duration_since(Instant::now())
                 }
                 _ => MESH_STATUS_PERIOD,
@@ -108,18 +110,16 @@ impl StatusWriter {
                 self.written.clear();
                 self.mesh_written = None;
                 self.mesh_exists = false;
+                held_back = false;
                 continue;
             }
-            self.write_once(&leading).await;
+            held_back = self.write_once(&leading).await;
         }
     }
 
-    fn mesh_pending(&self) -> bool {
-        self.mesh_written.as_ref() != Some(&self.engine.mesh_status().status)
-    }
-
-    /// One pass: every policy whose status differs, then MeshStatus if due.
-    pub async fn write_once(&mut self, leading: &watch::Receiver<bool>) {
+    /// One pass: every policy whose status differs, then MeshStatus if due. Returns whether
+    /// a MeshStatus change waits for the throttle.
+    pub async fn write_once(&mut self, leading: &watch::Receiver<bool>) -> bool {
         let view = self.engine.mesh_status();
         let live: std::collections::HashSet<ObjectKey> = view
             .policies
@@ -129,7 +129,7 @@ impl StatusWriter {
         self.written.retain(|k, _| live.contains(k));
         for policy in &view.policies {
             if !*leading.borrow() {
-                return;
+                return false;
             }
             self.write_policy(policy).await;
         }
@@ -142,7 +142,9 @@ impl StatusWriter {
                 self.mesh_exists = false;
             }
             self.write_mesh(view.status).await;
+            return false;
         }
+        changed && !due
     }
 
     async fn write_policy(&mut self, policy: &PolicyStatus) {
@@ -192,16 +194,18 @@ impl StatusWriter {
         desired: &TrafficPolicyStatus,
         current: &TrafficPolicyStatus,
     ) {
-        for condition in desired.conditions.iter().filter(|c| c.status == "False") {
+        // Programmed is transient while proxies catch up: status says it, no Event.
+        let problems = desired
+            .conditions
+            .iter()
+            .filter(|c| c.status == "False" && c.type_ != "Programmed");
+        for condition in problems {
             let before = current
                 .conditions
                 .iter()
                 .find(|c| c.type_ == condition.type_);
             if before.is_some_and(|b| b.status == "False" && b.reason == condition.reason) {
                 continue;
-            }
-            if condition.type_ == "Programmed" {
-                continue; // transient while proxies catch up: status says it, no Event
             }
             let reference = ObjectReference {
                 api_version: Some(weir_api::API_VERSION.into()),
