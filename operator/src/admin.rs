@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use weir_core::ResourceType;
 
-use crate::engine::Engine;
+use crate::mesh_state::MeshState;
 
 /// The admin routes.
-pub fn router(engine: Arc<Engine>) -> Router {
+pub fn router(state: Arc<MeshState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -20,22 +20,22 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/status", get(status))
         .route("/debug/proxies", get(proxies))
         .route("/debug/config", get(config))
-        .with_state(engine)
+        .with_state(state)
 }
 
 /// Serves the admin routes on `listener` until `shutdown` resolves.
 pub async fn serve(
-    engine: Arc<Engine>,
+    state: Arc<MeshState>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine))
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
-    if engine.is_synced() {
+async fn readyz(State(state): State<Arc<MeshState>>) -> Response {
+    if state.is_synced() {
         "ready\n".into_response()
     } else {
         (
@@ -46,23 +46,23 @@ async fn readyz(State(engine): State<Arc<Engine>>) -> Response {
     }
 }
 
-async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+async fn metrics(State(state): State<Arc<MeshState>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        engine.metrics.encode(),
+        state.metrics.encode(),
     )
         .into_response()
 }
 
-async fn status(State(engine): State<Arc<Engine>>) -> Response {
-    Json(engine.mesh_status()).into_response()
+async fn status(State(state): State<Arc<MeshState>>) -> Response {
+    Json(state.mesh_status()).into_response()
 }
 
-async fn proxies(State(engine): State<Arc<Engine>>) -> Response {
-    Json(engine.proxies.list()).into_response()
+async fn proxies(State(state): State<Arc<MeshState>>) -> Response {
+    Json(state.proxies.list()).into_response()
 }
 
 #[derive(Deserialize)]
@@ -84,8 +84,8 @@ struct ServedType {
 }
 
 /// What the node is served now: per type, every resource with its version and size.
-async fn config(State(engine): State<Arc<Engine>>, Query(q): Query<ConfigQuery>) -> Response {
-    let Some(proxy) = engine.proxies.list().into_iter().find(|p| p.node == q.node) else {
+async fn config(State(state): State<Arc<MeshState>>, Query(q): Query<ConfigQuery>) -> Response {
+    let Some(proxy) = state.proxies.list().into_iter().find(|p| p.node == q.node) else {
         return (
             StatusCode::NOT_FOUND,
             format!(
@@ -95,7 +95,7 @@ async fn config(State(engine): State<Arc<Engine>>, Query(q): Query<ConfigQuery>)
         )
             .into_response();
     };
-    let snapshot = engine.current(proxy.profile);
+    let snapshot = state.current(proxy.profile);
     let types: std::collections::BTreeMap<&str, ServedType> = ResourceType::ALL
         .into_iter()
         .map(|t| {

@@ -2,18 +2,18 @@
 //!
 //! ```text
 //! local::run (directory)  --+
-//!                           +--Vec<Event>--> engine::run_pipeline --> Engine (index,
+//!                           +--Vec<Event>--> mesh_state::run_pipeline --> MeshState (index,
 //! k8s::watch (API server) --+    translator, snapshots) --> xds (ADS, SotW and delta) --> Envoy
-//!                                            admin (HTTP) reads the Engine
+//!                                            admin (HTTP) reads the MeshState
 //! k8s::leader (Lease) --> k8s::status writes policy conditions and MeshStatus (leader only)
 //! ```
 #![deny(warnings)]
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod engine;
 pub mod k8s;
 pub mod local;
+pub mod mesh_state;
 pub mod metrics;
 pub mod xds;
 
@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
-pub use engine::Engine;
+pub use mesh_state::MeshState;
 
 /// Where the control plane's inputs come from.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub enum Source {
 #[derive(Debug)]
 pub struct ControlPlane {
     /// Shared state, for tests and embedding.
-    pub engine: Arc<Engine>,
+    pub state: Arc<MeshState>,
     /// Where ADS is served.
     pub xds_addr: SocketAddr,
     /// Where the admin HTTP server is.
@@ -78,7 +78,7 @@ impl ControlPlane {
                 return Err(StartError::NotADirectory(dir.clone()));
             }
         }
-        let engine = Arc::new(Engine::new());
+        let state = Arc::new(MeshState::new());
         let (xds_listener, xds_addr) = listen("xDS", xds_addr).await?;
         let (admin_listener, admin_addr) = listen("admin", admin_addr).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -93,37 +93,37 @@ impl ControlPlane {
         let leading = match source {
             Source::Dir(dir) => {
                 let stop = signal();
-                let source_engine = engine.clone();
+                let source_state = state.clone();
                 tasks.push(tokio::spawn(async move {
                     tokio::select! {
-                        _ = local::run(dir, source_engine, tx) => {}
+                        _ = local::run(dir, source_state, tx) => {}
                         _ = stop => {}
                     }
                 }));
                 watch::channel(false).1
             }
             Source::Kube(options) => {
-                k8s::spawn(options, engine.clone(), tx, signal.clone(), &mut tasks)
+                k8s::spawn(options, state.clone(), tx, signal.clone(), &mut tasks)
             }
         };
-        tasks.push(tokio::spawn(engine::run_pipeline(engine.clone(), rx)));
-        let xds_engine = engine.clone();
+        tasks.push(tokio::spawn(mesh_state::run_pipeline(state.clone(), rx)));
+        let xds_state = state.clone();
         let stop = signal();
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = xds::serve(xds_engine, xds_listener, stop).await {
+            if let Err(err) = xds::serve(xds_state, xds_listener, stop).await {
                 tracing::error!(%err, "xDS server failed");
             }
         }));
-        let admin_engine = engine.clone();
+        let admin_state = state.clone();
         let stop = signal();
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = admin::serve(admin_engine, admin_listener, stop).await {
+            if let Err(err) = admin::serve(admin_state, admin_listener, stop).await {
                 tracing::error!(%err, "admin server failed");
             }
         }));
         tracing::info!(%xds_addr, %admin_addr, "control plane started");
         Ok(ControlPlane {
-            engine,
+            state,
             xds_addr,
             admin_addr,
             leading,
@@ -136,7 +136,7 @@ impl ControlPlane {
     /// ones, releases the Lease if held, and stops every task, waiting at most
     /// [`STOP_GRACE`] for them.
     pub async fn stop(mut self) {
-        self.engine.close_streams();
+        self.state.close_streams();
         let _ = self.shutdown.send(true);
         let tasks = &mut self.tasks;
         let all_done = async {

@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use weir_core::index::decode_document;
 use weir_core::{Event, Kind, Object, ObjectKey};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::engine::{Engine, SourceError};
+use crate::mesh_state::{MeshState, SourceError};
 
 /// Fallback rescan period, for file systems where inotify misses changes.
 const RESCAN: Duration = Duration::from_secs(2);
@@ -197,7 +198,7 @@ fn parse_file(path: &Path, text: &str) -> (Vec<Loaded>, Vec<SourceError>) {
             }
         };
         let hash = xxh3_64(json.to_string().as_bytes());
-        match to_object(json) {
+        match decode_document(json) {
             Ok(Some(object)) => {
                 objects.push(Loaded { object, hash });
             }
@@ -208,65 +209,8 @@ fn parse_file(path: &Path, text: &str) -> (Vec<Loaded>, Vec<SourceError>) {
     (objects, errors)
 }
 
-fn to_object(json: serde_json::Value) -> Result<Option<Object>, String> {
-    let api_version = json
-        .get("apiVersion")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string();
-    let kind = json
-        .get("kind")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string();
-    let name = json
-        .pointer("/metadata/name")
-        .and_then(|v| v.as_str())
-        .unwrap_or("<unnamed>")
-        .to_string();
-    if kind.is_empty() || api_version.is_empty() {
-        return Err("document has no apiVersion or kind: every document needs both".into());
-    }
-    let object = match (api_version.as_str(), kind.as_str()) {
-        ("v1", "Service") => Object::Service(decode(json, &kind, &name)?),
-        ("v1", "Pod") => Object::Pod(decode(json, &kind, &name)?),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            Object::EndpointSlice(decode(json, &kind, &name)?)
-        }
-        (weir_api::API_VERSION, "TrafficPolicy") => {
-            Object::TrafficPolicy(decode(json, &kind, &name)?)
-        }
-        (weir_api::API_VERSION, "MeshIdentity") => {
-            Object::MeshIdentity(decode(json, &kind, &name)?)
-        }
-        (v, "TrafficPolicy" | "MeshIdentity") => {
-            return Err(format!(
-                "{kind} {name}: apiVersion {v} is not served: use {}",
-                weir_api::API_VERSION
-            ))
-        }
-        _ => return Ok(None),
-    };
-    if object.id().1.name.is_empty() {
-        return Err(format!("{kind} has no metadata.name: name every object"));
-    }
-    Ok(Some(object))
-}
-
-/// Deserializes one object; the error names the object and the field path.
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(
-    json: serde_json::Value,
-    kind: &str,
-    name: &str,
-) -> Result<T, String> {
-    serde_path_to_error::deserialize(json).map_err(|err| {
-        let path = err.path().to_string();
-        format!("{kind} {name}: field {path}: {}", err.inner())
-    })
-}
-
 /// Watches `dir` and feeds the pipeline until the channel closes.
-pub async fn run(dir: PathBuf, engine: Arc<Engine>, tx: mpsc::Sender<Vec<Event>>) {
+pub async fn run(dir: PathBuf, state: Arc<MeshState>, tx: mpsc::Sender<Vec<Event>>) {
     use notify::Watcher;
     let (wake_tx, mut wake_rx) = mpsc::channel::<()>(1);
     let watcher = {
@@ -296,14 +240,14 @@ pub async fn run(dir: PathBuf, engine: Arc<Engine>, tx: mpsc::Sender<Vec<Event>>
         let scanned = {
             // Small directories: reading them inline is cheaper than a thread hop.
             let (events, errors) = source.scan();
-            engine.set_source_errors(errors);
+            state.set_source_errors(errors);
             events
         };
         if !scanned.is_empty() && tx.send(scanned).await.is_err() {
             return;
         }
         if !listed {
-            engine.mark_listed(&tx).await;
+            state.mark_listed(&tx).await;
             listed = true;
         }
         tokio::select! {

@@ -7,11 +7,12 @@
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
+use weir_core::testing;
 use weir_operator::k8s::leader::LeaseSettings;
 use weir_operator::k8s::KubeOptions;
 use weir_operator::{ControlPlane, Source};
 use weir_tests::fake_api::{collections::*, next_second_after, FakeApi};
-use weir_tests::{eventually, DEADLINE};
+use weir_tests::{eventually, http_service, to_json, DEADLINE};
 
 const NS: &str = "shop";
 
@@ -42,21 +43,19 @@ async fn wait_leading(plane: &ControlPlane) -> Result<()> {
 }
 
 fn mk_service(name: &str, ip: &str, port: u16) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": port}]}})
+    to_json(&http_service(NS, name, ip, port))
 }
 
+/// A policy; `spec` is JSON so that tests can also write what the typed spec cannot hold.
 fn mk_policy(name: &str, spec: Value) -> Value {
-    json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficPolicy",
-        "metadata": {"name": name, "namespace": NS}, "spec": spec})
+    let mut policy = to_json(&testing::mk_policy(NS, name, Default::default()));
+    policy["spec"] = spec;
+    policy
 }
 
 /// A 90/10 split of `target` between subsets v1 and v2.
 fn split_spec(target: &str) -> Value {
-    json!({"targetRef": {"service": target},
-        "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
-        "http": [{"destinations": [{"subset": "v1", "weight": 90}, {"subset": "v2", "weight": 10}]}]})
+    to_json(&testing::mk_policy_spec(target, &[("v1", 90), ("v2", 10)]))
 }
 
 /// The condition `type_` of a policy, once it has the generation the policy is at.
@@ -319,7 +318,7 @@ async fn mesh_status_is_written_at_most_once_a_second_under_a_burst_of_1000_chan
 }
 
 fn status_writes(plane: &ControlPlane) -> u64 {
-    plane.engine.metrics.status_writes.get()
+    plane.state.metrics.status_writes.get()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,7 +329,7 @@ async fn only_the_leader_writes_and_a_stopped_leader_hands_over_at_once() -> Res
     wait_leading(&a).await?;
     let b = start_operator(&api, "weir-b").await?;
     eventually("b synced", DEADLINE, || async {
-        b.engine.is_synced().then_some(())
+        b.state.is_synced().then_some(())
     })
     .await?;
 
@@ -427,7 +426,7 @@ async fn watch_failures_are_retried_and_a_relist_catches_up_with_deletes() -> Re
     let plane = start_operator(&api, "weir-a").await?;
     let services = |plane: &ControlPlane| {
         let mut keys: Vec<String> = plane
-            .engine
+            .state
             .keys(weir_core::Kind::Service)
             .into_iter()
             .map(|k| k.name)
@@ -450,7 +449,7 @@ async fn watch_failures_are_retried_and_a_relist_catches_up_with_deletes() -> Re
         || async { (services(&plane) == ["details", "ratings", "reviews"]).then_some(()) },
     )
     .await?;
-    assert!(plane.engine.metrics.watch_errors.get() >= 1);
+    assert!(plane.state.metrics.watch_errors.get() >= 1);
 
     // History lost (as after an etcd compaction): the watcher must relist, and a delete
     // it never saw as an event must still reach the index.
@@ -479,7 +478,7 @@ async fn an_object_that_does_not_decode_is_reported_and_skipped() -> Result<()> 
     let plane = start_operator(&api, "weir-a").await?;
     wait_condition(&api, "good", "Accepted", "True", "Accepted").await?;
     let errors = eventually("the decode error in status", DEADLINE, || async {
-        let view = plane.engine.mesh_status();
+        let view = plane.state.mesh_status();
         (!view.source_errors.is_empty()).then_some(view.source_errors)
     })
     .await?;
@@ -492,7 +491,7 @@ async fn an_object_that_does_not_decode_is_reported_and_skipped() -> Result<()> 
     api.apply(mk_service("ratings", "10.96.0.11", 9080));
     eventually("a later Service", DEADLINE, || async {
         plane
-            .engine
+            .state
             .keys(weir_core::Kind::Service)
             .iter()
             .any(|k| k.name == "ratings")
@@ -703,7 +702,7 @@ async fn ready_means_the_initial_state_is_translated() -> Result<()> {
     })
     .await?;
     // Not eventually: the moment it is ready, everything listed is in the index.
-    assert_eq!(plane.engine.keys(weir_core::Kind::Service).len(), 3000);
+    assert_eq!(plane.state.keys(weir_core::Kind::Service).len(), 3000);
     plane.stop().await;
     Ok(())
 }

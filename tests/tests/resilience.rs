@@ -1,6 +1,7 @@
 //! Failures on either side of the xDS stream: Envoy restarting, the operator restarting, and
 //! Envoy rejecting config (NACK).
 
+use anyhow::Context;
 use envoy_types::pb::envoy::config::cluster::v3::{
     cluster::{ClusterDiscoveryType, DiscoveryType},
     Cluster,
@@ -91,8 +92,8 @@ async fn a_nack_is_recorded_keeps_the_last_good_config_and_causes_no_resend() ->
         envoy.wait_all_on("reviews:9080", "reviews-v2").await?;
 
         mesh.plane
-            .engine
-            .insert_raw(ResourceType::Cluster, rejected_cluster());
+            .state
+            .insert_overlay(ResourceType::Cluster, rejected_cluster());
         let nack = eventually("the NACK in /debug/proxies", DEADLINE, || async {
             let proxies = admin_json(admin, "/debug/proxies").await.ok()?;
             let proxy = proxies
@@ -114,11 +115,13 @@ async fn a_nack_is_recorded_keeps_the_last_good_config_and_causes_no_resend() ->
             .as_array()
             .cloned()
             .unwrap_or_default();
-        assert!(
-            problems
-                .iter()
-                .any(|p| p["node"] == node.as_str() && p["message"] == nack.as_str()),
-            "{status}"
+        let problem = problems
+            .iter()
+            .find(|p| p["node"] == node.as_str() && p["message"] == nack.as_str())
+            .with_context(|| format!("the NACK in rejectedConfig: {status}"))?;
+        assert_eq!(
+            problem["typeUrl"], "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            "rejectedConfig names the xDS type URL, as the CRD documents"
         );
         let metrics = reqwest::get(format!("http://{admin}/metrics"))
             .await?
@@ -141,8 +144,8 @@ async fn a_nack_is_recorded_keeps_the_last_good_config_and_causes_no_resend() ->
 
         // Taking the rejected cluster away is a change like any other: it clears the NACK.
         mesh.plane
-            .engine
-            .remove_raw(ResourceType::Cluster, "rejected-by-envoy");
+            .state
+            .remove_overlay(ResourceType::Cluster, "rejected-by-envoy");
         eventually("the proxy to be back in sync", DEADLINE, || async {
             let s = mesh.status().await.ok()?;
             (s["status"]["proxiesInSync"] == 1 && s["status"]["rejectedConfig"].is_null())

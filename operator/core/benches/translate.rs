@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use std::time::Duration;
 use weir_core::testing::*;
-use weir_core::{Capture, Event, Index, MeshSnapshots, Object, ProxyProfile};
+use weir_core::{Capture, Event, Index, Object, ProxyProfile, SnapshotBuilder};
 
 // The operator binary uses mimalloc; measure with the same allocator.
 #[global_allocator]
@@ -73,12 +73,12 @@ const PROFILES: [ProxyProfile; 2] = [
     },
 ];
 
-fn translate_all(events: Vec<Event>) -> (Index, MeshSnapshots) {
+fn translate_all(events: Vec<Event>) -> (Index, SnapshotBuilder) {
     let mut index = Index::new();
     for e in events {
         index.apply(e);
     }
-    let mut snapshots = MeshSnapshots::new();
+    let mut snapshots = SnapshotBuilder::new();
     for p in PROFILES {
         snapshots.snapshot(p);
     }
@@ -122,7 +122,7 @@ fn benches(c: &mut Criterion) {
                     index.apply(event);
                     let (changes, published) = snapshots.update(&mut index);
                     assert_eq!(published.len(), 2);
-                    assert!(!changes.routes && changes.clusters.is_empty());
+                    assert!(!changes.virtual_hosts_changed && changes.clusters.is_empty());
                 },
                 BatchSize::SmallInput,
             )

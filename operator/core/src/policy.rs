@@ -1,46 +1,30 @@
-//! TrafficPolicy validation: what the API server cannot check (regex syntax, subset
-//! references) plus the CEL rules again, because local mode has no API server.
+//! TrafficPolicy parsing: a spec in, a typed [`Policy`] or a [`Rejection`] out, once per
+//! spec change.
 //!
-//! `validate` turns a spec into either a [`ValidPolicy`] (with the fields it ignores for now)
-//! or a [`Rejection`] that names the field and the fix. The index keeps the last valid
-//! version of each policy so that an invalid edit never takes down routing that worked.
+//! ```text
+//! TrafficPolicySpec --Policy::parse--> Policy (durations parsed, names normalised,
+//!                                             destinations as BackendRef)
+//!                                   \-> Rejection (reason, field, fix)
+//! ```
+//!
+//! Parsing checks what the API server cannot (regex syntax, subset references) plus the CEL
+//! rules again, because local mode has no API server. Everything downstream (the binding to
+//! Service ports, translation, status) reads the typed [`Policy`], never the raw spec. The
+//! index keeps the last valid version of each policy so that an invalid edit never takes
+//! down routing that worked.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use weir_api::{
-    HeaderMatch, HttpRule, PathMatchType, QueryParamMatch, StringMatchType, TrafficPolicySpec,
-};
+use weir_api::{HttpMethod, PathMatchType, RetryOn, StringMatchType, TrafficPolicySpec};
 
-/// Stable reasons, shared with the Kubernetes status conditions.
-pub mod reason {
-    /// The spec is valid and fully supported.
-    pub const ACCEPTED: &str = "Accepted";
-    /// The spec is valid; some fields are not translated yet and are ignored.
-    pub const UNSUPPORTED_FIELD: &str = "UnsupportedField";
-    /// A regular expression does not compile.
-    pub const INVALID_REGEX: &str = "InvalidRegex";
-    /// Destination weights do not add up to 100.
-    pub const INVALID_WEIGHTS: &str = "InvalidWeights";
-    /// A destination names a subset the policy does not define.
-    pub const UNKNOWN_SUBSET: &str = "UnknownSubset";
-    /// A duration is malformed.
-    pub const INVALID_DURATION: &str = "InvalidDuration";
-    /// Any other invalid value.
-    pub const INVALID_FIELD: &str = "InvalidField";
-    /// Another policy on the same Service port takes precedence.
-    pub const CONFLICTED: &str = "Conflicted";
-    /// The target Service (or its port) does not exist.
-    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
-    /// A destination Service (or its port) does not exist.
-    pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
-    /// Every reference resolved.
-    pub const RESOLVED_REFS: &str = "ResolvedRefs";
-}
+use crate::index::ObjectKey;
+use crate::status::Reason;
 
 /// Why a policy was rejected: a stable reason, the field at fault, and the fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
-    /// One of [`reason`].
-    pub reason: &'static str,
+    /// Why, as reported in the `Accepted` condition.
+    pub reason: Reason,
     /// JSON path of the offending field, e.g. `spec.http[0].destinations`.
     pub field: String,
     /// What is wrong and how to fix it.
@@ -53,209 +37,504 @@ impl std::fmt::Display for Rejection {
     }
 }
 
-/// A spec that passed validation, with what it asks for that is not translated yet.
+/// A TrafficPolicy that passed validation, in the form translation and status read.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ValidPolicy {
-    /// The validated spec.
-    pub spec: TrafficPolicySpec,
+pub struct Policy {
+    /// The Service (in the policy's namespace) and optionally one port of it.
+    pub target: PolicyTarget,
+    /// Named groups of the target's pods.
+    pub subsets: Vec<Subset>,
+    /// Ordered HTTP routes; the first whose matches apply routes the request.
+    pub http: Vec<HttpRoute>,
     /// Field paths that are accepted but not yet translated (and so ignored).
     pub unsupported: Vec<String>,
 }
 
-/// Checks a spec; the first problem found is reported (with all others after it in the message).
-pub fn validate(spec: &TrafficPolicySpec) -> Result<ValidPolicy, Rejection> {
-    let mut problems = Vec::new();
-    let check = &mut |r: Rejection| problems.push(r);
-
-    if spec.target_ref.service.is_empty() {
-        check(invalid(
-            "spec.targetRef.service",
-            "is empty: name the Service this policy applies to",
-        ));
-    }
-    for (i, subset) in spec.subsets.iter().enumerate() {
-        if spec.subsets[..i].iter().any(|s| s.name == subset.name) {
-            check(invalid(
-                &format!("spec.subsets[{i}].name"),
-                &format!(
-                    "subset {:?} is defined twice: give each subset its own name",
-                    subset.name
-                ),
-            ));
-        }
-        if subset.labels.is_empty() {
-            check(invalid(
-                &format!("spec.subsets[{i}].labels"),
-                "is empty: a subset selects pods by at least one label, e.g. version: v2",
-            ));
-        }
-    }
-    for (i, rule) in spec.http.iter().enumerate() {
-        validate_rule(spec, i, rule, check);
-    }
-
-    if let Some(first) = problems.first().cloned() {
-        let mut message = first.message.clone();
-        for more in &problems[1..] {
-            message.push_str(&format!("; also {}: {}", more.field, more.message));
-        }
-        return Err(Rejection { message, ..first });
-    }
-    Ok(ValidPolicy {
-        spec: spec.clone(),
-        unsupported: unsupported_fields(spec),
-    })
+/// What a policy is attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTarget {
+    /// The target Service.
+    pub service: ObjectKey,
+    /// One port of it; every port when `None`.
+    pub port: Option<u16>,
 }
 
-fn validate_rule(
+/// A named group of the target Service's pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subset {
+    /// The name destinations use.
+    pub name: String,
+    /// Pod labels that select the subset.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One HTTP routing rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRoute {
+    /// The rule's name, or `rule-<i>`.
+    pub name: String,
+    /// Any of these applies the rule; empty means every request.
+    pub matches: Vec<HttpRouteMatch>,
+    /// Where matching requests go, by weight (in the order written, zero weights included).
+    pub backends: Vec<WeightedBackend>,
+    /// Whole-request timeout, retries included.
+    pub timeout: Option<Duration>,
+    /// Retries of failed attempts.
+    pub retry: Option<Retry>,
+    /// Request header changes.
+    pub request_headers: HeaderEdits,
+}
+
+/// Conditions on one request; all must hold.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HttpRouteMatch {
+    /// Condition on the path.
+    pub path: Option<PathMatch>,
+    /// Conditions on headers (names lower-cased).
+    pub headers: Vec<NamedMatch>,
+    /// Conditions on query parameters (names as written: they are case-sensitive).
+    pub query_params: Vec<NamedMatch>,
+    /// The method.
+    pub method: Option<HttpMethod>,
+}
+
+/// A condition on the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The whole path.
+    Exact(String),
+    /// A prefix, on a segment boundary.
+    Prefix(String),
+    /// An RE2 regular expression over the whole path.
+    RegularExpression(String),
+}
+
+/// A condition on one named value (a header or a query parameter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedMatch {
+    /// The header or parameter name.
+    pub name: String,
+    /// How its value is compared.
+    pub value: ValueMatch,
+}
+
+/// How a value is compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueMatch {
+    /// Equals.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Matches the RE2 regular expression as a whole.
+    RegularExpression(String),
+    /// Is present, whatever its value.
+    Present,
+}
+
+/// A backend with its share of a rule's traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightedBackend {
+    /// Where the traffic goes.
+    pub backend: BackendRef,
+    /// Share in percent (100 for a single destination without a weight).
+    pub weight: u32,
+}
+
+/// Where a destination points, before it is resolved against the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendRef {
+    /// The target Service as a whole (neither `subset` nor `service`).
+    Target,
+    /// A subset of the target Service.
+    Subset(String),
+    /// Another Service, with the port when given.
+    Service {
+        /// The Service (the policy's namespace when none was given).
+        service: ObjectKey,
+        /// Its port; resolved against the Service when omitted.
+        port: Option<u16>,
+    },
+}
+
+/// Retries of failed attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// Time allowed for each attempt.
+    pub per_try_timeout: Option<Duration>,
+    /// What makes an attempt retriable; empty means the default set.
+    pub retry_on: Vec<RetryOn>,
+}
+
+/// Header changes; `set` and `add` names are lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderEdits {
+    /// Replace or add.
+    pub set: Vec<(String, String)>,
+    /// Append or add.
+    pub add: Vec<(String, String)>,
+    /// Remove (names as written).
+    pub remove: Vec<String>,
+}
+
+impl Policy {
+    /// Checks a spec of a policy in `namespace` and types it. The first problem found is
+    /// reported, with every other one after it in the message.
+    pub fn parse(namespace: &str, spec: &TrafficPolicySpec) -> Result<Policy, Rejection> {
+        let mut problems = Problems::default();
+        if spec.target_ref.service.is_empty() {
+            problems.invalid(
+                "spec.targetRef.service",
+                "is empty: name the Service this policy applies to",
+            );
+        }
+        for (i, subset) in spec.subsets.iter().enumerate() {
+            if spec.subsets[..i].iter().any(|s| s.name == subset.name) {
+                problems.invalid(
+                    &format!("spec.subsets[{i}].name"),
+                    &format!(
+                        "subset {:?} is defined twice: give each subset its own name",
+                        subset.name
+                    ),
+                );
+            }
+            if subset.labels.is_empty() {
+                problems.invalid(
+                    &format!("spec.subsets[{i}].labels"),
+                    "is empty: a subset selects pods by at least one label, e.g. version: v2",
+                );
+            }
+        }
+        let http: Vec<HttpRoute> = spec
+            .http
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| parse_rule(namespace, spec, i, rule, &mut problems))
+            .collect();
+        problems.into_result()?;
+        Ok(Policy {
+            target: PolicyTarget {
+                service: ObjectKey::new(namespace, spec.target_ref.service.clone()),
+                port: spec.target_ref.port,
+            },
+            subsets: spec
+                .subsets
+                .iter()
+                .map(|s| Subset {
+                    name: s.name.clone(),
+                    labels: s.labels.clone(),
+                })
+                .collect(),
+            http,
+            unsupported: unsupported_fields(spec),
+        })
+    }
+
+    /// The subset of this name.
+    pub fn subset(&self, name: &str) -> Option<&Subset> {
+        self.subsets.iter().find(|s| s.name == name)
+    }
+
+    /// Other Services the policy routes to.
+    pub fn backend_services(&self) -> BTreeSet<ObjectKey> {
+        self.http
+            .iter()
+            .flat_map(|r| &r.backends)
+            .filter_map(|b| match &b.backend {
+                BackendRef::Service { service, .. } => Some(service.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// The problems found in one spec, in the order found.
+#[derive(Default)]
+struct Problems(Vec<Rejection>);
+
+impl Problems {
+    fn report(&mut self, reason: Reason, field: &str, message: impl Into<String>) {
+        self.0.push(Rejection {
+            reason,
+            field: field.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn invalid(&mut self, field: &str, message: &str) {
+        self.report(Reason::InvalidField, field, message);
+    }
+
+    /// The first problem, with the others listed in its message.
+    fn into_result(self) -> Result<(), Rejection> {
+        let Some(first) = self.0.first().cloned() else {
+            return Ok(());
+        };
+        let mut message = first.message.clone();
+        for more in &self.0[1..] {
+            message.push_str(&format!("; also {}: {}", more.field, more.message));
+        }
+        Err(Rejection { message, ..first })
+    }
+}
+
+fn parse_rule(
+    namespace: &str,
     spec: &TrafficPolicySpec,
     i: usize,
-    rule: &HttpRule,
-    check: &mut impl FnMut(Rejection),
-) {
+    rule: &weir_api::HttpRule,
+    problems: &mut Problems,
+) -> HttpRoute {
     let at = format!("spec.http[{i}]");
-    let dests = &rule.destinations;
+    check_weights(&at, &rule.destinations, problems);
+    let backends = rule
+        .destinations
+        .iter()
+        .enumerate()
+        .map(|(j, dest)| {
+            parse_destination(
+                namespace,
+                spec,
+                &format!("{at}.destinations[{j}]"),
+                dest,
+                problems,
+            )
+        })
+        .collect();
+    let matches = rule
+        .matches
+        .iter()
+        .enumerate()
+        .map(|(k, m)| parse_match(&format!("{at}.matches[{k}]"), m, problems))
+        .collect();
+    let timeout = rule
+        .timeout
+        .as_ref()
+        .and_then(|t| parse_duration(&format!("{at}.timeout"), t, problems));
+    let retry = rule.retries.as_ref().map(|r| {
+        if r.attempts > 10 {
+            problems.invalid(
+                &format!("{at}.retries.attempts"),
+                "is over 10: retry at most 10 times",
+            );
+        }
+        Retry {
+            attempts: r.attempts,
+            per_try_timeout: r
+                .per_try_timeout
+                .as_ref()
+                .and_then(|t| parse_duration(&format!("{at}.retries.perTryTimeout"), t, problems)),
+            retry_on: r.retry_on.clone(),
+        }
+    });
+    let request_headers = rule
+        .request_headers
+        .as_ref()
+        .map(|h| {
+            let lower = |v: &[weir_api::HeaderValue]| {
+                v.iter()
+                    .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
+                    .collect()
+            };
+            HeaderEdits {
+                set: lower(&h.set),
+                add: lower(&h.add),
+                remove: h.remove.clone(),
+            }
+        })
+        .unwrap_or_default();
+    HttpRoute {
+        name: rule.name.clone().unwrap_or_else(|| format!("rule-{i}")),
+        matches,
+        backends,
+        timeout,
+        retry,
+        request_headers,
+    }
+}
+
+fn check_weights(at: &str, dests: &[weir_api::Destination], problems: &mut Problems) {
     if dests.is_empty() {
-        check(invalid(
+        problems.invalid(
             &format!("{at}.destinations"),
             "is empty: a rule needs at least one destination",
-        ));
+        );
     } else if dests.len() == 1 {
         if let Some(w) = dests[0].weight.filter(|w| *w != 100) {
-            check(Rejection {
-                reason: reason::INVALID_WEIGHTS,
-                field: format!("{at}.destinations[0].weight"),
-                message: format!(
+            problems.report(
+                Reason::InvalidWeights,
+                &format!("{at}.destinations[0].weight"),
+                format!(
                     "is {w} but a single destination takes all traffic: set 100 or omit the weight"
                 ),
-            });
+            );
         }
     } else {
         let weights: Vec<Option<u32>> = dests.iter().map(|d| d.weight).collect();
         if let Some(j) = weights.iter().position(Option::is_none) {
-            check(Rejection {
-                reason: reason::INVALID_WEIGHTS,
-                field: format!("{at}.destinations[{j}].weight"),
-                message: "is missing: with several destinations every one needs a weight, and the weights sum to 100".into(),
-            });
+            problems.report(
+                Reason::InvalidWeights,
+                &format!("{at}.destinations[{j}].weight"),
+                "is missing: with several destinations every one needs a weight, and the weights sum to 100",
+            );
         } else {
             let sum: u32 = weights.iter().flatten().sum();
             if sum != 100 {
                 let listed: Vec<String> = weights.iter().flatten().map(u32::to_string).collect();
-                check(Rejection {
-                    reason: reason::INVALID_WEIGHTS,
-                    field: format!("{at}.destinations"),
-                    message: format!(
+                problems.report(
+                    Reason::InvalidWeights,
+                    &format!("{at}.destinations"),
+                    format!(
                         "weights {} sum to {sum}: make them sum to 100",
                         listed.join("/")
                     ),
-                });
+                );
             }
         }
     }
-    for (j, dest) in dests.iter().enumerate() {
-        let field = format!("{at}.destinations[{j}]");
-        if dest.subset.is_some() && dest.service.is_some() {
-            check(invalid(&field, "sets both subset and service: set subset (of the target Service) or service (another Service)"));
-        }
-        if let Some(subset) = &dest.subset {
-            if !spec.subsets.iter().any(|s| &s.name == subset) {
-                let defined: Vec<&str> = spec.subsets.iter().map(|s| s.name.as_str()).collect();
-                check(Rejection {
-                    reason: reason::UNKNOWN_SUBSET,
-                    field: format!("{field}.subset"),
-                    message: format!(
-                        "names subset {subset:?}, which spec.subsets does not define (defined: {}): add it to spec.subsets or fix the name",
-                        if defined.is_empty() { "none".to_string() } else { defined.join(", ") }
-                    ),
-                });
-            }
-        }
-        if dest.weight.is_some_and(|w| w > 100) {
-            check(Rejection {
-                reason: reason::INVALID_WEIGHTS,
-                field: format!("{field}.weight"),
-                message: "is over 100: weights are percentages".into(),
-            });
+}
+
+fn parse_destination(
+    namespace: &str,
+    spec: &TrafficPolicySpec,
+    field: &str,
+    dest: &weir_api::Destination,
+    problems: &mut Problems,
+) -> WeightedBackend {
+    if dest.subset.is_some() && dest.service.is_some() {
+        problems.invalid(field, "sets both subset and service: set subset (of the target Service) or service (another Service)");
+    }
+    if let Some(subset) = &dest.subset {
+        if !spec.subsets.iter().any(|s| &s.name == subset) {
+            let defined: Vec<&str> = spec.subsets.iter().map(|s| s.name.as_str()).collect();
+            problems.report(
+                Reason::UnknownSubset,
+                &format!("{field}.subset"),
+                format!(
+                    "names subset {subset:?}, which spec.subsets does not define (defined: {}): add it to spec.subsets or fix the name",
+                    if defined.is_empty() { "none".to_string() } else { defined.join(", ") }
+                ),
+            );
         }
     }
-    for (k, m) in rule.matches.iter().enumerate() {
-        let mat = format!("{at}.matches[{k}]");
-        if let Some(path) = &m.path {
-            match path.match_type {
-                PathMatchType::RegularExpression => {
-                    check_regex(&format!("{mat}.path.value"), &path.value, check)
-                }
-                _ if !path.value.starts_with('/') => check(invalid(
-                    &format!("{mat}.path.value"),
+    if dest.weight.is_some_and(|w| w > 100) {
+        problems.report(
+            Reason::InvalidWeights,
+            &format!("{field}.weight"),
+            "is over 100: weights are percentages",
+        );
+    }
+    let backend = match (&dest.subset, &dest.service) {
+        (Some(subset), _) => BackendRef::Subset(subset.clone()),
+        (None, Some(service)) => BackendRef::Service {
+            service: ObjectKey::new(
+                dest.namespace.as_deref().unwrap_or(namespace),
+                service.clone(),
+            ),
+            port: dest.port,
+        },
+        (None, None) => BackendRef::Target,
+    };
+    WeightedBackend {
+        backend,
+        weight: dest.weight.unwrap_or(100),
+    }
+}
+
+fn parse_match(at: &str, m: &weir_api::HttpMatch, problems: &mut Problems) -> HttpRouteMatch {
+    let path = m.path.as_ref().map(|path| {
+        let field = format!("{at}.path.value");
+        match path.match_type {
+            PathMatchType::RegularExpression => {
+                check_regex(&field, &path.value, problems);
+                PathMatch::RegularExpression(path.value.clone())
+            }
+            _ if !path.value.starts_with('/') => {
+                problems.invalid(
+                    &field,
                     &format!(
                         "{:?} does not start with '/': an Exact or Prefix path is absolute",
                         path.value
                     ),
-                )),
-                _ => {}
+                );
+                PathMatch::Exact(path.value.clone())
             }
+            PathMatchType::Exact => PathMatch::Exact(path.value.clone()),
+            PathMatchType::Prefix => PathMatch::Prefix(path.value.clone()),
         }
-        for (h, header) in m.headers.iter().enumerate() {
-            check_string_match(&format!("{mat}.headers[{h}]"), header_parts(header), check);
-        }
-        for (q, param) in m.query_params.iter().enumerate() {
-            check_string_match(
-                &format!("{mat}.queryParams[{q}]"),
-                query_parts(param),
-                check,
-            );
-        }
-    }
-    if let Some(timeout) = &rule.timeout {
-        check_duration(&format!("{at}.timeout"), timeout, check);
-    }
-    if let Some(retries) = &rule.retries {
-        if retries.attempts > 10 {
-            check(invalid(
-                &format!("{at}.retries.attempts"),
-                "is over 10: retry at most 10 times",
-            ));
-        }
-        if let Some(t) = &retries.per_try_timeout {
-            check_duration(&format!("{at}.retries.perTryTimeout"), t, check);
-        }
+    });
+    let headers = m
+        .headers
+        .iter()
+        .enumerate()
+        .map(|(h, header)| NamedMatch {
+            name: header.name.to_ascii_lowercase(),
+            value: parse_value_match(
+                &format!("{at}.headers[{h}]"),
+                header.match_type,
+                header.value.as_deref(),
+                problems,
+            ),
+        })
+        .collect();
+    let query_params = m
+        .query_params
+        .iter()
+        .enumerate()
+        .map(|(q, param)| NamedMatch {
+            name: param.name.clone(),
+            value: parse_value_match(
+                &format!("{at}.queryParams[{q}]"),
+                param.match_type,
+                param.value.as_deref(),
+                problems,
+            ),
+        })
+        .collect();
+    HttpRouteMatch {
+        path,
+        headers,
+        query_params,
+        method: m.method,
     }
 }
 
-fn header_parts(h: &HeaderMatch) -> (StringMatchType, Option<&str>) {
-    (h.match_type, h.value.as_deref())
-}
-
-fn query_parts(q: &QueryParamMatch) -> (StringMatchType, Option<&str>) {
-    (q.match_type, q.value.as_deref())
-}
-
-fn check_string_match(
+fn parse_value_match(
     field: &str,
-    (match_type, value): (StringMatchType, Option<&str>),
-    check: &mut impl FnMut(Rejection),
-) {
+    match_type: StringMatchType,
+    value: Option<&str>,
+    problems: &mut Problems,
+) -> ValueMatch {
+    let value_field = format!("{field}.value");
     match (match_type, value) {
-        (StringMatchType::Present, Some(_)) => check(invalid(
-            &format!("{field}.value"),
-            "is set with type Present: remove the value or pick another type",
-        )),
-        (StringMatchType::Present, None) => {}
-        (_, None) => check(invalid(
-            &format!("{field}.value"),
-            "is missing: Exact, Prefix and RegularExpression need a value",
-        )),
-        (StringMatchType::RegularExpression, Some(v)) => {
-            check_regex(&format!("{field}.value"), v, check)
+        (StringMatchType::Present, Some(_)) => {
+            problems.invalid(
+                &value_field,
+                "is set with type Present: remove the value or pick another type",
+            );
+            ValueMatch::Present
         }
-        _ => {}
+        (StringMatchType::Present, None) => ValueMatch::Present,
+        (_, None) => {
+            problems.invalid(
+                &value_field,
+                "is missing: Exact, Prefix and RegularExpression need a value",
+            );
+            ValueMatch::Present
+        }
+        (StringMatchType::RegularExpression, Some(v)) => {
+            check_regex(&value_field, v, problems);
+            ValueMatch::RegularExpression(v.to_string())
+        }
+        (StringMatchType::Exact, Some(v)) => ValueMatch::Exact(v.to_string()),
+        (StringMatchType::Prefix, Some(v)) => ValueMatch::Prefix(v.to_string()),
     }
 }
 
 /// Envoy compiles regexes with RE2; Rust's `regex` accepts the same syntax, minus nothing
 /// that RE2 has, so a pattern that fails here would fail in Envoy too.
-fn check_regex(field: &str, pattern: &str, check: &mut impl FnMut(Rejection)) {
+fn check_regex(field: &str, pattern: &str, problems: &mut Problems) {
     if let Err(err) = regex::Regex::new(pattern) {
         let detail = err
             .to_string()
@@ -264,37 +543,35 @@ fn check_regex(field: &str, pattern: &str, check: &mut impl FnMut(Rejection)) {
             .unwrap_or_default()
             .trim()
             .to_string();
-        check(Rejection {
-            reason: reason::INVALID_REGEX,
-            field: field.to_string(),
-            message: format!(
+        problems.report(
+            Reason::InvalidRegex,
+            field,
+            format!(
                 "{pattern:?} is not a valid RE2 regular expression ({detail}): fix the pattern"
             ),
-        });
+        );
     }
 }
 
-fn check_duration(field: &str, d: &weir_api::Duration, check: &mut impl FnMut(Rejection)) {
+fn parse_duration(
+    field: &str,
+    d: &weir_api::Duration,
+    problems: &mut Problems,
+) -> Option<Duration> {
     match d.to_std() {
-        Err(err) => check(Rejection {
-            reason: reason::INVALID_DURATION,
-            field: field.to_string(),
-            message: err.to_string(),
-        }),
-        Ok(v) if v == Duration::ZERO => check(Rejection {
-            reason: reason::INVALID_DURATION,
-            field: field.to_string(),
-            message: "is zero: give a positive duration, or omit the field for no limit".into(),
-        }),
-        Ok(_) => {}
-    }
-}
-
-fn invalid(field: &str, message: &str) -> Rejection {
-    Rejection {
-        reason: reason::INVALID_FIELD,
-        field: field.to_string(),
-        message: message.to_string(),
+        Err(err) => {
+            problems.report(Reason::InvalidDuration, field, err.to_string());
+            None
+        }
+        Ok(v) if v == Duration::ZERO => {
+            problems.report(
+                Reason::InvalidDuration,
+                field,
+                "is zero: give a positive duration, or omit the field for no limit",
+            );
+            None
+        }
+        Ok(v) => Some(v),
     }
 }
 
@@ -328,20 +605,37 @@ fn unsupported_fields(spec: &TrafficPolicySpec) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::testing::{mk_policy_spec, mk_rule};
-    use weir_api::{Destination, HttpMatch, PathMatch};
+    use weir_api::{Destination, HttpMatch};
+
+    fn parse(spec: &TrafficPolicySpec) -> Result<Policy, Rejection> {
+        Policy::parse("default", spec)
+    }
 
     #[test]
     fn a_split_that_sums_to_100_is_accepted() {
         let spec = mk_policy_spec("reviews", &[("v1", 80), ("v2", 20)]);
-        let valid = validate(&spec).unwrap();
-        assert!(valid.unsupported.is_empty());
+        let policy = parse(&spec).unwrap();
+        assert!(policy.unsupported.is_empty());
+        assert_eq!(
+            policy.http[0].backends,
+            vec![
+                WeightedBackend {
+                    backend: BackendRef::Subset("v1".into()),
+                    weight: 80
+                },
+                WeightedBackend {
+                    backend: BackendRef::Subset("v2".into()),
+                    weight: 20
+                },
+            ]
+        );
     }
 
     #[test]
     fn weights_70_20_name_the_field_and_the_sum() {
         let spec = mk_policy_spec("reviews", &[("v1", 70), ("v2", 20)]);
-        let err = validate(&spec).unwrap_err();
-        assert_eq!(err.reason, reason::INVALID_WEIGHTS);
+        let err = parse(&spec).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidWeights);
         assert_eq!(err.field, "spec.http[0].destinations");
         assert!(err.message.contains("70/20 sum to 90"), "{}", err.message);
     }
@@ -350,8 +644,8 @@ mod tests {
     fn an_unknown_subset_names_the_defined_ones() {
         let mut spec = mk_policy_spec("reviews", &[("v1", 50), ("v2", 50)]);
         spec.http[0].destinations[1].subset = Some("v3".into());
-        let err = validate(&spec).unwrap_err();
-        assert_eq!(err.reason, reason::UNKNOWN_SUBSET);
+        let err = parse(&spec).unwrap_err();
+        assert_eq!(err.reason, Reason::UnknownSubset);
         assert_eq!(err.field, "spec.http[0].destinations[1].subset");
         assert!(err.message.contains("v1, v2"), "{}", err.message);
     }
@@ -360,14 +654,14 @@ mod tests {
     fn a_bad_regex_is_rejected_with_its_field() {
         let mut spec = mk_policy_spec("reviews", &[("v1", 100)]);
         spec.http[0].matches = vec![HttpMatch {
-            path: Some(PathMatch {
+            path: Some(weir_api::PathMatch {
                 match_type: PathMatchType::RegularExpression,
                 value: "/api/(v1".into(),
             }),
             ..Default::default()
         }];
-        let err = validate(&spec).unwrap_err();
-        assert_eq!(err.reason, reason::INVALID_REGEX);
+        let err = parse(&spec).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidRegex);
         assert_eq!(err.field, "spec.http[0].matches[0].path.value");
     }
 
@@ -378,7 +672,7 @@ mod tests {
             subset: Some("nope".into()),
             ..Default::default()
         }]));
-        let err = validate(&spec).unwrap_err();
+        let err = parse(&spec).unwrap_err();
         assert!(
             err.message.contains("spec.http[1].destinations[0].subset"),
             "{}",
@@ -391,9 +685,9 @@ mod tests {
         let mut spec = mk_policy_spec("reviews", &[("v1", 100)]);
         spec.connection_pool = Some(Default::default());
         spec.http[0].fault = Some(Default::default());
-        let valid = validate(&spec).unwrap();
+        let policy = parse(&spec).unwrap();
         assert_eq!(
-            valid.unsupported,
+            policy.unsupported,
             vec!["spec.connectionPool", "spec.http[0].fault"]
         );
     }
@@ -402,8 +696,25 @@ mod tests {
     fn a_malformed_duration_is_rejected() {
         let mut spec = mk_policy_spec("reviews", &[("v1", 100)]);
         spec.http[0].timeout = Some(weir_api::Duration("2 seconds".into()));
-        let err = validate(&spec).unwrap_err();
-        assert_eq!(err.reason, reason::INVALID_DURATION);
+        let err = parse(&spec).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidDuration);
         assert_eq!(err.field, "spec.http[0].timeout");
+    }
+
+    #[test]
+    fn durations_are_parsed_once_and_destinations_resolve_their_namespace() {
+        let mut spec = mk_policy_spec("reviews", &[("v1", 100)]);
+        spec.http[0].timeout = Some(weir_api::Duration("1m30s".into()));
+        spec.http.push(mk_rule(vec![Destination {
+            service: Some("ratings".into()),
+            ..Default::default()
+        }]));
+        let policy = parse(&spec).unwrap();
+        assert_eq!(policy.http[0].timeout, Some(Duration::from_secs(90)));
+        assert_eq!(
+            policy.backend_services(),
+            BTreeSet::from([ObjectKey::new("default", "ratings")])
+        );
+        assert_eq!(policy.http[1].name, "rule-1");
     }
 }

@@ -21,8 +21,11 @@ pub enum ResourceType {
 }
 
 impl ResourceType {
-    /// All types, CDS first.
-    pub const ALL: [ResourceType; 4] = [
+    /// How many types there are: the length of a [`PerType`].
+    pub const COUNT: usize = 4;
+
+    /// All types, in the order Envoy should apply them (CDS first).
+    pub const ALL: [ResourceType; ResourceType::COUNT] = [
         ResourceType::Cluster,
         ResourceType::Endpoint,
         ResourceType::Listener,
@@ -56,8 +59,8 @@ impl ResourceType {
         }
     }
 
-    /// Index into per-type arrays.
-    pub fn idx(self) -> usize {
+    /// Position in a [`PerType`].
+    fn position(self) -> usize {
         self as usize
     }
 
@@ -65,6 +68,41 @@ impl ResourceType {
     /// responses then carry the whole set).
     pub fn is_wildcard_by_default(self) -> bool {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+}
+
+impl std::fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.short())
+    }
+}
+
+/// One value per resource type, indexed by the type itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PerType<T>([T; ResourceType::COUNT]);
+
+impl<T> PerType<T> {
+    /// A value for every type, made by `f`.
+    pub fn from_fn(mut f: impl FnMut(ResourceType) -> T) -> PerType<T> {
+        PerType(ResourceType::ALL.map(&mut f))
+    }
+
+    /// Every type with its value, in [`ResourceType::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (ResourceType, &T)> {
+        ResourceType::ALL.into_iter().zip(self.0.iter())
+    }
+}
+
+impl<T> std::ops::Index<ResourceType> for PerType<T> {
+    type Output = T;
+    fn index(&self, t: ResourceType) -> &T {
+        &self.0[t.position()]
+    }
+}
+
+impl<T> std::ops::IndexMut<ResourceType> for PerType<T> {
+    fn index_mut(&mut self, t: ResourceType) -> &mut T {
+        &mut self.0[t.position()]
     }
 }
 

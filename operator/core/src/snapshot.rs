@@ -1,21 +1,28 @@
 //! Per-profile snapshots: the complete, consistent set of resources a proxy of one profile
-//! should have, with the names that changed since the previous generation.
+//! should have, with the names that changed since the previous generation of each type.
 //!
-//! [`MeshSnapshots::update`] runs the translator on the index's dirty set and publishes a new
-//! snapshot only for profiles whose resources changed. Maps are persistent (`imbl`), so a new
-//! generation shares everything it did not change with the previous one; an endpoint change
-//! costs one re-encoded load assignment and O(log n) map work per profile.
+//! ```text
+//! Index (dirty set) --Translator--> shared clusters, load assignments, virtual hosts
+//!   --SnapshotBuilder::update--> per profile: TypeSnapshot per resource type
+//!                                (only the types that changed get a new one)
+//!   --check--> published, or held back with the reason
+//! ```
 //!
-//! Before a snapshot is published it is checked for consistency: every cluster a route or
-//! listener names exists, and every EDS cluster has its load assignment. A failed check is
-//! reported, never silently published.
+//! Maps are persistent (`imbl`), so a new generation shares everything it did not change
+//! with the previous one; an endpoint change costs one re-encoded load assignment and
+//! O(log n) map work per profile. Each type has its own generation, so a stream that saw
+//! generation g of a type and now sees g+1 sends only that type's change list.
+//!
+//! Before a snapshot is published it is checked: every cluster a route or listener names
+//! exists, every route table a listener names exists, and every EDS cluster has its load
+//! assignment. A failed check is reported, never silently published.
 
 use imbl::OrdMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::index::Index;
-use crate::resources::{Resource, ResourceType};
+use crate::resources::{PerType, Resource, ResourceType};
 use crate::translate::{self, Changes, ProxyProfile, Translator};
 
 /// Above this many changed resources of a type, a profile's map is rebuilt from the
@@ -25,58 +32,81 @@ const BULK_THRESHOLD: usize = 1024;
 /// Resources of one type, by name.
 pub type ResourceMap = OrdMap<Arc<str>, Resource>;
 
+/// One type's resources at one generation, with what changed since the previous one.
+#[derive(Debug, Clone, Default)]
+pub struct TypeSnapshot {
+    /// Increases by one with every change of this type's resources.
+    pub generation: u64,
+    /// Order-independent content hash of the resources.
+    pub version: u64,
+    /// The resources, by name.
+    pub resources: ResourceMap,
+    /// Names added or changed since the previous generation.
+    pub changed: Arc<[Arc<str>]>,
+    /// Names removed since the previous generation.
+    pub removed: Arc<[Arc<str>]>,
+}
+
+impl TypeSnapshot {
+    /// A first generation holding `resources`.
+    pub fn first(resources: ResourceMap) -> TypeSnapshot {
+        TypeSnapshot {
+            generation: 1,
+            version: content_version(&resources),
+            changed: resources.keys().cloned().collect::<Vec<_>>().into(),
+            resources,
+            removed: Arc::from(Vec::new()),
+        }
+    }
+
+    /// The version as sent on the wire.
+    pub fn version_string(&self) -> String {
+        format!("{:016x}", self.version)
+    }
+}
+
+/// Order-independent hash of a map's resources.
+fn content_version(map: &ResourceMap) -> u64 {
+    map.values().fold(0, |v, r| v ^ r.fingerprint())
+}
+
 /// What one profile's proxies should have.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     /// Increases by one with every published change for this profile.
     pub generation: u64,
-    /// Resources per type, indexed by [`ResourceType::idx`].
-    pub resources: [ResourceMap; 4],
-    /// Order-independent content hash of each type's resources.
-    pub versions: [u64; 4],
-    /// Names added or changed since the previous generation, per type.
-    pub changed: [Arc<[Arc<str>]>; 4],
-    /// Names removed since the previous generation, per type.
-    pub removed: [Arc<[Arc<str>]>; 4],
+    /// Each type's resources.
+    pub types: PerType<Arc<TypeSnapshot>>,
 }
 
 impl Snapshot {
     /// Resources of one type.
     pub fn of(&self, t: ResourceType) -> &ResourceMap {
-        &self.resources[t.idx()]
+        &self.types[t].resources
     }
 
-    /// The type's version as sent in SotW responses.
+    /// The type's version as sent in responses.
     pub fn version_string(&self, t: ResourceType) -> String {
-        format!("{:016x}", self.versions[t.idx()])
-    }
-
-    fn empty() -> Snapshot {
-        let none: Arc<[Arc<str>]> = Arc::from(Vec::new());
-        Snapshot {
-            generation: 0,
-            resources: Default::default(),
-            versions: [0; 4],
-            changed: [none.clone(), none.clone(), none.clone(), none.clone()],
-            removed: [none.clone(), none.clone(), none.clone(), none],
-        }
+        self.types[t].version_string()
     }
 }
 
 #[derive(Debug)]
 struct ProfileState {
     snapshot: Arc<Snapshot>,
-    routes_generation: u64,
+    virtual_hosts_generation: u64,
 }
 
-/// The translator plus the latest snapshot of every profile in use.
+/// Runs the translator on the index's dirty set and keeps the latest snapshot of every
+/// profile in use.
 #[derive(Debug, Default)]
-pub struct MeshSnapshots {
+pub struct SnapshotBuilder {
     translator: Translator,
     profiles: BTreeMap<ProxyProfile, ProfileState>,
-    /// Resources served to every profile as given, beside the translated ones (for tests and
-    /// debugging; a translated resource of the same name wins).
-    raw: BTreeMap<(ResourceType, Arc<str>), Resource>,
+    /// Resources served to every profile as given, beside the translated ones (tests only:
+    /// they provoke what valid input never produces, such as a NACK).
+    #[cfg(feature = "testing")]
+    overlay: BTreeMap<(ResourceType, Arc<str>), Resource>,
 }
 
 /// A snapshot that failed its consistency check.
@@ -89,7 +119,10 @@ pub struct Inconsistent {
     pub problem: String,
 }
 
-impl MeshSnapshots {
+/// A profile's new snapshot, or why it is held back.
+pub type Built = (ProxyProfile, Result<Arc<Snapshot>, Inconsistent>);
+
+impl SnapshotBuilder {
     /// Nothing translated yet.
     pub fn new() -> Self {
         Self::default()
@@ -101,19 +134,13 @@ impl MeshSnapshots {
     }
 
     /// Translates what the index marks dirty; returns the profiles whose snapshot changed.
-    pub fn update(&mut self, index: &mut Index) -> (Changes, Vec<(ProxyProfile, Arc<Snapshot>)>) {
+    pub fn update(&mut self, index: &mut Index) -> (Changes, Vec<Built>) {
         let changes = self.translator.update(index);
-        let mut published = Vec::new();
         if changes.is_empty() {
-            return (changes, published);
+            return (changes, Vec::new());
         }
-        let profiles: Vec<ProxyProfile> = self.profiles.keys().copied().collect();
-        for profile in profiles {
-            if let Some(snapshot) = self.rebuild(profile, &changes, &[]) {
-                published.push((profile, snapshot));
-            }
-        }
-        (changes, published)
+        let built = self.rebuild_all(&changes, &[]);
+        (changes, built)
     }
 
     /// The current snapshot for a profile, built on first use.
@@ -121,66 +148,24 @@ impl MeshSnapshots {
         if let Some(state) = self.profiles.get(&profile) {
             return state.snapshot.clone();
         }
-        let mut snapshot = Snapshot::empty();
-        for t in [ResourceType::Cluster, ResourceType::Endpoint] {
-            snapshot.resources[t.idx()] = self.shared_map(t, &profile);
-        }
         let (listeners, routes) = self.assembled_maps(&profile);
-        snapshot.resources[ResourceType::Listener.idx()] = listeners;
-        snapshot.resources[ResourceType::Route.idx()] = routes;
-        for t in ResourceType::ALL {
-            snapshot.versions[t.idx()] = snapshot.resources[t.idx()]
-                .values()
-                .fold(0, |v, r| v ^ r.fingerprint());
-        }
-        snapshot.generation = 1;
-        let snapshot = Arc::new(snapshot);
+        let mut maps = PerType::from_fn(|_| ResourceMap::new());
+        maps[ResourceType::Cluster] = self.shared_map(ResourceType::Cluster, &profile);
+        maps[ResourceType::Endpoint] = self.shared_map(ResourceType::Endpoint, &profile);
+        maps[ResourceType::Listener] = listeners;
+        maps[ResourceType::Route] = routes;
+        let snapshot = Arc::new(Snapshot {
+            generation: 1,
+            types: PerType::from_fn(|t| Arc::new(TypeSnapshot::first(maps[t].clone()))),
+        });
         self.profiles.insert(
             profile,
             ProfileState {
                 snapshot: snapshot.clone(),
-                routes_generation: self.translator.routes_generation(),
+                virtual_hosts_generation: self.translator.virtual_hosts_generation(),
             },
         );
         snapshot
-    }
-
-    /// Serves `resource` to every profile as given. Returns the changed snapshots.
-    pub fn insert_raw(
-        &mut self,
-        t: ResourceType,
-        resource: Resource,
-    ) -> Vec<(ProxyProfile, Arc<Snapshot>)> {
-        let name = resource.name.clone();
-        self.raw.insert((t, name.clone()), resource);
-        let profiles: Vec<ProxyProfile> = self.profiles.keys().copied().collect();
-        profiles
-            .into_iter()
-            .filter_map(|p| {
-                self.rebuild(p, &Changes::default(), &[(t, name.clone())])
-                    .map(|s| (p, s))
-            })
-            .collect()
-    }
-
-    /// Stops serving a resource added by [`MeshSnapshots::insert_raw`].
-    pub fn remove_raw(
-        &mut self,
-        t: ResourceType,
-        name: &str,
-    ) -> Vec<(ProxyProfile, Arc<Snapshot>)> {
-        let name: Arc<str> = name.into();
-        if self.raw.remove(&(t, name.clone())).is_none() {
-            return Vec::new();
-        }
-        let profiles: Vec<ProxyProfile> = self.profiles.keys().copied().collect();
-        profiles
-            .into_iter()
-            .filter_map(|p| {
-                self.rebuild(p, &Changes::default(), &[(t, name.clone())])
-                    .map(|s| (p, s))
-            })
-            .collect()
     }
 
     /// Profiles in use.
@@ -188,17 +173,72 @@ impl MeshSnapshots {
         self.profiles.iter().map(|(p, s)| (p, &s.snapshot))
     }
 
-    /// Raw resources of type `t` laid under `map`: a resource already there wins.
-    fn add_raw(&self, t: ResourceType, map: &mut ResourceMap) {
-        for ((rt, name), r) in &self.raw {
-            if *rt == t {
-                map.entry(name.clone()).or_insert_with(|| r.clone());
+    /// Checks a profile's current snapshot (the first one, or one just built).
+    pub fn check(&self, profile: ProxyProfile, snapshot: &Snapshot) -> Result<(), Inconsistent> {
+        let problem = |problem: String| Inconsistent { profile, problem };
+        check_load_assignments(snapshot).map_err(problem)?;
+        let clusters = snapshot.of(ResourceType::Cluster);
+        let routes_changed = snapshot.generation == 1
+            || !snapshot.types[ResourceType::Route].changed.is_empty()
+            || !snapshot.types[ResourceType::Listener].changed.is_empty();
+        if routes_changed {
+            for (_, vhost) in self.translator.virtual_hosts() {
+                if let Some(missing) = vhost.clusters.iter().find(|c| !clusters.contains_key(*c)) {
+                    return Err(problem(format!(
+                        "a route names cluster {missing}, which is not served"
+                    )));
+                }
+            }
+            for listener in snapshot.of(ResourceType::Listener).values() {
+                let named = translate::listener::references(listener)
+                    .map_err(|e| problem(format!("listener {}: {e}", listener.name)))?;
+                for (what, name, map) in named
+                    .clusters
+                    .iter()
+                    .map(|n| ("cluster", n, clusters))
+                    .chain(
+                        named
+                            .route_tables
+                            .iter()
+                            .map(|n| ("route table", n, snapshot.of(ResourceType::Route))),
+                    )
+                {
+                    if !map.contains_key(name.as_str()) {
+                        return Err(problem(format!(
+                            "listener {} names {what} {name}, which is not served",
+                            listener.name
+                        )));
+                    }
+                }
+            }
+        } else {
+            let removed = &snapshot.types[ResourceType::Cluster].removed;
+            if let Some(name) = removed.iter().find(|n| self.translator.is_referenced(n)) {
+                return Err(problem(format!(
+                    "cluster {name} was removed while a route still names it"
+                )));
             }
         }
+        Ok(())
+    }
+
+    fn rebuild_all(
+        &mut self,
+        changes: &Changes,
+        overlay_changed: &[(ResourceType, Arc<str>)],
+    ) -> Vec<Built> {
+        let profiles: Vec<ProxyProfile> = self.profiles.keys().copied().collect();
+        profiles
+            .into_iter()
+            .filter_map(|profile| {
+                let snapshot = self.rebuild(profile, changes, overlay_changed)?;
+                Some((profile, self.check(profile, &snapshot).map(|()| snapshot)))
+            })
+            .collect()
     }
 
     /// The whole CDS or EDS map of a profile: the translator's (shared in O(1)), the
-    /// profile's own clusters, and raw resources.
+    /// profile's own clusters, and the test overlay.
     fn shared_map(&self, t: ResourceType, profile: &ProxyProfile) -> ResourceMap {
         let mut map = match t {
             ResourceType::Cluster => self.translator.clusters().clone(),
@@ -210,7 +250,7 @@ impl MeshSnapshots {
                 map.insert(r.name.clone(), r);
             }
         }
-        self.add_raw(t, &mut map);
+        self.add_overlay(t, &mut map);
         map
     }
 
@@ -222,8 +262,8 @@ impl MeshSnapshots {
                 .map(|r| (r.name.clone(), r))
                 .collect::<ResourceMap>()
         });
-        self.add_raw(ResourceType::Listener, &mut maps[0]);
-        self.add_raw(ResourceType::Route, &mut maps[1]);
+        self.add_overlay(ResourceType::Listener, &mut maps[0]);
+        self.add_overlay(ResourceType::Route, &mut maps[1]);
         let [listeners, routes] = maps;
         (listeners, routes)
     }
@@ -232,20 +272,33 @@ impl MeshSnapshots {
         &mut self,
         profile: ProxyProfile,
         changes: &Changes,
-        raw_changed: &[(ResourceType, Arc<str>)],
+        overlay_changed: &[(ResourceType, Arc<str>)],
     ) -> Option<Arc<Snapshot>> {
         let state = self.profiles.get(&profile)?;
         let old = state.snapshot.clone();
-        let mut next = Snapshot {
-            generation: old.generation + 1,
-            ..(*old).clone()
-        };
-        let mut changed: [BTreeSet<Arc<str>>; 4] = Default::default();
-        let mut removed: [BTreeSet<Arc<str>>; 4] = Default::default();
-        // Types whose map was rebuilt whole: their version is recomputed in one pass.
-        let mut rebuilt = [false; 4];
+        let reassemble =
+            self.translator.virtual_hosts_generation() != state.virtual_hosts_generation;
+        let mut next = NextSnapshot::from(&old);
+        self.patch_shared(&profile, changes, &mut next);
+        if reassemble {
+            let (listeners, routes) = self.assembled_maps(&profile);
+            next.replace(ResourceType::Listener, listeners, &old);
+            next.replace(ResourceType::Route, routes, &old);
+        }
+        self.patch_overlay(overlay_changed, &mut next);
+        let next = Arc::new(next.finish(&old)?);
+        self.profiles.insert(
+            profile,
+            ProfileState {
+                snapshot: next.clone(),
+                virtual_hosts_generation: self.translator.virtual_hosts_generation(),
+            },
+        );
+        Some(next)
+    }
 
-        // CDS and EDS: apply the translator's change lists to the previous maps.
+    /// CDS and EDS: applies the translator's change lists to the previous maps.
+    fn patch_shared(&self, profile: &ProxyProfile, changes: &Changes, next: &mut NextSnapshot) {
         let shared = [
             (
                 ResourceType::Cluster,
@@ -264,150 +317,205 @@ impl MeshSnapshots {
             if upserts.len() + removals.len() > BULK_THRESHOLD {
                 // A large change (the first full translation): take the whole map, which
                 // shares the translator's in O(1), instead of patching it name by name.
-                let map = self.shared_map(t, &profile);
+                let map = self.shared_map(t, profile);
                 // Every upsert is in `map` by construction (it is the translator's map).
-                changed[t.idx()].extend(upserts.iter().cloned());
-                removed[t.idx()].extend(removals.iter().filter(|n| !map.contains_key(*n)).cloned());
-                next.resources[t.idx()] = map;
-                rebuilt[t.idx()] = true;
+                next.changed[t].extend(upserts.iter().cloned());
+                next.removed[t].extend(removals.iter().filter(|n| !map.contains_key(*n)).cloned());
+                next.maps[t] = map;
+                next.rebuilt[t] = true;
                 continue;
             }
-            let map = &mut next.resources[t.idx()];
             for name in upserts {
                 if let Some(r) = source.get(name) {
-                    map.insert(name.clone(), r.clone());
-                    changed[t.idx()].insert(name.clone());
+                    next.upsert(t, r.clone());
                 }
             }
             for name in removals {
-                match self.raw.get(&(t, name.clone())) {
-                    Some(r) => {
-                        map.insert(name.clone(), r.clone());
-                        changed[t.idx()].insert(name.clone());
-                    }
-                    None => {
-                        if map.remove(name).is_some() {
-                            removed[t.idx()].insert(name.clone());
-                        }
-                    }
+                match self.overlaid(t, name) {
+                    Some(r) => next.upsert(t, r),
+                    None => next.remove(t, name),
                 }
             }
         }
+    }
 
-        // LDS and RDS: reassemble when a virtual host changed; these maps are small.
-        if self.translator.routes_generation() != state.routes_generation {
-            let (listeners, routes) = self.assembled_maps(&profile);
-            for (t, map) in [
-                (ResourceType::Listener, listeners),
-                (ResourceType::Route, routes),
-            ] {
-                let old_map = &old.resources[t.idx()];
-                for (name, r) in &map {
-                    if old_map.get(name).map(|o| o.version) != Some(r.version) {
-                        changed[t.idx()].insert(name.clone());
-                    }
-                }
-                for name in old_map.keys() {
-                    if !map.contains_key(name) {
-                        removed[t.idx()].insert(name.clone());
-                    }
-                }
-                next.resources[t.idx()] = map;
-            }
-        }
-
-        for (t, name) in raw_changed {
-            let map = &mut next.resources[t.idx()];
+    /// Resources of the test overlay that were added or removed.
+    fn patch_overlay(&self, overlay_changed: &[(ResourceType, Arc<str>)], next: &mut NextSnapshot) {
+        for (t, name) in overlay_changed {
             let translated = match t {
                 ResourceType::Cluster => self.translator.clusters().contains_key(name),
                 ResourceType::Endpoint => self.translator.endpoints().contains_key(name),
                 _ => false,
             };
             if !translated {
-                match self.raw.get(&(*t, name.clone())) {
-                    Some(r) => {
-                        map.insert(name.clone(), r.clone());
-                        changed[t.idx()].insert(name.clone());
-                    }
-                    None => {
-                        if map.remove(name).is_some() {
-                            removed[t.idx()].insert(name.clone());
-                        }
-                    }
+                match self.overlaid(*t, name) {
+                    Some(r) => next.upsert(*t, r),
+                    None => next.remove(*t, name),
                 }
             }
         }
+    }
 
-        if changed.iter().all(BTreeSet::is_empty) && removed.iter().all(BTreeSet::is_empty) {
+    #[cfg(feature = "testing")]
+    fn add_overlay(&self, t: ResourceType, map: &mut ResourceMap) {
+        for ((rt, name), r) in &self.overlay {
+            if *rt == t {
+                map.entry(name.clone()).or_insert_with(|| r.clone());
+            }
+        }
+    }
+
+    #[cfg(not(feature = "testing"))]
+    fn add_overlay(&self, _: ResourceType, _: &mut ResourceMap) {}
+
+    #[cfg(feature = "testing")]
+    fn overlaid(&self, t: ResourceType, name: &Arc<str>) -> Option<Resource> {
+        self.overlay.get(&(t, name.clone())).cloned()
+    }
+
+    #[cfg(not(feature = "testing"))]
+    fn overlaid(&self, _: ResourceType, _: &Arc<str>) -> Option<Resource> {
+        None
+    }
+}
+
+#[cfg(feature = "testing")]
+impl SnapshotBuilder {
+    /// Serves `resource` to every profile as given, bypassing translation and validation
+    /// (tests only). Returns the changed snapshots.
+    pub fn insert_overlay(&mut self, t: ResourceType, resource: Resource) -> Vec<Built> {
+        let name = resource.name.clone();
+        self.overlay.insert((t, name.clone()), resource);
+        self.rebuild_all(&Changes::default(), &[(t, name)])
+    }
+
+    /// Stops serving a resource added by [`SnapshotBuilder::insert_overlay`].
+    pub fn remove_overlay(&mut self, t: ResourceType, name: &str) -> Vec<Built> {
+        let name: Arc<str> = name.into();
+        if self.overlay.remove(&(t, name.clone())).is_none() {
+            return Vec::new();
+        }
+        self.rebuild_all(&Changes::default(), &[(t, name)])
+    }
+}
+
+/// A snapshot being built from the previous one: its maps and what changed, per type.
+struct NextSnapshot {
+    maps: PerType<ResourceMap>,
+    changed: PerType<BTreeSet<Arc<str>>>,
+    removed: PerType<BTreeSet<Arc<str>>>,
+    /// Types whose map was replaced whole: their version is recomputed in one pass.
+    rebuilt: PerType<bool>,
+}
+
+impl NextSnapshot {
+    fn from(old: &Snapshot) -> NextSnapshot {
+        NextSnapshot {
+            maps: PerType::from_fn(|t| old.types[t].resources.clone()),
+            changed: PerType::default(),
+            removed: PerType::default(),
+            rebuilt: PerType::default(),
+        }
+    }
+
+    fn upsert(&mut self, t: ResourceType, resource: Resource) {
+        self.changed[t].insert(resource.name.clone());
+        self.maps[t].insert(resource.name.clone(), resource);
+    }
+
+    fn remove(&mut self, t: ResourceType, name: &Arc<str>) {
+        if self.maps[t].remove(name).is_some() {
+            self.removed[t].insert(name.clone());
+        }
+    }
+
+    /// Replaces a type's map (LDS and RDS are small and reassembled whole), recording the
+    /// names whose content differs from `old`'s.
+    fn replace(&mut self, t: ResourceType, map: ResourceMap, old: &Snapshot) {
+        let old_map = &old.types[t].resources;
+        for (name, r) in &map {
+            if old_map.get(name).map(|o| o.version) != Some(r.version) {
+                self.changed[t].insert(name.clone());
+            }
+        }
+        for name in old_map.keys() {
+            if !map.contains_key(name) {
+                self.removed[t].insert(name.clone());
+            }
+        }
+        self.maps[t] = map;
+    }
+
+    /// The next snapshot, with a new generation for each type that changed; None when
+    /// nothing did.
+    fn finish(self, old: &Snapshot) -> Option<Snapshot> {
+        if self.changed.iter().all(|(_, c)| c.is_empty())
+            && self.removed.iter().all(|(_, r)| r.is_empty())
+        {
             return None;
         }
-        for t in ResourceType::ALL {
-            let i = t.idx();
-            next.versions[i] = if rebuilt[i] {
-                next.resources[i]
-                    .values()
-                    .fold(0, |v, r| v ^ r.fingerprint())
+        let types = PerType::from_fn(|t| {
+            let before = &old.types[t];
+            let (changed, removed) = (&self.changed[t], &self.removed[t]);
+            if changed.is_empty() && removed.is_empty() {
+                return before.clone();
+            }
+            let map = &self.maps[t];
+            let version = if self.rebuilt[t] {
+                content_version(map)
             } else {
-                let mut v = old.versions[i];
-                for name in changed[i].iter().chain(removed[i].iter()) {
-                    if let Some(o) = old.resources[i].get(name) {
+                // Unchanged resources cancel out of the xor: only the change is hashed.
+                let mut v = before.version;
+                for name in changed.iter().chain(removed.iter()) {
+                    if let Some(o) = before.resources.get(name) {
                         v ^= o.fingerprint();
                     }
-                    if let Some(n) = next.resources[i].get(name) {
+                    if let Some(n) = map.get(name) {
                         v ^= n.fingerprint();
                     }
                 }
                 v
             };
-            next.changed[i] = changed[i].iter().cloned().collect::<Vec<_>>().into();
-            next.removed[i] = removed[i].iter().cloned().collect::<Vec<_>>().into();
-        }
-        let routes_generation = self.translator.routes_generation();
-        let next = Arc::new(next);
-        self.profiles.insert(
-            profile,
-            ProfileState {
-                snapshot: next.clone(),
-                routes_generation,
-            },
-        );
-        Some(next)
+            Arc::new(TypeSnapshot {
+                generation: before.generation + 1,
+                version,
+                resources: map.clone(),
+                changed: changed.iter().cloned().collect::<Vec<_>>().into(),
+                removed: removed.iter().cloned().collect::<Vec<_>>().into(),
+            })
+        });
+        Some(Snapshot {
+            generation: old.generation + 1,
+            types,
+        })
     }
 }
 
-/// Checks what changed in a snapshot: every EDS cluster it adds or changes has its load
-/// assignment, and no load assignment it removes is still needed by a cluster. Only the
-/// change is checked, so the cost follows the size of the change, not of the mesh.
-pub fn check_consistency(profile: ProxyProfile, snapshot: &Snapshot) -> Result<(), Inconsistent> {
+/// Every EDS cluster the snapshot adds or changes has its load assignment, and no load
+/// assignment it removes is still needed by a cluster. Only the change is checked (all of
+/// it on a first generation), so the cost follows the size of the change.
+fn check_load_assignments(snapshot: &Snapshot) -> Result<(), String> {
     use envoy_types::pb::envoy::config::cluster::v3::{
         cluster::{ClusterDiscoveryType, DiscoveryType},
         Cluster,
     };
     use prost::Message;
-    let clusters = snapshot.of(ResourceType::Cluster);
-    let endpoints = snapshot.of(ResourceType::Endpoint);
+    let cds = &snapshot.types[ResourceType::Cluster];
+    let eds = &snapshot.types[ResourceType::Endpoint];
     let is_eds = |r: &Resource| {
         Cluster::decode(r.body.value.as_slice()).is_ok_and(|c| {
             c.cluster_discovery_type == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
         })
     };
-    let check_all = snapshot.generation == 1;
-    let names: Box<dyn Iterator<Item = &Arc<str>>> = if check_all {
-        Box::new(clusters.keys())
+    let names: Box<dyn Iterator<Item = &Arc<str>>> = if snapshot.generation == 1 {
+        Box::new(cds.resources.keys())
     } else {
-        Box::new(
-            snapshot.changed[ResourceType::Cluster.idx()]
-                .iter()
-                .chain(snapshot.removed[ResourceType::Endpoint.idx()].iter()),
-        )
+        Box::new(cds.changed.iter().chain(eds.removed.iter()))
     };
     for name in names {
-        if let Some(r) = clusters.get(name) {
-            if !endpoints.contains_key(name) && is_eds(r) {
-                return Err(Inconsistent {
-                    profile,
-                    problem: format!("EDS cluster {name} has no load assignment"),
-                });
+        if let Some(r) = cds.resources.get(name) {
+            if !eds.resources.contains_key(name) && is_eds(r) {
+                return Err(format!("EDS cluster {name} has no load assignment"));
             }
         }
     }

@@ -1,108 +1,144 @@
-//! What became of each TrafficPolicy: which one governs each Service port (precedence:
-//! oldest first, then name), and the `Accepted` and `ResolvedRefs` conditions with stable
-//! reasons and messages that name the field and the fix. `Programmed` depends on proxies'
-//! ACKs and is added by the xDS layer.
+//! What became of each TrafficPolicy, as conditions with stable reasons and messages that
+//! name the field and the fix. Every condition type and reason is listed here, once.
+//!
+//! ```text
+//! Index (verdicts, served versions) + ServiceBinding::bind per target (outcomes, refs)
+//!   + AckSummary (what the connected proxies ACKed)
+//!   --policy_statuses--> PolicyStatus { Accepted, ResolvedRefs, Programmed }
+//! ```
+//!
+//! The Kubernetes status writer and `/status` both render these; neither decides anything.
 
-use serde::Serialize;
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use serde::{Serialize, Serializer};
+use std::collections::{BTreeSet, HashMap};
 
-use crate::index::{Index, ObjectKey};
-use crate::policy::{reason, ValidPolicy};
-use crate::translate::route::destination_port;
+use crate::binding::{port_list, Outcome, PolicyBinding, ServiceBinding};
+use crate::index::{Index, ObjectKey, PolicyEntry};
 
-/// What a policy does for its target Service.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PolicyOutcome {
-    /// The policy governs these ports of its target.
-    Active {
-        /// The served spec.
-        policy: Arc<ValidPolicy>,
-        /// Ports it governs.
-        ports: BTreeSet<u16>,
-    },
-    /// An earlier policy governs an overlapping port.
-    Conflicted {
-        /// The policy that takes precedence.
-        winner: ObjectKey,
-        /// The ports both claim.
-        ports: BTreeSet<u16>,
-    },
-    /// The target Service or port does not exist.
-    TargetNotFound {
-        /// What is missing and how to fix it.
-        message: String,
-    },
+/// The condition types of a TrafficPolicy, in the order they are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConditionType {
+    /// The latest spec is valid and governs its target.
+    Accepted,
+    /// The target and every destination exist.
+    ResolvedRefs,
+    /// The connected proxies ACKed the route tables that carry the policy.
+    Programmed,
 }
 
-/// The outcome of every policy whose served spec targets `service`, in precedence order.
-pub fn resolve_policies(index: &Index, service: &ObjectKey) -> Vec<(ObjectKey, PolicyOutcome)> {
-    let svc = index.service(service);
-    let mut claimed: Vec<(u16, ObjectKey)> = Vec::new();
-    let mut out = Vec::new();
-    for (key, entry) in index.policies_for(service) {
-        let Some(valid) = entry.effective() else {
-            continue;
-        };
-        let outcome = match svc {
-            None => PolicyOutcome::TargetNotFound {
-                message: format!(
-                    "spec.targetRef.service: Service {service} does not exist: create it or fix the name"
-                ),
-            },
-            Some(svc) => {
-                let all: BTreeSet<u16> = svc.ports.iter().map(|p| p.port).collect();
-                match valid.spec.target_ref.port {
-                    Some(p) if !all.contains(&p) => PolicyOutcome::TargetNotFound {
-                        message: format!(
-                            "spec.targetRef.port: Service {service} has no port {p} (it has {}): fix the port or omit it to cover all ports",
-                            join(&all)
-                        ),
-                    },
-                    wanted => {
-                        let ports: BTreeSet<u16> = wanted.map(|p| BTreeSet::from([p])).unwrap_or(all);
-                        let clash: Vec<&(u16, ObjectKey)> = claimed.iter().filter(|(p, _)| ports.contains(p)).collect();
-                        if let Some((_, winner)) = clash.first() {
-                            PolicyOutcome::Conflicted {
-                                winner: winner.clone(),
-                                ports: clash.iter().map(|(p, _)| *p).collect(),
-                            }
-                        } else {
-                            claimed.extend(ports.iter().map(|p| (*p, key.clone())));
-                            PolicyOutcome::Active { policy: valid.clone(), ports }
-                        }
-                    }
-                }
-            }
-        };
-        out.push((key.clone(), outcome));
+impl ConditionType {
+    /// The type as written in status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionType::Accepted => "Accepted",
+            ConditionType::ResolvedRefs => "ResolvedRefs",
+            ConditionType::Programmed => "Programmed",
+        }
     }
-    out
 }
 
-fn join(ports: &BTreeSet<u16>) -> String {
-    if ports.is_empty() {
-        return "no TCP ports".into();
+/// Every reason a condition can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// Accepted: the spec is valid and fully supported.
+    Accepted,
+    /// Accepted: the spec is valid; some fields are not translated yet and are ignored.
+    UnsupportedField,
+    /// Accepted=False: a regular expression does not compile.
+    InvalidRegex,
+    /// Accepted=False: destination weights do not add up to 100.
+    InvalidWeights,
+    /// Accepted=False: a destination names a subset the policy does not define.
+    UnknownSubset,
+    /// Accepted=False: a duration is malformed.
+    InvalidDuration,
+    /// Accepted=False: any other invalid value.
+    InvalidField,
+    /// Accepted=False: another policy on the same Service port takes precedence.
+    Conflicted,
+    /// ResolvedRefs: every reference resolved.
+    ResolvedRefs,
+    /// ResolvedRefs=False: the target Service (or its port) does not exist.
+    TargetNotFound,
+    /// ResolvedRefs=False: a destination Service (or its port) does not exist.
+    BackendNotFound,
+    /// Programmed: every connected proxy ACKed.
+    Programmed,
+    /// Programmed=False: the policy is in no route table.
+    NotProgrammed,
+    /// Programmed=False: the previous valid version is programmed, the latest is rejected.
+    Invalid,
+    /// Programmed=False: no proxy is connected.
+    NoProxies,
+    /// Programmed=False: some proxies have not ACKed yet.
+    Pending,
+}
+
+impl Reason {
+    /// The reason as written in status (CamelCase, stable).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Accepted => "Accepted",
+            Reason::UnsupportedField => "UnsupportedField",
+            Reason::InvalidRegex => "InvalidRegex",
+            Reason::InvalidWeights => "InvalidWeights",
+            Reason::UnknownSubset => "UnknownSubset",
+            Reason::InvalidDuration => "InvalidDuration",
+            Reason::InvalidField => "InvalidField",
+            Reason::Conflicted => "Conflicted",
+            Reason::ResolvedRefs => "ResolvedRefs",
+            Reason::TargetNotFound => "TargetNotFound",
+            Reason::BackendNotFound => "BackendNotFound",
+            Reason::Programmed => "Programmed",
+            Reason::NotProgrammed => "NotProgrammed",
+            Reason::Invalid => "Invalid",
+            Reason::NoProxies => "NoProxies",
+            Reason::Pending => "Pending",
+        }
     }
-    ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Serialize for ConditionType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
 }
 
 /// A status condition, independent of the Kubernetes type (the controller converts it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ConditionView {
-    /// `Accepted`, `ResolvedRefs` or `Programmed`.
+    /// The condition type.
     #[serde(rename = "type")]
-    pub type_: &'static str,
+    pub type_: ConditionType,
     /// True or False.
     pub status: bool,
-    /// Stable, CamelCase reason.
-    pub reason: &'static str,
+    /// Why.
+    pub reason: Reason,
     /// What happened and, when it is a problem, how to fix it.
     pub message: String,
+}
+
+impl ConditionView {
+    fn new(type_: ConditionType, status: bool, reason: Reason, message: impl Into<String>) -> Self {
+        ConditionView {
+            type_,
+            status,
+            reason,
+            message: message.into(),
+        }
+    }
 }
 
 /// Status of one policy.
@@ -114,7 +150,7 @@ pub struct PolicyStatus {
     pub name: String,
     /// `metadata.generation` the conditions describe.
     pub observed_generation: Option<i64>,
-    /// Accepted, then ResolvedRefs.
+    /// Accepted, ResolvedRefs, Programmed.
     pub conditions: Vec<ConditionView>,
     /// Whether its rules are in the route tables (possibly an earlier valid version).
     #[serde(skip)]
@@ -126,143 +162,147 @@ impl PolicyStatus {
     pub fn accepted(&self) -> &ConditionView {
         &self.conditions[0]
     }
+
+    /// The condition of a type.
+    pub fn condition(&self, type_: ConditionType) -> Option<&ConditionView> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
+
+/// What the connected proxies did with the route tables, for `Programmed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AckSummary {
+    /// Proxies connected.
+    pub proxies: usize,
+    /// Every one of them ACKed its latest route tables (none pending, none NACKed).
+    pub routes_acked: bool,
 }
 
 /// Status of every policy, in key order.
-pub fn policy_statuses(index: &Index) -> Vec<PolicyStatus> {
-    let mut outcomes = std::collections::HashMap::new();
+pub fn policy_statuses(index: &Index, acks: AckSummary) -> Vec<PolicyStatus> {
     let targets: BTreeSet<ObjectKey> = index
         .policies()
-        .filter_map(|(k, p)| {
-            p.effective()
-                .map(|v| ObjectKey::new(k.namespace.clone(), v.spec.target_ref.service.clone()))
-        })
+        .filter_map(|(_, p)| p.effective().map(|v| v.target.service.clone()))
         .collect();
+    let mut bound: HashMap<ObjectKey, PolicyBinding> = HashMap::new();
     for target in &targets {
-        outcomes.extend(resolve_policies(index, target));
+        let binding = ServiceBinding::bind(index, target);
+        bound.extend(binding.policies.into_iter().map(|p| (p.key.clone(), p)));
     }
     index
         .policies()
         .map(|(key, entry)| {
-            let outcome = outcomes.get(key);
-            let accepted = match (&entry.verdict, outcome) {
-                (Err(rejection), _) => ConditionView {
-                    type_: "Accepted",
-                    status: false,
-                    reason: rejection.reason,
-                    message: format!(
-                        "{}: {}{}",
-                        rejection.field,
-                        rejection.message,
-                        if entry.last_valid.is_some() {
-                            ". The previous valid version of this policy keeps serving"
-                        } else {
-                            ""
-                        }
-                    ),
-                },
-                (Ok(_), Some(PolicyOutcome::Conflicted { winner, ports })) => ConditionView {
-                    type_: "Accepted",
-                    status: false,
-                    reason: reason::CONFLICTED,
-                    message: format!(
-                        "TrafficPolicy {winner} already governs port {} of this Service and takes precedence (older, or the same age and its name sorts first): merge the two policies or target another port",
-                        join(ports)
-                    ),
-                },
-                (Ok(valid), _) if !valid.unsupported.is_empty() => ConditionView {
-                    type_: "Accepted",
-                    status: true,
-                    reason: reason::UNSUPPORTED_FIELD,
-                    message: format!(
-                        "{} not yet supported by this version of Weir and ignored; the rest of the policy applies",
-                        if valid.unsupported.len() == 1 {
-                            format!("{} is", valid.unsupported[0])
-                        } else {
-                            format!("{} are", valid.unsupported.join(", "))
-                        }
-                    ),
-                },
-                (Ok(_), _) => ConditionView {
-                    type_: "Accepted",
-                    status: true,
-                    reason: reason::ACCEPTED,
-                    message: "The policy is valid".into(),
-                },
-            };
-            let resolved = resolved_refs(index, key, entry.effective(), outcome);
+            let binding = bound.get(key);
+            let accepted = accepted(entry, binding);
+            let resolved = resolved_refs(binding);
+            let active = matches!(binding.map(|b| &b.outcome), Some(Outcome::Active { .. }));
+            let programmed = programmed(active, accepted.status, acks);
             PolicyStatus {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
                 observed_generation: entry.generation,
-                conditions: vec![accepted, resolved],
-                active: matches!(outcome, Some(PolicyOutcome::Active { .. })),
+                conditions: vec![accepted, resolved, programmed],
+                active,
             }
         })
         .collect()
 }
 
-fn resolved_refs(
-    index: &Index,
-    key: &ObjectKey,
-    served: Option<&Arc<ValidPolicy>>,
-    outcome: Option<&PolicyOutcome>,
-) -> ConditionView {
-    let not_found = |reason, message| ConditionView {
-        type_: "ResolvedRefs",
-        status: false,
-        reason,
-        message,
+fn accepted(entry: &PolicyEntry, binding: Option<&PolicyBinding>) -> ConditionView {
+    let condition = |status, reason, message: String| {
+        ConditionView::new(ConditionType::Accepted, status, reason, message)
     };
-    if let Some(PolicyOutcome::TargetNotFound { message }) = outcome {
-        return not_found(reason::TARGET_NOT_FOUND, message.clone());
+    let valid = match &entry.verdict {
+        Err(rejection) => {
+            let keeps_serving = if entry.last_valid.is_some() {
+                ". The previous valid version of this policy keeps serving"
+            } else {
+                ""
+            };
+            return condition(
+                false,
+                rejection.reason,
+                format!("{}: {}{keeps_serving}", rejection.field, rejection.message),
+            );
+        }
+        Ok(valid) => valid,
+    };
+    if let Some(Outcome::Conflicted { winner, ports }) = binding.map(|b| &b.outcome) {
+        return condition(
+            false,
+            Reason::Conflicted,
+            format!(
+                "TrafficPolicy {winner} already governs port {} of this Service and takes precedence (older, or the same age and its name sorts first): merge the two policies or target another port",
+                port_list(ports)
+            ),
+        );
     }
-    let Some(valid) = served else {
-        return not_found(
-            reason::TARGET_NOT_FOUND,
+    match valid.unsupported.as_slice() {
+        [] => condition(true, Reason::Accepted, "The policy is valid".into()),
+        unsupported => condition(
+            true,
+            Reason::UnsupportedField,
+            format!(
+                "{} not yet supported by this version of Weir and ignored; the rest of the policy applies",
+                if let [one] = unsupported {
+                    format!("{one} is")
+                } else {
+                    format!("{} are", unsupported.join(", "))
+                }
+            ),
+        ),
+    }
+}
+
+fn resolved_refs(binding: Option<&PolicyBinding>) -> ConditionView {
+    let condition = |status, reason, message: String| {
+        ConditionView::new(ConditionType::ResolvedRefs, status, reason, message)
+    };
+    let Some(binding) = binding else {
+        return condition(
+            false,
+            Reason::TargetNotFound,
             "no valid version of the policy to resolve".into(),
         );
     };
-    for (i, rule) in valid.spec.http.iter().enumerate() {
-        for (j, dest) in rule.destinations.iter().enumerate() {
-            let Some(name) = &dest.service else { continue };
-            let other = ObjectKey::new(
-                dest.namespace
-                    .clone()
-                    .unwrap_or_else(|| key.namespace.clone()),
-                name.clone(),
-            );
-            let field = format!("spec.http[{i}].destinations[{j}]");
-            match index.service(&other) {
-                None => {
-                    return not_found(
-                        reason::BACKEND_NOT_FOUND,
-                        format!("{field}.service: Service {other} does not exist, so its share of traffic fails with 503: create it or fix the name"),
-                    )
-                }
-                Some(svc) => {
-                    let target = ObjectKey::new(key.namespace.clone(), valid.spec.target_ref.service.clone());
-                    let routed: Vec<u16> = match valid.spec.target_ref.port {
-                        Some(p) => vec![p],
-                        None => index.service(&target).map(|t| t.ports.iter().map(|p| p.port).collect()).unwrap_or_default(),
-                    };
-                    for routed in routed {
-                        let port = destination_port(index, &other, dest.port, routed);
-                        if !svc.ports.iter().any(|p| p.port == port) {
-                            return not_found(
-                                reason::BACKEND_NOT_FOUND,
-                                format!("{field}.port: Service {other} has no port {port}: set port to one of its ports"),
-                            );
-                        }
-                    }
-                }
-            }
-        }
+    if let Outcome::TargetNotFound { message } = &binding.outcome {
+        return condition(false, Reason::TargetNotFound, message.clone());
     }
-    ConditionView {
-        type_: "ResolvedRefs",
-        status: true,
-        reason: reason::RESOLVED_REFS,
-        message: "The target Service and every destination exist".into(),
+    match &binding.unresolved {
+        Some(unresolved) => condition(false, Reason::BackendNotFound, unresolved.message.clone()),
+        None => condition(
+            true,
+            Reason::ResolvedRefs,
+            "The target Service and every destination exist".into(),
+        ),
     }
+}
+
+fn programmed(active: bool, accepted: bool, acks: AckSummary) -> ConditionView {
+    let (status, reason, message) = match (active, accepted, acks.proxies == 0, acks.routes_acked) {
+        (false, _, _, _) => (
+            false,
+            Reason::NotProgrammed,
+            "The policy is not in any route table; see Accepted and ResolvedRefs",
+        ),
+        (true, false, _, _) => (
+            false,
+            Reason::Invalid,
+            "The previous valid version is programmed; the latest is rejected, see Accepted",
+        ),
+        (true, true, true, _) => (
+            false,
+            Reason::NoProxies,
+            "No proxy is connected to carry the policy yet",
+        ),
+        (true, true, false, false) => (
+            false,
+            Reason::Pending,
+            "Some proxies have not ACKed the route tables that carry the policy yet",
+        ),
+        // No proxy count in the text: it would rewrite every policy's status whenever a
+        // proxy comes or goes.
+        (true, true, false, true) => (true, Reason::Programmed, "ACKed by every connected proxy"),
+    };
+    ConditionView::new(ConditionType::Programmed, status, reason, message)
 }

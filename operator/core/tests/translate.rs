@@ -10,10 +10,10 @@ use prost::Message;
 use weir_api::{
     Destination, HeaderMatch, HttpMatch, PathMatch, PathMatchType, Retries, StringMatchType,
 };
-use weir_core::status::policy_statuses;
+use weir_core::status::{policy_statuses, AckSummary, Reason};
 use weir_core::testing::*;
 use weir_core::{
-    Capture, Event, Index, MeshSnapshots, Object, ObjectKey, ProxyProfile, ResourceType, Snapshot,
+    Capture, Event, Index, Object, ObjectKey, ProxyProfile, ResourceType, Snapshot, SnapshotBuilder,
 };
 
 fn apply(index: &mut Index, objects: Vec<Object>) {
@@ -131,7 +131,7 @@ fn golden_explicit_and_transparent() {
     ] {
         let mut index = Index::new();
         apply(&mut index, bookinfo());
-        let mut snapshots = MeshSnapshots::new();
+        let mut snapshots = SnapshotBuilder::new();
         snapshots.update(&mut index);
         let snapshot = snapshots.snapshot(ProxyProfile { capture });
         check_golden(file, &render(&snapshot));
@@ -146,7 +146,7 @@ fn output_does_not_depend_on_the_order_of_events() {
     let build = |objects: Vec<Object>| {
         let mut index = Index::new();
         apply(&mut index, objects);
-        let mut snapshots = MeshSnapshots::new();
+        let mut snapshots = SnapshotBuilder::new();
         snapshots.update(&mut index);
         snapshots.snapshot(profile)
     };
@@ -154,7 +154,9 @@ fn output_does_not_depend_on_the_order_of_events() {
     let mut reversed = bookinfo();
     reversed.reverse();
     let backward = build(reversed);
-    assert_eq!(forward.versions, backward.versions);
+    for t in ResourceType::ALL {
+        assert_eq!(forward.types[t].version, backward.types[t].version);
+    }
     assert_eq!(render(&forward), render(&backward));
 }
 
@@ -162,7 +164,7 @@ fn output_does_not_depend_on_the_order_of_events() {
 fn an_unchanged_input_changes_nothing() {
     let mut index = Index::new();
     apply(&mut index, bookinfo());
-    let mut snapshots = MeshSnapshots::new();
+    let mut snapshots = SnapshotBuilder::new();
     snapshots.update(&mut index);
     snapshots.snapshot(ProxyProfile {
         capture: Capture::Transparent,
@@ -177,7 +179,7 @@ fn an_unchanged_input_changes_nothing() {
 fn an_endpoint_change_touches_only_that_services_load_assignments() {
     let mut index = Index::new();
     apply(&mut index, bookinfo());
-    let mut snapshots = MeshSnapshots::new();
+    let mut snapshots = SnapshotBuilder::new();
     snapshots.update(&mut index);
     let profile = ProxyProfile {
         capture: Capture::Explicit { port: 15001 },
@@ -196,7 +198,7 @@ fn an_endpoint_change_touches_only_that_services_load_assignments() {
     index.apply(Event::apply(Object::EndpointSlice(slice)));
     let (changes, published) = snapshots.update(&mut index);
     assert!(
-        changes.clusters.is_empty() && !changes.routes,
+        changes.clusters.is_empty() && !changes.virtual_hosts_changed,
         "{changes:?}"
     );
     assert_eq!(
@@ -212,6 +214,7 @@ fn an_endpoint_change_touches_only_that_services_load_assignments() {
         "the whole-service and v2 assignments changed; v1's did not"
     );
     let (_, after) = &published[0];
+    let after = after.as_ref().unwrap();
     assert_eq!(after.generation, before.generation + 1);
     for t in [
         ResourceType::Cluster,
@@ -219,21 +222,23 @@ fn an_endpoint_change_touches_only_that_services_load_assignments() {
         ResourceType::Route,
     ] {
         assert_eq!(
-            after.versions[t.idx()],
-            before.versions[t.idx()],
+            after.types[t].version, before.types[t].version,
             "{t:?} version moved"
         );
-        assert!(after.changed[t.idx()].is_empty());
+        assert!(
+            std::sync::Arc::ptr_eq(&after.types[t], &before.types[t]),
+            "{t:?} was rebuilt"
+        );
     }
-    assert_eq!(after.changed[ResourceType::Endpoint.idx()].len(), 2);
-    weir_core::snapshot::check_consistency(profile, after).unwrap();
+    assert_eq!(after.types[ResourceType::Endpoint].changed.len(), 2);
+    snapshots.check(profile, after).unwrap();
 }
 
 #[test]
 fn a_pod_relabel_moves_it_between_subsets() {
     let mut index = Index::new();
     apply(&mut index, bookinfo());
-    let mut snapshots = MeshSnapshots::new();
+    let mut snapshots = SnapshotBuilder::new();
     snapshots.update(&mut index);
     index.apply(Event::apply(Object::Pod(mk_pod(
         "default",
@@ -273,9 +278,9 @@ fn the_older_of_two_policies_on_a_port_wins_and_the_other_is_conflicted() {
             with_created(older, 1_000_000),
         ],
     );
-    let statuses = policy_statuses(&index);
+    let statuses = policy_statuses(&index, AckSummary::default());
     let aaa = statuses.iter().find(|s| s.name == "aaa").unwrap();
-    assert_eq!(aaa.accepted().reason, "Conflicted");
+    assert_eq!(aaa.accepted().reason, Reason::Conflicted);
     assert!(
         aaa.accepted().message.contains("default/reviews"),
         "{}",
@@ -291,25 +296,25 @@ fn a_deleted_then_recreated_target_moves_resolved_refs_false_then_true() {
     let mut index = Index::new();
     apply(&mut index, bookinfo());
     let resolved = |index: &Index| {
-        let s = policy_statuses(index)
+        let s = policy_statuses(index, AckSummary::default())
             .into_iter()
             .find(|s| s.name == "reviews")
             .unwrap();
         (s.conditions[1].status, s.conditions[1].reason)
     };
-    assert_eq!(resolved(&index), (true, "ResolvedRefs"));
+    assert_eq!(resolved(&index), (true, Reason::ResolvedRefs));
     index.apply(Event::Delete(
         weir_core::Kind::Service,
         ObjectKey::new("default", "reviews"),
     ));
-    assert_eq!(resolved(&index), (false, "TargetNotFound"));
+    assert_eq!(resolved(&index), (false, Reason::TargetNotFound));
     index.apply(Event::apply(Object::Service(mk_service(
         "default",
         "reviews",
         "10.96.0.10",
         &[9080],
     ))));
-    assert_eq!(resolved(&index), (true, "ResolvedRefs"));
+    assert_eq!(resolved(&index), (true, Reason::ResolvedRefs));
 }
 
 #[test]
@@ -325,11 +330,11 @@ fn a_missing_backend_service_is_reported_with_its_field() {
         &mut index,
         vec![Object::TrafficPolicy(mk_policy("default", "ratings", spec))],
     );
-    let s = policy_statuses(&index)
+    let s = policy_statuses(&index, AckSummary::default())
         .into_iter()
         .find(|s| s.name == "ratings")
         .unwrap();
-    assert_eq!(s.conditions[1].reason, "BackendNotFound");
+    assert_eq!(s.conditions[1].reason, Reason::BackendNotFound);
     assert!(
         s.conditions[1]
             .message
@@ -343,7 +348,7 @@ fn a_missing_backend_service_is_reported_with_its_field() {
 fn an_invalid_edit_keeps_serving_the_last_valid_version() {
     let mut index = Index::new();
     apply(&mut index, bookinfo());
-    let mut snapshots = MeshSnapshots::new();
+    let mut snapshots = SnapshotBuilder::new();
     snapshots.update(&mut index);
     let profile = ProxyProfile {
         capture: Capture::Transparent,
@@ -360,13 +365,16 @@ fn an_invalid_edit_keeps_serving_the_last_valid_version() {
         changes.is_empty() && published.is_empty(),
         "nothing is pushed for an invalid edit: {changes:?}"
     );
-    let s = policy_statuses(&index)
+    let s = policy_statuses(&index, AckSummary::default())
         .into_iter()
         .find(|s| s.name == "reviews")
         .unwrap();
-    assert_eq!(s.accepted().reason, "InvalidWeights");
+    assert_eq!(s.accepted().reason, Reason::InvalidWeights);
     assert!(s.active, "the previous version stays programmed");
-    assert_eq!(snapshots.snapshot(profile).versions, before.versions);
+    let now = snapshots.snapshot(profile);
+    for t in ResourceType::ALL {
+        assert_eq!(now.types[t].version, before.types[t].version);
+    }
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Kubernetes mode: the API server as the source, status written back, one leader.
 //!
 //! ```text
-//! watch::run (five watchers) --Vec<Event>--> engine pipeline (as in local mode)
-//!            \--> ObservedPolicies --+
+//! watch::run (a watcher per kind) --Vec<Event>--> pipeline (as in local mode)
+//!            \--> ObservedPolicies (a second consumer) --+
 //! leader::run (Lease) --leading--> status::StatusWriter --SSA--> TrafficPolicy/status,
 //!                                                                MeshStatus/mesh, Events
 //! ```
@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch as channel};
 use weir_core::Event;
 
-use crate::Engine;
+use crate::MeshState;
 
 /// How the operator talks to the cluster.
 #[derive(Clone)]
@@ -40,7 +40,7 @@ impl std::fmt::Debug for KubeOptions {
 /// resolves; the elector then releases the Lease. Returns the leadership receiver.
 pub(crate) fn spawn<S, F>(
     options: KubeOptions,
-    engine: Arc<Engine>,
+    state: Arc<MeshState>,
     tx: mpsc::Sender<Vec<Event>>,
     stop: S,
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
@@ -52,7 +52,7 @@ where
     let observed = Arc::new(watch::ObservedPolicies::default());
     let KubeOptions { client, lease } = options;
     let (leading_tx, leading) = channel::channel(false);
-    let metrics = engine.metrics.clone();
+    let metrics = state.metrics.clone();
     let mut gauge = leading.clone();
     tasks.push(tokio::spawn(async move {
         while gauge.changed().await.is_ok() {
@@ -61,15 +61,15 @@ where
     }));
     let watch_stop = stop();
     let watch_client = client.clone();
-    let watch_engine = engine.clone();
-    let watch_observed = observed.clone();
+    let watch_state = state.clone();
+    let watch_observed: Arc<dyn watch::Observer> = observed.clone();
     tasks.push(tokio::spawn(async move {
         tokio::select! {
-            _ = watch::run(watch_client, watch_engine, tx, watch_observed) => {}
+            _ = watch::run(watch_client, watch_state, tx, vec![watch_observed]) => {}
             _ = watch_stop => {}
         }
     }));
-    let writer = status::StatusWriter::new(client.clone(), engine, observed, &lease.identity);
+    let writer = status::StatusWriter::new(client.clone(), state, observed, &lease.identity);
     tasks.push(tokio::spawn(writer.run(leading.clone(), stop())));
     tasks.push(tokio::spawn(leader::run(client, lease, leading_tx, stop())));
     leading

@@ -2,7 +2,7 @@
 //! of the mesh. Only the leader writes.
 //!
 //! ```text
-//! engine (after every batch) or a 1 s tick --> Engine::mesh_status()
+//! state (after every batch) or a 1 s tick --> MeshState::mesh_status()
 //!   per policy: desired conditions vs. what the server has (ObservedPolicies) and what we
 //!     last wrote --> server-side apply of /status (field manager weir-operator)
 //!     --> a Warning Event when a policy becomes rejected or unresolved
@@ -24,11 +24,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use weir_api::{MeshStatus, MeshStatusStatus, TrafficPolicy, TrafficPolicyStatus};
-use weir_core::status::{ConditionView, PolicyStatus};
+use weir_core::status::{ConditionType, ConditionView, PolicyStatus};
 use weir_core::ObjectKey;
 
 use super::watch::ObservedPolicies;
-use crate::engine::Engine;
+use crate::mesh_state::MeshState;
 
 /// The one field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "weir-operator";
@@ -43,7 +43,7 @@ pub const MESH_STATUS_RESYNC: Duration = Duration::from_secs(60);
 /// Writes policy and mesh status while this replica leads.
 pub struct StatusWriter {
     client: Client,
-    engine: Arc<Engine>,
+    state: Arc<MeshState>,
     observed: Arc<ObservedPolicies>,
     recorder: Recorder,
     /// What we last wrote per policy (the watch may not have shown it yet).
@@ -57,7 +57,7 @@ impl StatusWriter {
     /// A writer reporting as `identity`.
     pub fn new(
         client: Client,
-        engine: Arc<Engine>,
+        state: Arc<MeshState>,
         observed: Arc<ObservedPolicies>,
         identity: &str,
     ) -> Self {
@@ -68,7 +68,7 @@ impl StatusWriter {
         StatusWriter {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            engine,
+            state,
             observed,
             written: HashMap::new(),
             mesh_written: None,
@@ -83,7 +83,7 @@ impl StatusWriter {
         mut leading: watch::Receiver<bool>,
         shutdown: impl std::future::Future<Output = ()>,
     ) {
-        let mut applied = self.engine.applied();
+        let mut applied = self.state.applied();
         let mut shutdown = std::pin::pin!(shutdown);
         // Whether the last pass left a MeshStatus change for the throttle to let through.
         let mut held_back = false;
@@ -120,7 +120,7 @@ impl StatusWriter {
     /// One pass: every policy whose status differs, then MeshStatus if due. Returns whether
     /// a MeshStatus change waits for the throttle.
     pub async fn write_once(&mut self, leading: &watch::Receiver<bool>) -> bool {
-        let view = self.engine.mesh_status();
+        let view = self.state.mesh_status();
         let live: std::collections::HashSet<ObjectKey> = view
             .policies
             .iter()
@@ -159,7 +159,8 @@ impl StatusWriter {
                 .collect(),
             observed_generation: policy.observed_generation,
         };
-        if same(&desired, &current) || self.written.get(&key).is_some_and(|w| same(&desired, w)) {
+        let unchanged = |other: &TrafficPolicyStatus| equal_but_transition_times(&desired, other);
+        if unchanged(&current) || self.written.get(&key).is_some_and(unchanged) {
             return;
         }
         let api: Api<TrafficPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
@@ -174,8 +175,8 @@ impl StatusWriter {
             .await
         {
             Ok(_) => {
-                self.engine.metrics.status_writes.inc();
-                self.announce(&key, observed.uid, &desired, &current).await;
+                self.state.metrics.status_writes.inc();
+                self.announce(&key, observed.uid, policy, &current).await;
                 self.written.insert(key, desired);
             }
             // Deleted meanwhile: the watch will tell the index.
@@ -191,20 +192,21 @@ impl StatusWriter {
         &self,
         key: &ObjectKey,
         uid: Option<String>,
-        desired: &TrafficPolicyStatus,
+        desired: &PolicyStatus,
         current: &TrafficPolicyStatus,
     ) {
         // Programmed is transient while proxies catch up: status says it, no Event.
         let problems = desired
             .conditions
             .iter()
-            .filter(|c| c.status == "False" && c.type_ != "Programmed");
+            .filter(|c| !c.status && c.type_ != ConditionType::Programmed);
         for condition in problems {
             let before = current
                 .conditions
                 .iter()
-                .find(|c| c.type_ == condition.type_);
-            if before.is_some_and(|b| b.status == "False" && b.reason == condition.reason) {
+                .find(|c| c.type_ == condition.type_.as_str());
+            if before.is_some_and(|b| b.status == "False" && b.reason == condition.reason.as_str())
+            {
                 continue;
             }
             let reference = ObjectReference {
@@ -217,12 +219,11 @@ impl StatusWriter {
             };
             let event = KubeEvent {
                 type_: EventType::Warning,
-                reason: condition.reason.clone(),
+                reason: condition.reason.as_str().into(),
                 note: Some(truncate(&condition.message, 1000)),
-                action: if condition.type_ == "Accepted" {
-                    "Validate".into()
-                } else {
-                    "Resolve".into()
+                action: match condition.type_ {
+                    ConditionType::Accepted => "Validate".into(),
+                    _ => "Resolve".into(),
                 },
                 secondary: None,
             };
@@ -263,7 +264,7 @@ impl StatusWriter {
             .await
         {
             Ok(_) => {
-                self.engine.metrics.status_writes.inc();
+                self.state.metrics.status_writes.inc();
                 self.mesh_written = Some(status);
             }
             Err(err) => {
@@ -280,13 +281,13 @@ fn to_condition(view: &ConditionView, generation: Option<i64>, current: &[Condit
     let status = if view.status { "True" } else { "False" };
     let since = current
         .iter()
-        .find(|c| c.type_ == view.type_ && c.status == status)
+        .find(|c| c.type_ == view.type_.as_str() && c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| Time(Timestamp::now()));
     Condition {
-        type_: view.type_.into(),
+        type_: view.type_.as_str().into(),
         status: status.into(),
-        reason: view.reason.into(),
+        reason: view.reason.as_str().into(),
         message: truncate(&view.message, 32 * 1024),
         observed_generation: generation,
         last_transition_time: since,
@@ -294,7 +295,7 @@ fn to_condition(view: &ConditionView, generation: Option<i64>, current: &[Condit
 }
 
 /// Equal but for transition times.
-fn same(a: &TrafficPolicyStatus, b: &TrafficPolicyStatus) -> bool {
+fn equal_but_transition_times(a: &TrafficPolicyStatus, b: &TrafficPolicyStatus) -> bool {
     let key = |c: &Condition| {
         (
             c.type_.clone(),

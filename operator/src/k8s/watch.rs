@@ -1,39 +1,44 @@
-//! The Kubernetes source: one kube-runtime watcher per kind, feeding the same pipeline as
-//! local mode.
+//! The Kubernetes source: one kube-runtime watcher per kind of the core's kind table
+//! (`weir_core::Kind::ALL`), feeding the same pipeline as local mode.
 //!
 //! ```text
-//! watcher(Services)          typed        --+
-//! watcher(EndpointSlices)    typed, with   |   Object --> Vec<Event> --> engine pipeline
-//!                            the service-name label only
-//! watcher(Pods)              metadata only |
-//! watcher(TrafficPolicies)   dynamic       |   + observed status --> status writer
-//! watcher(MeshIdentities)    dynamic     --+
+//! per Kind: watcher(DynamicObject, or metadata only, with the kind's label selector)
+//!   --> JSON --> Kind::decode (the decoder local mode uses) --> Object
+//!   --> Vec<Event> --> pipeline
+//!   --> observers (ObservedPolicies: what the server says each policy's status is)
 //! ```
 //!
 //! Nothing is cached here: the index is the store (a reflector's store would hold every
 //! object a second time, untrimmed). A relist (`Init` .. `InitDone`) deletes what the index
-//! holds but the new list lacks. Our own CRDs are watched as dynamic objects and decoded one
-//! by one, so an object that does not decode is logged, shown in `/status` and skipped, and
-//! its last good version keeps serving; it never stops the watch. Watch errors back off and
-//! the watch resumes or relists.
+//! holds but the new list lacks. Objects are decoded one by one, so an object that does not
+//! decode is logged, shown in `/status` and skipped, and its last good version keeps
+//! serving; it never stops the watch. Watch errors back off and the watch resumes or
+//! relists.
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
+use kube::core::GroupVersionKind;
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::mpsc;
-use weir_api::{MeshIdentity, TrafficPolicy, TrafficPolicyStatus};
+use weir_api::TrafficPolicyStatus;
+use weir_core::index::WatchMode;
 use weir_core::{Event, Kind, Object, ObjectKey};
 
-use crate::engine::{Engine, SourceError};
-use crate::local::decode;
+use crate::mesh_state::{MeshState, SourceError};
 
 /// How many listed objects go to the pipeline in one batch.
 const INIT_BATCH: usize = 500;
+
+/// A second consumer of the watch: sees every object applied or deleted.
+pub trait Observer: Send + Sync {
+    /// An object was applied.
+    fn applied(&self, object: &Object);
+    /// An object is gone.
+    fn deleted(&self, kind: Kind, key: &ObjectKey);
+}
 
 /// What the API server says each TrafficPolicy's status is now, for the status writer.
 #[derive(Debug, Default)]
@@ -61,99 +66,112 @@ impl ObservedPolicies {
     }
 }
 
+impl Observer for ObservedPolicies {
+    fn applied(&self, object: &Object) {
+        if let Object::TrafficPolicy(policy) = object {
+            let (_, key) = object.id();
+            self.lock().insert(
+                key,
+                ObservedPolicy {
+                    uid: policy.metadata.uid.clone(),
+                    status: policy.status.clone(),
+                },
+            );
+        }
+    }
+
+    fn deleted(&self, kind: Kind, key: &ObjectKey) {
+        if kind == Kind::TrafficPolicy {
+            self.lock().remove(key);
+        }
+    }
+}
+
 /// Objects the source could not decode, by kind and key; shown in `/status`.
 #[derive(Default)]
 struct DecodeErrors(Mutex<BTreeMap<(Kind, ObjectKey), SourceError>>);
 
 impl DecodeErrors {
-    fn set(&self, engine: &Engine, id: (Kind, ObjectKey), error: Option<SourceError>) {
+    fn set(&self, state: &MeshState, id: (Kind, ObjectKey), error: Option<SourceError>) {
         let mut errors = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let changed = match error {
             Some(e) => errors.insert(id, e.clone()).as_ref() != Some(&e),
             None => errors.remove(&id).is_some(),
         };
         if changed {
-            engine.set_source_errors(errors.values().cloned().collect());
+            state.set_source_errors(errors.values().cloned().collect());
         }
     }
 }
 
-/// Runs the five watchers until the pipeline closes. Tells the engine once every kind has
-/// been listed (it is ready when the pipeline has applied that).
+/// The API resource of a kind, from the core's kind table.
+pub fn api_resource(kind: Kind) -> ApiResource {
+    let (group, version) = kind
+        .api_version()
+        .rsplit_once('/')
+        .unwrap_or(("", kind.api_version()));
+    let gvk = GroupVersionKind::gvk(group, version, kind.name());
+    ApiResource::from_gvk_with_plural(&gvk, kind.plural())
+}
+
+/// Runs one watcher per kind until the pipeline closes. Tells the state once every kind
+/// has been listed (it is ready when the pipeline has applied that).
 pub async fn run(
     client: Client,
-    engine: Arc<Engine>,
+    state: Arc<MeshState>,
     tx: mpsc::Sender<Vec<Event>>,
-    observed: Arc<ObservedPolicies>,
+    observers: Vec<Arc<dyn Observer>>,
 ) {
-    let errors = Arc::new(DecodeErrors::default());
-    let listed = Arc::new(Mutex::new(HashSet::new()));
-    let ctx = |kind| WatchContext {
-        kind,
-        engine: engine.clone(),
-        tx: tx.clone(),
-        errors: errors.clone(),
-        listed: listed.clone(),
-        observed: observed.clone(),
-    };
-    let policy_resource = ApiResource::erase::<TrafficPolicy>(&());
-    let identity_resource = ApiResource::erase::<MeshIdentity>(&());
-    let services = watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let slices = watcher(
-        Api::<EndpointSlice>::all(client.clone()),
-        // Slices without the label belong to no Service; the index ignores them anyway.
-        watcher::Config::default().labels("kubernetes.io/service-name"),
-    );
-    // Labels are all the index keeps of a Pod: metadata-only requests.
-    let pods = watcher(
-        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let policies = watcher(
-        Api::<DynamicObject>::all_with(client.clone(), &policy_resource),
-        watcher::Config::default(),
-    );
-    let identities = watcher(
-        Api::<DynamicObject>::all_with(client, &identity_resource),
-        watcher::Config::default(),
-    );
-    let policy_observed = observed.clone();
-    tokio::join!(
-        ctx(Kind::Service).drive(services, |s| Ok(Object::Service(s))),
-        ctx(Kind::EndpointSlice).drive(slices, |s| Ok(Object::EndpointSlice(s))),
-        ctx(Kind::Pod).drive(pods, |p: PartialObjectMeta<Pod>| {
-            Ok(Object::Pod(Pod {
-                metadata: p.metadata,
-                ..Pod::default()
-            }))
-        }),
-        ctx(Kind::TrafficPolicy).drive(policies, move |o| {
-            let policy: TrafficPolicy = from_dynamic(o, "TrafficPolicy")?;
-            policy_observed.lock().insert(
-                ObjectKey::new(policy.namespace().unwrap_or_default(), policy.name_any()),
-                ObservedPolicy {
-                    uid: policy.metadata.uid.clone(),
-                    status: policy.status.clone(),
-                },
-            );
-            Ok(Object::TrafficPolicy(policy))
-        }),
-        ctx(Kind::MeshIdentity).drive(identities, |o| {
-            Ok(Object::MeshIdentity(from_dynamic(o, "MeshIdentity")?))
-        }),
-    );
+    let shared = Arc::new(Shared {
+        state,
+        tx,
+        errors: DecodeErrors::default(),
+        listed: Mutex::new(HashSet::new()),
+        observers,
+    });
+    let watches = Kind::ALL.map(|kind| {
+        let shared = shared.clone();
+        let client = client.clone();
+        async move {
+            let resource = api_resource(kind);
+            // All namespaces for namespaced kinds; cluster-scoped ones have none.
+            let mut config = watcher::Config::default();
+            if let Some(selector) = kind.label_selector() {
+                config = config.labels(selector);
+            }
+            let context = WatchContext { kind, shared };
+            match kind.watch_mode() {
+                WatchMode::Full => {
+                    let api = Api::<DynamicObject>::all_with(client, &resource);
+                    context
+                        .drive(watcher(api, config), |o| dynamic_json(kind, o))
+                        .await
+                }
+                WatchMode::Metadata => {
+                    // Metadata-only requests: the API server sends no spec or status.
+                    let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(client, &resource);
+                    context
+                        .drive(watcher(api, config), |o| metadata_json(kind, o))
+                        .await
+                }
+            }
+        }
+    });
+    futures::future::join_all(watches).await;
+}
+
+/// What every watcher shares.
+struct Shared {
+    state: Arc<MeshState>,
+    tx: mpsc::Sender<Vec<Event>>,
+    errors: DecodeErrors,
+    listed: Mutex<HashSet<Kind>>,
+    observers: Vec<Arc<dyn Observer>>,
 }
 
 struct WatchContext {
     kind: Kind,
-    engine: Arc<Engine>,
-    tx: mpsc::Sender<Vec<Event>>,
-    errors: Arc<DecodeErrors>,
-    listed: Arc<Mutex<HashSet<Kind>>>,
-    observed: Arc<ObservedPolicies>,
+    shared: Arc<Shared>,
 }
 
 impl WatchContext {
@@ -161,7 +179,7 @@ impl WatchContext {
     async fn drive<K: kube::Resource + Clone + Send + std::fmt::Debug>(
         self,
         stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
-        to_object: impl Fn(K) -> Result<Object, String>,
+        to_json: impl Fn(K) -> serde_json::Value,
     ) {
         let mut stream = std::pin::pin!(stream.default_backoff());
         // Keys listed since the last `Init`, while a (re)list is under way.
@@ -172,8 +190,8 @@ impl WatchContext {
                 Ok(event) => event,
                 Err(err) => {
                     // The watcher resumes (or relists) on the next poll, after a backoff.
-                    tracing::warn!(kind = ?self.kind, %err, "watch failed; retrying with backoff");
-                    self.engine.metrics.watch_errors.inc();
+                    tracing::warn!(kind = %self.kind, %err, "watch failed; retrying with backoff");
+                    self.shared.state.metrics.watch_errors.inc();
                     continue;
                 }
             };
@@ -181,32 +199,32 @@ impl WatchContext {
                 watcher::Event::Init => relist = Some(HashSet::new()),
                 watcher::Event::InitApply(object) => {
                     if let Some(seen) = relist.as_mut() {
-                        seen.insert(self.key(&object));
+                        seen.insert(self.kind.key(object.meta()));
                     }
-                    batch.extend(self.convert(object, &to_object));
+                    batch.extend(self.convert(to_json(object)));
                     if batch.len() >= INIT_BATCH && !self.send(std::mem::take(&mut batch)).await {
                         return;
                     }
                 }
                 watcher::Event::InitDone => {
                     let seen = relist.take().unwrap_or_default();
-                    let gone = self.engine.keys(self.kind).into_iter();
+                    let gone = self.shared.state.keys(self.kind).into_iter();
                     batch.extend(gone.filter(|k| !seen.contains(k)).map(|k| self.delete(k)));
                     if !self.send(std::mem::take(&mut batch)).await {
                         return;
                     }
                     if self.completes_listing() {
-                        self.engine.mark_listed(&self.tx).await;
+                        self.shared.state.mark_listed(&self.shared.tx).await;
                     }
                 }
                 watcher::Event::Apply(object) => {
-                    let events: Vec<Event> = self.convert(object, &to_object).into_iter().collect();
+                    let events: Vec<Event> = self.convert(to_json(object)).into_iter().collect();
                     if !self.send(events).await {
                         return;
                     }
                 }
                 watcher::Event::Delete(object) => {
-                    let key = self.key(&object);
+                    let key = self.kind.key(object.meta());
                     if !self.send(vec![self.delete(key)]).await {
                         return;
                     }
@@ -215,55 +233,57 @@ impl WatchContext {
         }
     }
 
-    fn key<K: kube::Resource>(&self, object: &K) -> ObjectKey {
-        let namespace = match self.kind {
-            Kind::MeshIdentity => String::new(),
-            _ => object.meta().namespace.clone().unwrap_or_default(),
-        };
-        ObjectKey::new(namespace, object.meta().name.clone().unwrap_or_default())
-    }
-
     fn delete(&self, key: ObjectKey) -> Event {
-        self.errors
-            .set(&self.engine, (self.kind, key.clone()), None);
-        if self.kind == Kind::TrafficPolicy {
-            self.observed.lock().remove(&key);
+        let shared = &self.shared;
+        shared
+            .errors
+            .set(&shared.state, (self.kind, key.clone()), None);
+        for observer in &shared.observers {
+            observer.deleted(self.kind, &key);
         }
         Event::Delete(self.kind, key)
     }
 
-    fn convert<K: kube::Resource>(
-        &self,
-        object: K,
-        to_object: &impl Fn(K) -> Result<Object, String>,
-    ) -> Option<Event> {
-        let key = self.key(&object);
-        match to_object(object) {
+    fn convert(&self, json: serde_json::Value) -> Option<Event> {
+        let shared = &self.shared;
+        let name = json.pointer("/metadata/name").and_then(|n| n.as_str());
+        let namespace = json.pointer("/metadata/namespace").and_then(|n| n.as_str());
+        let key = ObjectKey::new(namespace.unwrap_or_default(), name.unwrap_or_default());
+        match self.kind.decode(json) {
             Ok(object) => {
-                self.errors.set(&self.engine, (self.kind, key), None);
+                shared.errors.set(&shared.state, object.id(), None);
+                for observer in &shared.observers {
+                    observer.applied(&object);
+                }
                 Some(Event::apply(object))
             }
             Err(message) => {
-                tracing::warn!(kind = ?self.kind, object = %key, %message, "object skipped; its last good version keeps serving");
+                tracing::warn!(kind = %self.kind, object = %key, %message, "object skipped; its last good version keeps serving");
                 let error = SourceError {
-                    source: format!("{:?} {key}", self.kind),
+                    source: format!("{} {key}", self.kind),
                     document: None,
                     message,
                 };
-                self.errors.set(&self.engine, (self.kind, key), Some(error));
+                shared
+                    .errors
+                    .set(&shared.state, (self.kind, key), Some(error));
                 None
             }
         }
     }
 
     async fn send(&self, events: Vec<Event>) -> bool {
-        events.is_empty() || self.tx.send(events).await.is_ok()
+        events.is_empty() || self.shared.tx.send(events).await.is_ok()
     }
 
     /// Records that this kind was listed; whether that completes the initial state.
     fn completes_listing(&self) -> bool {
-        let mut listed = self.listed.lock().unwrap_or_else(PoisonError::into_inner);
-        let completes = listed.insert(self.kind) && listed.len() == KINDS;
+        let mut listed = self
+            .shared
+            .listed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let completes = listed.insert(self.kind) && listed.len() == Kind::ALL.len();
         if completes {
             tracing::info!("every kind listed");
         }
@@ -271,31 +291,29 @@ impl WatchContext {
     }
 }
 
-/// How many kinds are watched.
-const KINDS: usize = 5;
-
-/// Decodes a dynamic object into one of our types, naming the field that fails.
-fn from_dynamic<T: serde::de::DeserializeOwned>(
-    object: DynamicObject,
-    kind: &str,
-) -> Result<T, String> {
-    let name = object.name_any();
-    let DynamicObject {
-        types,
-        metadata,
-        data,
-    } = object;
+/// A watched object as the JSON document local mode would read.
+fn dynamic_json(kind: Kind, object: DynamicObject) -> serde_json::Value {
+    let DynamicObject { metadata, data, .. } = object;
     let mut map = match data {
         serde_json::Value::Object(map) => map,
         _ => serde_json::Map::new(),
     };
-    let metadata = serde_json::to_value(metadata).map_err(|e| e.to_string())?;
-    map.insert("metadata".into(), metadata);
-    if let Some(types) = types {
-        map.insert("apiVersion".into(), types.api_version.into());
-        map.insert("kind".into(), types.kind.into());
-    }
-    decode(serde_json::Value::Object(map), kind, &name)
+    map.insert("apiVersion".into(), kind.api_version().into());
+    map.insert("kind".into(), kind.name().into());
+    map.insert(
+        "metadata".into(),
+        serde_json::to_value(metadata).unwrap_or_default(),
+    );
+    serde_json::Value::Object(map)
+}
+
+/// An object watched for its metadata only, as a document of its kind.
+fn metadata_json(kind: Kind, object: PartialObjectMeta<DynamicObject>) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": kind.api_version(),
+        "kind": kind.name(),
+        "metadata": object.metadata,
+    })
 }
 
 #[cfg(test)]
@@ -303,7 +321,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_dynamic_policy_that_does_not_decode_names_the_field() {
+    fn a_watched_policy_that_does_not_decode_names_the_field() {
         let object: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "weir.dev/v1alpha1",
             "kind": "TrafficPolicy",
@@ -311,8 +329,27 @@ mod tests {
             "spec": {"targetRef": {"service": "reviews"}, "http": [{"timeout": 5}]}
         }))
         .unwrap();
-        let err = from_dynamic::<TrafficPolicy>(object, "TrafficPolicy").unwrap_err();
+        let json = dynamic_json(Kind::TrafficPolicy, object);
+        let err = Kind::TrafficPolicy.decode(json).unwrap_err();
         assert!(err.contains("TrafficPolicy bad"), "{err}");
         assert!(err.contains("spec.http[0].timeout"), "{err}");
+    }
+
+    #[test]
+    fn api_resources_come_from_the_kind_table() {
+        let slices = api_resource(Kind::EndpointSlice);
+        assert_eq!(
+            (
+                slices.group.as_str(),
+                slices.version.as_str(),
+                slices.plural.as_str()
+            ),
+            ("discovery.k8s.io", "v1", "endpointslices")
+        );
+        let services = api_resource(Kind::Service);
+        assert_eq!(
+            (services.group.as_str(), services.api_version.as_str()),
+            ("", "v1")
+        );
     }
 }

@@ -1,19 +1,16 @@
-//! The ADS server: state-of-the-world and delta, over tonic.
+//! The ADS server over tonic: it moves messages, nothing more. Every protocol rule lives in
+//! the core's state machines (`weir_core::ads`).
 //!
-//! Each stream reads the node's metadata from its first request, picks the proxy's profile,
-//! and subscribes to that profile's snapshots. From then on it answers requests (ACK, NACK,
-//! subscription changes) and pushes what changed in new snapshots, limited to the resources
-//! the proxy watches. A NACK is recorded with Envoy's message and never answered with a
-//! resend: the proxy keeps its last good config until the snapshot changes again.
+//! ```text
+//! first request --identify (node metadata)--> profile --subscribe--> snapshot receiver
+//! loop: request  --Connection::handle_request--> answer (ACK/NACK: record, count) + responses
+//!       snapshot --Connection::handle_snapshot--> responses
+//!       responses --book (proxy record, metrics)--> encode --> the proxy
+//! ```
 
-pub mod delta;
 pub mod proxies;
-pub mod sotw;
 
-use proxies::ProxyHandle;
-use std::future::Future;
-use weir_core::Snapshot;
-
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_server::{
         AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
@@ -26,10 +23,11 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
+use weir_core::ads::{self, Answer, Connection, DeltaConnection, SotwConnection};
 use weir_core::bootstrap::ProxyMeta;
-use weir_core::ResourceType;
 
-use crate::engine::Engine;
+use crate::mesh_state::MeshState;
+use proxies::ProxyHandle;
 
 /// Responses buffered per stream before the stream waits for the proxy to read.
 const RESPONSE_BUFFER: usize = 8;
@@ -39,13 +37,25 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 /// The ADS service.
 #[derive(Debug, Clone)]
 pub struct AdsService {
-    engine: Arc<Engine>,
+    state: Arc<MeshState>,
 }
 
 impl AdsService {
-    /// A service over the engine.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        AdsService { engine }
+    /// A service over the mesh state.
+    pub fn new(state: Arc<MeshState>) -> Self {
+        AdsService { state }
+    }
+
+    fn open<C: Connection>(
+        &self,
+        inbound: Streaming<C::Request>,
+    ) -> Response<ResponseStream<C::Wire>>
+    where
+        C::Request: prost::Message + Default,
+    {
+        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
+        tokio::spawn(drive::<C>(self.state.clone(), inbound, tx));
+        Response::new(Box::pin(ReceiverStream::new(rx)))
     }
 }
 
@@ -58,32 +68,20 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(drive::<sotw::SotwStream>(
-            self.engine.clone(),
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(self.open::<SotwConnection>(request.into_inner()))
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(drive::<delta::DeltaStream>(
-            self.engine.clone(),
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(self.open::<DeltaConnection>(request.into_inner()))
     }
 }
 
 /// Serves ADS on `listener` until `shutdown` resolves.
 pub async fn serve(
-    engine: Arc<Engine>,
+    state: Arc<MeshState>,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
@@ -91,7 +89,7 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(
-            AggregatedDiscoveryServiceServer::new(AdsService::new(engine))
+            AggregatedDiscoveryServiceServer::new(AdsService::new(state))
                 .max_decoding_message_size(16 << 20)
                 .max_encoding_message_size(64 << 20),
         )
@@ -100,9 +98,7 @@ pub async fn serve(
 }
 
 /// Reads a stream's identity from the node of its first request.
-pub(crate) fn identify(
-    node: Option<&envoy_types::pb::envoy::config::core::v3::Node>,
-) -> Result<(String, ProxyMeta), Status> {
+pub(crate) fn identify(node: Option<&Node>) -> Result<(String, ProxyMeta), Status> {
     let node =
         node.ok_or_else(|| Status::invalid_argument("the first xDS request carries no node"))?;
     if node.id.is_empty() {
@@ -115,122 +111,79 @@ pub(crate) fn identify(
     Ok((node.id.clone(), meta))
 }
 
-/// Metrics and bookkeeping for one response.
-pub(crate) fn count_push(engine: &Engine, t: ResourceType, resources: usize) {
-    let labels = crate::metrics::TypeLabels { r#type: t.short() };
-    engine.metrics.pushes.get_or_create(&labels).inc();
-    engine
-        .metrics
-        .pushed_resources
-        .get_or_create(&labels)
-        .inc_by(resources as u64);
-    engine.note_push();
+/// One stream's I/O side: where responses go and what is recorded about them.
+struct StreamIo<W> {
+    state: Arc<MeshState>,
+    node: String,
+    proxy: ProxyHandle,
+    tx: mpsc::Sender<Result<W, Status>>,
 }
 
-/// Metrics and logging for a NACK.
-pub(crate) fn count_nack(engine: &Engine, node: &str, t: ResourceType, message: &str) {
-    let labels = crate::metrics::TypeLabels { r#type: t.short() };
-    engine.metrics.nacks.get_or_create(&labels).inc();
-    tracing::warn!(
-        node,
-        r#type = t.short(),
-        message,
-        "proxy rejected config (NACK); it keeps its last good config"
-    );
-}
+impl<W> StreamIo<W> {
+    /// Records the proxy's answer to our last response of a type.
+    fn record(&self, answer: Answer) {
+        match &answer {
+            Answer::Nack { type_, message } => {
+                let labels = crate::metrics::TypeLabels {
+                    r#type: type_.short(),
+                };
+                self.state.metrics.nacks.get_or_create(&labels).inc();
+                tracing::warn!(
+                    node = self.node,
+                    r#type = type_.short(),
+                    message,
+                    "proxy rejected config (NACK); it keeps its last good config"
+                );
+            }
+            Answer::Ack { .. } => {}
+        }
+        self.proxy.update(|p| p.record_answer(answer));
+    }
 
-/// What differs between the SotW and delta variants of a stream; [`drive`] does the rest.
-pub(crate) trait AdsProtocol: Sized + Send + 'static {
-    /// DiscoveryRequest or DeltaDiscoveryRequest.
-    type Request: Send + 'static;
-    /// DiscoveryResponse or DeltaDiscoveryResponse.
-    type Response: Send + 'static;
-    /// `sotw` or `delta`.
-    const NAME: &'static str;
-    /// The node of a request (set on the first one).
-    fn node(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
-    /// A stream over its shared state.
-    fn new(core: StreamCore<Self::Response>) -> Self;
-    /// The shared state.
-    fn core(&self) -> &StreamCore<Self::Response>;
-    /// Handles one request from the proxy.
-    fn on_request(
-        &mut self,
-        snapshot: &Snapshot,
-        req: Self::Request,
-    ) -> impl Future<Output = Result<(), Gone>> + Send;
-    /// Pushes what a new snapshot changed; `contiguous` when it directly follows the last one.
-    fn on_snapshot(
-        &mut self,
-        snapshot: &Snapshot,
-        contiguous: bool,
-    ) -> impl Future<Output = Result<(), Gone>> + Send;
+    /// Books and sends responses in order; fails when the proxy is gone.
+    async fn send<C: Connection<Wire = W>>(
+        &self,
+        responses: Vec<ads::Response>,
+    ) -> Result<(), Gone> {
+        for response in responses {
+            let (t, count) = (response.type_, response.resources.len());
+            self.proxy.update(|p| p.record_response(&response));
+            let labels = crate::metrics::TypeLabels { r#type: t.short() };
+            self.state.metrics.pushes.get_or_create(&labels).inc();
+            self.state
+                .metrics
+                .pushed_resources
+                .get_or_create(&labels)
+                .inc_by(count as u64);
+            self.state.note_push();
+            self.tx
+                .send(Ok(C::encode(response)))
+                .await
+                .map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
 }
 
 /// The proxy went away (its response channel closed).
 #[derive(Debug)]
-pub(crate) struct Gone;
+struct Gone;
 
-/// State every stream has, whatever its variant.
-pub(crate) struct StreamCore<R> {
-    pub engine: Arc<Engine>,
-    pub node: String,
-    pub proxy: ProxyHandle,
-    nonce: u64,
-    tx: mpsc::Sender<Result<R, Status>>,
-}
-
-impl<R> StreamCore<R> {
-    /// Records the proxy's answer to our last response of type `t`: an ACK of `version`,
-    /// or a NACK with Envoy's message.
-    pub fn record_answer(&self, t: ResourceType, nack: Option<&str>, version: Option<String>) {
-        if let Some(message) = nack {
-            count_nack(&self.engine, &self.node, t, message);
-        }
-        self.proxy.update(|p| {
-            let s = p.state(t);
-            s.pending_nonce = None;
-            s.nack = nack.map(str::to_string);
-            if nack.is_none() {
-                s.acked_version = version.or_else(|| s.sent_version.clone());
-            }
-        });
-    }
-
-    /// Books a response of type `t` carrying `count` resources at `version`; returns its nonce.
-    pub fn book_response(&mut self, t: ResourceType, version: &str, count: usize) -> String {
-        self.nonce += 1;
-        let nonce = self.nonce.to_string();
-        self.proxy.update(|p| {
-            let s = p.state(t);
-            s.sent_version = Some(version.to_string());
-            s.pending_nonce = Some(nonce.clone());
-            s.pushes += 1;
-            s.resources_sent += count as u64;
-        });
-        count_push(&self.engine, t, count);
-        nonce
-    }
-
-    /// Sends a response; fails when the proxy is gone.
-    pub async fn send(&self, response: R) -> Result<(), Gone> {
-        self.tx.send(Ok(response)).await.map_err(|_| Gone)
-    }
-}
-
-/// Runs one ADS stream until the proxy goes away or the engine closes streams: identifies
+/// Runs one ADS stream until the proxy goes away or the state closes streams: identifies
 /// the proxy from its first request, subscribes to its profile's snapshots, then feeds the
-/// protocol requests and snapshot changes in arrival order.
-pub(crate) async fn drive<P: AdsProtocol>(
-    engine: Arc<Engine>,
-    mut inbound: Streaming<P::Request>,
-    tx: mpsc::Sender<Result<P::Response, Status>>,
-) {
+/// requests and snapshot changes to the connection's state machine in arrival order.
+async fn drive<C: Connection>(
+    state: Arc<MeshState>,
+    mut inbound: Streaming<C::Request>,
+    tx: mpsc::Sender<Result<C::Wire, Status>>,
+) where
+    C::Request: prost::Message + Default,
+{
     let first = match inbound.message().await {
         Ok(Some(req)) => req,
         _ => return,
     };
-    let (node, meta) = match identify(P::node(&first)) {
+    let (node, meta) = match identify(C::node(&first)) {
         Ok(id) => id,
         Err(status) => {
             tracing::warn!(%status, "refusing xDS stream");
@@ -238,32 +191,37 @@ pub(crate) async fn drive<P: AdsProtocol>(
             return;
         }
     };
-    let mut snapshots = engine.subscribe(meta.profile());
+    let mut snapshots = state.subscribe(meta.profile());
     let mut snapshot = snapshots.borrow_and_update().clone();
-    let proxy = engine.proxies.register(node.clone(), P::NAME, &meta);
-    engine.metrics.connected_proxies.inc();
+    let proxy = state.proxies.register(node.clone(), C::NAME, &meta);
+    state.metrics.connected_proxies.inc();
     tracing::info!(
         node,
         namespace = meta.namespace,
         pod = meta.pod,
-        protocol = P::NAME,
+        protocol = C::NAME,
         "proxy connected"
     );
-    let core = StreamCore {
-        engine: engine.clone(),
+    let io = StreamIo {
+        state: state.clone(),
         node: node.clone(),
         proxy,
-        nonce: 0,
         tx,
     };
-    let mut stream = P::new(core);
-
-    let closed = engine.closed();
+    let mut connection = C::default();
+    let closed = state.closed();
     tokio::pin!(closed);
     let mut next = Some(first);
     loop {
         if let Some(req) = next.take() {
-            if stream.on_request(&snapshot, req).await.is_err() {
+            let step = connection.handle_request(&snapshot, &req);
+            if let Some(t) = step.subscribed {
+                io.proxy.update(|p| p.types[t].subscribed = true);
+            }
+            if let Some(answer) = step.answer {
+                io.record(answer);
+            }
+            if io.send::<C>(step.responses).await.is_err() {
                 break;
             }
         }
@@ -281,16 +239,14 @@ pub(crate) async fn drive<P: AdsProtocol>(
                 if changed.is_err() {
                     break;
                 }
-                let fresh = snapshots.borrow_and_update().clone();
-                let contiguous = fresh.generation == snapshot.generation + 1;
-                snapshot = fresh;
-                stream.core().proxy.update(|p| p.generation = snapshot.generation);
-                if stream.on_snapshot(&snapshot, contiguous).await.is_err() {
+                snapshot = snapshots.borrow_and_update().clone();
+                io.proxy.update(|p| p.generation = snapshot.generation);
+                if io.send::<C>(connection.handle_snapshot(&snapshot)).await.is_err() {
                     break;
                 }
             }
         }
     }
-    engine.metrics.connected_proxies.dec();
-    tracing::info!(node, protocol = P::NAME, "proxy disconnected");
+    state.metrics.connected_proxies.dec();
+    tracing::info!(node, protocol = C::NAME, "proxy disconnected");
 }

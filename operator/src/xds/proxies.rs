@@ -2,12 +2,14 @@
 //! stream owns its record (behind its own lock, so streams never contend); the registry only
 //! lists them for `/debug/proxies` and the mesh status.
 
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-use weir_core::{ProxyProfile, ResourceType};
+use weir_core::ads::{Answer, Response};
+use weir_core::status::AckSummary;
+use weir_core::{PerType, ProxyProfile, ResourceType};
 
 /// Per-type state of one proxy.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -28,6 +30,13 @@ pub struct TypeState {
     pub resources_sent: u64,
 }
 
+impl TypeState {
+    /// Neither waiting for an answer nor rejected.
+    pub fn acked(&self) -> bool {
+        self.pending_nonce.is_none() && self.nack.is_none()
+    }
+}
+
 /// One connected proxy.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProxyRecord {
@@ -46,29 +55,57 @@ pub struct ProxyRecord {
     pub connected_at: u64,
     /// Snapshot generation last looked at.
     pub generation: u64,
-    /// cds, eds, lds, rds.
-    pub types: BTreeMap<&'static str, TypeState>,
+    /// Per type (cds, eds, lds, rds), the types the proxy asked for or was sent.
+    #[serde(serialize_with = "used_types")]
+    pub types: PerType<TypeState>,
 }
 
-fn profile_string<S: serde::Serializer>(p: &ProxyProfile, s: S) -> Result<S::Ok, S::Error> {
+fn profile_string<S: Serializer>(p: &ProxyProfile, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&match p.capture {
         weir_core::Capture::Transparent => "transparent".to_string(),
         weir_core::Capture::Explicit { port } => format!("explicit:{port}"),
     })
 }
 
-impl ProxyRecord {
-    /// State of one type (created on first use).
-    pub fn state(&mut self, t: ResourceType) -> &mut TypeState {
-        self.types.entry(t.short()).or_default()
-    }
+fn used_types<S: Serializer>(types: &PerType<TypeState>, s: S) -> Result<S::Ok, S::Error> {
+    let used: BTreeMap<&str, &TypeState> = types
+        .iter()
+        .filter(|(_, t)| t.subscribed || t.pushes > 0)
+        .map(|(t, state)| (t.short(), state))
+        .collect();
+    used.serialize(s)
+}
 
+impl ProxyRecord {
     /// Every subscribed type has ACKed its last response.
     pub fn in_sync(&self) -> bool {
         self.types
-            .values()
-            .filter(|s| s.subscribed)
-            .all(|s| s.pending_nonce.is_none() && s.nack.is_none())
+            .iter()
+            .filter(|(_, s)| s.subscribed)
+            .all(|(_, s)| s.acked())
+    }
+
+    /// Books a response sent.
+    pub fn record_response(&mut self, response: &Response) {
+        let s = &mut self.types[response.type_];
+        s.sent_version = Some(response.version_string());
+        s.pending_nonce = Some(response.nonce.to_string());
+        s.pushes += 1;
+        s.resources_sent += response.resources.len() as u64;
+    }
+
+    /// Records the proxy's answer to our last response of a type.
+    pub fn record_answer(&mut self, answer: Answer) {
+        let (t, nack, version) = match answer {
+            Answer::Ack { type_, version } => (type_, None, version),
+            Answer::Nack { type_, message } => (type_, Some(message), None),
+        };
+        let s = &mut self.types[t];
+        s.pending_nonce = None;
+        if nack.is_none() {
+            s.acked_version = version.or_else(|| s.sent_version.clone());
+        }
+        s.nack = nack;
     }
 }
 
@@ -124,7 +161,7 @@ impl ProxyRegistry {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             generation: 0,
-            types: BTreeMap::new(),
+            types: PerType::default(),
         }));
         self.proxies
             .lock()
@@ -160,5 +197,13 @@ impl ProxyRegistry {
     /// No open streams.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// What `records` say about the route tables, for `Programmed`.
+pub fn ack_summary(records: &[ProxyRecord]) -> AckSummary {
+    AckSummary {
+        proxies: records.len(),
+        routes_acked: records.iter().all(|p| p.types[ResourceType::Route].acked()),
     }
 }

@@ -132,3 +132,47 @@ fn tcp_chain(stat_prefix: &str, cluster: &str) -> FilterChain {
         ..Default::default()
     }
 }
+
+/// The clusters and route tables a listener names.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ListenerReferences {
+    /// Clusters of TCP proxy filters.
+    pub clusters: Vec<String>,
+    /// Route tables of HTTP connection managers (RDS).
+    pub route_tables: Vec<String>,
+}
+
+/// Reads what an encoded listener names, from the bytes that are served (so the check
+/// sees what Envoy will see).
+pub fn references(
+    listener: &crate::resources::Resource,
+) -> Result<ListenerReferences, prost::DecodeError> {
+    use prost::{Message, Name};
+    let listener = Listener::decode(listener.body.value.as_slice())?;
+    let mut out = ListenerReferences::default();
+    let chains = listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.as_ref());
+    for filter in chains.flat_map(|c| &c.filters) {
+        let Some(FilterConfig::TypedConfig(any)) = &filter.config_type else {
+            continue;
+        };
+        if any.type_url == HttpConnectionManager::type_url() {
+            let hcm = HttpConnectionManager::decode(any.value.as_slice())?;
+            if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
+                out.route_tables.push(rds.route_config_name);
+            }
+        } else if any.type_url == TcpProxy::type_url() {
+            let tcp = TcpProxy::decode(any.value.as_slice())?;
+            match tcp.cluster_specifier {
+                Some(ClusterSpecifier::Cluster(name)) => out.clusters.push(name),
+                Some(ClusterSpecifier::WeightedClusters(w)) => {
+                    out.clusters.extend(w.clusters.into_iter().map(|c| c.name))
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(out)
+}

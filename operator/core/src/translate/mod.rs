@@ -21,9 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::HashMap;
 use std::sync::Arc;
 
+use crate::binding::{PortRoutes, Resolution, ServiceBinding};
 use crate::index::{Index, ObjectKey, ServiceModel};
 use crate::resources::Resource;
-use crate::status::{resolve_policies, PolicyOutcome};
 
 /// How a proxy receives the application's traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,7 +57,7 @@ pub struct Changes {
     /// Load assignments removed.
     pub endpoints_removed: Vec<Arc<str>>,
     /// Some virtual host changed, so route tables (and maybe listeners) must be reassembled.
-    pub routes: bool,
+    pub virtual_hosts_changed: bool,
 }
 
 impl Changes {
@@ -67,7 +67,7 @@ impl Changes {
             && self.clusters_removed.is_empty()
             && self.endpoints.is_empty()
             && self.endpoints_removed.is_empty()
-            && !self.routes
+            && !self.virtual_hosts_changed
     }
 }
 
@@ -83,6 +83,9 @@ pub struct PortVirtualHost {
     pub with_bare_names: Vec<u8>,
     /// Whether explicit mode gives the bare names to this port (port 80, else the lowest).
     pub owns_bare_names: bool,
+    /// Clusters its routes send traffic to that must exist (destinations that do not
+    /// resolve are left out: their 503 is deliberate and reported in status).
+    pub clusters: Vec<Arc<str>>,
 }
 
 /// One cluster a Service produces (its load assignment has the same name).
@@ -107,7 +110,9 @@ pub struct Translator {
     clusters: OrdMap<Arc<str>, Resource>,
     endpoints: OrdMap<Arc<str>, Resource>,
     vhosts: BTreeMap<(ObjectKey, u16), Arc<PortVirtualHost>>,
-    routes_generation: u64,
+    /// How many virtual hosts send traffic to each cluster (for the consistency check).
+    referenced: HashMap<Arc<str>, u32>,
+    virtual_hosts_generation: u64,
 }
 
 impl Translator {
@@ -126,8 +131,8 @@ impl Translator {
         for key in dirty.endpoints.difference(&dirty.services) {
             self.translate_endpoints(index, key, &mut changes);
         }
-        if changes.routes {
-            self.routes_generation += 1;
+        if changes.virtual_hosts_changed {
+            self.virtual_hosts_generation += 1;
         }
         changes
     }
@@ -143,8 +148,23 @@ impl Translator {
     }
 
     /// Bumps whenever a virtual host changes.
-    pub fn routes_generation(&self) -> u64 {
-        self.routes_generation
+    pub fn virtual_hosts_generation(&self) -> u64 {
+        self.virtual_hosts_generation
+    }
+
+    /// Whether some virtual host sends traffic to the cluster.
+    pub fn is_referenced(&self, cluster: &str) -> bool {
+        self.referenced.contains_key(cluster)
+    }
+
+    fn count_references(&mut self, vhost: &PortVirtualHost, delta: i32) {
+        for cluster in &vhost.clusters {
+            let count = self.referenced.entry(cluster.clone()).or_default();
+            *count = count.saturating_add_signed(delta);
+            if *count == 0 {
+                self.referenced.remove(cluster);
+            }
+        }
     }
 
     /// Virtual hosts in (Service, port) order.
@@ -158,7 +178,7 @@ impl Translator {
         let old = self.services.remove(key).unwrap_or_default();
         let mut new = ServiceOutput::default();
         if let Some(svc) = index.service(key) {
-            let outcomes = resolve_policies(index, key);
+            let binding = ServiceBinding::bind(index, key);
             let bare_port = svc
                 .ports
                 .iter()
@@ -166,41 +186,25 @@ impl Translator {
                 .find(|p| *p == 80)
                 .or_else(|| svc.ports.iter().map(|p| p.port).min());
             for port in &svc.ports {
-                let winner = outcomes.iter().find_map(|(_, o)| match o {
-                    PolicyOutcome::Active { policy, ports } if ports.contains(&port.port) => {
-                        Some(policy.clone())
-                    }
-                    _ => None,
-                });
-                let spec = winner.as_ref().map(|p| &p.spec);
+                let routes = binding.port(port.port);
                 new.ports.push(port.port);
                 new.clusters.push(ClusterSlot {
                     name: names::cluster_name(key, port.port, None).into(),
                     port: port.port,
                     subset_labels: None,
                 });
-                for subset in spec.map(|s| s.subsets.as_slice()).unwrap_or_default() {
+                for subset in routes
+                    .map(|r| r.policy.subsets.as_slice())
+                    .unwrap_or_default()
+                {
                     new.clusters.push(ClusterSlot {
                         name: names::cluster_name(key, port.port, Some(&subset.name)).into(),
                         port: port.port,
                         subset_labels: Some(subset.labels.clone()),
                     });
                 }
-                let cluster_ip = svc.cluster_ip.as_deref();
-                let vhost = route::virtual_host(index, key, port.port, cluster_ip, false, spec);
-                let qualified = vhost.encode_to_vec();
-                let mut vhost = vhost;
-                vhost.domains = names::domains(key, port.port, cluster_ip, true);
-                let entry = PortVirtualHost {
-                    qualified,
-                    with_bare_names: vhost.encode_to_vec(),
-                    owns_bare_names: Some(port.port) == bare_port,
-                };
-                let slot = (key.clone(), port.port);
-                if self.vhosts.get(&slot).map(|v| v.as_ref()) != Some(&entry) {
-                    self.vhosts.insert(slot, Arc::new(entry));
-                    changes.routes = true;
-                }
+                let entry = port_virtual_host(key, svc, port.port, routes, bare_port);
+                self.set_virtual_host((key.clone(), port.port), entry, changes);
             }
         }
         // Drop what the Service no longer produces.
@@ -216,8 +220,9 @@ impl Translator {
             }
         }
         for port in old.ports.iter().filter(|p| !new.ports.contains(p)) {
-            if self.vhosts.remove(&(key.clone(), *port)).is_some() {
-                changes.routes = true;
+            if let Some(old) = self.vhosts.remove(&(key.clone(), *port)) {
+                self.count_references(&old, -1);
+                changes.virtual_hosts_changed = true;
             }
         }
         for ClusterSlot { name, .. } in &new.clusters {
@@ -229,6 +234,22 @@ impl Translator {
         }
         if !new.clusters.is_empty() {
             self.services.insert(key.clone(), new);
+        }
+    }
+
+    /// Stores a port's virtual host when it differs from the one held.
+    fn set_virtual_host(
+        &mut self,
+        slot: (ObjectKey, u16),
+        entry: PortVirtualHost,
+        changes: &mut Changes,
+    ) {
+        if self.vhosts.get(&slot).map(|v| v.as_ref()) != Some(&entry) {
+            self.count_references(&entry, 1);
+            if let Some(old) = self.vhosts.insert(slot, Arc::new(entry)) {
+                self.count_references(&old, -1);
+            }
+            changes.virtual_hosts_changed = true;
         }
     }
 
@@ -280,6 +301,36 @@ impl Translator {
             let resource = Resource::new(name.clone(), &endpoint::load_assignment(name, eps));
             upsert(&mut self.endpoints, resource, &mut changes.endpoints);
         }
+    }
+}
+
+/// One Service port's virtual host, encoded, with the clusters its routes need.
+fn port_virtual_host(
+    key: &ObjectKey,
+    svc: &ServiceModel,
+    port: u16,
+    routes: Option<&PortRoutes>,
+    bare_port: Option<u16>,
+) -> PortVirtualHost {
+    let cluster_ip = svc.cluster_ip.as_deref();
+    let mut vhost = route::virtual_host(key, port, cluster_ip, false, routes);
+    let qualified = vhost.encode_to_vec();
+    vhost.domains = names::domains(key, port, cluster_ip, true);
+    let whole: Arc<str> = names::cluster_name(key, port, None).into();
+    let mut clusters: Vec<Arc<str>> = routes
+        .into_iter()
+        .flat_map(|r| r.http.iter().flatten())
+        .filter(|b| b.resolution == Resolution::Resolved && b.weight > 0)
+        .map(|b| Arc::from(b.cluster.as_str()))
+        .chain([whole])
+        .collect();
+    clusters.sort_unstable();
+    clusters.dedup();
+    PortVirtualHost {
+        qualified,
+        with_bare_names: vhost.encode_to_vec(),
+        owns_bare_names: Some(port) == bare_port,
+        clusters,
     }
 }
 

@@ -14,46 +14,40 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatcher, StringMatcher,
 };
 use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
-use weir_api::{
-    HeaderModifier, HttpMatch, HttpRule, PathMatchType, StringMatchType, TrafficPolicySpec,
-};
 
 use super::names;
-use crate::index::{Index, ObjectKey};
+use crate::binding::{BoundBackend, PortRoutes};
+use crate::index::ObjectKey;
+use crate::policy::{HeaderEdits, HttpRoute, HttpRouteMatch, PathMatch, ValueMatch};
 
 /// Retry conditions when a policy asks for retries without saying on what.
 const DEFAULT_RETRY_ON: &str = "5xx,connect-failure,refused-stream,reset";
 
-/// The virtual host of one Service port. `policy` is the policy that won this port, if any.
+/// The virtual host of one Service port, with the routes of the policy governing it (if
+/// any) and a final route to the Service as a whole.
 pub fn virtual_host(
-    index: &Index,
     svc: &ObjectKey,
     port: u16,
     cluster_ip: Option<&str>,
     bare_names: bool,
-    policy: Option<&TrafficPolicySpec>,
+    policy: Option<&PortRoutes>,
 ) -> VirtualHost {
     let mut routes = Vec::new();
-    if let Some(policy) = policy {
-        for (i, rule) in policy.http.iter().enumerate() {
-            let action = rule_action(index, svc, port, rule);
-            let name = rule.name.clone().unwrap_or_else(|| format!("rule-{i}"));
-            let matches: Vec<Option<&HttpMatch>> = if rule.matches.is_empty() {
+    if let Some(bound) = policy {
+        for (rule, backends) in bound.policy.http.iter().zip(&bound.http) {
+            let action = rule_action(rule, backends);
+            let matches: Vec<Option<&HttpRouteMatch>> = if rule.matches.is_empty() {
                 vec![None]
             } else {
                 rule.matches.iter().map(Some).collect()
             };
             for m in matches {
                 routes.push(Route {
-                    name: name.clone(),
+                    name: rule.name.clone(),
                     r#match: Some(route_match(m)),
                     action: Some(Action::Route(action.clone())),
-                    request_headers_to_add: headers_to_add(rule.request_headers.as_ref()),
-                    request_headers_to_remove: rule
-                        .request_headers
-                        .as_ref()
-                        .map(|h| h.remove.clone())
-                        .unwrap_or_default(),
+                    request_headers_to_add: headers_to_add(&rule.request_headers),
+                    request_headers_to_remove: rule.request_headers.remove.clone(),
                     ..Default::default()
                 });
             }
@@ -107,26 +101,13 @@ fn pb_duration(d: std::time::Duration) -> Duration {
     }
 }
 
-fn rule_action(index: &Index, svc: &ObjectKey, port: u16, rule: &HttpRule) -> RouteAction {
-    let mut weighted: Vec<(String, u32)> = rule
-        .destinations
+fn rule_action(rule: &HttpRoute, backends: &[BoundBackend]) -> RouteAction {
+    // Unresolved backends keep their (missing) cluster: Envoy answers 503 for that share,
+    // and status says BackendNotFound.
+    let mut weighted: Vec<(String, u32)> = backends
         .iter()
-        .map(|d| {
-            let cluster = match (&d.subset, &d.service) {
-                (Some(subset), _) => names::cluster_name(svc, port, Some(subset)),
-                (None, Some(other)) => {
-                    let other = ObjectKey::new(
-                        d.namespace.clone().unwrap_or_else(|| svc.namespace.clone()),
-                        other.clone(),
-                    );
-                    let other_port = destination_port(index, &other, d.port, port);
-                    names::cluster_name(&other, other_port, None)
-                }
-                (None, None) => names::cluster_name(svc, port, None),
-            };
-            (cluster, d.weight.unwrap_or(100))
-        })
-        .filter(|(_, w)| *w > 0)
+        .filter(|b| b.weight > 0)
+        .map(|b| (b.cluster.clone(), b.weight))
         .collect();
     let cluster_specifier = if weighted.len() == 1 {
         ClusterSpecifier::Cluster(weighted.remove(0).0)
@@ -143,14 +124,8 @@ fn rule_action(index: &Index, svc: &ObjectKey, port: u16, rule: &HttpRule) -> Ro
             ..Default::default()
         })
     };
-    let timeout = rule
-        .timeout
-        .as_ref()
-        .and_then(|t| t.to_std().ok())
-        .map(pb_duration)
-        .unwrap_or(NO_TIMEOUT);
     let retry_policy = rule
-        .retries
+        .retry
         .as_ref()
         .filter(|r| r.attempts > 0)
         .map(|r| RetryPolicy {
@@ -164,35 +139,18 @@ fn rule_action(index: &Index, svc: &ObjectKey, port: u16, rule: &HttpRule) -> Ro
                     .join(",")
             },
             num_retries: Some(UInt32Value { value: r.attempts }),
-            per_try_timeout: r
-                .per_try_timeout
-                .as_ref()
-                .and_then(|t| t.to_std().ok())
-                .map(pb_duration),
+            per_try_timeout: r.per_try_timeout.map(pb_duration),
             ..Default::default()
         });
     RouteAction {
         cluster_specifier: Some(cluster_specifier),
-        timeout: Some(timeout),
+        timeout: Some(rule.timeout.map(pb_duration).unwrap_or(NO_TIMEOUT)),
         retry_policy,
         ..Default::default()
     }
 }
 
-/// The port of another Service a destination means: the one given, the only one it has, or
-/// the same number as the port being routed. Unresolvable ports yield a cluster that does not
-/// exist, so Envoy answers 503 for that share (and status says BackendNotFound).
-pub fn destination_port(index: &Index, other: &ObjectKey, given: Option<u16>, routed: u16) -> u16 {
-    if let Some(port) = given {
-        return port;
-    }
-    match index.service(other).map(|s| s.ports.as_slice()) {
-        Some([only]) => only.port,
-        _ => routed,
-    }
-}
-
-fn route_match(m: Option<&HttpMatch>) -> RouteMatch {
+fn route_match(m: Option<&HttpRouteMatch>) -> RouteMatch {
     let Some(m) = m else {
         return RouteMatch {
             path_specifier: Some(PathSpecifier::Prefix("/".into())),
@@ -201,26 +159,24 @@ fn route_match(m: Option<&HttpMatch>) -> RouteMatch {
     };
     let path_specifier = match &m.path {
         None => PathSpecifier::Prefix("/".into()),
-        Some(p) => match p.match_type {
-            PathMatchType::Exact => PathSpecifier::Path(p.value.clone()),
-            PathMatchType::Prefix => {
-                let trimmed = p.value.trim_end_matches('/');
-                if trimmed.is_empty() {
-                    PathSpecifier::Prefix("/".into())
-                } else {
-                    // `/api` matches `/api` and `/api/x`, not `/apix`.
-                    PathSpecifier::PathSeparatedPrefix(trimmed.to_string())
-                }
+        Some(PathMatch::Exact(p)) => PathSpecifier::Path(p.clone()),
+        Some(PathMatch::Prefix(p)) => {
+            let trimmed = p.trim_end_matches('/');
+            if trimmed.is_empty() {
+                PathSpecifier::Prefix("/".into())
+            } else {
+                // `/api` matches `/api` and `/api/x`, not `/apix`.
+                PathSpecifier::PathSeparatedPrefix(trimmed.to_string())
             }
-            PathMatchType::RegularExpression => PathSpecifier::SafeRegex(regex(&p.value)),
-        },
+        }
+        Some(PathMatch::RegularExpression(p)) => PathSpecifier::SafeRegex(regex(p)),
     };
     let mut headers: Vec<HeaderMatcher> = m
         .headers
         .iter()
         .map(|h| HeaderMatcher {
-            name: h.name.to_ascii_lowercase(),
-            header_match_specifier: Some(match string_matcher(h.match_type, h.value.as_deref()) {
+            name: h.name.clone(),
+            header_match_specifier: Some(match string_matcher(&h.value) {
                 Some(sm) => HeaderMatchSpecifier::StringMatch(sm),
                 None => HeaderMatchSpecifier::PresentMatch(true),
             }),
@@ -242,12 +198,10 @@ fn route_match(m: Option<&HttpMatch>) -> RouteMatch {
         .iter()
         .map(|q| QueryParameterMatcher {
             name: q.name.clone(),
-            query_parameter_match_specifier: Some(
-                match string_matcher(q.match_type, q.value.as_deref()) {
-                    Some(sm) => QueryParameterMatchSpecifier::StringMatch(sm),
-                    None => QueryParameterMatchSpecifier::PresentMatch(true),
-                },
-            ),
+            query_parameter_match_specifier: Some(match string_matcher(&q.value) {
+                Some(sm) => QueryParameterMatchSpecifier::StringMatch(sm),
+                None => QueryParameterMatchSpecifier::PresentMatch(true),
+            }),
         })
         .collect();
     RouteMatch {
@@ -259,13 +213,12 @@ fn route_match(m: Option<&HttpMatch>) -> RouteMatch {
 }
 
 /// `None` for Present.
-fn string_matcher(match_type: StringMatchType, value: Option<&str>) -> Option<StringMatcher> {
-    let value = value.unwrap_or_default().to_string();
-    let pattern = match match_type {
-        StringMatchType::Exact => MatchPattern::Exact(value),
-        StringMatchType::Prefix => MatchPattern::Prefix(value),
-        StringMatchType::RegularExpression => MatchPattern::SafeRegex(regex(&value)),
-        StringMatchType::Present => return None,
+fn string_matcher(value: &ValueMatch) -> Option<StringMatcher> {
+    let pattern = match value {
+        ValueMatch::Exact(v) => MatchPattern::Exact(v.clone()),
+        ValueMatch::Prefix(v) => MatchPattern::Prefix(v.clone()),
+        ValueMatch::RegularExpression(v) => MatchPattern::SafeRegex(regex(v)),
+        ValueMatch::Present => return None,
     };
     Some(StringMatcher {
         match_pattern: Some(pattern),
@@ -280,22 +233,23 @@ fn regex(pattern: &str) -> RegexMatcher {
     }
 }
 
-fn headers_to_add(modifier: Option<&HeaderModifier>) -> Vec<HeaderValueOption> {
-    let Some(m) = modifier else { return Vec::new() };
-    let option = |h: &weir_api::HeaderValue, action: HeaderAppendAction| HeaderValueOption {
+fn headers_to_add(edits: &HeaderEdits) -> Vec<HeaderValueOption> {
+    let option = |(key, value): &(String, String), action: HeaderAppendAction| HeaderValueOption {
         header: Some(HeaderValue {
-            key: h.name.to_ascii_lowercase(),
-            value: h.value.clone(),
+            key: key.clone(),
+            value: value.clone(),
             ..Default::default()
         }),
         append_action: action as i32,
         ..Default::default()
     };
-    m.set
+    edits
+        .set
         .iter()
         .map(|h| option(h, HeaderAppendAction::OverwriteIfExistsOrAdd))
         .chain(
-            m.add
+            edits
+                .add
                 .iter()
                 .map(|h| option(h, HeaderAppendAction::AppendIfExistsOrAdd)),
         )

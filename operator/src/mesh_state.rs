@@ -1,10 +1,11 @@
-//! The engine: the one place where the index, the translator and the published snapshots
-//! live, shared by the sources (which feed events), the xDS streams (which subscribe to a
-//! profile's snapshot) and the admin server (which reads status).
+//! The mesh state: the one place where the index, the snapshot builder and the published
+//! snapshots live, shared by the sources (which feed events), the xDS streams (which
+//! subscribe to a profile's snapshot) and the admin server (which reads status). It holds
+//! state and publishes; policy status is computed in the core.
 //!
 //! ```text
-//! source --Vec<Event>--> run_pipeline (debounce) --> Engine::apply --> index -> translate
-//!                                                        --> watch::Sender per profile --> ADS streams
+//! source --Vec<Event>--> run_pipeline (debounce) --> MeshState::apply --> index -> translate
+//!                                                     --> watch::Sender per profile --> ADS streams
 //! ```
 //!
 //! Changes that arrive close together are coalesced: the pipeline waits for a short quiet
@@ -15,11 +16,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
+use weir_core::snapshot::Built;
 use weir_core::status::{policy_statuses, PolicyStatus};
-use weir_core::{Event, Index, MeshSnapshots, ProxyProfile, Resource, ResourceType, Snapshot};
+use weir_core::{Event, Index, ProxyProfile, Snapshot, SnapshotBuilder};
 
 use crate::metrics::Metrics;
-use crate::xds::proxies::{ProxyRecord, ProxyRegistry};
+use crate::xds::proxies::{ack_summary, ProxyRegistry};
 
 /// Longest a change waits for others to join its batch.
 pub const MAX_DELAY: Duration = Duration::from_millis(100);
@@ -37,14 +39,15 @@ pub struct SourceError {
     pub message: String,
 }
 
-struct Inner {
+/// The mesh model and what is built from it, behind one lock.
+struct Model {
     index: Index,
-    snapshots: MeshSnapshots,
+    snapshots: SnapshotBuilder,
 }
 
 /// Shared state of a running control plane. See the module docs.
-pub struct Engine {
-    inner: Mutex<Inner>,
+pub struct MeshState {
+    model: Mutex<Model>,
     senders: Mutex<HashMap<ProxyProfile, watch::Sender<Arc<Snapshot>>>>,
     source_errors: Mutex<Vec<SourceError>>,
     last_push: Mutex<Option<SystemTime>>,
@@ -59,25 +62,25 @@ pub struct Engine {
     pub proxies: Arc<ProxyRegistry>,
 }
 
-impl std::fmt::Debug for Engine {
+impl std::fmt::Debug for MeshState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Engine")
+        f.write_str("MeshState")
     }
 }
 
-impl Default for Engine {
+impl Default for MeshState {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Engine {
-    /// An engine with an empty index.
-    pub fn new() -> Engine {
-        Engine {
-            inner: Mutex::new(Inner {
+impl MeshState {
+    /// A state with an empty index.
+    pub fn new() -> MeshState {
+        MeshState {
+            model: Mutex::new(Model {
                 index: Index::new(),
-                snapshots: MeshSnapshots::new(),
+                snapshots: SnapshotBuilder::new(),
             }),
             senders: Mutex::new(HashMap::new()),
             source_errors: Mutex::new(Vec::new()),
@@ -91,16 +94,16 @@ impl Engine {
         }
     }
 
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    fn model(&self) -> std::sync::MutexGuard<'_, Model> {
+        self.model.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Applies a batch of events, translates, and publishes the snapshots that changed.
     pub fn apply(&self, events: Vec<Event>) {
         let started = Instant::now();
         let published = {
-            let mut inner = self.inner();
-            let Inner { index, snapshots } = &mut *inner;
+            let mut model = self.model();
+            let Model { index, snapshots } = &mut *model;
             for event in events {
                 index.apply(event);
             }
@@ -120,34 +123,39 @@ impl Engine {
 
     /// Keys of every object of `kind` in the index.
     pub fn keys(&self, kind: weir_core::Kind) -> Vec<weir_core::ObjectKey> {
-        self.inner().index.keys(kind)
+        self.model().index.keys(kind)
     }
 
-    /// Serves a resource as given to every proxy, beside the translated ones. For tests
-    /// and debugging: this bypasses translation and validation on purpose.
-    pub fn insert_raw(&self, t: ResourceType, resource: Resource) {
-        let published = self.inner().snapshots.insert_raw(t, resource);
+    /// Serves a resource as given to every proxy, beside the translated ones. Tests only:
+    /// it bypasses translation and validation to provoke what valid input never does.
+    #[cfg(feature = "testing")]
+    pub fn insert_overlay(&self, t: weir_core::ResourceType, resource: weir_core::Resource) {
+        let published = self.model().snapshots.insert_overlay(t, resource);
         self.publish(published);
     }
 
-    /// Stops serving a resource added by [`Engine::insert_raw`].
-    pub fn remove_raw(&self, t: ResourceType, name: &str) {
-        let published = self.inner().snapshots.remove_raw(t, name);
+    /// Stops serving a resource added by [`MeshState::insert_overlay`].
+    #[cfg(feature = "testing")]
+    pub fn remove_overlay(&self, t: weir_core::ResourceType, name: &str) {
+        let published = self.model().snapshots.remove_overlay(t, name);
         self.publish(published);
     }
 
-    fn publish(&self, published: Vec<(ProxyProfile, Arc<Snapshot>)>) {
+    fn publish(&self, published: Vec<Built>) {
         if published.is_empty() {
             return;
         }
         let senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
-        for (profile, snapshot) in published {
-            if let Err(err) = weir_core::snapshot::check_consistency(profile, &snapshot) {
-                // Never publish a snapshot that would leave Envoy waiting for a resource.
-                tracing::error!(%err, "snapshot held back");
-                self.metrics.snapshots_inconsistent.inc();
-                continue;
-            }
+        for (profile, built) in published {
+            let snapshot = match built {
+                Ok(snapshot) => snapshot,
+                Err(err) => {
+                    // Never publish a snapshot that would leave Envoy waiting for a resource.
+                    tracing::error!(%err, "snapshot held back");
+                    self.metrics.snapshots_inconsistent.inc();
+                    continue;
+                }
+            };
             if let Some(tx) = senders.get(&profile) {
                 // Never replace a newer snapshot with an older one published late.
                 let newer = tx.send_if_modified(|current| {
@@ -168,20 +176,20 @@ impl Engine {
     pub fn subscribe(&self, profile: ProxyProfile) -> watch::Receiver<Arc<Snapshot>> {
         // Hold the index lock until the sender exists: a translation finishing in between
         // would otherwise publish to no one and leave this profile's channel stale.
-        let mut inner = self.inner();
-        let snapshot = inner.snapshots.snapshot(profile);
+        let mut model = self.model();
+        let snapshot = model.snapshots.snapshot(profile);
         let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
         let receiver = senders
             .entry(profile)
             .or_insert_with(|| watch::channel(snapshot).0)
             .subscribe();
-        drop(inner);
+        drop(model);
         receiver
     }
 
     /// The snapshot a profile's proxies are served.
     pub fn current(&self, profile: ProxyProfile) -> Arc<Snapshot> {
-        self.inner().snapshots.snapshot(profile)
+        self.model().snapshots.snapshot(profile)
     }
 
     /// Asks every xDS stream to end, so that proxies reconnect (to another replica, or to
@@ -190,7 +198,7 @@ impl Engine {
         self.closing.send_replace(true);
     }
 
-    /// Resolves once [`Engine::close_streams`] was called.
+    /// Resolves once [`MeshState::close_streams`] was called.
     pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.closing.subscribe();
         async move {
@@ -215,7 +223,7 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner) = errors;
     }
 
-    /// The source has sent its initial state to `tx`: the engine counts as synced (ready)
+    /// The source has sent its initial state to `tx`: the state counts as synced (ready)
     /// once the pipeline has applied everything sent before this call. The empty batch
     /// sent here wakes the pipeline to check, in case it applied the rest already.
     pub async fn mark_listed(&self, tx: &mpsc::Sender<Vec<Event>>) {
@@ -228,41 +236,16 @@ impl Engine {
         self.synced.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Status of every policy, with `Programmed` from the ACKs of `proxies`.
-    fn policy_statuses(&self, proxies: &[ProxyRecord]) -> Vec<PolicyStatus> {
-        let mut statuses = policy_statuses(&self.inner().index);
-        let routes_acked = proxies.iter().all(|p| {
-            p.types
-                .get(ResourceType::Route.short())
-                .is_none_or(|s| s.pending_nonce.is_none() && s.nack.is_none())
-        });
-        for status in &mut statuses {
-            let accepted = status.accepted().status;
-            let (ok, reason, message) = match (status.active, accepted, proxies.is_empty(), routes_acked) {
-                (false, _, _, _) => (false, "NotProgrammed", "The policy is not in any route table; see Accepted and ResolvedRefs".to_string()),
-                (true, false, _, _) => (false, "Invalid", "The previous valid version is programmed; the latest is rejected, see Accepted".to_string()),
-                (true, true, true, _) => (false, "NoProxies", "No proxy is connected to carry the policy yet".to_string()),
-                (true, true, false, false) => (false, "Pending", "Some proxies have not ACKed the route tables that carry the policy yet".to_string()),
-                // No proxy count in the text: it would rewrite every policy's status whenever a proxy comes or goes.
-                (true, true, false, true) => (true, "Programmed", "ACKed by every connected proxy".to_string()),
-            };
-            status.conditions.push(weir_core::status::ConditionView {
-                type_: "Programmed",
-                status: ok,
-                reason,
-                message,
-            });
-        }
-        statuses
-    }
-
     /// The MeshStatus as served on `/status`.
     pub fn mesh_status(&self) -> MeshStatusView {
         // One look at the proxies, so that the counts and Programmed agree.
         let proxies = self.proxies.list();
-        let policies = self.policy_statuses(&proxies);
+        let (policies, counts) = {
+            let model = self.model();
+            let policies = policy_statuses(&model.index, ack_summary(&proxies));
+            (policies, model.index.counts())
+        };
         let rejected: Vec<_> = policies.iter().filter(|p| !p.accepted().status).collect();
-        let counts = self.inner().index.counts();
         let last_push = *self
             .last_push
             .lock()
@@ -281,7 +264,7 @@ impl Engine {
                     .map(|p| weir_api::PolicyProblem {
                         namespace: p.namespace.clone(),
                         name: p.name.clone(),
-                        reason: p.accepted().reason.to_string(),
+                        reason: p.accepted().reason.as_str().to_string(),
                         message: p.accepted().message.clone(),
                     })
                     .collect(),
@@ -291,7 +274,7 @@ impl Engine {
                         p.types.iter().filter_map(|(t, s)| {
                             s.nack.as_ref().map(|m| weir_api::ProxyProblem {
                                 node: p.node.clone(),
-                                type_url: t.to_string(),
+                                type_url: t.type_url().to_string(),
                                 message: m.clone(),
                             })
                         })
@@ -334,10 +317,10 @@ fn rfc3339(t: SystemTime) -> String {
     ts.to_string()
 }
 
-/// Feeds batches from a source into the engine, coalescing bursts. Marks the engine synced
+/// Feeds batches from a source into the mesh state, coalescing bursts. Marks the state synced
 /// when a batch applied leaves the channel empty after the source said it had listed
-/// everything ([`Engine::mark_listed`]).
-pub async fn run_pipeline(engine: Arc<Engine>, mut rx: mpsc::Receiver<Vec<Event>>) {
+/// everything ([`MeshState::mark_listed`]).
+pub async fn run_pipeline(state: Arc<MeshState>, mut rx: mpsc::Receiver<Vec<Event>>) {
     while let Some(mut events) = rx.recv().await {
         let deadline = tokio::time::Instant::now() + MAX_DELAY;
         loop {
@@ -347,7 +330,7 @@ pub async fn run_pipeline(engine: Arc<Engine>, mut rx: mpsc::Receiver<Vec<Event>
                 Ok(None) | Err(_) => break,
             }
         }
-        let worker = engine.clone();
+        let worker = state.clone();
         // Translation is CPU work; keep it off the async workers that serve streams.
         if tokio::task::spawn_blocking(move || worker.apply(events))
             .await
@@ -356,9 +339,9 @@ pub async fn run_pipeline(engine: Arc<Engine>, mut rx: mpsc::Receiver<Vec<Event>
             tracing::error!("translation panicked; the previous snapshots keep serving");
         }
         // Listed, and nothing sent before that is left in the channel: it is all applied.
-        let listed = engine.listed.load(std::sync::atomic::Ordering::SeqCst);
-        if listed && rx.is_empty() && !engine.is_synced() {
-            engine
+        let listed = state.listed.load(std::sync::atomic::Ordering::SeqCst);
+        if listed && rx.is_empty() && !state.is_synced() {
+            state
                 .synced
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::info!("initial state translated; ready");

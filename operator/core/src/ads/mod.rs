@@ -1,0 +1,333 @@
+//! The xDS protocol of one ADS connection, without I/O: a request or a new snapshot goes in,
+//! responses (and what the proxy said of our last response) come out. The async driver in
+//! the operator only moves messages; every protocol rule lives here and is unit-tested
+//! without sockets.
+//!
+//! ```text
+//! DiscoveryRequest / DeltaDiscoveryRequest --handle_request--> Step { answer, responses }
+//! new Snapshot (per-type generations)      --handle_snapshot--> responses
+//! Response --encode--> DiscoveryResponse / DeltaDiscoveryResponse
+//! ```
+//!
+//! Both variants share [`TypeState`]: the subscription (wildcard and/or explicit names),
+//! what the proxy has (name and version), the generation of the type last seen and the
+//! nonce of the response awaiting an answer. A NACK is recorded and never answered with a
+//! resend: the proxy keeps its last good config until the snapshot changes again.
+
+pub mod delta;
+pub mod sotw;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crate::resources::{PerType, Resource, ResourceType};
+use crate::snapshot::{Snapshot, TypeSnapshot};
+
+pub use delta::DeltaConnection;
+pub use sotw::SotwConnection;
+
+/// What the driver needs of either variant: requests in, responses out, and the wire form.
+pub trait Connection: Default + Send + 'static {
+    /// DiscoveryRequest or DeltaDiscoveryRequest.
+    type Request: Send + 'static;
+    /// DiscoveryResponse or DeltaDiscoveryResponse.
+    type Wire: Send + 'static;
+    /// `sotw` or `delta`.
+    const NAME: &'static str;
+    /// The node of a request (set on the first one).
+    fn node(req: &Self::Request) -> Option<&envoy_types::pb::envoy::config::core::v3::Node>;
+    /// Handles one request against the snapshot served now.
+    fn handle_request(&mut self, snapshot: &Snapshot, req: &Self::Request) -> Step;
+    /// Pushes what a new snapshot changed.
+    fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Vec<Response>;
+    /// The wire form of a response.
+    fn encode(response: Response) -> Self::Wire;
+}
+
+/// A response to send, before encoding: what the state machine decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Response {
+    /// The resource type.
+    pub type_: ResourceType,
+    /// The type's version (content hash of the whole type).
+    pub version: u64,
+    /// The nonce the proxy answers with.
+    pub nonce: u64,
+    /// Resources carried (shared with the snapshot).
+    pub resources: Vec<Resource>,
+    /// Names of removed resources (delta only).
+    pub removed: Vec<Arc<str>>,
+}
+
+impl Response {
+    /// The version as sent on the wire.
+    pub fn version_string(&self) -> String {
+        format!("{:016x}", self.version)
+    }
+}
+
+/// What the proxy said about our last response of a type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Applied.
+    Ack {
+        /// The type.
+        type_: ResourceType,
+        /// The version it now runs (SotW says; delta does not).
+        version: Option<String>,
+    },
+    /// Rejected, with Envoy's message; it keeps its last good config.
+    Nack {
+        /// The type.
+        type_: ResourceType,
+        /// Envoy's error message.
+        message: String,
+    },
+}
+
+/// The outcome of one request.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Step {
+    /// The proxy's answer to our last response of the request's type, if it carried one.
+    pub answer: Option<Answer>,
+    /// The type the proxy subscribed to for the first time, if any.
+    pub subscribed: Option<ResourceType>,
+    /// Responses to send, in order.
+    pub responses: Vec<Response>,
+}
+
+/// A proxy's subscription to one type: every resource (wildcard), named ones, or both
+/// (delta allows a wildcard plus explicit names).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subscription {
+    /// Every resource of the type.
+    pub wildcard: bool,
+    /// Explicitly named resources.
+    pub names: BTreeSet<Arc<str>>,
+}
+
+impl Subscription {
+    /// Whether the proxy wants this resource.
+    pub fn wants(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+}
+
+/// Per-type protocol state of one connection, shared by both variants.
+#[derive(Debug, Default)]
+pub struct TypeState {
+    /// The proxy asked for this type.
+    pub subscribed: bool,
+    /// What it asked for.
+    pub subscription: Subscription,
+    /// What the proxy has, by name: the version sent (or reported on reconnect).
+    pub known: HashMap<Arc<str>, u64>,
+    /// Generation of the type's snapshot last looked at.
+    pub seen_generation: u64,
+    /// Nonce of the last response, until the proxy answers it.
+    pub pending_nonce: Option<u64>,
+}
+
+impl TypeState {
+    /// Records a proxy's answer when it answers our latest response of the type; answers
+    /// to superseded responses are stale and ignored (None).
+    fn take_answer(
+        &mut self,
+        type_: ResourceType,
+        nonce: &str,
+        error: Option<&str>,
+        version: &str,
+    ) -> Option<Answer> {
+        if nonce.is_empty() || nonce.parse::<u64>().ok() != self.pending_nonce {
+            return None;
+        }
+        self.pending_nonce = None;
+        Some(match error {
+            Some(message) => Answer::Nack {
+                type_,
+                message: message.to_string(),
+            },
+            None => Answer::Ack {
+                type_,
+                version: (!version.is_empty()).then(|| version.to_string()),
+            },
+        })
+    }
+
+    /// The names a new snapshot of the type may have changed for this connection: its
+    /// change list when it directly follows the one last seen, else every name.
+    fn candidates(&mut self, snapshot: &TypeSnapshot) -> Option<Candidates> {
+        let seen = std::mem::replace(&mut self.seen_generation, snapshot.generation);
+        if snapshot.generation == seen {
+            None
+        } else if snapshot.generation == seen + 1 {
+            Some(Candidates::Changed)
+        } else {
+            Some(Candidates::All)
+        }
+    }
+}
+
+/// Which names of a new type snapshot to compare with what the proxy has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Candidates {
+    /// The snapshot's change and removal lists.
+    Changed,
+    /// Everything: the connection missed generations.
+    All,
+}
+
+/// Nonces and per-type state, the part both variants hold alike.
+#[derive(Debug, Default)]
+pub struct ConnectionState {
+    /// Per-type state.
+    pub types: PerType<TypeState>,
+    next_nonce: u64,
+}
+
+impl ConnectionState {
+    /// The subscribed types a new snapshot changed, with the names to compare for each.
+    fn changed_types(&mut self, snapshot: &Snapshot) -> Vec<(ResourceType, Candidates)> {
+        ResourceType::ALL
+            .into_iter()
+            .filter_map(|t| {
+                let state = &mut self.types[t];
+                if !state.subscribed {
+                    return None;
+                }
+                state.candidates(&snapshot.types[t]).map(|c| (t, c))
+            })
+            .collect()
+    }
+
+    /// A response of type `t` carrying `updates` (those the snapshot has) and `removed`;
+    /// records what the proxy will have and the nonce awaiting its answer.
+    fn respond(
+        &mut self,
+        t: ResourceType,
+        snapshot: &Snapshot,
+        updates: Vec<Arc<str>>,
+        removed: Vec<Arc<str>>,
+    ) -> Response {
+        let typed = &snapshot.types[t];
+        let state = &mut self.types[t];
+        let mut resources: Vec<Resource> = Vec::with_capacity(updates.len());
+        for name in updates {
+            if let Some(r) = typed.resources.get(&name) {
+                state.known.insert(name, r.version);
+                resources.push(r.clone());
+            }
+        }
+        for name in &removed {
+            state.known.remove(name);
+        }
+        self.next_nonce += 1;
+        state.pending_nonce = Some(self.next_nonce);
+        Response {
+            type_: t,
+            version: typed.version,
+            nonce: self.next_nonce,
+            resources,
+            removed,
+        }
+    }
+}
+
+/// The name as the snapshot holds it (shared), or a new allocation for a name it lacks.
+fn shared_name(snapshot: &TypeSnapshot, name: &str) -> Arc<str> {
+    snapshot
+        .resources
+        .get_key_value(name)
+        .map(|(k, _)| k.clone())
+        .unwrap_or_else(|| name.into())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Builders for the state machine tests: snapshots without translation.
+    use super::*;
+    use crate::snapshot::ResourceMap;
+    use envoy_types::pb::google::protobuf::Any;
+
+    /// A resource whose content is `body`.
+    pub fn mk_resource(name: &str, body: &str) -> Resource {
+        Resource::from_any(
+            name,
+            Any {
+                type_url: "test".into(),
+                value: body.as_bytes().to_vec(),
+            },
+        )
+    }
+
+    /// A first snapshot with the given (type, name, body) resources.
+    pub fn mk_snapshot(resources: &[(ResourceType, &str, &str)]) -> Snapshot {
+        let mut maps: PerType<ResourceMap> = PerType::default();
+        for (t, name, body) in resources {
+            maps[*t].insert(Arc::from(*name), mk_resource(name, body));
+        }
+        Snapshot {
+            generation: 1,
+            types: PerType::from_fn(|t| Arc::new(TypeSnapshot::first(maps[t].clone()))),
+        }
+    }
+
+    /// The next snapshot: `upserts` set (type, name, body), `removals` removed.
+    pub fn mk_next(
+        prev: &Snapshot,
+        upserts: &[(ResourceType, &str, &str)],
+        removals: &[(ResourceType, &str)],
+    ) -> Snapshot {
+        let types = PerType::from_fn(|t| {
+            let before = &prev.types[t];
+            let ups: Vec<_> = upserts.iter().filter(|u| u.0 == t).collect();
+            let rms: Vec<_> = removals.iter().filter(|r| r.0 == t).collect();
+            if ups.is_empty() && rms.is_empty() {
+                return before.clone();
+            }
+            let mut resources = before.resources.clone();
+            for (_, name, body) in &ups {
+                resources.insert(Arc::from(*name), mk_resource(name, body));
+            }
+            for (_, name) in &rms {
+                resources.remove(*name);
+            }
+            Arc::new(TypeSnapshot {
+                generation: before.generation + 1,
+                version: resources.values().fold(0, |v, r| v ^ r.fingerprint()),
+                changed: ups
+                    .iter()
+                    .map(|u| Arc::from(u.1))
+                    .collect::<Vec<_>>()
+                    .into(),
+                removed: rms
+                    .iter()
+                    .map(|r| Arc::from(r.1))
+                    .collect::<Vec<_>>()
+                    .into(),
+                resources,
+            })
+        });
+        Snapshot {
+            generation: prev.generation + 1,
+            types,
+        }
+    }
+
+    /// Two clusters with their load assignments, and a route table.
+    pub fn mk_base() -> Snapshot {
+        use ResourceType::{Cluster, Endpoint, Route};
+        mk_snapshot(&[
+            (Cluster, "a", "1"),
+            (Cluster, "b", "1"),
+            (Endpoint, "a", "1"),
+            (Endpoint, "b", "1"),
+            (Route, "r", "1"),
+        ])
+    }
+
+    /// Names carried by a response.
+    pub fn names(r: &Response) -> Vec<&str> {
+        r.resources.iter().map(|r| r.name.as_ref()).collect()
+    }
+}

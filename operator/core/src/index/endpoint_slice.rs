@@ -1,0 +1,184 @@
+//! EndpointSlices: the ready endpoints of each Service, with the Pod behind each one (for
+//! subsets). A slice change dirties its Service's endpoints only.
+
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use super::{Index, IndexKind, Kind, ObjectKey};
+
+/// The label that ties a slice to its Service.
+pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// One endpoint of a slice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointModel {
+    /// The first address of the endpoint.
+    pub address: String,
+    /// Ready per the slice (absent means ready).
+    pub ready: bool,
+    /// The Pod behind the endpoint, when the slice says.
+    pub pod: Option<ObjectKey>,
+}
+
+/// What translation needs of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceModel {
+    /// The Service the slice belongs to (label `kubernetes.io/service-name`).
+    pub service: ObjectKey,
+    /// Port name to port number.
+    pub ports: Vec<(String, u16)>,
+    /// Endpoints.
+    pub endpoints: Vec<EndpointModel>,
+}
+
+impl IndexKind for EndpointSlice {
+    fn apply(index: &mut Index, slice: EndpointSlice) {
+        let key = Kind::EndpointSlice.key(&slice.metadata);
+        let labels = slice.metadata.labels.as_ref();
+        let Some(service_name) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) else {
+            // A slice without the label belongs to no Service: nothing routes to it.
+            Self::delete(index, &key);
+            return;
+        };
+        let service = ObjectKey::new(key.namespace.clone(), service_name.clone());
+        let ports = slice
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| Some((p.name.unwrap_or_default(), u16::try_from(p.port?).ok()?)))
+            .collect();
+        let endpoints = slice
+            .endpoints
+            .into_iter()
+            .filter_map(|ep| {
+                let address = ep.addresses.into_iter().next()?;
+                let ready = ep.conditions.and_then(|c| c.ready).unwrap_or(true);
+                let pod = ep
+                    .target_ref
+                    .filter(|r| r.kind.as_deref() == Some("Pod"))
+                    .and_then(|r| {
+                        Some(ObjectKey::new(
+                            r.namespace.unwrap_or_else(|| key.namespace.clone()),
+                            r.name?,
+                        ))
+                    });
+                Some(EndpointModel {
+                    address,
+                    ready,
+                    pod,
+                })
+            })
+            .collect();
+        let model = SliceModel {
+            service: service.clone(),
+            ports,
+            endpoints,
+        };
+        if index.slices.get(&key) == Some(&model) {
+            return;
+        }
+        Self::delete(index, &key);
+        for pod in model.endpoints.iter().filter_map(|e| e.pod.clone()) {
+            let services = index.services_by_pod.entry(pod).or_default();
+            if !services.contains(&service) {
+                services.push(service.clone());
+            }
+        }
+        index
+            .slices_by_service
+            .entry(service.clone())
+            .or_default()
+            .insert(key.clone());
+        index.slices.insert(key, model);
+        index.dirty.endpoints.insert(service);
+    }
+
+    fn delete(index: &mut Index, key: &ObjectKey) {
+        let Some(old) = index.slices.remove(key) else {
+            return;
+        };
+        if let Some(set) = index.slices_by_service.get_mut(&old.service) {
+            set.remove(key);
+            if set.is_empty() {
+                index.slices_by_service.remove(&old.service);
+            }
+        }
+        // Forget pod -> service links no remaining slice of the service backs (one pass
+        // over the remaining slices, not one per pod: Services can have thousands).
+        let remaining: std::collections::HashSet<&ObjectKey> = index
+            .slices_for(&old.service)
+            .flat_map(|s| s.endpoints.iter().filter_map(|e| e.pod.as_ref()))
+            .collect();
+        let unlinked: Vec<&ObjectKey> = old
+            .endpoints
+            .iter()
+            .filter_map(|e| e.pod.as_ref())
+            .filter(|pod| !remaining.contains(pod))
+            .collect();
+        for pod in unlinked {
+            if let Some(set) = index.services_by_pod.get_mut(pod) {
+                set.retain(|s| *s != old.service);
+                if set.is_empty() {
+                    index.services_by_pod.remove(pod);
+                }
+            }
+        }
+        index.dirty.endpoints.insert(old.service);
+    }
+
+    fn keys(index: &Index) -> Vec<ObjectKey> {
+        index.slices.keys().cloned().collect()
+    }
+}
+
+impl Index {
+    /// The slices of a Service, in key order.
+    pub fn slices_for<'a>(
+        &'a self,
+        service: &ObjectKey,
+    ) -> impl Iterator<Item = &'a SliceModel> + 'a {
+        self.slices_by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(move |k| self.slices.get(k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Event;
+    use crate::testing::mk_slice;
+    use crate::Object;
+
+    #[test]
+    fn a_pod_in_two_slices_of_one_service_is_linked_once_and_unlinked_with_the_last() {
+        let mut index = Index::new();
+        for slice in ["s1", "s2"] {
+            index.apply(Event::apply(Object::EndpointSlice(mk_slice(
+                "default",
+                slice,
+                "reviews",
+                "http",
+                9080,
+                &[("10.0.0.1", "p")],
+            ))));
+        }
+        let pod = ObjectKey::new("default", "p");
+        assert_eq!(
+            index.services_by_pod[&pod],
+            [ObjectKey::new("default", "reviews")]
+        );
+        index.apply(Event::Delete(
+            Kind::EndpointSlice,
+            ObjectKey::new("default", "s1"),
+        ));
+        assert_eq!(index.services_by_pod[&pod].len(), 1);
+        index.apply(Event::Delete(
+            Kind::EndpointSlice,
+            ObjectKey::new("default", "s2"),
+        ));
+        assert!(!index.services_by_pod.contains_key(&pod));
+    }
+}

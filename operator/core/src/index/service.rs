@@ -1,0 +1,85 @@
+//! Services: the ClusterIP and TCP ports, which is what routing needs of them.
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{Index, IndexKind, Kind, ObjectKey};
+
+/// One port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Port name (may be empty for a single-port Service).
+    pub name: String,
+    /// The Service port clients use.
+    pub port: u16,
+    /// The pod port, by number or by name.
+    pub target_port: Option<IntOrString>,
+}
+
+/// What translation needs of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceModel {
+    /// ClusterIP, when allocated (not for headless Services).
+    pub cluster_ip: Option<String>,
+    /// TCP ports.
+    pub ports: Vec<ServicePort>,
+}
+
+impl IndexKind for Service {
+    fn apply(index: &mut Index, svc: Service) {
+        let key = Kind::Service.key(&svc.metadata);
+        let spec = svc.spec.unwrap_or_default();
+        let cluster_ip = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None");
+        let ports = spec
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| {
+                Some(ServicePort {
+                    name: p.name.unwrap_or_default(),
+                    port: u16::try_from(p.port).ok()?,
+                    target_port: p.target_port,
+                })
+            })
+            .collect();
+        let model = ServiceModel { cluster_ip, ports };
+        if index.services.get(&key) != Some(&model) {
+            index.services.insert(key.clone(), model);
+            index.dirty_service(&key);
+        }
+    }
+
+    fn delete(index: &mut Index, key: &ObjectKey) {
+        if index.services.remove(key).is_some() {
+            index.dirty_service(key);
+        }
+    }
+
+    fn keys(index: &Index) -> Vec<ObjectKey> {
+        index.services.keys().cloned().collect()
+    }
+}
+
+impl Index {
+    /// All Services, in key order.
+    pub fn services(&self) -> impl Iterator<Item = (&ObjectKey, &ServiceModel)> {
+        self.services.iter()
+    }
+
+    /// One Service.
+    pub fn service(&self, key: &ObjectKey) -> Option<&ServiceModel> {
+        self.services.get(key)
+    }
+
+    /// Marks a Service dirty, and the targets of policies elsewhere that route to it: they
+    /// see it appear or vanish.
+    pub(super) fn dirty_service(&mut self, key: &ObjectKey) {
+        self.dirty.services.insert(key.clone());
+        let referrers = self.policies_by_backend.get(key).into_iter().flatten();
+        let targets = referrers
+            .filter_map(|p| self.policies.get(p))
+            .flat_map(|e| e.targets.iter().cloned());
+        self.dirty.services.extend(targets.collect::<Vec<_>>());
+    }
+}

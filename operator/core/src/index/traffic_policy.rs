@@ -1,0 +1,139 @@
+//! TrafficPolicies: parsed once into a typed [`Policy`] (or rejected), with the last valid
+//! version kept for serving, and linked to the Services they target and route to so that a
+//! change on either side dirties the right Services.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use weir_api::TrafficPolicy;
+
+use super::{unlink, Index, IndexKind, Kind, ObjectKey};
+use crate::policy::{Policy, Rejection};
+
+/// A TrafficPolicy as the index keeps it: the latest spec's verdict and the last valid one.
+#[derive(Debug, Clone)]
+pub struct PolicyEntry {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `metadata.creationTimestamp`, for precedence between conflicting policies.
+    pub created: Option<Time>,
+    /// The verdict on the latest spec.
+    pub verdict: Result<Arc<Policy>, Rejection>,
+    /// The last spec that passed validation: what is served while the latest is invalid.
+    pub last_valid: Option<Arc<Policy>>,
+    /// Services the latest and the served spec target (index links, for O(1) removal).
+    pub(super) targets: BTreeSet<ObjectKey>,
+    /// Other Services the served spec routes to.
+    backends: BTreeSet<ObjectKey>,
+}
+
+impl PolicyEntry {
+    /// The policy translation uses, if any.
+    pub fn effective(&self) -> Option<&Arc<Policy>> {
+        self.verdict.as_ref().ok().or(self.last_valid.as_ref())
+    }
+}
+
+impl IndexKind for TrafficPolicy {
+    fn apply(index: &mut Index, tp: TrafficPolicy) {
+        let key = Kind::TrafficPolicy.key(&tp.metadata);
+        // The API server bumps the generation on every spec change and never on status
+        // writes, so the operator's own status updates coming back cost nothing.
+        if let Some(old) = index.policies.get(&key) {
+            if old.generation.is_some()
+                && old.generation == tp.metadata.generation
+                && old.created == tp.metadata.creation_timestamp
+            {
+                return;
+            }
+        }
+        let verdict = Policy::parse(&key.namespace, &tp.spec).map(Arc::new);
+        let last_valid = match &verdict {
+            Ok(valid) => Some(valid.clone()),
+            Err(_) => index
+                .policies
+                .get(&key)
+                .and_then(|p| p.effective().cloned()),
+        };
+        // Link the latest spec's target (for its status) and the served one (for
+        // translation); the served one's backends, whose changes reach its routes.
+        let mut targets = BTreeSet::from([ObjectKey::new(
+            key.namespace.clone(),
+            tp.spec.target_ref.service.clone(),
+        )]);
+        let mut backends = BTreeSet::new();
+        if let Some(served) = &last_valid {
+            targets.insert(served.target.service.clone());
+            backends = served.backend_services();
+        }
+        Self::delete(index, &key);
+        for target in &targets {
+            index
+                .policies_by_target
+                .entry(target.clone())
+                .or_default()
+                .insert(key.clone());
+            index.dirty.services.insert(target.clone());
+        }
+        for backend in &backends {
+            index
+                .policies_by_backend
+                .entry(backend.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        let entry = PolicyEntry {
+            generation: tp.metadata.generation,
+            created: tp.metadata.creation_timestamp.clone(),
+            verdict,
+            last_valid,
+            targets,
+            backends,
+        };
+        index.policies.insert(key, entry);
+    }
+
+    fn delete(index: &mut Index, key: &ObjectKey) {
+        let Some(old) = index.policies.remove(key) else {
+            return;
+        };
+        for target in &old.targets {
+            index.dirty.services.insert(target.clone());
+            unlink(&mut index.policies_by_target, target, key);
+        }
+        for backend in &old.backends {
+            unlink(&mut index.policies_by_backend, backend, key);
+        }
+    }
+
+    fn keys(index: &Index) -> Vec<ObjectKey> {
+        index.policies.keys().cloned().collect()
+    }
+}
+
+impl Index {
+    /// Every policy, in key order.
+    pub fn policies(&self) -> impl Iterator<Item = (&ObjectKey, &PolicyEntry)> {
+        self.policies.iter()
+    }
+
+    /// Policies whose served version targets the Service, highest precedence first:
+    /// oldest creation time, then name.
+    pub fn policies_for(&self, service: &ObjectKey) -> Vec<(&ObjectKey, &PolicyEntry)> {
+        let mut out: Vec<_> = self
+            .policies_by_target
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.policies.get_key_value(k))
+            .filter(|(_, p)| p.effective().is_some_and(|v| v.target.service == *service))
+            .collect();
+        out.sort_by(|a, b| precedence(a.1, a.0).cmp(&precedence(b.1, b.0)));
+        out
+    }
+}
+
+fn precedence<'a>(p: &'a PolicyEntry, key: &'a ObjectKey) -> (Option<&'a Time>, &'a str) {
+    // None (no timestamp, as in local mode) sorts first, so local mode falls back to names.
+    (p.created.as_ref(), key.name.as_str())
+}

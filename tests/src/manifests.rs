@@ -1,0 +1,104 @@
+//! Manifests for tests, built from the typed builders of `weir_core::testing` (the same
+//! ones the core's unit tests use) and serialized to YAML or JSON: one way to write an
+//! object, whatever the source (local mode's directory or an API server).
+
+use anyhow::{Context, Result};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use weir_core::testing::{mk_pod, mk_policy, mk_policy_spec, mk_service, mk_slice};
+
+/// YAML of several objects, one document each.
+pub fn to_yaml<T: Serialize>(objects: &[T]) -> String {
+    objects
+        .iter()
+        .map(|o| serde_yaml::to_string(o).expect("objects always serialize"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// JSON of an object, for an API server.
+pub fn to_json<T: Serialize>(object: &T) -> serde_json::Value {
+    serde_json::to_value(object).expect("objects always serialize")
+}
+
+/// A Service with one port named `http` whose target port is the pods' port named `http`.
+pub fn http_service(
+    ns: &str,
+    name: &str,
+    cluster_ip: &str,
+    port: u16,
+) -> k8s_openapi::api::core::v1::Service {
+    let mut svc = mk_service(ns, name, cluster_ip, &[port]);
+    if let Some(ports) = svc.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+        ports[0].target_port = Some(IntOrString::String("http".into()));
+    }
+    svc
+}
+
+/// YAML for [`http_service`].
+pub fn service_yaml(ns: &str, name: &str, cluster_ip: &str, port: u16) -> String {
+    to_yaml(&[http_service(ns, name, cluster_ip, port)])
+}
+
+/// YAML for a Pod with labels and an EndpointSlice of `service` with the pod's one endpoint
+/// at `addr`: how a backend joins a Service in local mode.
+pub fn endpoint_yaml(
+    ns: &str,
+    service: &str,
+    pod: &str,
+    labels: &[(&str, &str)],
+    addr: SocketAddr,
+    ready: bool,
+) -> String {
+    let ip = addr.ip().to_string();
+    let mut slice = mk_slice(
+        ns,
+        &format!("{service}-{pod}"),
+        service,
+        "http",
+        addr.port(),
+        &[(ip.as_str(), pod)],
+    );
+    if let Some(conditions) = slice.endpoints[0].conditions.as_mut() {
+        conditions.ready = Some(ready);
+    }
+    format!(
+        "{}---\n{}",
+        to_yaml(&[mk_pod(ns, pod, labels)]),
+        to_yaml(&[slice])
+    )
+}
+
+/// YAML for one EndpointSlice of `service` with one port and several ready endpoints
+/// (pod name, IP).
+pub fn slice_yaml(
+    ns: &str,
+    service: &str,
+    slice: &str,
+    port: u16,
+    endpoints: &[(&str, IpAddr)],
+) -> String {
+    let ips: Vec<(String, &str)> = endpoints
+        .iter()
+        .map(|(pod, ip)| (ip.to_string(), *pod))
+        .collect();
+    let eps: Vec<(&str, &str)> = ips.iter().map(|(ip, pod)| (ip.as_str(), *pod)).collect();
+    to_yaml(&[mk_slice(ns, slice, service, "http", port, &eps)])
+}
+
+/// A TrafficPolicy `name` in namespace default splitting `service` over version subsets
+/// (each selecting `version: <subset>`) by weight.
+pub fn split_policy_yaml(name: &str, service: &str, split: &[(&str, u32)]) -> String {
+    to_yaml(&[mk_policy("default", name, mk_policy_spec(service, split))])
+}
+
+/// Writes `text` to `dir/name` atomically (write then rename), as editors and
+/// `kubectl`-style tools do, so the watcher never reads half a file.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, dir.join(name)).with_context(|| format!("renaming into {name}"))?;
+    Ok(())
+}
