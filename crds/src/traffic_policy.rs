@@ -52,11 +52,18 @@ pub struct TrafficPolicySpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message("subset names must be unique"))]
     pub subsets: Vec<Subset>,
-    /// Ordered HTTP rules: the first rule whose matches apply routes the request. Requests
-    /// that match no rule go to the Service as a whole.
+    /// Ordered HTTP rules for HTTP, HTTP/2 and gRPC ports: the first rule whose matches
+    /// apply routes the request. Requests that match no rule go to the Service as a whole.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub http: Vec<HttpRule>,
+    /// Ordered rules for TCP and TLS ports (and undeclared ports whose connections are not
+    /// HTTP): the first rule that applies splits the connections. A rule with sniHosts
+    /// applies only to TLS connections naming one of them. Connections no rule takes go to
+    /// the Service as a whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub tcp: Vec<TcpRule>,
 
     /// Connection limits to each backend (circuit breaking). Not yet translated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,13 +145,38 @@ pub struct HttpRule {
     pub mirror: Option<Mirror>,
 }
 
+/// One ordered rule for TCP and TLS connections.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.destinations.size() == 1 ? (!has(self.destinations[0].weight) || self.destinations[0].weight == 100) : (self.destinations.all(d, has(d.weight)) && self.destinations.map(d, d.weight).sum() == 100)").message("destination weights must sum to 100 (a single destination may omit its weight)")
+)]
+pub struct TcpRule {
+    /// A name for the rule, used in status messages and stats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub name: Option<String>,
+    /// TLS server names (SNI) this rule applies to, e.g. `db.example.com` or
+    /// `*.example.com`; every connection when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253)))]
+    pub sni_hosts: Vec<String>,
+    /// Where the connections go, split by weight (per connection).
+    #[schemars(length(min = 1, max = 16))]
+    pub destinations: Vec<Destination>,
+}
+
 /// Conditions on one request; all the given conditions must hold.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.grpc) && has(self.path))").message("grpc and path both match the path: use one of them"))]
 pub struct HttpMatch {
     /// Condition on the request path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathMatch>,
+    /// Condition on the gRPC service and method (the path `/<service>/<method>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcMatch>,
     /// Conditions on request headers; all must hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
@@ -180,6 +212,34 @@ pub struct PathMatch {
     /// The path, prefix or regular expression.
     #[schemars(length(min = 1, max = 1024))]
     pub value: String,
+}
+
+/// How a gRPC service and method are compared.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GrpcMatchType {
+    /// Equal to the given names.
+    #[default]
+    Exact,
+    /// The service and method each match an RE2 regular expression.
+    RegularExpression,
+}
+
+/// A condition on the gRPC method called, in the spirit of Gateway API's GRPCRoute.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.service) || has(self.method)").message("name a service, a method, or both"))]
+pub struct GrpcMatch {
+    /// Exact (default) or RegularExpression.
+    #[serde(rename = "type", default)]
+    pub match_type: GrpcMatchType,
+    /// The fully qualified service, e.g. `shop.v1.Cart`; any service when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub service: Option<String>,
+    /// The method, e.g. `AddItem`; any method of the service when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub method: Option<String>,
 }
 
 /// How a header or query parameter is compared.
@@ -313,7 +373,8 @@ pub struct Retries {
     pub retry_on: Vec<RetryOn>,
 }
 
-/// A condition that makes an attempt retriable.
+/// A condition that makes an attempt retriable: HTTP conditions, and gRPC statuses
+/// (cancelled, deadline-exceeded, resource-exhausted, unavailable, internal).
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum RetryOn {
@@ -331,6 +392,21 @@ pub enum RetryOn {
     Retriable4xx,
     #[serde(rename = "envoy-ratelimited")]
     EnvoyRateLimited,
+    /// gRPC status CANCELLED.
+    #[serde(rename = "cancelled")]
+    Cancelled,
+    /// gRPC status DEADLINE_EXCEEDED.
+    #[serde(rename = "deadline-exceeded")]
+    DeadlineExceeded,
+    /// gRPC status RESOURCE_EXHAUSTED.
+    #[serde(rename = "resource-exhausted")]
+    ResourceExhausted,
+    /// gRPC status UNAVAILABLE.
+    #[serde(rename = "unavailable")]
+    Unavailable,
+    /// gRPC status INTERNAL.
+    #[serde(rename = "internal")]
+    Internal,
 }
 
 impl RetryOn {
@@ -344,6 +420,11 @@ impl RetryOn {
             RetryOn::RefusedStream => "refused-stream",
             RetryOn::Retriable4xx => "retriable-4xx",
             RetryOn::EnvoyRateLimited => "envoy-ratelimited",
+            RetryOn::Cancelled => "cancelled",
+            RetryOn::DeadlineExceeded => "deadline-exceeded",
+            RetryOn::ResourceExhausted => "resource-exhausted",
+            RetryOn::Unavailable => "unavailable",
+            RetryOn::Internal => "internal",
         }
     }
 }

@@ -83,7 +83,8 @@ struct ServedType {
     resources: Vec<ServedResource>,
 }
 
-/// What the node is served now: per type, every resource with its version and size.
+/// What the node is served now: per type, every resource with its version and size, and
+/// the protocol of every Service port (with the rule that decided it).
 async fn config(State(state): State<Arc<MeshState>>, Query(q): Query<ConfigQuery>) -> Response {
     let Some(proxy) = state.proxies.list().into_iter().find(|p| p.node == q.node) else {
         return (
@@ -122,6 +123,7 @@ async fn config(State(state): State<Arc<MeshState>>, Query(q): Query<ConfigQuery
         "generation": snapshot.generation,
         "proxy": proxy,
         "served": types,
+        "ports": state.port_protocols(),
     }))
     .into_response()
 }

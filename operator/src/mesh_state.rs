@@ -187,6 +187,11 @@ impl MeshState {
         receiver
     }
 
+    /// Every Service port's protocol and the rule that decided it.
+    pub fn port_protocols(&self) -> Vec<weir_core::translate::PortProtocol> {
+        self.model().snapshots.translator().port_protocols()
+    }
+
     /// The snapshot a profile's proxies are served.
     pub fn current(&self, profile: ProxyProfile) -> Arc<Snapshot> {
         self.model().snapshots.snapshot(profile)

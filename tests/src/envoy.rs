@@ -232,7 +232,8 @@ impl Envoy {
     }
 }
 
-fn regex_escape(s: &str) -> String {
+/// `s` with every character but letters, digits and `_` escaped, for Envoy's stats filter.
+pub(crate) fn regex_escape(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' {

@@ -3,7 +3,8 @@
 //!
 //! - [`wait`]: polling with a deadline (nothing sleeps in place of readiness);
 //! - [`bins`]: the workspace, its binaries, Envoy, scratch directories, ports;
-//! - [`backend`]: HTTP backends that answer with their own name;
+//! - [`backend`]: HTTP backends that answer with their own name; [`apps`]: servers and
+//!   clients of every protocol (gRPC, h2c, TCP, TLS);
 //! - [`manifests`]: typed builders serialized to YAML/JSON;
 //! - [`envoy`]: Envoy processes from the bootstrap generator, and traffic through them;
 //! - [`mesh`]: a local-mode control plane on a scratch directory;
@@ -12,6 +13,7 @@
 #![deny(warnings)]
 #![forbid(unsafe_code)]
 
+pub mod apps;
 pub mod backend;
 pub mod bins;
 pub mod envoy;

@@ -37,16 +37,49 @@ pub fn http_service(
     svc
 }
 
+/// A Service with ports (name, number, appProtocol); its target ports are the pods' ports
+/// of the same names. `cluster_ip` "None" makes it headless.
+pub fn service_with_ports(
+    ns: &str,
+    name: &str,
+    cluster_ip: &str,
+    ports: &[(&str, u16, Option<&str>)],
+) -> k8s_openapi::api::core::v1::Service {
+    let numbers: Vec<u16> = ports.iter().map(|p| p.1).collect();
+    let mut svc = mk_service(ns, name, cluster_ip, &numbers);
+    if let Some(specs) = svc.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+        for (spec, (port_name, _, app)) in specs.iter_mut().zip(ports) {
+            spec.name = Some(port_name.to_string());
+            spec.target_port = Some(IntOrString::String(port_name.to_string()));
+            spec.app_protocol = app.map(str::to_string);
+        }
+    }
+    svc
+}
+
 /// YAML for [`http_service`].
 pub fn service_yaml(ns: &str, name: &str, cluster_ip: &str, port: u16) -> String {
     to_yaml(&[http_service(ns, name, cluster_ip, port)])
 }
 
 /// YAML for a Pod with labels and an EndpointSlice of `service` with the pod's one endpoint
-/// at `addr`: how a backend joins a Service in local mode.
+/// at `addr` on the port named `http`: how a backend joins a Service in local mode.
 pub fn endpoint_yaml(
     ns: &str,
     service: &str,
+    pod: &str,
+    labels: &[(&str, &str)],
+    addr: SocketAddr,
+    ready: bool,
+) -> String {
+    pod_endpoint_yaml(ns, service, "http", pod, labels, addr, ready)
+}
+
+/// As [`endpoint_yaml`], for the Service port named `port_name`.
+pub fn pod_endpoint_yaml(
+    ns: &str,
+    service: &str,
+    port_name: &str,
     pod: &str,
     labels: &[(&str, &str)],
     addr: SocketAddr,
@@ -57,7 +90,7 @@ pub fn endpoint_yaml(
         ns,
         &format!("{service}-{pod}"),
         service,
-        "http",
+        port_name,
         addr.port(),
         &[(ip.as_str(), pod)],
     );

@@ -241,6 +241,122 @@ impl Net {
     }
 }
 
+/// Where the mesh's control plane listens in the peer namespace.
+pub const XDS_ADDR: &str = "10.200.0.3:15010";
+
+impl Net {
+    /// Runs `weir-operator local` on `dir` in the peer namespace, then makes the pod
+    /// namespace an injected pod: weir-init's rules applied for real, Envoy started from
+    /// the injector's bootstrap (as gid 1337, as injected), `hosts` (ClusterIP, names)
+    /// resolvable; returns once the sidecar is ready.
+    pub fn start_mesh_and_sidecar(&mut self, dir: &std::path::Path, hosts: &[(&str, &str)]) {
+        use weir_webhook::inject::{inject, MeshConfig, PROXY_CONTAINER};
+        let operator = crate::workspace_binary("weir-operator").expect("weir-operator");
+        let init = crate::workspace_binary("weir-init").expect("weir-init");
+        let envoy = crate::envoy_bin().expect("envoy");
+        let dir_arg = dir.to_string_lossy().into_owned();
+        let op = operator.to_string_lossy().into_owned();
+        self.spawn(
+            Side::Peer,
+            &[
+                &op,
+                "local",
+                "--dir",
+                &dir_arg,
+                "--xds-addr",
+                XDS_ADDR,
+                "--admin-addr",
+                "127.0.0.1:15099",
+            ],
+        );
+        let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: productpage, namespace: default}\nspec:\n  containers: [{name: app, image: app:1}]\n",
+        )
+        .expect("pod");
+        let injected = inject(
+            &pod,
+            "default",
+            &MeshConfig {
+                xds_address: XDS_ADDR.into(),
+                ..MeshConfig::default()
+            },
+        )
+        .pod;
+        let spec = injected.spec.expect("spec");
+        let containers = spec.init_containers.unwrap_or_default();
+        let init_args = containers
+            .iter()
+            .find(|c| c.name == "weir-init")
+            .and_then(|c| c.args.clone())
+            .unwrap_or_default();
+        let proxy_args: Vec<String> = containers
+            .iter()
+            .find(|c| c.name == PROXY_CONTAINER)
+            .and_then(|c| c.args.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| {
+                a.replace("$(POD_NAME)", "productpage")
+                    .replace("$(POD_NAMESPACE)", "default")
+            })
+            .collect();
+        let init = init.to_string_lossy().into_owned();
+        let mut init_cmd = vec!["ip", "netns", "exec", self.pod.as_str(), init.as_str()];
+        init_cmd.extend(init_args.iter().map(String::as_str));
+        run(&init_cmd);
+        let envoy = envoy.to_string_lossy().into_owned();
+        let mut envoy_cmd = vec![
+            "setpriv",
+            "--regid",
+            "1337",
+            "--clear-groups",
+            envoy.as_str(),
+        ];
+        envoy_cmd.extend(proxy_args.iter().map(String::as_str));
+        self.spawn(Side::Pod, &envoy_cmd);
+        self.hosts(Side::Pod, hosts);
+        self.wait_for("the sidecar to be ready", || {
+            self.get(Side::Pod, "http://127.0.0.1:15021/healthz/ready")
+                .starts_with("200")
+        });
+    }
+
+    /// Runs `weir-testapp` with `args` in a namespace and returns what it printed.
+    pub fn testapp(&self, side: Side, args: &[&str]) -> String {
+        let app = crate::workspace_binary("weir-testapp").expect("weir-testapp");
+        let out = self
+            .command(side, &[&app.to_string_lossy()])
+            .args(args)
+            .output()
+            .expect("run weir-testapp");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Starts a `weir-testapp serve` in a namespace (killed on drop).
+    pub fn serve_app(&mut self, side: Side, args: &[&str]) {
+        let app = crate::workspace_binary("weir-testapp").expect("weir-testapp");
+        let app = app.to_string_lossy().into_owned();
+        let mut full = vec![app.as_str(), "serve"];
+        full.extend(args);
+        self.spawn(side, &full);
+    }
+
+    /// The value of one Envoy stat in the pod (its admin port is 15000), 0 when absent.
+    pub fn envoy_stat(&self, name: &str) -> u64 {
+        let text = self.get(
+            Side::Pod,
+            &format!(
+                "http://127.0.0.1:15000/stats?filter=^{}$",
+                crate::envoy::regex_escape(name)
+            ),
+        );
+        text.rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
 impl Drop for Net {
     fn drop(&mut self) {
         for child in &mut self.children {

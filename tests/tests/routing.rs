@@ -266,10 +266,15 @@ async fn a_slow_backend_times_out_and_a_flaky_one_is_retried() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_probe_listener_forwards_app_probes_and_reports_readiness() -> anyhow::Result<()>
 {
-    use weir_core::bootstrap::{ProbeRoute, SidecarListeners};
+    use weir_core::bootstrap::{GrpcProbeRoute, ProbeRoute, SidecarListeners};
+    use weir_tests::apps::{check_health, serve_grpc, EchoServer, SERVING};
     let mesh = Mesh::start().await?;
     let app = Backend::start("app", Behavior::default()).await?;
-    let (probe_port, prometheus_port) = (free_port(), free_port());
+    let grpc_app = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let grpc_port = grpc_app.local_addr()?.port();
+    let grpc_server = EchoServer::new("grpc-app", 0);
+    tokio::spawn(serve_grpc(grpc_server, grpc_app));
+    let (probe_port, prometheus_port, grpc_probe_port) = (free_port(), free_port(), free_port());
     let sidecar = SidecarListeners {
         probe_port,
         prometheus_port,
@@ -277,6 +282,10 @@ async fn the_sidecar_probe_listener_forwards_app_probes_and_reports_readiness() 
             path: "/app-health/web/livez".into(),
             app_port: app.addr.port(),
             app_path: "/healthz".into(),
+        }],
+        grpc_probes: vec![GrpcProbeRoute {
+            listen_port: grpc_probe_port,
+            app_port: grpc_port,
         }],
     };
     let envoy = Envoy::start_sidecar("probes", mesh.plane.xds_addr, sidecar).await?;
@@ -310,6 +319,13 @@ async fn the_sidecar_probe_listener_forwards_app_probes_and_reports_readiness() 
         .send()
         .await?;
     assert_eq!(unknown.status(), 404);
+    // The kubelet's gRPC probe, rewritten to the sidecar's port, reaches the application
+    // over HTTP/2 and gets its answer.
+    let status = check_health(format!("127.0.0.1:{grpc_probe_port}").parse()?, "").await?;
+    assert_eq!(
+        status, SERVING,
+        "the gRPC health check went through the sidecar"
+    );
     let metrics = client
         .get(format!(
             "http://127.0.0.1:{prometheus_port}/stats/prometheus"

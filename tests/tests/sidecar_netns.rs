@@ -9,8 +9,7 @@
 
 use std::collections::BTreeMap;
 use weir_tests::netns::*;
-use weir_tests::{endpoint_yaml, envoy_bin, scratch_dir, service_yaml, write_file};
-use weir_webhook::inject::{inject, MeshConfig, PROXY_CONTAINER};
+use weir_tests::{endpoint_yaml, scratch_dir, service_yaml, write_file};
 
 const POLICY: &str = "apiVersion: weir.dev/v1alpha1
 kind: TrafficPolicy
@@ -31,9 +30,6 @@ fn an_injected_sidecar_captures_and_routes_the_applications_traffic() {
     if !can_run("an_injected_sidecar_captures_and_routes_the_applications_traffic") {
         return;
     }
-    let operator = weir_tests::workspace_binary("weir-operator").unwrap();
-    let init = weir_tests::workspace_binary("weir-init").unwrap();
-    let envoy = envoy_bin().expect("envoy");
     let mut net = Net::new("side");
 
     // The mesh, as local mode reads it: reviews v1 and v2 run on the peer host.
@@ -63,90 +59,15 @@ fn an_injected_sidecar_captures_and_routes_the_applications_traffic() {
         net.serve_http(Side::Peer, port, &format!("reviews-{version}"));
     }
     write_file(&dir, "policy.yaml", POLICY).unwrap();
-    let xds = format!("{PEER_IP}:15010");
-    let dir_arg = dir.to_string_lossy().into_owned();
-    let op = operator.to_string_lossy().into_owned();
-    net.spawn(
-        Side::Peer,
-        &[
-            &op,
-            "local",
-            "--dir",
-            &dir_arg,
-            "--xds-addr",
-            &xds,
-            "--admin-addr",
-            "127.0.0.1:15099",
-        ],
-    );
-
-    // The pod: what the injector writes for it.
-    let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: productpage, namespace: default}\nspec:\n  containers: [{name: app, image: app:1}]\n",
-    )
-    .unwrap();
-    let injected = inject(
-        &pod,
-        "default",
-        &MeshConfig {
-            xds_address: xds.clone(),
-            ..MeshConfig::default()
-        },
-    )
-    .pod;
-    let spec = injected.spec.expect("spec");
-    let init_args = spec
-        .init_containers
-        .as_ref()
-        .and_then(|c| c.iter().find(|c| c.name == "weir-init"))
-        .and_then(|c| c.args.clone())
-        .unwrap_or_default();
-    let proxy = spec
-        .init_containers
-        .as_ref()
-        .and_then(|c| c.iter().find(|c| c.name == PROXY_CONTAINER))
-        .cloned()
-        .expect("proxy");
-    let args: Vec<String> = proxy
-        .args
-        .unwrap_or_default()
-        .into_iter()
-        .map(|a| {
-            a.replace("$(POD_NAME)", "productpage")
-                .replace("$(POD_NAMESPACE)", "default")
-        })
-        .collect();
-
-    // The init container, then the sidecar (gid 1337, as injected; the capture test covers
-    // uid 1337 as well), then the application.
-    let init = init.to_string_lossy().into_owned();
-    let mut init_cmd = vec![init.as_str()];
-    init_cmd.extend(init_args.iter().map(String::as_str));
-    let pod_ns = net.pod.clone();
-    let mut full = vec!["ip", "netns", "exec", &pod_ns];
-    full.extend(init_cmd);
-    run(&full);
-    let envoy = envoy.to_string_lossy().into_owned();
-    let mut envoy_cmd = vec![
-        "setpriv",
-        "--regid",
-        "1337",
-        "--clear-groups",
-        envoy.as_str(),
-    ];
-    envoy_cmd.extend(args.iter().map(String::as_str));
-    net.spawn(Side::Pod, &envoy_cmd);
-    net.hosts(
-        Side::Pod,
+    // The operator in the peer namespace; the pod as the injector writes it (gid 1337 for
+    // Envoy, as injected; the capture test covers uid 1337 as well).
+    net.start_mesh_and_sidecar(
+        &dir,
         &[(
             "10.96.0.10",
             "reviews.default.svc.cluster.local reviews.default.svc reviews.default",
         )],
     );
-    net.wait_for("the sidecar to be ready", || {
-        net.get(Side::Pod, "http://127.0.0.1:15021/healthz/ready")
-            .starts_with("200")
-    });
     net.serve_http(Side::Pod, 8080, "productpage");
 
     // (a) The application's plain calls, by name and by ClusterIP, routed by the policy.

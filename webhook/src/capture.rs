@@ -1,7 +1,7 @@
 //! Traffic capture: the `nat` table rules that send a pod's TCP traffic through Envoy.
 //!
 //! ```text
-//! inbound:  PREROUTING -> WEIR_INBOUND  -> (excluded ports, probe port: RETURN) -> REDIRECT :15006
+//! inbound:  PREROUTING -> WEIR_INBOUND  -> (excluded ports, probe ports: RETURN) -> REDIRECT :15006
 //! outbound: OUTPUT     -> WEIR_OUTPUT   -> (proxy uid/gid, loopback, excluded ports and
 //!                                           CIDRs: RETURN) -> REDIRECT :15001
 //! ```
@@ -21,6 +21,9 @@ pub const INBOUND_PORT: u16 = 15006;
 pub const PROBE_PORT: u16 = 15021;
 /// Envoy's Prometheus port.
 pub const PROMETHEUS_PORT: u16 = 15090;
+/// Ports on which Envoy serves rewritten gRPC probes, one per application port probed
+/// (the kubelet's gRPC health check carries no path to tell two of them apart).
+pub const GRPC_PROBE_PORTS: std::ops::RangeInclusive<u16> = 15030..=15039;
 
 /// An IPv4 CIDR such as `10.0.0.0/8`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +178,11 @@ pub fn iptables_rules(config: &CaptureConfig, current: &str) -> String {
     for port in inbound_exclusions {
         line(format!("-A WEIR_INBOUND -p tcp --dport {port} -j RETURN"));
     }
+    line(format!(
+        "-A WEIR_INBOUND -p tcp --dport {}:{} -j RETURN",
+        GRPC_PROBE_PORTS.start(),
+        GRPC_PROBE_PORTS.end()
+    ));
     line("-A WEIR_INBOUND -p tcp -j WEIR_IN_REDIRECT".into());
 
     // Outbound: everything the application sends, except Envoy's own traffic (which would

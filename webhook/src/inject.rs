@@ -4,7 +4,8 @@
 //! ```text
 //! decide (namespace, labels, annotations, hostNetwork, already injected?)
 //!   -> annotations::parse (overrides, warnings)
-//!   -> rewrite HTTP probes to the proxy's probe port (they keep working under strict mTLS)
+//!   -> rewrite HTTP probes to the proxy's probe port and gRPC probes to a proxy port per
+//!      application port (they keep working under strict mTLS)
 //!   -> weir-init init container (iptables), weir-proxy sidecar (native or not), volumes
 //!   -> json_patch::diff(original, injected)
 //! ```
@@ -19,13 +20,13 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 use weir_core::bootstrap::{
-    bootstrap, BootstrapParams, ProbeRoute, ProxyMeta, SidecarListeners, XdsProtocol,
-    PROXY_READY_PATH,
+    bootstrap, BootstrapParams, GrpcProbeRoute, ProbeRoute, ProxyMeta, SidecarListeners,
+    XdsProtocol, PROXY_READY_PATH,
 };
 use weir_core::Capture;
 
 use crate::annotations::{self, Overrides};
-use crate::capture::{PROBE_PORT, PROMETHEUS_PORT, PROXY_UID};
+use crate::capture::{GRPC_PROBE_PORTS, PROBE_PORT, PROMETHEUS_PORT, PROXY_UID};
 
 /// Name of the sidecar container.
 pub const PROXY_CONTAINER: &str = "weir-proxy";
@@ -189,8 +190,8 @@ pub fn inject(pod: &Pod, namespace: &str, config: &MeshConfig) -> Injection {
     let spec = pod.spec.get_or_insert_with(Default::default);
     let default_container = spec.containers.first().map(|c| c.name.clone());
 
-    let probes = rewrite_probes(&mut spec.containers, &mut warnings);
-    let proxy = proxy_container(config, &overrides, namespace, probes);
+    let (probes, grpc_probes) = rewrite_probes(&mut spec.containers, &mut warnings);
+    let proxy = proxy_container(config, &overrides, namespace, probes, grpc_probes);
     let init = init_container(config, &overrides);
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);
     if config.native_sidecars {
@@ -212,10 +213,14 @@ pub fn inject(pod: &Pod, namespace: &str, config: &MeshConfig) -> Injection {
     Injection { pod, warnings }
 }
 
-/// Rewrites HTTP probes of application containers to the proxy's probe port; returns the
+/// Rewrites HTTP and gRPC probes of application containers to the proxy's ports; returns
 /// routes the proxy must serve for them.
-fn rewrite_probes(containers: &mut [Container], warnings: &mut Vec<String>) -> Vec<ProbeRoute> {
+fn rewrite_probes(
+    containers: &mut [Container],
+    warnings: &mut Vec<String>,
+) -> (Vec<ProbeRoute>, Vec<GrpcProbeRoute>) {
     let mut routes = Vec::new();
+    let mut grpc_routes: Vec<GrpcProbeRoute> = Vec::new();
     for container in containers {
         let ports = container.ports.clone().unwrap_or_default();
         let name = container.name.clone();
@@ -224,6 +229,10 @@ fn rewrite_probes(containers: &mut [Container], warnings: &mut Vec<String>) -> V
             ("readyz", &mut container.readiness_probe),
             ("startupz", &mut container.startup_probe),
         ] {
+            if let Some(grpc) = probe.as_mut().and_then(|p| p.grpc.as_mut()) {
+                rewrite_grpc_probe(grpc, &name, kind, &mut grpc_routes, warnings);
+                continue;
+            }
             let Some(get) = probe.as_mut().and_then(|p| p.http_get.as_mut()) else {
                 continue;
             };
@@ -254,7 +263,37 @@ fn rewrite_probes(containers: &mut [Container], warnings: &mut Vec<String>) -> V
             get.scheme = Some("HTTP".into());
         }
     }
-    routes
+    (routes, grpc_routes)
+}
+
+/// Points a gRPC probe at the sidecar port serving its application port (one per
+/// application port probed, from the reserved range).
+fn rewrite_grpc_probe(
+    grpc: &mut k8s_openapi::api::core::v1::GRPCAction,
+    container: &str,
+    kind: &str,
+    routes: &mut Vec<GrpcProbeRoute>,
+    warnings: &mut Vec<String>,
+) {
+    let Ok(app_port) = u16::try_from(grpc.port) else {
+        warnings.push(format!("container {container}: the gRPC {kind} probe's port {} is not a port number; the probe is left as it is", grpc.port));
+        return;
+    };
+    let listen_port = match routes.iter().find(|r| r.app_port == app_port) {
+        Some(route) => route.listen_port,
+        None => {
+            let Some(listen_port) = GRPC_PROBE_PORTS.clone().nth(routes.len()) else {
+                warnings.push(format!("container {container}: the gRPC {kind} probe of port {app_port} is left as it is: at most {} application ports can have gRPC probes rewritten", GRPC_PROBE_PORTS.len()));
+                return;
+            };
+            routes.push(GrpcProbeRoute {
+                listen_port,
+                app_port,
+            });
+            listen_port
+        }
+    };
+    grpc.port = i32::from(listen_port);
 }
 
 fn quantity(v: &str) -> Quantity {
@@ -294,6 +333,7 @@ fn proxy_container(
     o: &Overrides,
     namespace: &str,
     probes: Vec<ProbeRoute>,
+    grpc_probes: Vec<GrpcProbeRoute>,
 ) -> Container {
     // The pod's name is not known at admission (generateName), so the bootstrap uses the
     // kubelet's $(VAR) expansion of the container's own env vars.
@@ -311,6 +351,7 @@ fn proxy_container(
             probe_port: PROBE_PORT,
             prometheus_port: PROMETHEUS_PORT,
             probes,
+            grpc_probes,
         }),
     };
     let bootstrap = bootstrap(&params)

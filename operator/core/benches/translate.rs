@@ -122,7 +122,7 @@ fn benches(c: &mut Criterion) {
                     index.apply(event);
                     let (changes, published) = snapshots.update(&mut index);
                     assert_eq!(published.len(), 2);
-                    assert!(!changes.virtual_hosts_changed && changes.clusters.is_empty());
+                    assert!(!changes.ports_changed && changes.clusters.is_empty());
                 },
                 BatchSize::SmallInput,
             )

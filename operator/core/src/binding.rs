@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::index::{Index, ObjectKey, ServiceModel};
-use crate::policy::{BackendRef, Policy};
+use crate::policy::{BackendRef, Policy, WeightedBackend};
 use crate::translate::names;
 
 /// What the policies that target one Service do to it.
@@ -37,6 +37,8 @@ pub struct PolicyBinding {
     pub outcome: Outcome,
     /// The first destination that does not resolve, when the target exists.
     pub unresolved: Option<Unresolved>,
+    /// Rules that cannot apply to the protocol of a port the policy governs.
+    pub notes: Vec<String>,
 }
 
 /// Whether a policy governs ports of its target.
@@ -75,6 +77,8 @@ pub struct PortRoutes {
     pub policy: Arc<Policy>,
     /// Per HTTP route of the policy (same order), its backends resolved for this port.
     pub http: Vec<Vec<BoundBackend>>,
+    /// Per TCP route of the policy (same order), its backends resolved for this port.
+    pub tcp: Vec<Vec<BoundBackend>>,
 }
 
 /// A destination resolved for one port.
@@ -124,18 +128,21 @@ impl ServiceBinding {
                 };
                 first_unresolved(index, policy, &routed)
             });
-            if let Outcome::Active { ports } = &outcome {
+            let mut notes = Vec::new();
+            if let (Outcome::Active { ports }, Some(svc)) = (&outcome, svc) {
                 for port in ports {
                     binding
                         .ports
                         .insert(*port, port_routes(index, policy, *port));
                 }
+                notes = protocol_notes(svc, ports, policy);
             }
             binding.policies.push(PolicyBinding {
                 key: key.clone(),
                 policy: policy.clone(),
                 outcome,
                 unresolved,
+                notes,
             });
         }
         binding
@@ -179,6 +186,36 @@ fn claim(
     Outcome::Active { ports }
 }
 
+/// Where a policy's HTTP rules meet a TCP port, or its TCP rules an HTTP port: they do not
+/// apply there, and the user should know why.
+fn protocol_notes(svc: &ServiceModel, ports: &BTreeSet<u16>, policy: &Policy) -> Vec<String> {
+    let mut notes = Vec::new();
+    for port in svc.ports.iter().filter(|p| ports.contains(&p.port)) {
+        let (protocol, decided_by) = crate::protocol::decide(port);
+        let why = match decided_by {
+            crate::protocol::DecidedBy::AppProtocol => "by its appProtocol",
+            crate::protocol::DecidedBy::PortName => "by its name",
+            crate::protocol::DecidedBy::ServerFirstPort => "as a server-first port",
+            crate::protocol::DecidedBy::Detection => "by detection",
+        };
+        if !policy.http.is_empty() && !protocol.is_http() {
+            notes.push(format!(
+                "spec.http does not apply to port {} ({}, {why}): its connections follow spec.tcp, or go to the Service as a whole; set appProtocol: http on the port if it speaks HTTP",
+                port.port,
+                protocol.as_str()
+            ));
+        }
+        if !policy.tcp.is_empty() && !protocol.is_tcp() {
+            notes.push(format!(
+                "spec.tcp does not apply to port {} ({}, {why}): its requests follow spec.http",
+                port.port,
+                protocol.as_str()
+            ));
+        }
+    }
+    notes
+}
+
 /// Ports for messages: `9080, 80`, or `no TCP ports`.
 pub fn port_list(ports: &BTreeSet<u16>) -> String {
     if ports.is_empty() {
@@ -192,19 +229,16 @@ pub fn port_list(ports: &BTreeSet<u16>) -> String {
 }
 
 fn port_routes(index: &Index, policy: &Arc<Policy>, port: u16) -> PortRoutes {
+    let bind = |backends: &[WeightedBackend]| -> Vec<BoundBackend> {
+        backends
+            .iter()
+            .map(|b| resolve(index, policy, port, &b.backend, b.weight))
+            .collect()
+    };
     PortRoutes {
         policy: policy.clone(),
-        http: policy
-            .http
-            .iter()
-            .map(|route| {
-                route
-                    .backends
-                    .iter()
-                    .map(|b| resolve(index, policy, port, &b.backend, b.weight))
-                    .collect()
-            })
-            .collect(),
+        http: policy.http.iter().map(|r| bind(&r.backends)).collect(),
+        tcp: policy.tcp.iter().map(|r| bind(&r.backends)).collect(),
     }
 }
 
@@ -262,12 +296,24 @@ fn destination_port(other: Option<&ServiceModel>, given: Option<u16>, routed: u1
 /// The first destination, over rules, destinations and routed ports in order, that does
 /// not resolve.
 fn first_unresolved(index: &Index, policy: &Policy, routed: &[u16]) -> Option<Unresolved> {
-    for (i, route) in policy.http.iter().enumerate() {
-        for (j, b) in route.backends.iter().enumerate() {
+    let rules = policy
+        .http
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("spec.http[{i}]"), &r.backends))
+        .chain(
+            policy
+                .tcp
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("spec.tcp[{i}]"), &r.backends)),
+        );
+    for (at, backends) in rules {
+        for (j, b) in backends.iter().enumerate() {
             let BackendRef::Service { service, .. } = &b.backend else {
                 continue;
             };
-            let field = format!("spec.http[{i}].destinations[{j}]");
+            let field = format!("{at}.destinations[{j}]");
             if index.service(service).is_none() {
                 return Some(Unresolved {
                     message: format!(

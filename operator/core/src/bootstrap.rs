@@ -110,6 +110,18 @@ pub struct SidecarListeners {
     pub prometheus_port: u16,
     /// Application probes rewritten to the probe listener.
     pub probes: Vec<ProbeRoute>,
+    /// Application gRPC probes, each on a port of its own.
+    pub grpc_probes: Vec<GrpcProbeRoute>,
+}
+
+/// One application port probed over gRPC: the kubelet's health check (HTTP/2) on
+/// `listen_port` is forwarded to `127.0.0.1:<app_port>` over HTTP/2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcProbeRoute {
+    /// The sidecar port the rewritten probe targets (excluded from inbound capture).
+    pub listen_port: u16,
+    /// The application's gRPC port.
+    pub app_port: u16,
 }
 
 /// One application HTTP probe served through the probe listener: `GET <path>` on the probe
@@ -205,6 +217,24 @@ fn static_resources(params: &BootstrapParams) -> Result<Value, BootstrapError> {
                 .map(|p| route(&p.path, &format!("probe-{}", p.app_port), &p.app_path)),
         );
         listeners.push(http_listener("probes", sidecar.probe_port, routes));
+        for grpc in &sidecar.grpc_probes {
+            let cluster = format!("probe-grpc-{}", grpc.app_port);
+            let mut upstream = static_cluster(&cluster, grpc.app_port);
+            upstream["typed_extension_protocol_options"] = json!({
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                },
+            });
+            clusters.push(upstream);
+            let route =
+                json!({"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "0s"}});
+            listeners.push(http_listener(
+                &format!("probes-grpc-{}", grpc.app_port),
+                grpc.listen_port,
+                vec![route],
+            ));
+        }
         listeners.push(http_listener(
             "prometheus",
             sidecar.prometheus_port,

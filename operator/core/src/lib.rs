@@ -20,6 +20,7 @@ pub mod binding;
 pub mod bootstrap;
 pub mod index;
 pub mod policy;
+pub mod protocol;
 pub mod resources;
 pub mod snapshot;
 pub mod status;

@@ -46,6 +46,8 @@ pub struct Policy {
     pub subsets: Vec<Subset>,
     /// Ordered HTTP routes; the first whose matches apply routes the request.
     pub http: Vec<HttpRoute>,
+    /// Ordered TCP routes; the first that applies splits the connection.
+    pub tcp: Vec<TcpRoute>,
     /// Field paths that are accepted but not yet translated (and so ignored).
     pub unsupported: Vec<String>,
 }
@@ -85,6 +87,17 @@ pub struct HttpRoute {
     pub request_headers: HeaderEdits,
 }
 
+/// One TCP routing rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpRoute {
+    /// The rule's name, or `tcp-<i>`.
+    pub name: String,
+    /// TLS server names it applies to (lower-cased); every connection when empty.
+    pub sni_hosts: Vec<String>,
+    /// Where the connections go, by weight.
+    pub backends: Vec<WeightedBackend>,
+}
+
 /// Conditions on one request; all must hold.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct HttpRouteMatch {
@@ -107,6 +120,15 @@ pub enum PathMatch {
     Prefix(String),
     /// An RE2 regular expression over the whole path.
     RegularExpression(String),
+    /// A gRPC method: the path `/<service>/<method>`, either part any when `None`.
+    Grpc {
+        /// The fully qualified service (or a regular expression for it).
+        service: Option<String>,
+        /// The method (or a regular expression for it).
+        method: Option<String>,
+        /// Whether the names are RE2 regular expressions.
+        regex: bool,
+    },
 }
 
 /// A condition on one named value (a header or a query parameter).
@@ -212,6 +234,12 @@ impl Policy {
             .enumerate()
             .map(|(i, rule)| parse_rule(namespace, spec, i, rule, &mut problems))
             .collect();
+        let tcp: Vec<TcpRoute> = spec
+            .tcp
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| parse_tcp_rule(namespace, spec, i, rule, &mut problems))
+            .collect();
         problems.into_result()?;
         Ok(Policy {
             target: PolicyTarget {
@@ -227,6 +255,7 @@ impl Policy {
                 })
                 .collect(),
             http,
+            tcp,
             unsupported: unsupported_fields(spec),
         })
     }
@@ -241,6 +270,7 @@ impl Policy {
         self.http
             .iter()
             .flat_map(|r| &r.backends)
+            .chain(self.tcp.iter().flat_map(|r| &r.backends))
             .filter_map(|b| match &b.backend {
                 BackendRef::Service { service, .. } => Some(service.clone()),
                 _ => None,
@@ -287,21 +317,7 @@ fn parse_rule(
     problems: &mut Problems,
 ) -> HttpRoute {
     let at = format!("spec.http[{i}]");
-    check_weights(&at, &rule.destinations, problems);
-    let backends = rule
-        .destinations
-        .iter()
-        .enumerate()
-        .map(|(j, dest)| {
-            parse_destination(
-                namespace,
-                spec,
-                &format!("{at}.destinations[{j}]"),
-                dest,
-                problems,
-            )
-        })
-        .collect();
+    let backends = parse_backends(namespace, spec, &at, &rule.destinations, problems);
     let matches = rule
         .matches
         .iter()
@@ -352,6 +368,65 @@ fn parse_rule(
         retry,
         request_headers,
     }
+}
+
+fn parse_tcp_rule(
+    namespace: &str,
+    spec: &TrafficPolicySpec,
+    i: usize,
+    rule: &weir_api::TcpRule,
+    problems: &mut Problems,
+) -> TcpRoute {
+    let at = format!("spec.tcp[{i}]");
+    let backends = parse_backends(namespace, spec, &at, &rule.destinations, problems);
+    let sni_hosts = rule
+        .sni_hosts
+        .iter()
+        .enumerate()
+        .map(|(k, host)| {
+            let host = host.to_ascii_lowercase();
+            let name = host.strip_prefix("*.").unwrap_or(&host);
+            let valid = !name.is_empty()
+                && name.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                });
+            if !valid {
+                problems.invalid(
+                    &format!("{at}.sniHosts[{k}]"),
+                    &format!("{host:?} is not a host name: write a DNS name such as db.example.com, or *.example.com for every name under it"),
+                );
+            }
+            host
+        })
+        .collect();
+    TcpRoute {
+        name: rule.name.clone().unwrap_or_else(|| format!("tcp-{i}")),
+        sni_hosts,
+        backends,
+    }
+}
+
+/// A rule's destinations (at `<at>.destinations`): weights checked, each one typed.
+fn parse_backends(
+    namespace: &str,
+    spec: &TrafficPolicySpec,
+    at: &str,
+    destinations: &[weir_api::Destination],
+    problems: &mut Problems,
+) -> Vec<WeightedBackend> {
+    check_weights(at, destinations, problems);
+    destinations
+        .iter()
+        .enumerate()
+        .map(|(j, dest)| {
+            let field = format!("{at}.destinations[{j}]");
+            parse_destination(namespace, spec, &field, dest, problems)
+        })
+        .collect()
 }
 
 fn check_weights(at: &str, dests: &[weir_api::Destination], problems: &mut Problems) {
@@ -464,6 +539,17 @@ fn parse_match(at: &str, m: &weir_api::HttpMatch, problems: &mut Problems) -> Ht
             PathMatchType::Prefix => PathMatch::Prefix(path.value.clone()),
         }
     });
+    let path = match (&m.grpc, path) {
+        (Some(grpc), None) => Some(parse_grpc_match(&format!("{at}.grpc"), grpc, problems)),
+        (Some(_), Some(path)) => {
+            problems.invalid(
+                &format!("{at}.grpc"),
+                "is set with path, and both match the path: use one of them",
+            );
+            Some(path)
+        }
+        (None, path) => path,
+    };
     let headers = m
         .headers
         .iter()
@@ -497,6 +583,52 @@ fn parse_match(at: &str, m: &weir_api::HttpMatch, problems: &mut Problems) -> Ht
         headers,
         query_params,
         method: m.method,
+    }
+}
+
+/// A gRPC service and method as a path match, checked like Gateway API's GRPCRoute:
+/// exact names are proto identifiers, regular expressions compile.
+fn parse_grpc_match(at: &str, grpc: &weir_api::GrpcMatch, problems: &mut Problems) -> PathMatch {
+    let regex = grpc.match_type == weir_api::GrpcMatchType::RegularExpression;
+    let parts = [
+        ("service", grpc.service.as_deref(), true),
+        ("method", grpc.method.as_deref(), false),
+    ];
+    for (field, value, dotted) in parts {
+        let Some(value) = value else { continue };
+        let field = format!("{at}.{field}");
+        if regex {
+            check_regex(&field, value, problems);
+        } else if !is_proto_name(value, dotted) {
+            let example = if dotted { "shop.v1.Cart" } else { "AddItem" };
+            problems.invalid(
+                &field,
+                &format!("{value:?} is not a gRPC {} name (letters, digits and _{}, e.g. {example}): fix the name, or set type: RegularExpression", if dotted { "service" } else { "method" }, if dotted { ", with . between parts" } else { "" }),
+            );
+        }
+    }
+    if grpc.service.is_none() && grpc.method.is_none() {
+        problems.invalid(at, "names neither a service nor a method: name one or both");
+    }
+    PathMatch::Grpc {
+        service: grpc.service.clone(),
+        method: grpc.method.clone(),
+        regex,
+    }
+}
+
+/// A protobuf identifier, or a dotted full name when `dotted`.
+fn is_proto_name(name: &str, dotted: bool) -> bool {
+    let ident = |part: &str| {
+        part.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if dotted {
+        name.split('.').all(ident)
+    } else {
+        ident(name)
     }
 }
 
@@ -699,6 +831,68 @@ mod tests {
         let err = parse(&spec).unwrap_err();
         assert_eq!(err.reason, Reason::InvalidDuration);
         assert_eq!(err.field, "spec.http[0].timeout");
+    }
+
+    #[test]
+    fn grpc_matches_are_checked_as_names_or_regexes() {
+        let mut spec = mk_policy_spec("greeter", &[("v1", 100)]);
+        let grpc = |service: Option<&str>, method: Option<&str>, regex: bool| HttpMatch {
+            grpc: Some(weir_api::GrpcMatch {
+                match_type: if regex {
+                    weir_api::GrpcMatchType::RegularExpression
+                } else {
+                    weir_api::GrpcMatchType::Exact
+                },
+                service: service.map(str::to_string),
+                method: method.map(str::to_string),
+            }),
+            ..Default::default()
+        };
+        spec.http[0].matches = vec![grpc(Some("shop.v1.Cart"), Some("AddItem"), false)];
+        let policy = parse(&spec).unwrap();
+        assert_eq!(
+            policy.http[0].matches[0].path,
+            Some(PathMatch::Grpc {
+                service: Some("shop.v1.Cart".into()),
+                method: Some("AddItem".into()),
+                regex: false
+            })
+        );
+        spec.http[0].matches = vec![grpc(Some("shop/v1"), None, false)];
+        let err = parse(&spec).unwrap_err();
+        assert_eq!(err.field, "spec.http[0].matches[0].grpc.service");
+        assert!(
+            err.message.contains("type: RegularExpression"),
+            "{}",
+            err.message
+        );
+        spec.http[0].matches = vec![grpc(None, Some("Get(.*"), true)];
+        let err = parse(&spec).unwrap_err();
+        assert_eq!(err.reason, Reason::InvalidRegex);
+        assert_eq!(err.field, "spec.http[0].matches[0].grpc.method");
+    }
+
+    #[test]
+    fn tcp_rules_check_weights_and_sni_hosts() {
+        let mut spec = mk_policy_spec("redis", &[("v1", 50), ("v2", 50)]);
+        spec.tcp = vec![weir_api::TcpRule {
+            name: None,
+            sni_hosts: vec!["DB.example.com".into(), "*.example.com".into()],
+            destinations: spec.http[0].destinations.clone(),
+        }];
+        spec.http.clear();
+        let policy = parse(&spec).unwrap();
+        assert_eq!(policy.tcp[0].name, "tcp-0");
+        assert_eq!(policy.tcp[0].sni_hosts, ["db.example.com", "*.example.com"]);
+        spec.tcp[0].sni_hosts = vec!["not a host".into()];
+        spec.tcp[0].destinations[0].weight = Some(60);
+        let err = parse(&spec).unwrap_err();
+        assert_eq!(err.field, "spec.tcp[0].destinations");
+        assert!(
+            err.message.contains("spec.tcp[0].sniHosts[0]"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

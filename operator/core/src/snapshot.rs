@@ -94,7 +94,7 @@ impl Snapshot {
 #[derive(Debug)]
 struct ProfileState {
     snapshot: Arc<Snapshot>,
-    virtual_hosts_generation: u64,
+    ports_generation: u64,
 }
 
 /// Runs the translator on the index's dirty set and keeps the latest snapshot of every
@@ -162,7 +162,7 @@ impl SnapshotBuilder {
             profile,
             ProfileState {
                 snapshot: snapshot.clone(),
-                virtual_hosts_generation: self.translator.virtual_hosts_generation(),
+                ports_generation: self.translator.ports_generation(),
             },
         );
         snapshot
@@ -182,8 +182,8 @@ impl SnapshotBuilder {
             || !snapshot.types[ResourceType::Route].changed.is_empty()
             || !snapshot.types[ResourceType::Listener].changed.is_empty();
         if routes_changed {
-            for (_, vhost) in self.translator.virtual_hosts() {
-                if let Some(missing) = vhost.clusters.iter().find(|c| !clusters.contains_key(*c)) {
+            for (_, out) in self.translator.ports() {
+                if let Some(missing) = out.clusters.iter().find(|c| !clusters.contains_key(*c)) {
                     return Err(problem(format!(
                         "a route names cluster {missing}, which is not served"
                     )));
@@ -276,8 +276,7 @@ impl SnapshotBuilder {
     ) -> Option<Arc<Snapshot>> {
         let state = self.profiles.get(&profile)?;
         let old = state.snapshot.clone();
-        let reassemble =
-            self.translator.virtual_hosts_generation() != state.virtual_hosts_generation;
+        let reassemble = self.translator.ports_generation() != state.ports_generation;
         let mut next = NextSnapshot::from(&old);
         self.patch_shared(&profile, changes, &mut next);
         if reassemble {
@@ -291,7 +290,7 @@ impl SnapshotBuilder {
             profile,
             ProfileState {
                 snapshot: next.clone(),
-                virtual_hosts_generation: self.translator.virtual_hosts_generation(),
+                ports_generation: self.translator.ports_generation(),
             },
         );
         Some(next)

@@ -237,13 +237,16 @@ fn accepted(entry: &PolicyEntry, binding: Option<&PolicyBinding>) -> ConditionVi
             ),
         );
     }
+    let notes: String = binding
+        .map(|b| b.notes.iter().map(|n| format!("; note: {n}")).collect())
+        .unwrap_or_default();
     match valid.unsupported.as_slice() {
-        [] => condition(true, Reason::Accepted, "The policy is valid".into()),
+        [] => condition(true, Reason::Accepted, format!("The policy is valid{notes}")),
         unsupported => condition(
             true,
             Reason::UnsupportedField,
             format!(
-                "{} not yet supported by this version of Weir and ignored; the rest of the policy applies",
+                "{} not yet supported by this version of Weir and ignored; the rest of the policy applies{notes}",
                 if let [one] = unsupported {
                     format!("{one} is")
                 } else {

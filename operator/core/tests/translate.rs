@@ -88,6 +88,66 @@ fn bookinfo() -> Vec<Object> {
     ]
 }
 
+/// Debug text of a message, with every nested `Any` (typed configs of filters and
+/// protocol options) decoded in place, so golden files show what Envoy will read.
+fn expand_any(text: &str) -> String {
+    use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+    use envoy_types::pb::envoy::extensions::filters::listener::{
+        http_inspector::v3::HttpInspector, original_dst::v3::OriginalDst,
+        tls_inspector::v3::TlsInspector,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::{
+        http_connection_manager::v3::HttpConnectionManager, tcp_proxy::v3::TcpProxy,
+    };
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+    fn decode<M: Message + Default + std::fmt::Debug>(bytes: &[u8]) -> String {
+        format!("{:#?}", M::decode(bytes).unwrap())
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let type_url = line
+            .trim()
+            .strip_prefix("type_url: \"type.googleapis.com/")
+            .and_then(|t| t.strip_suffix("\","));
+        match (type_url, lines.get(i + 1).map(|l| l.trim())) {
+            (Some(t), Some("value: [")) => {
+                let indent = &line[..line.len() - line.trim_start().len()];
+                let mut bytes = Vec::new();
+                let mut j = i + 2;
+                while lines[j].trim() != "]," {
+                    bytes.push(lines[j].trim().trim_end_matches(',').parse::<u8>().unwrap());
+                    j += 1;
+                }
+                let decoded = match t {
+                    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => decode::<HttpConnectionManager>(&bytes),
+                    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => decode::<TcpProxy>(&bytes),
+                    "envoy.extensions.filters.http.router.v3.Router" => decode::<Router>(&bytes),
+                    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => decode::<OriginalDst>(&bytes),
+                    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => decode::<HttpInspector>(&bytes),
+                    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" => decode::<TlsInspector>(&bytes),
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => decode::<HttpProtocolOptions>(&bytes),
+                    other => panic!("the golden renderer cannot decode {other}: add it"),
+                };
+                out.push(format!("{indent}type_url: \"{t}\","));
+                let decoded = expand_any(&decoded);
+                for (k, l) in decoded.lines().enumerate() {
+                    let prefix = if k == 0 { "decoded: " } else { "" };
+                    out.push(format!("{indent}{prefix}{l}"));
+                }
+                i = j + 1;
+            }
+            _ => {
+                out.push(line.to_string());
+                i += 1;
+            }
+        }
+    }
+    out.join("\n")
+}
+
 fn render(snapshot: &Snapshot) -> String {
     let mut out = String::new();
     for t in ResourceType::ALL {
@@ -102,9 +162,10 @@ fn render(snapshot: &Snapshot) -> String {
                 ResourceType::Route => format!("{:#?}", RouteConfiguration::decode(bytes).unwrap()),
             };
             out.push_str(&format!(
-                "=== {} {name} ({})\n{text}\n",
+                "=== {} {name} ({})\n{}\n",
                 t.short(),
-                r.version_string()
+                r.version_string(),
+                expand_any(&text)
             ));
         }
     }
@@ -135,6 +196,207 @@ fn golden_explicit_and_transparent() {
         snapshots.update(&mut index);
         let snapshot = snapshots.snapshot(ProxyProfile { capture });
         check_golden(file, &render(&snapshot));
+    }
+}
+
+/// A Service with ports (name, number, appProtocol); `ip` None is headless, and an
+/// `external` name makes it an ExternalName Service.
+fn svc(
+    ns: &str,
+    name: &str,
+    ip: Option<&str>,
+    external: Option<&str>,
+    ports: &[(&str, u16, Option<&str>)],
+) -> Object {
+    use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+    Object::Service(Service {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: external.map(|_| "ExternalName".to_string()),
+            external_name: external.map(str::to_string),
+            cluster_ip: if external.is_some() {
+                None
+            } else {
+                Some(ip.unwrap_or("None").into())
+            },
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(n, p, app)| ServicePort {
+                        name: Some(n.to_string()),
+                        port: i32::from(*p),
+                        app_protocol: app.map(str::to_string),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// One Service per protocol choice and per rule of the detection order, with policies
+/// that split TCP, route TLS by SNI and match gRPC methods.
+fn protocols() -> Vec<Object> {
+    let ns = "shop";
+    let mut objects = vec![
+        svc(
+            ns,
+            "web",
+            Some("10.96.1.1"),
+            None,
+            &[("main", 80, Some("http"))],
+        ),
+        svc(
+            ns,
+            "api",
+            Some("10.96.1.2"),
+            None,
+            &[("http2-api", 8080, None)],
+        ),
+        svc(
+            ns,
+            "greeter",
+            Some("10.96.1.3"),
+            None,
+            &[("rpc", 50051, Some("grpc"))],
+        ),
+        svc(
+            ns,
+            "cache",
+            Some("10.96.1.4"),
+            None,
+            &[("redis", 6379, None)],
+        ),
+        svc(
+            ns,
+            "ldap",
+            Some("10.96.1.5"),
+            None,
+            &[("secure", 636, Some("tls"))],
+        ),
+        svc(
+            ns,
+            "custom",
+            Some("10.96.1.6"),
+            None,
+            &[("data", 9000, Some("example.com/custom"))],
+        ),
+        svc(
+            ns,
+            "legacy",
+            Some("10.96.1.7"),
+            None,
+            &[("web", 8081, None)],
+        ),
+        svc(ns, "db", Some("10.96.1.8"), None, &[("", 3306, None)]),
+        svc(
+            ns,
+            "chat",
+            Some("10.96.1.9"),
+            None,
+            &[("ws", 8082, Some("kubernetes.io/ws"))],
+        ),
+        svc(ns, "kafka", None, None, &[("tcp-broker", 9092, None)]),
+        svc(
+            ns,
+            "payments",
+            None,
+            Some("api.example.com."),
+            &[("https", 443, None)],
+        ),
+        Object::Pod(mk_pod(ns, "cache-1", &[("version", "v1")])),
+        Object::Pod(mk_pod(ns, "cache-2", &[("version", "v2")])),
+        Object::EndpointSlice(mk_slice(
+            ns,
+            "cache-x",
+            "cache",
+            "redis",
+            6379,
+            &[("10.0.4.1", "cache-1"), ("10.0.4.2", "cache-2")],
+        )),
+    ];
+    let mut split = mk_policy_spec("cache", &[("v1", 70), ("v2", 30)]);
+    split.tcp = vec![weir_api::TcpRule {
+        name: Some("split".into()),
+        sni_hosts: vec![],
+        destinations: split.http.remove(0).destinations,
+    }];
+    objects.push(Object::TrafficPolicy(mk_policy(ns, "cache", split)));
+    let mut by_sni = mk_policy_spec("ldap", &[]);
+    by_sni.http.clear();
+    by_sni.tcp = vec![weir_api::TcpRule {
+        name: Some("internal".into()),
+        sni_hosts: vec!["internal.example.com".into()],
+        destinations: vec![Destination {
+            service: Some("custom".into()),
+            ..Default::default()
+        }],
+    }];
+    objects.push(Object::TrafficPolicy(mk_policy(ns, "ldap", by_sni)));
+    let mut methods = mk_policy_spec("greeter", &[("v1", 100)]);
+    methods.http[0].matches = vec![HttpMatch {
+        grpc: Some(weir_api::GrpcMatch {
+            match_type: weir_api::GrpcMatchType::Exact,
+            service: Some("weir.test.Echo".into()),
+            method: Some("Other".into()),
+        }),
+        ..Default::default()
+    }];
+    methods.http[0].retries = Some(Retries {
+        attempts: 2,
+        per_try_timeout: None,
+        retry_on: vec![],
+    });
+    objects.push(Object::TrafficPolicy(mk_policy(ns, "greeter", methods)));
+    objects
+}
+
+#[test]
+fn golden_protocols_in_both_modes_with_the_decisions() {
+    for (file, capture) in [
+        ("protocols-explicit.txt", Capture::Explicit { port: 15001 }),
+        ("protocols-transparent.txt", Capture::Transparent),
+    ] {
+        let mut index = Index::new();
+        apply(&mut index, protocols());
+        let mut snapshots = SnapshotBuilder::new();
+        snapshots.update(&mut index);
+        let profile = ProxyProfile { capture };
+        let snapshot = snapshots.snapshot(profile);
+        snapshots.check(profile, &snapshot).unwrap();
+        let decisions: Vec<String> = snapshots
+            .translator()
+            .port_protocols()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}:{} {} ({:?})",
+                    p.service,
+                    p.port,
+                    p.protocol.as_str(),
+                    p.decided_by
+                )
+            })
+            .collect();
+        let text = format!("{}\n{}", decisions.join("\n"), render(&snapshot));
+        check_golden(file, &text);
+    }
+    let statuses = policy_statuses(
+        &{
+            let mut index = Index::new();
+            apply(&mut index, protocols());
+            index
+        },
+        AckSummary::default(),
+    );
+    for s in statuses {
+        assert!(s.conditions[0].status && s.conditions[1].status, "{s:?}");
     }
 }
 
@@ -198,7 +460,7 @@ fn an_endpoint_change_touches_only_that_services_load_assignments() {
     index.apply(Event::apply(Object::EndpointSlice(slice)));
     let (changes, published) = snapshots.update(&mut index);
     assert!(
-        changes.clusters.is_empty() && !changes.virtual_hosts_changed,
+        changes.clusters.is_empty() && !changes.ports_changed,
         "{changes:?}"
     );
     assert_eq!(
@@ -404,4 +666,28 @@ fn a_policy_echoed_back_with_the_same_generation_dirties_nothing() {
     edited.spec = mk_policy_spec("reviews", &[("v1", 10), ("v2", 90)]);
     index.apply(Event::apply(Object::TrafficPolicy(edited)));
     assert!(!index.take_dirty().is_empty(), "a spec change was ignored");
+}
+
+#[test]
+fn http_rules_on_a_tcp_port_are_accepted_with_a_note_that_says_why_they_do_not_apply() {
+    let mut index = Index::new();
+    apply(&mut index, protocols());
+    let spec = mk_policy_spec("db", &[("v1", 100)]);
+    apply(
+        &mut index,
+        vec![Object::TrafficPolicy(mk_policy("shop", "db", spec))],
+    );
+    let status = policy_statuses(&index, AckSummary::default())
+        .into_iter()
+        .find(|s| s.name == "db")
+        .unwrap();
+    let accepted = status.accepted();
+    assert!(accepted.status, "{accepted:?}");
+    assert!(
+        accepted
+            .message
+            .contains("spec.http does not apply to port 3306 (tcp, as a server-first port)"),
+        "{}",
+        accepted.message
+    );
 }

@@ -47,12 +47,22 @@ impl IndexKind for EndpointSlice {
             .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
             .filter_map(|p| Some((p.name.unwrap_or_default(), u16::try_from(p.port?).ok()?)))
             .collect();
+        // FQDN slices name hosts, not addresses Envoy can connect to by IP.
+        let by_ip = slice.address_type != "FQDN";
         let endpoints = slice
             .endpoints
             .into_iter()
+            .filter(|_| by_ip)
             .filter_map(|ep| {
                 let address = ep.addresses.into_iter().next()?;
-                let ready = ep.conditions.and_then(|c| c.ready).unwrap_or(true);
+                // Absent means ready; a terminating endpoint is not ready (its `serving`
+                // may still be true, but it takes no new traffic).
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true)
+                    && !ep
+                        .conditions
+                        .as_ref()
+                        .and_then(|c| c.terminating)
+                        .unwrap_or(false);
                 let pod = ep
                     .target_ref
                     .filter(|r| r.kind.as_deref() == Some("Pod"))

@@ -31,7 +31,7 @@ use crate::HashMap;
 
 pub use endpoint_slice::{EndpointModel, SliceModel};
 pub use kind::{decode_document, Kind, Object, Scope, WatchMode};
-pub use service::{ServiceModel, ServicePort};
+pub use service::{Addressing, ServiceModel, ServicePort};
 pub use traffic_policy::PolicyEntry;
 
 /// Namespace and name of an object.

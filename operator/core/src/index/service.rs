@@ -1,4 +1,6 @@
-//! Services: the ClusterIP and TCP ports, which is what routing needs of them.
+//! Services: how they are addressed (ClusterIP, headless, ExternalName) and their TCP ports
+//! with the protocol hints users give (`appProtocol`, port names), which is what routing
+//! needs of them.
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -14,13 +16,28 @@ pub struct ServicePort {
     pub port: u16,
     /// The pod port, by number or by name.
     pub target_port: Option<IntOrString>,
+    /// `appProtocol`, when given.
+    pub app_protocol: Option<String>,
+}
+
+/// How clients reach a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Addressing {
+    /// A virtual IP (type ClusterIP, NodePort or LoadBalancer).
+    ClusterIp(String),
+    /// No virtual IP (`clusterIP: None`): clients reach pods by their own IPs and names.
+    Headless,
+    /// A DNS alias for a name outside the cluster (type ExternalName).
+    ExternalName(String),
 }
 
 /// What translation needs of a Service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceModel {
-    /// ClusterIP, when allocated (not for headless Services).
+    /// ClusterIP, when allocated (not for headless or ExternalName Services).
     pub cluster_ip: Option<String>,
+    /// How clients reach it.
+    pub addressing: Addressing,
     /// TCP ports.
     pub ports: Vec<ServicePort>,
 }
@@ -30,6 +47,13 @@ impl IndexKind for Service {
         let key = Kind::Service.key(&svc.metadata);
         let spec = svc.spec.unwrap_or_default();
         let cluster_ip = spec.cluster_ip.filter(|ip| !ip.is_empty() && ip != "None");
+        let addressing = match (spec.type_.as_deref(), &spec.external_name, &cluster_ip) {
+            (Some("ExternalName"), Some(name), _) if !name.is_empty() => {
+                Addressing::ExternalName(name.trim_end_matches('.').to_string())
+            }
+            (_, _, Some(ip)) => Addressing::ClusterIp(ip.clone()),
+            _ => Addressing::Headless,
+        };
         let ports = spec
             .ports
             .unwrap_or_default()
@@ -40,10 +64,15 @@ impl IndexKind for Service {
                     name: p.name.unwrap_or_default(),
                     port: u16::try_from(p.port).ok()?,
                     target_port: p.target_port,
+                    app_protocol: p.app_protocol,
                 })
             })
             .collect();
-        let model = ServiceModel { cluster_ip, ports };
+        let model = ServiceModel {
+            cluster_ip,
+            addressing,
+            ports,
+        };
         if index.services.get(&key) != Some(&model) {
             index.services.insert(key.clone(), model);
             index.dirty_service(&key);

@@ -1,36 +1,65 @@
 //! Listeners for the two capture modes.
 //!
-//! - explicit: one listener on 127.0.0.1:<port> that takes plain HTTP and routes by Host to
-//!   any Service in the mesh (local mode, no iptables).
+//! - explicit: one listener on 127.0.0.1:<port> that takes plain HTTP (HTTP/1.1 or h2c)
+//!   and routes by Host to any HTTP Service port in the mesh (local mode, no iptables).
 //! - transparent: iptables sends outbound TCP to 15001 and inbound to 15006. The outbound
-//!   listener picks a filter chain by original destination port (one route table per port);
-//!   unknown ports pass through untouched. The inbound listener hands connections to the
-//!   local application at their original destination.
+//!   listener picks a filter chain by the connection's original destination:
+//!
+//! ```text
+//! port p, ClusterIP of an http/http2/grpc Service  --> HTTP (route table outbound|p, by Host)
+//! port p, ClusterIP of an undeclared port           --> HTTP if the first bytes are HTTP
+//!                                                       (http_inspector), else TCP
+//! port p, ClusterIP of a tcp/tls Service            --> TCP proxy (spec.tcp split, or the
+//!                                                       Service); TLS by SNI first
+//! port p, any other address, SNI naming a tls Service --> TCP proxy to that Service
+//! anything else (outside the mesh, headless pods)   --> passthrough, untouched
+//! ```
+//!
+//! Inspectors run only on the ports that need them (filter_disabled by port), with a
+//! bounded wait, so declared TCP and server-first ports never wait for client bytes.
+//! The inbound listener hands connections to the local application at their original
+//! destination.
 
-use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
+use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection};
 use envoy_types::pb::envoy::config::listener::v3::{
-    filter::ConfigType as FilterConfig, listener_filter::ConfigType as ListenerFilterConfig,
+    filter::ConfigType as FilterConfig,
+    listener_filter::ConfigType as ListenerFilterConfig,
+    listener_filter_chain_match_predicate::{MatchSet, Rule},
     Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+    ListenerFilterChainMatchPredicate,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::{CodecType, RouteSpecifier},
+    http_connection_manager::{CodecType, RouteSpecifier, UpgradeConfig},
     http_filter::ConfigType as HttpFilterConfig,
     HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    tcp_proxy::ClusterSpecifier, TcpProxy,
+    tcp_proxy::{weighted_cluster::ClusterWeight, ClusterSpecifier, WeightedCluster},
+    TcpProxy,
 };
-use envoy_types::pb::google::protobuf::{BoolValue, UInt32Value};
+use envoy_types::pb::envoy::r#type::v3::Int32Range;
+use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
+use std::collections::BTreeMap;
 
-use super::{cluster::ads, endpoint::socket_address, names};
+use super::{cluster::ads, endpoint::socket_address, names, PortOutput, WeightedClusters};
+use crate::protocol::Protocol;
 
 /// Port iptables sends outbound traffic to.
 pub const OUTBOUND_CAPTURE_PORT: u16 = 15001;
 /// Port iptables sends inbound traffic to.
 pub const INBOUND_CAPTURE_PORT: u16 = 15006;
+
+/// How long the inspectors wait for a client's first bytes before the connection is
+/// treated as TCP (a server-first protocol on an undeclared port waits this long once).
+pub const DETECTION_TIMEOUT: Duration = Duration {
+    seconds: 1,
+    nanos: 0,
+};
 
 /// The explicit-mode listener.
 pub fn explicit_outbound(port: u16) -> Listener {
@@ -43,25 +72,174 @@ pub fn explicit_outbound(port: u16) -> Listener {
     }
 }
 
-/// The transparent-mode outbound listener, with one HTTP chain per Service port in the mesh.
-pub fn transparent_outbound(ports: &[u16]) -> Listener {
+/// The transparent-mode outbound listener: filter chains for every Service port in the
+/// mesh, by port, by ClusterIP and by protocol (see the module docs).
+pub fn transparent_outbound(by_port: &BTreeMap<u16, Vec<&PortOutput>>) -> Listener {
+    let mut chains = Vec::new();
+    let (mut sniffed, mut with_sni) = (Vec::new(), Vec::new());
+    for (port, outs) in by_port {
+        let port = *port;
+        let route_config = names::port_route_config(port);
+        let http_ips: Vec<&str> = outs
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o.protocol,
+                    Protocol::Http | Protocol::Http2 | Protocol::Grpc
+                )
+            })
+            .filter_map(|o| o.cluster_ip.as_deref())
+            .collect();
+        if !http_ips.is_empty() {
+            let matched = chain_match(port, &http_ips);
+            chains.push(http_chain(
+                &format!("outbound_{port}"),
+                &route_config,
+                Some(matched),
+            ));
+        }
+        for out in outs {
+            let (Some(ip), Some(tcp)) = (out.cluster_ip.as_deref(), &out.tcp) else {
+                continue;
+            };
+            let at = format!("{port}_{ip}");
+            if out.protocol == Protocol::Detect {
+                let mut matched = chain_match(port, &[ip]);
+                matched.application_protocols = vec!["http/1.1".into(), "h2c".into()];
+                chains.push(http_chain(
+                    &format!("outbound_{at}_http"),
+                    &route_config,
+                    Some(matched),
+                ));
+                sniffed.push(port);
+            }
+            for (i, (hosts, split)) in tcp.by_sni.iter().enumerate() {
+                let mut matched = chain_match(port, &[ip]);
+                matched.server_names = hosts.clone();
+                chains.push(tcp_chain(
+                    &format!("outbound_{at}_sni{i}"),
+                    split,
+                    Some(matched),
+                ));
+            }
+            chains.push(tcp_chain(
+                &format!("outbound_{at}"),
+                &tcp.default,
+                Some(chain_match(port, &[ip])),
+            ));
+            if out.protocol == Protocol::Tls {
+                // A TLS client that reached the Service by another address still names it.
+                let matched = FilterChainMatch {
+                    destination_port: Some(UInt32Value {
+                        value: u32::from(port),
+                    }),
+                    server_names: tcp.hostnames.clone(),
+                    ..Default::default()
+                };
+                chains.push(tcp_chain(
+                    &format!("outbound_{at}_by_name"),
+                    &tcp.default,
+                    Some(matched),
+                ));
+                with_sni.push(port);
+            }
+            if !tcp.by_sni.is_empty() {
+                with_sni.push(port);
+            }
+        }
+    }
+    let mut listener_filters = vec![original_dst()];
+    with_sni.sort_unstable();
+    with_sni.dedup();
+    sniffed.sort_unstable();
+    sniffed.dedup();
+    if !with_sni.is_empty() {
+        listener_filters.push(inspector(
+            "envoy.filters.listener.tls_inspector",
+            pack_any(TlsInspector::default()),
+            &with_sni,
+        ));
+    }
+    if !sniffed.is_empty() {
+        listener_filters.push(inspector(
+            "envoy.filters.listener.http_inspector",
+            pack_any(HttpInspector::default()),
+            &sniffed,
+        ));
+    }
+    let inspecting = listener_filters.len() > 1;
     Listener {
         name: names::OUTBOUND_LISTENER.into(),
         address: Some(socket_address("0.0.0.0", OUTBOUND_CAPTURE_PORT)),
         traffic_direction: TrafficDirection::Outbound as i32,
-        listener_filters: vec![original_dst()],
-        filter_chains: ports
+        listener_filters,
+        listener_filters_timeout: inspecting.then_some(DETECTION_TIMEOUT),
+        continue_on_listener_filters_timeout: inspecting,
+        filter_chains: chains,
+        default_filter_chain: Some(tcp_chain(
+            "passthrough",
+            &vec![(names::PASSTHROUGH_CLUSTER.to_string(), 100)],
+            None,
+        )),
+        ..Default::default()
+    }
+}
+
+/// A chain match on a destination port and exact addresses.
+fn chain_match(port: u16, ips: &[&str]) -> FilterChainMatch {
+    FilterChainMatch {
+        destination_port: Some(UInt32Value {
+            value: u32::from(port),
+        }),
+        prefix_ranges: ips
             .iter()
-            .map(|p| {
-                http_chain(
-                    &format!("outbound_{p}"),
-                    &names::port_route_config(*p),
-                    Some(*p),
-                )
+            .map(|ip| CidrRange {
+                address_prefix: ip.to_string(),
+                prefix_len: Some(UInt32Value {
+                    value: if ip.contains(':') { 128 } else { 32 },
+                }),
             })
             .collect(),
-        default_filter_chain: Some(tcp_chain("passthrough", names::PASSTHROUGH_CLUSTER)),
         ..Default::default()
+    }
+}
+
+/// A listener filter that runs only for connections to `ports` (sorted, distinct).
+fn inspector(
+    name: &str,
+    config: envoy_types::pb::google::protobuf::Any,
+    ports: &[u16],
+) -> ListenerFilter {
+    // Consecutive ports as one range; Envoy wants an or_match of two rules or more.
+    let mut ranges: Vec<Int32Range> = Vec::new();
+    for port in ports.iter().map(|p| i32::from(*p)) {
+        match ranges.last_mut() {
+            Some(last) if last.end == port => last.end = port + 1,
+            _ => ranges.push(Int32Range {
+                start: port,
+                end: port + 1,
+            }),
+        }
+    }
+    let mut rules: Vec<ListenerFilterChainMatchPredicate> = ranges
+        .into_iter()
+        .map(|range| ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::DestinationPortRange(range)),
+        })
+        .collect();
+    let inspected = if rules.len() == 1 {
+        rules.remove(0)
+    } else {
+        ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::OrMatch(MatchSet { rules })),
+        }
+    };
+    ListenerFilter {
+        name: name.into(),
+        config_type: Some(ListenerFilterConfig::TypedConfig(config)),
+        filter_disabled: Some(ListenerFilterChainMatchPredicate {
+            rule: Some(Rule::NotMatch(Box::new(inspected))),
+        }),
     }
 }
 
@@ -72,7 +250,11 @@ pub fn transparent_inbound() -> Listener {
         address: Some(socket_address("0.0.0.0", INBOUND_CAPTURE_PORT)),
         traffic_direction: TrafficDirection::Inbound as i32,
         listener_filters: vec![original_dst()],
-        filter_chains: vec![tcp_chain("inbound", names::INBOUND_PASSTHROUGH_CLUSTER)],
+        filter_chains: vec![tcp_chain(
+            "inbound",
+            &vec![(names::INBOUND_PASSTHROUGH_CLUSTER.to_string(), 100)],
+            None,
+        )],
         ..Default::default()
     }
 }
@@ -85,7 +267,11 @@ fn original_dst() -> ListenerFilter {
     }
 }
 
-fn http_chain(stat_prefix: &str, route_config: &str, port: Option<u16>) -> FilterChain {
+fn http_chain(
+    stat_prefix: &str,
+    route_config: &str,
+    matched: Option<FilterChainMatch>,
+) -> FilterChain {
     let hcm = HttpConnectionManager {
         codec_type: CodecType::Auto as i32,
         stat_prefix: stat_prefix.into(),
@@ -99,16 +285,15 @@ fn http_chain(stat_prefix: &str, route_config: &str, port: Option<u16>) -> Filte
             ..Default::default()
         }],
         normalize_path: Some(BoolValue { value: true }),
+        upgrade_configs: vec![UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
         ..Default::default()
     };
     FilterChain {
         name: stat_prefix.into(),
-        filter_chain_match: port.map(|p| FilterChainMatch {
-            destination_port: Some(UInt32Value {
-                value: u32::from(p),
-            }),
-            ..Default::default()
-        }),
+        filter_chain_match: matched,
         filters: vec![Filter {
             name: "envoy.filters.network.http_connection_manager".into(),
             config_type: Some(FilterConfig::TypedConfig(pack_any(hcm))),
@@ -117,14 +302,32 @@ fn http_chain(stat_prefix: &str, route_config: &str, port: Option<u16>) -> Filte
     }
 }
 
-fn tcp_chain(stat_prefix: &str, cluster: &str) -> FilterChain {
+fn tcp_chain(
+    stat_prefix: &str,
+    split: &WeightedClusters,
+    matched: Option<FilterChainMatch>,
+) -> FilterChain {
+    let cluster_specifier = match split.as_slice() {
+        [(cluster, _)] => ClusterSpecifier::Cluster(cluster.clone()),
+        _ => ClusterSpecifier::WeightedClusters(WeightedCluster {
+            clusters: split
+                .iter()
+                .map(|(name, weight)| ClusterWeight {
+                    name: name.clone(),
+                    weight: *weight,
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+    };
     let tcp = TcpProxy {
         stat_prefix: stat_prefix.into(),
-        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.into())),
+        cluster_specifier: Some(cluster_specifier),
         ..Default::default()
     };
     FilterChain {
         name: stat_prefix.into(),
+        filter_chain_match: matched,
         filters: vec![Filter {
             name: "envoy.filters.network.tcp_proxy".into(),
             config_type: Some(FilterConfig::TypedConfig(pack_any(tcp))),

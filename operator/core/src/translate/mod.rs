@@ -1,10 +1,19 @@
 //! Translation from the index to Envoy resources. Pure and deterministic.
 //!
-//! The [`Translator`] keeps, per Service, the clusters, load assignments and virtual hosts it
-//! produced, and redoes only the Services the index marks dirty: an EndpointSlice change
-//! re-encodes that Service's load assignments and nothing else. Clusters and load
-//! assignments are shared by every proxy; listeners and route tables depend on the proxy's
-//! capture mode and are assembled from the per-Service virtual hosts by [`assemble`].
+//! ```text
+//! dirty Service --ServiceBinding::bind--> per port: protocol::decide, the governing routes
+//!   --> clusters (EDS, or DNS for ExternalName; HTTP/2 upstream for http2/grpc)
+//!   --> load assignments (ready endpoints, per subset)
+//!   --> PortOutput: the HTTP virtual host (HTTP-family ports) and the TCP routes
+//!       (TCP-family ports), encoded once
+//! assemble(profile): PortOutputs --> listeners (filter chains by destination IP, port, SNI,
+//!                                    detected protocol) + route tables (one per port)
+//! ```
+//!
+//! The [`Translator`] keeps, per Service, what it produced, and redoes only the Services the
+//! index marks dirty: an EndpointSlice change re-encodes that Service's load assignments and
+//! nothing else. Clusters and load assignments are shared by every proxy; listeners and route
+//! tables depend on the proxy's capture mode and are assembled from the per-port outputs.
 
 pub mod cluster;
 pub mod endpoint;
@@ -16,13 +25,15 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
 use imbl::OrdMap;
 use prost::{Message, Name};
+use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::HashMap;
 use std::sync::Arc;
 
-use crate::binding::{PortRoutes, Resolution, ServiceBinding};
-use crate::index::{Index, ObjectKey, ServiceModel};
+use crate::binding::{BoundBackend, PortRoutes, Resolution, ServiceBinding};
+use crate::index::{Addressing, Index, ObjectKey, ServiceModel};
+use crate::protocol::{self, DecidedBy, Protocol};
 use crate::resources::Resource;
 
 /// How a proxy receives the application's traffic.
@@ -56,8 +67,8 @@ pub struct Changes {
     pub endpoints: Vec<Arc<str>>,
     /// Load assignments removed.
     pub endpoints_removed: Vec<Arc<str>>,
-    /// Some virtual host changed, so route tables (and maybe listeners) must be reassembled.
-    pub virtual_hosts_changed: bool,
+    /// Some port's output changed, so listeners and route tables must be reassembled.
+    pub ports_changed: bool,
 }
 
 impl Changes {
@@ -67,8 +78,26 @@ impl Changes {
             && self.clusters_removed.is_empty()
             && self.endpoints.is_empty()
             && self.endpoints_removed.is_empty()
-            && !self.virtual_hosts_changed
+            && !self.ports_changed
     }
+}
+
+/// What one Service port contributes to listeners and route tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortOutput {
+    /// The port's protocol.
+    pub protocol: Protocol,
+    /// The rule that decided it.
+    pub decided_by: DecidedBy,
+    /// The Service's ClusterIP, when it has one: transparent mode matches it.
+    pub cluster_ip: Option<String>,
+    /// The HTTP virtual host (HTTP-family and undeclared ports).
+    pub virtual_host: Option<PortVirtualHost>,
+    /// The TCP routes (TCP-family and undeclared ports).
+    pub tcp: Option<PortTcp>,
+    /// Clusters this port's routes send traffic to that must exist (destinations that do
+    /// not resolve are left out: their 503 is deliberate and reported in status).
+    pub clusters: Vec<Arc<str>>,
 }
 
 /// One Service port's virtual host, encoded once when the Service changes, in the two forms
@@ -83,12 +112,23 @@ pub struct PortVirtualHost {
     pub with_bare_names: Vec<u8>,
     /// Whether explicit mode gives the bare names to this port (port 80, else the lowest).
     pub owns_bare_names: bool,
-    /// Clusters its routes send traffic to that must exist (destinations that do not
-    /// resolve are left out: their 503 is deliberate and reported in status).
-    pub clusters: Vec<Arc<str>>,
 }
 
-/// One cluster a Service produces (its load assignment has the same name).
+/// A port's TCP routes: connections split over weighted clusters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortTcp {
+    /// Routes for TLS connections naming one of the hosts (SNI), in order.
+    pub by_sni: Vec<(Vec<String>, WeightedClusters)>,
+    /// Where every other connection goes.
+    pub default: WeightedClusters,
+    /// Every name of the Service (for SNI routing of connections to other addresses).
+    pub hostnames: Vec<String>,
+}
+
+/// Clusters with their weights; one with weight 100 is a plain cluster.
+pub type WeightedClusters = Vec<(String, u32)>;
+
+/// One cluster a Service produces.
 #[derive(Debug, Clone)]
 struct ClusterSlot {
     name: Arc<str>,
@@ -109,10 +149,24 @@ pub struct Translator {
     services: HashMap<ObjectKey, ServiceOutput>,
     clusters: OrdMap<Arc<str>, Resource>,
     endpoints: OrdMap<Arc<str>, Resource>,
-    vhosts: BTreeMap<(ObjectKey, u16), Arc<PortVirtualHost>>,
-    /// How many virtual hosts send traffic to each cluster (for the consistency check).
+    ports: BTreeMap<(ObjectKey, u16), Arc<PortOutput>>,
+    /// How many port outputs send traffic to each cluster (for the consistency check).
     referenced: HashMap<Arc<str>, u32>,
-    virtual_hosts_generation: u64,
+    ports_generation: u64,
+}
+
+/// A port's protocol as `/debug/config` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortProtocol {
+    /// `namespace/name` of the Service.
+    pub service: String,
+    /// The Service port.
+    pub port: u16,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The rule that decided it.
+    pub decided_by: DecidedBy,
 }
 
 impl Translator {
@@ -131,8 +185,8 @@ impl Translator {
         for key in dirty.endpoints.difference(&dirty.services) {
             self.translate_endpoints(index, key, &mut changes);
         }
-        if changes.virtual_hosts_changed {
-            self.virtual_hosts_generation += 1;
+        if changes.ports_changed {
+            self.ports_generation += 1;
         }
         changes
     }
@@ -147,31 +201,42 @@ impl Translator {
         &self.endpoints
     }
 
-    /// Bumps whenever a virtual host changes.
-    pub fn virtual_hosts_generation(&self) -> u64 {
-        self.virtual_hosts_generation
+    /// Bumps whenever a port's output changes.
+    pub fn ports_generation(&self) -> u64 {
+        self.ports_generation
     }
 
-    /// Whether some virtual host sends traffic to the cluster.
+    /// Whether some port's routes send traffic to the cluster.
     pub fn is_referenced(&self, cluster: &str) -> bool {
         self.referenced.contains_key(cluster)
     }
 
-    fn count_references(&mut self, vhost: &PortVirtualHost, delta: i32) {
-        for cluster in &vhost.clusters {
+    /// Every Service port's output, in (Service, port) order.
+    pub fn ports(&self) -> impl Iterator<Item = (&(ObjectKey, u16), &Arc<PortOutput>)> {
+        self.ports.iter()
+    }
+
+    /// The protocol of every Service port, for `/debug/config`.
+    pub fn port_protocols(&self) -> Vec<PortProtocol> {
+        self.ports
+            .iter()
+            .map(|((svc, port), out)| PortProtocol {
+                service: svc.to_string(),
+                port: *port,
+                protocol: out.protocol,
+                decided_by: out.decided_by,
+            })
+            .collect()
+    }
+
+    fn count_references(&mut self, out: &PortOutput, delta: i32) {
+        for cluster in &out.clusters {
             let count = self.referenced.entry(cluster.clone()).or_default();
             *count = count.saturating_add_signed(delta);
             if *count == 0 {
                 self.referenced.remove(cluster);
             }
         }
-    }
-
-    /// Virtual hosts in (Service, port) order.
-    pub fn virtual_hosts(
-        &self,
-    ) -> impl Iterator<Item = (&(ObjectKey, u16), &Arc<PortVirtualHost>)> {
-        self.vhosts.iter()
     }
 
     fn translate_service(&mut self, index: &Index, key: &ObjectKey, changes: &mut Changes) {
@@ -187,6 +252,7 @@ impl Translator {
                 .or_else(|| svc.ports.iter().map(|p| p.port).min());
             for port in &svc.ports {
                 let routes = binding.port(port.port);
+                let (protocol, decided_by) = protocol::decide(port);
                 new.ports.push(port.port);
                 new.clusters.push(ClusterSlot {
                     name: names::cluster_name(key, port.port, None).into(),
@@ -203,8 +269,16 @@ impl Translator {
                         subset_labels: Some(subset.labels.clone()),
                     });
                 }
-                let entry = port_virtual_host(key, svc, port.port, routes, bare_port);
-                self.set_virtual_host((key.clone(), port.port), entry, changes);
+                let output = PortOutputBuilder {
+                    key,
+                    svc,
+                    port: port.port,
+                    routes,
+                    protocol,
+                    decided_by,
+                }
+                .build(Some(port.port) == bare_port);
+                self.set_port_output((key.clone(), port.port), output, changes);
             }
         }
         // Drop what the Service no longer produces.
@@ -220,16 +294,26 @@ impl Translator {
             }
         }
         for port in old.ports.iter().filter(|p| !new.ports.contains(p)) {
-            if let Some(old) = self.vhosts.remove(&(key.clone(), *port)) {
+            if let Some(old) = self.ports.remove(&(key.clone(), *port)) {
                 self.count_references(&old, -1);
-                changes.virtual_hosts_changed = true;
+                changes.ports_changed = true;
             }
         }
-        for ClusterSlot { name, .. } in &new.clusters {
-            let resource = Resource::new(name.clone(), &cluster::eds_cluster(name));
-            upsert(&mut self.clusters, resource, &mut changes.clusters);
-        }
         if let Some(svc) = index.service(key) {
+            for slot in &new.clusters {
+                let port = svc.ports.iter().find(|p| p.port == slot.port);
+                let (protocol, _) = port
+                    .map(protocol::decide)
+                    .unwrap_or((Protocol::Tcp, DecidedBy::Detection));
+                let cluster = match &svc.addressing {
+                    Addressing::ExternalName(host) => {
+                        cluster::dns_cluster(&slot.name, host, slot.port, protocol)
+                    }
+                    _ => cluster::eds_cluster(&slot.name, protocol),
+                };
+                let resource = Resource::new(slot.name.clone(), &cluster);
+                upsert(&mut self.clusters, resource, &mut changes.clusters);
+            }
             self.write_endpoints(index, key, svc, &new, changes);
         }
         if !new.clusters.is_empty() {
@@ -237,19 +321,14 @@ impl Translator {
         }
     }
 
-    /// Stores a port's virtual host when it differs from the one held.
-    fn set_virtual_host(
-        &mut self,
-        slot: (ObjectKey, u16),
-        entry: PortVirtualHost,
-        changes: &mut Changes,
-    ) {
-        if self.vhosts.get(&slot).map(|v| v.as_ref()) != Some(&entry) {
-            self.count_references(&entry, 1);
-            if let Some(old) = self.vhosts.insert(slot, Arc::new(entry)) {
+    /// Stores a port's output when it differs from the one held.
+    fn set_port_output(&mut self, slot: (ObjectKey, u16), out: PortOutput, changes: &mut Changes) {
+        if self.ports.get(&slot).map(|v| v.as_ref()) != Some(&out) {
+            self.count_references(&out, 1);
+            if let Some(old) = self.ports.insert(slot, Arc::new(out)) {
                 self.count_references(&old, -1);
             }
-            changes.virtual_hosts_changed = true;
+            changes.ports_changed = true;
         }
     }
 
@@ -269,6 +348,9 @@ impl Translator {
         out: &ServiceOutput,
         changes: &mut Changes,
     ) {
+        if matches!(svc.addressing, Addressing::ExternalName(_)) {
+            return; // resolved by DNS, no load assignment
+        }
         for ClusterSlot {
             name,
             port,
@@ -280,6 +362,8 @@ impl Translator {
             };
             let mut eps: Vec<(&str, u16)> = Vec::new();
             for slice in index.slices_for(key) {
+                // The slice says which pod port the Service port maps to (a named
+                // targetPort can differ per pod, and so per slice).
                 let Some((_, target)) = slice.ports.iter().find(|(n, _)| *n == service_port.name)
                 else {
                     continue;
@@ -304,34 +388,103 @@ impl Translator {
     }
 }
 
-/// One Service port's virtual host, encoded, with the clusters its routes need.
-fn port_virtual_host(
-    key: &ObjectKey,
-    svc: &ServiceModel,
+/// Everything one port's output is made of.
+struct PortOutputBuilder<'a> {
+    key: &'a ObjectKey,
+    svc: &'a ServiceModel,
     port: u16,
-    routes: Option<&PortRoutes>,
-    bare_port: Option<u16>,
-) -> PortVirtualHost {
-    let cluster_ip = svc.cluster_ip.as_deref();
-    let mut vhost = route::virtual_host(key, port, cluster_ip, false, routes);
-    let qualified = vhost.encode_to_vec();
-    vhost.domains = names::domains(key, port, cluster_ip, true);
-    let whole: Arc<str> = names::cluster_name(key, port, None).into();
-    let mut clusters: Vec<Arc<str>> = routes
-        .into_iter()
-        .flat_map(|r| r.http.iter().flatten())
+    routes: Option<&'a PortRoutes>,
+    protocol: Protocol,
+    decided_by: DecidedBy,
+}
+
+impl PortOutputBuilder<'_> {
+    fn build(self, owns_bare_names: bool) -> PortOutput {
+        let whole = names::cluster_name(self.key, self.port, None);
+        let mut clusters: Vec<Arc<str>> = vec![whole.as_str().into()];
+        let virtual_host = self.protocol.is_http().then(|| {
+            let bound = self.routes.map(|r| &r.http);
+            clusters.extend(resolved(bound.into_iter().flatten()));
+            self.virtual_host(owns_bare_names)
+        });
+        let tcp = self.protocol.is_tcp().then(|| {
+            let bound = self.routes.map(|r| &r.tcp);
+            clusters.extend(resolved(bound.into_iter().flatten()));
+            self.tcp(whole)
+        });
+        clusters.sort_unstable();
+        clusters.dedup();
+        PortOutput {
+            protocol: self.protocol,
+            decided_by: self.decided_by,
+            cluster_ip: match &self.svc.addressing {
+                Addressing::ClusterIp(ip) => Some(ip.clone()),
+                _ => None,
+            },
+            virtual_host,
+            tcp,
+            clusters,
+        }
+    }
+
+    fn virtual_host(&self, owns_bare_names: bool) -> PortVirtualHost {
+        let cluster_ip = self.svc.cluster_ip.as_deref();
+        let mut vhost = route::virtual_host(
+            self.key,
+            self.port,
+            cluster_ip,
+            false,
+            self.routes,
+            self.protocol,
+        );
+        let qualified = vhost.encode_to_vec();
+        vhost.domains = names::domains(self.key, self.port, cluster_ip, true);
+        PortVirtualHost {
+            qualified,
+            with_bare_names: vhost.encode_to_vec(),
+            owns_bare_names,
+        }
+    }
+
+    fn tcp(&self, whole: String) -> PortTcp {
+        let mut by_sni = Vec::new();
+        let mut default = vec![(whole, 100)];
+        if let Some(routes) = self.routes {
+            for (rule, bound) in routes.policy.tcp.iter().zip(&routes.tcp) {
+                let split = weighted(bound);
+                if rule.sni_hosts.is_empty() {
+                    // The first rule without hosts takes every other connection.
+                    default = split;
+                    break;
+                }
+                by_sni.push((rule.sni_hosts.clone(), split));
+            }
+        }
+        let hostnames = names::hostnames(self.key);
+        PortTcp {
+            by_sni,
+            default,
+            hostnames,
+        }
+    }
+}
+
+/// Clusters of backends that resolve and take traffic.
+fn resolved<'a>(backends: impl Iterator<Item = &'a Vec<BoundBackend>>) -> Vec<Arc<str>> {
+    backends
+        .flatten()
         .filter(|b| b.resolution == Resolution::Resolved && b.weight > 0)
         .map(|b| Arc::from(b.cluster.as_str()))
-        .chain([whole])
-        .collect();
-    clusters.sort_unstable();
-    clusters.dedup();
-    PortVirtualHost {
-        qualified,
-        with_bare_names: vhost.encode_to_vec(),
-        owns_bare_names: Some(port) == bare_port,
-        clusters,
-    }
+        .collect()
+}
+
+/// The backends that take traffic, as weighted clusters.
+fn weighted(backends: &[BoundBackend]) -> WeightedClusters {
+    backends
+        .iter()
+        .filter(|b| b.weight > 0)
+        .map(|b| (b.cluster.clone(), b.weight))
+        .collect()
 }
 
 fn upsert(map: &mut OrdMap<Arc<str>, Resource>, resource: Resource, changed: &mut Vec<Arc<str>>) {
@@ -345,40 +498,45 @@ fn upsert(map: &mut OrdMap<Arc<str>, Resource>, resource: Resource, changed: &mu
 pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resource>, Vec<Resource>) {
     match profile.capture {
         Capture::Explicit { port } => {
-            let vhosts = translator.virtual_hosts().map(|(_, v)| {
-                if v.owns_bare_names {
-                    v.with_bare_names.as_slice()
-                } else {
-                    v.qualified.as_slice()
-                }
-            });
+            let vhosts = translator
+                .ports()
+                .filter_map(|(_, out)| out.virtual_host.as_ref())
+                .map(|v| {
+                    if v.owns_bare_names {
+                        v.with_bare_names.as_slice()
+                    } else {
+                        v.qualified.as_slice()
+                    }
+                });
             (
                 vec![Resource::new(
                     names::OUTBOUND_LISTENER,
                     &listener::explicit_outbound(port),
                 )],
-                vec![route_table(names::EXPLICIT_ROUTE_CONFIG, vhosts)],
+                vec![route_table(names::EXPLICIT_ROUTE_CONFIG, vhosts, None)],
             )
         }
         Capture::Transparent => {
-            let mut by_port: BTreeMap<u16, Vec<&[u8]>> = BTreeMap::new();
-            for ((_, port), v) in translator.virtual_hosts() {
-                by_port
-                    .entry(*port)
-                    .or_default()
-                    .push(v.with_bare_names.as_slice());
+            let mut by_port: BTreeMap<u16, Vec<&PortOutput>> = BTreeMap::new();
+            for ((_, port), out) in translator.ports() {
+                by_port.entry(*port).or_default().push(out);
             }
-            let ports: Vec<u16> = by_port.keys().copied().collect();
+            let passthrough = route::passthrough_virtual_host().encode_to_vec();
             let routes = by_port
-                .into_iter()
-                .map(|(port, vhosts)| {
-                    route_table(&names::port_route_config(port), vhosts.into_iter())
+                .iter()
+                .filter(|(_, outs)| outs.iter().any(|o| o.virtual_host.is_some()))
+                .map(|(port, outs)| {
+                    let vhosts = outs
+                        .iter()
+                        .filter_map(|o| o.virtual_host.as_ref())
+                        .map(|v| v.with_bare_names.as_slice());
+                    route_table(&names::port_route_config(*port), vhosts, Some(&passthrough))
                 })
                 .collect();
             let listeners = vec![
                 Resource::new(
                     names::OUTBOUND_LISTENER,
-                    &listener::transparent_outbound(&ports),
+                    &listener::transparent_outbound(&by_port),
                 ),
                 Resource::new(names::INBOUND_LISTENER, &listener::transparent_inbound()),
             ];
@@ -387,14 +545,19 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
     }
 }
 
-/// A route table from pre-encoded virtual hosts: the table's own fields, then each virtual
-/// host as repeated field 2 (`virtual_hosts`), which is what encoding the full message would
-/// produce, without decoding or cloning 10,000 virtual hosts.
-fn route_table<'a>(name: &str, vhosts: impl Iterator<Item = &'a [u8]>) -> Resource {
+/// A route table from pre-encoded virtual hosts (and a last one, if given): the table's own
+/// fields, then each virtual host as repeated field 2 (`virtual_hosts`), which is what
+/// encoding the full message would produce, without decoding or cloning 10,000 virtual
+/// hosts.
+fn route_table<'a>(
+    name: &str,
+    vhosts: impl Iterator<Item = &'a [u8]>,
+    last: Option<&'a [u8]>,
+) -> Resource {
     use prost::encoding::{encode_key, encode_varint, WireType};
     const VIRTUAL_HOSTS_TAG: u32 = 2;
     let mut buf = route::route_configuration(name, Vec::new()).encode_to_vec();
-    for vhost in vhosts {
+    for vhost in vhosts.chain(last) {
         encode_key(VIRTUAL_HOSTS_TAG, WireType::LengthDelimited, &mut buf);
         encode_varint(vhost.len() as u64, &mut buf);
         buf.extend_from_slice(vhost);

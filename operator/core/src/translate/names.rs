@@ -21,17 +21,22 @@ pub fn vhost_name(svc: &ObjectKey, port: u16) -> String {
     format!("{}:{port}", fqdn(svc))
 }
 
+/// Every DNS name of a Service: `name`, `name.ns`, `name.ns.svc` and the FQDN.
+pub fn hostnames(svc: &ObjectKey) -> Vec<String> {
+    vec![
+        svc.name.clone(),
+        format!("{}.{}", svc.name, svc.namespace),
+        format!("{}.{}.svc", svc.name, svc.namespace),
+        fqdn(svc),
+    ]
+}
+
 /// Every name a client in any namespace may use for a Service port: each DNS form with and
 /// (when `bare` is set) without the port, plus the ClusterIP with and without the port.
 /// The short `name` form is only resolvable from the Service's own namespace, but it is
 /// harmless elsewhere and saves a per-namespace route table.
 pub fn domains(svc: &ObjectKey, port: u16, cluster_ip: Option<&str>, bare: bool) -> Vec<String> {
-    let hosts = [
-        svc.name.clone(),
-        format!("{}.{}", svc.name, svc.namespace),
-        format!("{}.{}.svc", svc.name, svc.namespace),
-        fqdn(svc),
-    ];
+    let hosts = hostnames(svc);
     let mut out = Vec::with_capacity(10);
     for host in hosts.iter().map(String::as_str).chain(cluster_ip) {
         out.push(format!("{host}:{port}"));

@@ -19,9 +19,13 @@ use super::names;
 use crate::binding::{BoundBackend, PortRoutes};
 use crate::index::ObjectKey;
 use crate::policy::{HeaderEdits, HttpRoute, HttpRouteMatch, PathMatch, ValueMatch};
+use crate::protocol::Protocol;
 
 /// Retry conditions when a policy asks for retries without saying on what.
 const DEFAULT_RETRY_ON: &str = "5xx,connect-failure,refused-stream,reset";
+/// The same on gRPC ports, where failures arrive as a gRPC status in trailers: an
+/// UNAVAILABLE server is retried too.
+const DEFAULT_GRPC_RETRY_ON: &str = "5xx,connect-failure,refused-stream,reset,unavailable";
 
 /// The virtual host of one Service port, with the routes of the policy governing it (if
 /// any) and a final route to the Service as a whole.
@@ -31,11 +35,12 @@ pub fn virtual_host(
     cluster_ip: Option<&str>,
     bare_names: bool,
     policy: Option<&PortRoutes>,
+    protocol: Protocol,
 ) -> VirtualHost {
     let mut routes = Vec::new();
     if let Some(bound) = policy {
         for (rule, backends) in bound.policy.http.iter().zip(&bound.http) {
-            let action = rule_action(rule, backends);
+            let action = rule_action(rule, backends, protocol);
             let matches: Vec<Option<&HttpRouteMatch>> = if rule.matches.is_empty() {
                 vec![None]
             } else {
@@ -101,7 +106,7 @@ fn pb_duration(d: std::time::Duration) -> Duration {
     }
 }
 
-fn rule_action(rule: &HttpRoute, backends: &[BoundBackend]) -> RouteAction {
+fn rule_action(rule: &HttpRoute, backends: &[BoundBackend], protocol: Protocol) -> RouteAction {
     // Unresolved backends keep their (missing) cluster: Envoy answers 503 for that share,
     // and status says BackendNotFound.
     let mut weighted: Vec<(String, u32)> = backends
@@ -130,7 +135,11 @@ fn rule_action(rule: &HttpRoute, backends: &[BoundBackend]) -> RouteAction {
         .filter(|r| r.attempts > 0)
         .map(|r| RetryPolicy {
             retry_on: if r.retry_on.is_empty() {
-                DEFAULT_RETRY_ON.to_string()
+                if protocol == Protocol::Grpc {
+                    DEFAULT_GRPC_RETRY_ON.to_string()
+                } else {
+                    DEFAULT_RETRY_ON.to_string()
+                }
             } else {
                 r.retry_on
                     .iter()
@@ -170,6 +179,11 @@ fn route_match(m: Option<&HttpRouteMatch>) -> RouteMatch {
             }
         }
         Some(PathMatch::RegularExpression(p)) => PathSpecifier::SafeRegex(regex(p)),
+        Some(PathMatch::Grpc {
+            service,
+            method,
+            regex: is_regex,
+        }) => grpc_path(service.as_deref(), method.as_deref(), *is_regex),
     };
     let mut headers: Vec<HeaderMatcher> = m
         .headers
@@ -208,6 +222,67 @@ fn route_match(m: Option<&HttpRouteMatch>) -> RouteMatch {
         path_specifier: Some(path_specifier),
         headers,
         query_parameters,
+        ..Default::default()
+    }
+}
+
+/// The path of gRPC calls to a service and method (`/<service>/<method>`).
+fn grpc_path(service: Option<&str>, method: Option<&str>, is_regex: bool) -> PathSpecifier {
+    const ANY: &str = "[^/]+";
+    match (service, method, is_regex) {
+        (Some(s), Some(m), false) => PathSpecifier::Path(format!("/{s}/{m}")),
+        (Some(s), None, false) => PathSpecifier::PathSeparatedPrefix(format!("/{s}")),
+        // Exact identifiers carry no regex syntax but '.', which must be literal.
+        (None, Some(m), false) => PathSpecifier::SafeRegex(regex(&format!("/{ANY}/{m}"))),
+        (s, m, _) => {
+            let part = |p: Option<&str>, literal: bool| match p {
+                Some(p) if literal => regex_escape(p),
+                Some(p) => format!("(?:{p})"),
+                None => ANY.to_string(),
+            };
+            PathSpecifier::SafeRegex(regex(&format!(
+                "/{}/{}",
+                part(s, !is_regex),
+                part(m, !is_regex)
+            )))
+        }
+    }
+}
+
+fn regex_escape(literal: &str) -> String {
+    literal
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
+}
+
+/// The last virtual host of a transparent-mode route table: requests to a mesh address
+/// whose Host names no Service go on to their original destination, untouched.
+pub fn passthrough_virtual_host() -> VirtualHost {
+    VirtualHost {
+        name: "passthrough".into(),
+        domains: vec!["*".into()],
+        routes: vec![Route {
+            name: "passthrough".into(),
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            action: Some(Action::Route(RouteAction {
+                cluster_specifier: Some(ClusterSpecifier::Cluster(
+                    names::PASSTHROUGH_CLUSTER.into(),
+                )),
+                timeout: Some(NO_TIMEOUT),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
         ..Default::default()
     }
 }
