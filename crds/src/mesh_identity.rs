@@ -39,7 +39,9 @@ pub struct MeshIdentitySpec {
     #[serde(default)]
     pub ca: CaSource,
     /// Lifetime of workload certificates, e.g. `24h`.
-    #[serde(default = "default_workload_cert_ttl")]
+    // `TTL`, as users write acronyms in Kubernetes APIs (serde's camelCase would say `Ttl`,
+    // which a real API server's strict decoding refuses when a manifest says `TTL`).
+    #[serde(rename = "workloadCertTTL", default = "default_workload_cert_ttl")]
     pub workload_cert_ttl: Duration,
     /// mTLS between sidecars.
     #[serde(default)]

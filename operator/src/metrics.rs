@@ -36,6 +36,10 @@ pub struct Metrics {
     pub watch_errors: Counter,
     /// Status writes to the API server (policies and MeshStatus).
     pub status_writes: Counter,
+    /// Status writes the API server refused or that failed (retried on the next pass).
+    pub status_write_errors: Counter,
+    /// Writes of the MeshStatus `mesh` status (throttled to one a second).
+    pub mesh_status_writes: Counter,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
 }
@@ -68,6 +72,8 @@ impl Metrics {
         let source_errors = Gauge::default();
         let watch_errors = Counter::default();
         let status_writes = Counter::default();
+        let status_write_errors = Counter::default();
+        let mesh_status_writes = Counter::default();
         let leader = Gauge::default();
         registry.register(
             "xds_pushes",
@@ -120,6 +126,16 @@ impl Metrics {
             status_writes.clone(),
         );
         registry.register(
+            "status_write_errors",
+            "Status writes refused by the Kubernetes API or failed (each is retried)",
+            status_write_errors.clone(),
+        );
+        registry.register(
+            "mesh_status_writes",
+            "Writes of the MeshStatus status (at most one a second)",
+            mesh_status_writes.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this replica holds the leader Lease",
             leader.clone(),
@@ -136,6 +152,8 @@ impl Metrics {
             source_errors,
             watch_errors,
             status_writes,
+            status_write_errors,
+            mesh_status_writes,
             leader,
         }
     }

@@ -1,6 +1,8 @@
-//! An in-process stand-in for the Kubernetes API server, over real HTTP, for the operator's
-//! controller tests: the real kube client, watchers, elector and status writer run against
-//! it unchanged.
+//! An in-process stand-in for the Kubernetes API server, over real HTTP, kept for what a
+//! real kube-apiserver cannot be made to do on demand (requests failing with 500, watch
+//! streams cut mid-flight, stored objects our types cannot decode) and for the memory
+//! benchmark's 120,000 objects. Every other behaviour is tested against a real
+//! kube-apiserver (`weir_tests::kube`).
 //!
 //! ```text
 //! kube::Client --HTTP--> axum fallback --> route (group/version/resource, namespace, name,
@@ -12,9 +14,8 @@
 //! It serves what the operator uses, with the API server's semantics where the operator
 //! depends on them: resource versions and optimistic concurrency, `generation` bumped by
 //! spec changes only, the status subresource, server-side apply's field manager
-//! (recorded in `managedFields`), metadata-only lists and watches, label selectors
-//! (`key` and `key=value`), and `410 Gone` for a watch from a compacted version. Faults
-//! for tests: failing requests, broken watch streams, compaction.
+//! (recorded in `managedFields`), metadata-only lists and watches, and label selectors
+//! (`key` and `key=value`). Faults for tests: failing requests, broken watch streams.
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -35,73 +36,12 @@ struct Change {
     object: Value,
 }
 
-/// A request the fake served.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    /// GET, POST, PUT, PATCH or DELETE.
-    pub method: String,
-    /// The URL path.
-    pub path: String,
-    /// The raw query string.
-    pub query: String,
-    /// The request body as JSON, when it is JSON.
-    pub body: Option<Value>,
-}
-
-impl Recorded {
-    /// The RBAC verb, API group, resource (with `/subresource`), namespace and name the
-    /// request needs permission for.
-    pub fn authorization(&self) -> Option<(String, String, String, String, Option<String>)> {
-        let route = route(&self.path)?;
-        let watch = self
-            .query
-            .split('&')
-            .any(|kv| kv == "watch=true" || kv == "watch=1");
-        let verb = match (self.method.as_str(), &route.name) {
-            ("GET", Some(_)) => "get",
-            ("GET", None) if watch => "watch",
-            ("GET", None) => "list",
-            ("POST", _) => "create",
-            ("PUT", _) => "update",
-            ("PATCH", _) => "patch",
-            ("DELETE", _) => "delete",
-            _ => return None,
-        };
-        let mut parts = route.collection.split('/');
-        let group = match parts.next()? {
-            "api" => String::new(),
-            _ => parts.next()?.to_string(),
-        };
-        let mut resource = route.collection.rsplit('/').next()?.to_string();
-        if route.status {
-            resource.push_str("/status");
-        }
-        Some((
-            verb.into(),
-            group,
-            resource,
-            route.namespace.unwrap_or_default(),
-            route.name,
-        ))
-    }
-
-    /// The `fieldManager` query parameter.
-    pub fn field_manager(&self) -> Option<&str> {
-        self.query
-            .split('&')
-            .find_map(|kv| kv.strip_prefix("fieldManager="))
-    }
-}
-
 #[derive(Default)]
 struct Store {
     rv: u64,
     /// (collection, namespace, name) -> object.
     objects: BTreeMap<(String, String, String), Value>,
     history: Vec<Change>,
-    /// Watches from a version below this get 410 Gone.
-    compacted_below: u64,
-    recorded: Vec<Recorded>,
     /// Requests still to fail with 500, by path prefix ("" for any).
     failures: Vec<(String, usize)>,
 }
@@ -270,11 +210,6 @@ impl FakeApi {
             .collect()
     }
 
-    /// Every request, in order.
-    pub fn recorded(&self) -> Vec<Recorded> {
-        self.store().recorded.clone()
-    }
-
     /// The next `n` requests whose path starts with `/prefix` fail with 500.
     pub fn fail_next(&self, prefix: &str, n: usize) {
         self.store().failures.push((format!("/{prefix}"), n));
@@ -283,14 +218,6 @@ impl FakeApi {
     /// Ends every open watch, as an API server restart does.
     pub fn break_watches(&self) {
         self.state.watch_epoch.send_modify(|e| *e += 1);
-    }
-
-    /// Forgets the history: watches resuming from any version seen so far get 410 Gone
-    /// and must relist.
-    pub fn compact(&self) {
-        let mut store = self.store();
-        store.compacted_below = store.rv + 1;
-        store.history.clear();
     }
 }
 
@@ -319,13 +246,6 @@ fn now() -> String {
     k8s_openapi::jiff::Timestamp::from_second(now)
         .unwrap_or_default()
         .to_string()
-}
-
-/// Waits until the API server's clock (whole seconds) has moved past `stamp`.
-pub async fn next_second_after(stamp: &str) {
-    while now().as_str() <= stamp {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 impl Store {
@@ -557,14 +477,6 @@ async fn handle(
         return status_error(500, "InternalError", "injected failure");
     }
     let body_json: Option<Value> = serde_json::from_slice(&body).ok();
-    {
-        store.recorded.push(Recorded {
-            method: method.to_string(),
-            path: path.clone(),
-            query: uri.query().unwrap_or_default().to_string(),
-            body: body_json.clone(),
-        });
-    }
     let namespace = route.namespace.clone().unwrap_or_default();
     match (method, &route.name) {
         (Method::GET, None) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {
@@ -584,16 +496,6 @@ async fn handle(
                     json!({"type": change.type_, "object": object})
                 ))
             };
-            if from != 0 && from < store.compacted_below {
-                let gone = json!({"type": "ERROR", "object": {
-                    "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                    "message": format!("too old resource version: {from}"), "reason": "Expired", "code": 410}});
-                let _ = tx.try_send(Ok(Bytes::from(format!("{gone}\n"))));
-                drop(tx);
-                return Response::new(Body::from_stream(
-                    tokio_stream::wrappers::ReceiverStream::new(rx),
-                ));
-            }
             let wanted = {
                 let collection = route.collection.clone();
                 let ns = route.namespace.clone();
@@ -810,57 +712,15 @@ async fn handle(
     }
 }
 
-/// A `weir-operator run` process against a [`FakeApi`], through a kubeconfig file.
-pub struct OperatorProcess {
-    /// The process.
-    pub child: tokio::process::Child,
-    /// Its admin address.
-    pub admin: SocketAddr,
-    /// Its xDS address.
-    pub xds: SocketAddr,
-}
-
 impl FakeApi {
-    /// Starts `weir-operator run` (the binary at `bin`) as `identity`, with a 2 s Lease.
+    /// Starts `weir-operator run` as `identity` against this server, with a 2 s Lease.
     pub fn spawn_operator(
         &self,
-        bin: &std::path::Path,
         identity: &str,
         scratch: &std::path::Path,
-    ) -> anyhow::Result<OperatorProcess> {
+    ) -> anyhow::Result<crate::kube::OperatorProcess> {
         let kubeconfig = scratch.join(format!("kubeconfig-{identity}"));
         self.kubeconfig(&kubeconfig)?;
-        let admin: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse()?;
-        let xds: SocketAddr = format!("127.0.0.1:{}", crate::free_port()).parse()?;
-        let log = std::fs::File::create(scratch.join(format!("operator-{identity}.log")))?;
-        let child = tokio::process::Command::new(bin)
-            .args(["run", "--namespace", "weir-system", "--identity", identity])
-            .args([
-                "--lease-duration",
-                "2s",
-                "--renew-deadline",
-                "1500ms",
-                "--retry-period",
-                "200ms",
-            ])
-            .args([
-                "--admin-addr",
-                &admin.to_string(),
-                "--xds-addr",
-                &xds.to_string(),
-            ])
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()?;
-        Ok(OperatorProcess { child, admin, xds })
-    }
-
-    /// Who holds the operator's Lease (`None` when nobody, or no Lease yet).
-    pub fn lease_holder(&self) -> Option<String> {
-        let lease = self.get(collections::LEASES, "weir-system", "weir-operator")?;
-        lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+        crate::kube::spawn_operator(&kubeconfig, identity, scratch)
     }
 }

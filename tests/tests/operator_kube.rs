@@ -1,34 +1,72 @@
-//! Operator mode against an in-process API server (`weir_tests::fake_api`): the real kube
-//! client, watchers, Lease elector and status writer, unchanged. Conditions and Events for
-//! each outcome, server-side apply under one field manager, MeshStatus throttling, leader
-//! election (only the leader writes, a lost Lease stops writes, takeover on SIGTERM and
-//! on SIGKILL), and recovery from watch failures.
+//! The operator against a real kube-apiserver (etcd, kube-apiserver, kube-controller-manager
+//! and kubectl built from Go modules; `weir_tests::kube`), authenticated as the
+//! `weir-operator` ServiceAccount of config/ with a token from the TokenRequest API, so the
+//! shipped RBAC is enforced for real.
+//!
+//! One operator runs at a time (they share the Lease `weir-system/weir-operator` and write
+//! status for every namespace); each test works in namespaces of its own and deletes its
+//! policies before it lets the next operator run.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Once;
 use std::time::{Duration, Instant};
 use weir_core::testing;
-use weir_operator::k8s::leader::LeaseSettings;
+use weir_e2e::Kubectl;
 use weir_operator::k8s::KubeOptions;
 use weir_operator::{ControlPlane, Source};
-use weir_tests::fake_api::{collections::*, next_second_after, FakeApi};
+use weir_tests::kube::{can_run, client_from, Cluster, CuttableProxy};
 use weir_tests::{eventually, http_service, to_json, DEADLINE};
 
-const NS: &str = "shop";
+/// One operator at a time (held across awaits, so an async mutex).
+static OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn lease(identity: &str) -> LeaseSettings {
-    LeaseSettings {
-        lease_duration: Duration::from_secs(2),
-        renew_deadline: Duration::from_millis(1500),
-        retry_period: Duration::from_millis(200),
-        ..LeaseSettings::new("weir-system", identity)
+async fn operator_slot() -> tokio::sync::MutexGuard<'static, ()> {
+    OPERATOR.lock().await
+}
+
+/// The cluster with the CRDs and config/ installed (once per test binary).
+fn installed() -> &'static Cluster {
+    static INSTALL: Once = Once::new();
+    let cluster = Cluster::shared();
+    INSTALL.call_once(|| {
+        let k = kubectl(cluster);
+        weir_e2e::install_crds(&k).expect("kubectl apply -f crds/");
+        weir_e2e::install_config(&k).expect("kubectl apply -k config/");
+    });
+    cluster
+}
+
+fn kubectl(cluster: &Cluster) -> Kubectl {
+    Kubectl {
+        program: cluster.bin.join("kubectl"),
+        kubeconfig: Some(cluster.admin.clone()),
     }
 }
 
-async fn start_operator(api: &FakeApi, identity: &str) -> Result<ControlPlane> {
+/// A kubeconfig for ServiceAccount `sa` of weir-system (a TokenRequest token), optionally
+/// through `server` (a proxy).
+fn service_account_kubeconfig(
+    cluster: &Cluster,
+    sa: &str,
+    server: Option<&str>,
+) -> Result<std::path::PathBuf> {
+    let token = cluster.token("weir-system", sa, None)?;
+    cluster.token_kubeconfig(&format!("{sa}-{}", std::process::id()), &token, server)
+}
+
+/// The operator in this process, as ServiceAccount `sa`.
+async fn start_operator(
+    cluster: &Cluster,
+    sa: &str,
+    identity: &str,
+    server: Option<&str>,
+) -> Result<ControlPlane> {
+    let kubeconfig = service_account_kubeconfig(cluster, sa, server)?;
     let options = KubeOptions {
-        client: api.client()?,
-        lease: lease(identity),
+        client: client_from(&kubeconfig).await?,
+        lease: weir_tests::kube::test_lease(identity),
     };
     let any = "127.0.0.1:0".parse()?;
     Ok(ControlPlane::start(Source::Kube(options), any, any).await?)
@@ -42,13 +80,31 @@ async fn wait_leading(plane: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
-fn mk_service(name: &str, ip: &str, port: u16) -> Value {
-    to_json(&http_service(NS, name, ip, port))
+fn apply(cluster: &Cluster, object: &Value) -> Result<()> {
+    cluster.kubectl_stdin(&["apply", "-f", "-"], &object.to_string())?;
+    Ok(())
 }
 
-/// A policy; `spec` is JSON so that tests can also write what the typed spec cannot hold.
-fn mk_policy(name: &str, spec: Value) -> Value {
-    let mut policy = to_json(&testing::mk_policy(NS, name, Default::default()));
+fn namespace(cluster: &Cluster, name: &str) -> Result<()> {
+    apply(
+        cluster,
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+    )
+}
+
+/// Deletes a test's policies now (MeshStatus counts every namespace's) and its namespace
+/// in the background.
+fn clean_namespace(cluster: &Cluster, ns: &str) {
+    let _ = cluster.kubectl(&["delete", "trafficpolicy", "--all", "-n", ns, "--wait=true"]);
+    let _ = cluster.kubectl(&["delete", "namespace", ns, "--wait=false"]);
+}
+
+fn mk_service(ns: &str, name: &str, ip: &str, port: u16) -> Value {
+    to_json(&http_service(ns, name, ip, port))
+}
+
+fn mk_policy(ns: &str, name: &str, spec: Value) -> Value {
+    let mut policy = to_json(&testing::mk_policy(ns, name, Default::default()));
     policy["spec"] = spec;
     policy
 }
@@ -58,33 +114,30 @@ fn split_spec(target: &str) -> Value {
     to_json(&testing::mk_policy_spec(target, &[("v1", 90), ("v2", 10)]))
 }
 
-/// The condition `type_` of a policy, once it has the generation the policy is at.
-fn condition(api: &FakeApi, policy: &str, type_: &str) -> Option<Value> {
-    let object = api.get(POLICIES, NS, policy)?;
-    let generation = object["metadata"]["generation"].as_i64();
-    if object["status"]["observedGeneration"].as_i64() != generation {
-        return None;
-    }
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
+fn get(cluster: &Cluster, args: &[&str]) -> Option<Value> {
+    cluster.kubectl_json(args).ok()
+}
+
+/// The condition of a policy, once its status describes the policy's generation.
+fn condition(cluster: &Cluster, ns: &str, policy: &str, type_: &str) -> Option<Value> {
+    let object = get(cluster, &["get", "trafficpolicy", policy, "-n", ns])?;
+    weir_e2e::condition(&object, type_)
 }
 
 /// Waits until the policy's condition has `status` and `reason`; returns its message.
 async fn wait_condition(
-    api: &FakeApi,
+    cluster: &Cluster,
+    ns: &str,
     policy: &str,
     type_: &str,
     status: &str,
     reason: &str,
 ) -> Result<String> {
     eventually(
-        &format!("{policy} {type_}={status} ({reason})"),
+        &format!("{ns}/{policy} {type_}={status} ({reason})"),
         DEADLINE,
         || async {
-            let c = condition(api, policy, type_)?;
+            let c = condition(cluster, ns, policy, type_)?;
             (c["status"] == status && c["reason"] == reason)
                 .then(|| c["message"].as_str().unwrap_or_default().to_string())
         },
@@ -92,617 +145,786 @@ async fn wait_condition(
     .await
 }
 
-fn events_for(api: &FakeApi, policy: &str) -> Vec<Value> {
-    api.list(EVENTS)
-        .into_iter()
-        .filter(|e| e["regarding"]["name"] == policy)
-        .collect()
+fn lease_holder(cluster: &Cluster) -> Option<String> {
+    let lease = get(
+        cluster,
+        &["get", "lease", "weir-operator", "-n", "weir-system"],
+    )?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_string)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policy_conditions_are_written_by_server_side_apply_for_each_outcome() -> Result<()> {
-    let api = FakeApi::start().await?;
-    api.apply(mk_service("reviews", "10.96.0.10", 9080));
-    api.apply(mk_service("ratings", "10.96.0.11", 9080));
-    let plane = start_operator(&api, "weir-a").await?;
-    wait_leading(&plane).await?;
+#[test]
+fn the_install_and_the_api_contract_hold_on_a_real_api_server() -> Result<()> {
+    if !can_run("the_install_and_the_api_contract_hold_on_a_real_api_server") {
+        return Ok(());
+    }
+    let cluster = installed();
 
-    // Valid: Accepted and ResolvedRefs true; nothing connected, so not yet Programmed.
-    api.apply(mk_policy("canary", split_spec("reviews")));
-    wait_condition(&api, "canary", "Accepted", "True", "Accepted").await?;
-    wait_condition(&api, "canary", "ResolvedRefs", "True", "ResolvedRefs").await?;
-    let programmed = wait_condition(&api, "canary", "Programmed", "False", "NoProxies").await?;
-    assert!(programmed.contains("No proxy"), "{programmed}");
-    let object = api.get(POLICIES, NS, "canary").unwrap();
-    let accepted = condition(&api, "canary", "Accepted").unwrap();
-    assert_eq!(accepted["observedGeneration"], 1);
-    assert!(accepted["lastTransitionTime"].is_string());
-    let managers: Vec<&str> = object["metadata"]["managedFields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["subresource"] == "status")
-        .filter_map(|m| m["manager"].as_str())
-        .collect();
-    assert_eq!(managers, ["weir-operator"]);
-    let writes: Vec<_> = api
-        .recorded()
-        .into_iter()
-        .filter(|r| r.path.ends_with("/trafficpolicies/canary/status"))
-        .collect();
-    assert!(!writes.is_empty());
-    for w in &writes {
-        assert_eq!(w.method, "PATCH");
-        assert_eq!(w.field_manager(), Some("weir-operator"), "{}", w.query);
-        assert!(w.query.contains("force=true"), "{}", w.query);
+    // The Deployment's pods are admitted under the namespace's restricted Pod Security
+    // level (the ReplicaSet would report FailedCreate otherwise).
+    let pods = cluster.poll("the operator's 2 pods", || {
+        let pods = get(
+            cluster,
+            &[
+                "get",
+                "pods",
+                "-n",
+                "weir-system",
+                "-l",
+                "app.kubernetes.io/component=operator",
+            ],
+        )?;
+        let n = pods["items"].as_array()?.len();
+        (n == 2).then_some(n)
+    })?;
+    assert_eq!(pods, 2);
+
+    // kubectl explain shows our descriptions.
+    let explain = cluster.kubectl(&["explain", "trafficpolicy.spec.http"])?;
+    assert!(
+        explain.contains("Ordered HTTP rules for HTTP, HTTP/2 and gRPC ports"),
+        "{explain}"
+    );
+    let explain = cluster.kubectl(&["explain", "trafficpolicy.spec.tcp.sniHosts"])?;
+    assert!(explain.contains("TLS server names (SNI)"), "{explain}");
+
+    // Every sample is accepted by the real server's strict decoding and validation.
+    let samples = weir_tests::workspace_root().join("config/samples");
+    for entry in std::fs::read_dir(&samples)? {
+        let path = entry?.path();
+        let file = path.to_string_lossy().into_owned();
+        cluster
+            .kubectl(&["apply", "--dry-run=server", "-f", &file])
+            .with_context(|| format!("{file} is refused by the API server"))?;
     }
 
-    // Each rejection: reason, a message naming the field and the fix, and a Warning Event.
-    let cases = [
+    // Each CEL rule refuses what it should, with our message.
+    let dests = |ws: &[u32]| -> Value {
+        json!(ws
+            .iter()
+            .map(|w| json!({"subset": "v1", "weight": w}))
+            .collect::<Vec<_>>())
+    };
+    let subsets = json!([{"name": "v1", "labels": {"version": "v1"}}]);
+    let cases: Vec<(&str, Value, &str)> = vec![
         (
-            "weights",
-            json!({"targetRef": {"service": "reviews"}, "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
-                "http": [{"destinations": [{"subset": "v1", "weight": 70}, {"subset": "v2", "weight": 20}]}]}),
-            "InvalidWeights",
-            "spec.http[0].destinations",
+            "weights 70/20",
+            json!({"targetRef": {"service": "s"}, "subsets": subsets, "http": [{"destinations": dests(&[70, 20])}]}),
+            "destination weights must sum to 100",
         ),
         (
-            "subset",
-            json!({"targetRef": {"service": "reviews"}, "subsets": [{"name": "v1", "labels": {"version": "v1"}}],
-                "http": [{"destinations": [{"subset": "v3"}]}]}),
-            "UnknownSubset",
-            "v3",
+            "a single weight of 50",
+            json!({"targetRef": {"service": "s"}, "subsets": subsets, "http": [{"destinations": dests(&[50])}]}),
+            "destination weights must sum to 100",
         ),
         (
-            "regex",
-            json!({"targetRef": {"service": "reviews", "port": 9080},
-                "http": [{"matches": [{"path": {"type": "RegularExpression", "value": "/api/(v1"}}], "destinations": [{}]}]}),
-            "InvalidRegex",
-            "spec.http[0].matches[0].path",
+            "tcp weights 60/30",
+            json!({"targetRef": {"service": "s"}, "subsets": subsets, "tcp": [{"destinations": dests(&[60, 30])}]}),
+            "destination weights must sum to 100",
+        ),
+        (
+            "subset and service",
+            json!({"targetRef": {"service": "s"}, "subsets": subsets, "http": [{"destinations": [{"subset": "v1", "service": "x"}]}]}),
+            "set subset (of the target Service) or service (another Service), not both",
+        ),
+        (
+            "a relative path",
+            json!({"targetRef": {"service": "s"}, "http": [{"matches": [{"path": {"type": "Prefix", "value": "api"}}], "destinations": [{}]}]}),
+            "an Exact or Prefix path must start with '/'",
+        ),
+        (
+            "Present with a value",
+            json!({"targetRef": {"service": "s"}, "http": [{"matches": [{"headers": [{"name": "x", "type": "Present", "value": "y"}]}], "destinations": [{}]}]}),
+            "value is required, except with type Present where it must be omitted",
+        ),
+        (
+            "a subset named twice",
+            json!({"targetRef": {"service": "s"}, "subsets": [{"name": "v1", "labels": {"a": "b"}}, {"name": "v1", "labels": {"a": "c"}}]}),
+            "subset names must be unique",
+        ),
+        (
+            "a subset without labels",
+            json!({"targetRef": {"service": "s"}, "subsets": [{"name": "v1", "labels": {}}]}),
+            "a subset needs at least one label",
+        ),
+        (
+            "grpc and path",
+            json!({"targetRef": {"service": "s"}, "http": [{"matches": [{"path": {"type": "Exact", "value": "/x"}, "grpc": {"service": "a.B"}}], "destinations": [{}]}]}),
+            "grpc and path both match the path",
+        ),
+        (
+            "an empty grpc match",
+            json!({"targetRef": {"service": "s"}, "http": [{"matches": [{"grpc": {}}], "destinations": [{}]}]}),
+            "name a service, a method, or both",
         ),
     ];
-    for (name, spec, reason, field) in cases {
-        api.apply(mk_policy(name, spec));
-        let message = wait_condition(&api, name, "Accepted", "False", reason).await?;
-        assert!(message.contains(field), "{name}: {message}");
-        let events = eventually(&format!("an Event for {name}"), DEADLINE, || async {
-            let events = events_for(&api, name);
-            (!events.is_empty()).then_some(events)
+    for (what, spec, message) in cases {
+        let policy = mk_policy("default", "cel-check", spec);
+        match cluster.kubectl_stdin(
+            &["apply", "--dry-run=server", "-f", "-"],
+            &policy.to_string(),
+        ) {
+            Err(err) => assert!(err.to_string().contains(message), "{what}: {err:#}"),
+            Ok(out) => bail!("{what} was accepted by the API server: {out}"),
+        }
+    }
+
+    // Printer columns, as the README shows them.
+    namespace(cluster, "columns")?;
+    apply(
+        cluster,
+        &mk_policy("columns", "reviews", split_spec("reviews")),
+    )?;
+    let table = cluster.kubectl(&["get", "trafficpolicy", "-n", "columns"])?;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "TARGET", "ACCEPTED", "PROGRAMMED", "AGE"],
+        "{table}"
+    );
+    clean_namespace(cluster, "columns");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_e2e_scenarios_pass_with_the_operator_running_as_its_service_account() -> Result<()> {
+    if !can_run("the_e2e_scenarios_pass_with_the_operator_running_as_its_service_account") {
+        return Ok(());
+    }
+    let cluster = installed();
+    let _slot = operator_slot().await;
+    let plane = start_operator(cluster, "weir-operator", "weir-e2e", None).await?;
+    wait_leading(&plane).await?;
+    assert_eq!(lease_holder(cluster).as_deref(), Some("weir-e2e"));
+    let k = kubectl(cluster);
+    let scenarios = tokio::task::spawn_blocking(move || -> Result<String> {
+        weir_e2e::samples_accepted(&k)?;
+        weir_e2e::cel_refuses_weights(&k)?;
+        weir_e2e::unknown_subset(&k)?;
+        weir_e2e::meshstatus_columns(&k)
+    })
+    .await?;
+    let result = scenarios.and_then(|table| {
+        // Status is owned by one field manager, written by server-side apply.
+        let policy = cluster.kubectl_json(&[
+            "get",
+            "trafficpolicy",
+            "reviews",
+            "-n",
+            "default",
+            "--show-managed-fields",
+        ])?;
+        let managers: Vec<&str> = policy["metadata"]["managedFields"]
+            .as_array()
+            .context("no managedFields")?
+            .iter()
+            .filter(|m| m["subresource"] == "status")
+            .filter_map(|m| m["manager"].as_str())
+            .collect();
+        assert_eq!(managers, ["weir-operator"], "{policy}");
+        let operation: Vec<&str> = policy["metadata"]["managedFields"]
+            .as_array()
+            .context("no managedFields")?
+            .iter()
+            .filter(|m| m["subresource"] == "status")
+            .filter_map(|m| m["operation"].as_str())
+            .collect();
+        assert_eq!(operation, ["Apply"]);
+        Ok(table)
+    });
+    plane.stop().await;
+    weir_e2e::cleanup_samples(&kubectl(cluster));
+    let table = result?;
+    println!("{table}");
+    // A graceful stop gives the Lease up.
+    assert_eq!(lease_holder(cluster).unwrap_or_default(), "");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_conditions_reach_the_api_with_reasons_fields_and_events() -> Result<()> {
+    if !can_run("policy_conditions_reach_the_api_with_reasons_fields_and_events") {
+        return Ok(());
+    }
+    let cluster = installed();
+    let _slot = operator_slot().await;
+    let ns = "conditions";
+    namespace(cluster, ns)?;
+    apply(cluster, &mk_service(ns, "reviews", "10.96.10.10", 9080))?;
+    apply(cluster, &mk_service(ns, "ratings", "10.96.10.11", 9080))?;
+    let plane = start_operator(cluster, "weir-operator", "weir-conditions", None).await?;
+    wait_leading(&plane).await?;
+    let result = async {
+        apply(cluster, &mk_policy(ns, "canary", split_spec("reviews")))?;
+        wait_condition(cluster, ns, "canary", "Accepted", "True", "Accepted").await?;
+        wait_condition(cluster, ns, "canary", "ResolvedRefs", "True", "ResolvedRefs").await?;
+        let programmed = wait_condition(cluster, ns, "canary", "Programmed", "False", "NoProxies").await?;
+        assert!(programmed.contains("No proxy"), "{programmed}");
+        let accepted = condition(cluster, ns, "canary", "Accepted").context("Accepted")?;
+        assert_eq!(accepted["observedGeneration"], 1);
+
+        // What the API server cannot check: the operator rejects it, with the field, the
+        // fix, and a Warning Event.
+        let cases = [
+            ("subset", json!({"targetRef": {"service": "ratings"}, "subsets": [{"name": "v1", "labels": {"version": "v1"}}], "http": [{"destinations": [{"subset": "v3"}]}]}), "UnknownSubset", "v3"),
+            ("regex", json!({"targetRef": {"service": "ratings", "port": 9080}, "http": [{"matches": [{"path": {"type": "RegularExpression", "value": "/api/(v1"}}], "destinations": [{}]}]}), "InvalidRegex", "spec.http[0].matches[0].path"),
+            ("grpc-name", json!({"targetRef": {"service": "ratings"}, "http": [{"matches": [{"grpc": {"service": "shop/v1"}}], "destinations": [{}]}]}), "InvalidField", "spec.http[0].matches[0].grpc.service"),
+        ];
+        for (name, spec, reason, field) in cases {
+            apply(cluster, &mk_policy(ns, name, spec))?;
+            let message = wait_condition(cluster, ns, name, "Accepted", "False", reason).await?;
+            assert!(message.contains(field), "{name}: {message}");
+            let event = eventually(&format!("a Warning Event for {name}"), DEADLINE, || async {
+                let events = get(cluster, &["get", "events.events.k8s.io", "-n", ns, "--field-selector", &format!("regarding.name={name}")])?;
+                events["items"].as_array()?.iter().find(|e| e["reason"] == reason).cloned()
+            })
+            .await?;
+            assert_eq!(event["type"], "Warning");
+            assert_eq!(event["reportingController"], "weir-operator");
+            assert_eq!(event["regarding"]["kind"], "TrafficPolicy");
+            cluster.kubectl(&["delete", "trafficpolicy", name, "-n", ns])?;
+        }
+
+        // Unresolved references: a destination Service that does not exist.
+        apply(cluster, &mk_policy(ns, "backend", json!({"targetRef": {"service": "ratings"}, "http": [{"destinations": [{"service": "ratings-v9"}]}]})))?;
+        let message = wait_condition(cluster, ns, "backend", "ResolvedRefs", "False", "BackendNotFound").await?;
+        assert!(message.contains("spec.http[0].destinations[0].service"), "{message}");
+
+        // The target goes away and comes back.
+        cluster.kubectl(&["delete", "service", "reviews", "-n", ns])?;
+        let message = wait_condition(cluster, ns, "canary", "ResolvedRefs", "False", "TargetNotFound").await?;
+        assert!(message.contains(&format!("{ns}/reviews")), "{message}");
+        apply(cluster, &mk_service(ns, "reviews", "10.96.10.10", 9080))?;
+        wait_condition(cluster, ns, "canary", "ResolvedRefs", "True", "ResolvedRefs").await?;
+
+        // An edit that keeps Accepted=True keeps its lastTransitionTime, at generation 2.
+        let since = accepted["lastTransitionTime"].as_str().unwrap_or_default().to_string();
+        weir_tests::kube::next_second_after(&since).await;
+        let mut spec = split_spec("reviews");
+        spec["http"][0]["destinations"][0]["weight"] = json!(50);
+        spec["http"][0]["destinations"][1]["weight"] = json!(50);
+        apply(cluster, &mk_policy(ns, "canary", spec))?;
+        let after = eventually("canary's status at generation 2", DEADLINE, || async {
+            condition(cluster, ns, "canary", "Accepted").filter(|c| c["observedGeneration"] == 2)
         })
         .await?;
-        assert_eq!(events[0]["type"], "Warning");
-        assert_eq!(events[0]["reason"], reason);
-        assert_eq!(events[0]["reportingController"], "weir-operator");
-        assert_eq!(events[0]["regarding"]["kind"], "TrafficPolicy");
-    }
+        assert_eq!(after["lastTransitionTime"].as_str(), Some(since.as_str()));
 
-    // Unresolved references: the target, and a destination Service.
-    api.apply(mk_policy("nowhere", split_spec("details")));
-    let message =
-        wait_condition(&api, "nowhere", "ResolvedRefs", "False", "TargetNotFound").await?;
-    assert!(
-        message.contains("spec.targetRef.service") && message.contains("shop/details"),
-        "{message}"
-    );
-    api.apply(mk_policy(
-        "mirror",
-        json!({"targetRef": {"service": "ratings"}, "http": [{"destinations": [{"service": "ratings-v9"}]}]}),
-    ));
-    let message =
-        wait_condition(&api, "mirror", "ResolvedRefs", "False", "BackendNotFound").await?;
-    assert!(
-        message.contains("spec.http[0].destinations[0].service"),
-        "{message}"
-    );
-
-    // A field Weir types but does not translate yet: accepted, with the reason saying so.
-    api.apply(mk_service("catalog", "10.96.0.12", 9080));
-    let mut spec = split_spec("catalog");
-    spec["connectionPool"] = json!({"maxConnections": 10});
-    api.apply(mk_policy("pool", spec));
-    let message = wait_condition(&api, "pool", "Accepted", "True", "UnsupportedField").await?;
-    assert!(message.contains("connectionPool"), "{message}");
-
-    // A fix flips Accepted back and moves observedGeneration.
-    // (on another Service: canary governs reviews, and two policies there would conflict)
-    api.apply(mk_policy("weights", split_spec("details")));
-    wait_condition(&api, "weights", "Accepted", "True", "Accepted").await?;
-    assert_eq!(
-        condition(&api, "weights", "Accepted").unwrap()["observedGeneration"],
-        2
-    );
-
-    // An edit that keeps a condition's status keeps its lastTransitionTime.
-    let since = accepted["lastTransitionTime"].as_str().unwrap().to_string();
-    next_second_after(&since).await;
-    let mut spec = split_spec("reviews");
-    spec["http"][0]["destinations"][0]["weight"] = json!(50);
-    spec["http"][0]["destinations"][1]["weight"] = json!(50);
-    api.apply(mk_policy("canary", spec));
-    eventually("canary's status at generation 2", DEADLINE, || async {
-        condition(&api, "canary", "Accepted").filter(|c| c["observedGeneration"] == 2)
-    })
-    .await?;
-    let after = condition(&api, "canary", "Accepted").unwrap();
-    assert_eq!(after["lastTransitionTime"].as_str(), Some(since.as_str()));
-    plane.stop().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_then_recreated_target_moves_resolved_refs_false_then_true() -> Result<()> {
-    let api = FakeApi::start().await?;
-    api.apply(mk_service("reviews", "10.96.0.10", 9080));
-    api.apply(mk_policy("canary", split_spec("reviews")));
-    let plane = start_operator(&api, "weir-a").await?;
-    wait_condition(&api, "canary", "ResolvedRefs", "True", "ResolvedRefs").await?;
-    assert!(api.delete(SERVICES, NS, "reviews"));
-    wait_condition(&api, "canary", "ResolvedRefs", "False", "TargetNotFound").await?;
-    api.apply(mk_service("reviews", "10.96.0.10", 9080));
-    wait_condition(&api, "canary", "ResolvedRefs", "True", "ResolvedRefs").await?;
-    plane.stop().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn of_two_policies_on_one_port_the_older_wins_and_the_other_is_conflicted() -> Result<()> {
-    let api = FakeApi::start().await?;
-    api.apply(mk_service("reviews", "10.96.0.10", 9080));
-    // Older but its name sorts last: age decides before the name does. Timestamps have
-    // whole seconds, so the second policy is created a second later.
-    let first = api.apply(mk_policy("zz-first", split_spec("reviews")));
-    next_second_after(first["metadata"]["creationTimestamp"].as_str().unwrap()).await;
-    api.apply(mk_policy("aa-second", split_spec("reviews")));
-    let created =
-        |name| api.get(POLICIES, NS, name).unwrap()["metadata"]["creationTimestamp"].clone();
-    assert!(created("zz-first").as_str() < created("aa-second").as_str());
-    let plane = start_operator(&api, "weir-a").await?;
-    wait_condition(&api, "zz-first", "Accepted", "True", "Accepted").await?;
-    let message = wait_condition(&api, "aa-second", "Accepted", "False", "Conflicted").await?;
-    assert!(
-        message.contains("shop/zz-first") && message.contains("9080"),
-        "{message}"
-    );
-
-    // The winner goes away: the other takes over.
-    api.delete(POLICIES, NS, "zz-first");
-    wait_condition(&api, "aa-second", "Accepted", "True", "Accepted").await?;
-    plane.stop().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mesh_status_is_written_at_most_once_a_second_under_a_burst_of_1000_changes() -> Result<()>
-{
-    let api = FakeApi::start().await?;
-    let plane = start_operator(&api, "weir-a").await?;
-    wait_leading(&plane).await?;
-    eventually("MeshStatus mesh", DEADLINE, || async {
-        api.get(MESH_STATUSES, "", "mesh")
-    })
-    .await?;
-    let mesh_writes = |api: &FakeApi| {
-        api.recorded()
-            .iter()
-            .filter(|r| r.path.ends_with("/meshstatuses/mesh/status"))
-            .count()
-    };
-    let before = mesh_writes(&api);
-    let started = Instant::now();
-    for i in 0..1000 {
-        api.apply(mk_policy(
-            &format!("p{i:04}"),
-            split_spec(&format!("svc{i}")),
-        ));
-        if i % 50 == 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    let status = eventually("MeshStatus counts all 1000 policies", DEADLINE, || async {
-        let mesh = api.get(MESH_STATUSES, "", "mesh")?;
-        (mesh["status"]["policiesAccepted"] == 1000).then_some(mesh["status"].clone())
-    })
-    .await?;
-    let elapsed = started.elapsed();
-    let writes = mesh_writes(&api) - before;
-    assert_eq!(status["policiesRejected"], 0);
-    assert!(writes >= 1);
-    // One write per started second at most (plus the one that may open the burst).
-    let allowed = elapsed.as_secs() as usize + 2;
-    assert!(
-        writes <= allowed,
-        "{writes} MeshStatus writes in {elapsed:?} (at most {allowed})"
-    );
-    plane.stop().await;
-    Ok(())
-}
-
-fn status_writes(plane: &ControlPlane) -> u64 {
-    plane.state.metrics.status_writes.get()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_the_leader_writes_and_a_stopped_leader_hands_over_at_once() -> Result<()> {
-    let api = FakeApi::start().await?;
-    api.apply(mk_service("reviews", "10.96.0.10", 9080));
-    let a = start_operator(&api, "weir-a").await?;
-    wait_leading(&a).await?;
-    let b = start_operator(&api, "weir-b").await?;
-    eventually("b synced", DEADLINE, || async {
-        b.state.is_synced().then_some(())
-    })
-    .await?;
-
-    api.apply(mk_policy("canary", split_spec("reviews")));
-    wait_condition(&api, "canary", "Accepted", "True", "Accepted").await?;
-    assert!(*a.leading.borrow() && !*b.leading.borrow());
-    assert!(status_writes(&a) > 0);
-    assert_eq!(status_writes(&b), 0, "a follower wrote status");
-    let lease = api.get(LEASES, "weir-system", "weir-operator").unwrap();
-    assert_eq!(lease["spec"]["holderIdentity"], "weir-a");
-
-    // A graceful stop releases the Lease: b takes over well before it would expire.
-    let stopped = Instant::now();
-    a.stop().await;
-    wait_leading(&b).await?;
-    let takeover = stopped.elapsed();
-    assert!(
-        takeover < Duration::from_secs(2),
-        "takeover took {takeover:?}"
-    );
-    api.apply(mk_policy("canary", split_spec("ratings")));
-    wait_condition(&api, "canary", "ResolvedRefs", "False", "TargetNotFound").await?;
-    assert!(status_writes(&b) > 0);
-    let lease = api.get(LEASES, "weir-system", "weir-operator").unwrap();
-    assert_eq!(lease["spec"]["holderIdentity"], "weir-b");
-    assert_eq!(lease["spec"]["leaseTransitions"], 1);
-    b.stop().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_that_loses_the_lease_stops_writing_at_once() -> Result<()> {
-    let api = FakeApi::start().await?;
-    api.apply(mk_service("reviews", "10.96.0.10", 9080));
-    let a = start_operator(&api, "weir-a").await?;
-    wait_leading(&a).await?;
-    api.apply(mk_policy("canary", split_spec("reviews")));
-    wait_condition(&api, "canary", "Accepted", "True", "Accepted").await?;
-
-    // Another holder takes the Lease and keeps renewing it.
-    let api = &api;
-    let intruder = {
-        let api_lease = move || {
-            let mut lease = api.get(LEASES, "weir-system", "weir-operator").unwrap();
-            lease["spec"]["holderIdentity"] = json!("intruder");
-            lease["spec"]["renewTime"] = json!(k8s_openapi::jiff::Timestamp::now().to_string());
-            lease
-        };
-        api.apply(api_lease());
-        async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                api.apply(api_lease());
-            }
-        }
-    };
-    let check = async {
-        let mut leading = a.leading.clone();
-        tokio::time::timeout(Duration::from_secs(5), leading.wait_for(|l| !*l))
-            .await
-            .context("a kept leading after losing the Lease")??;
-        let writes = status_writes(&a);
-        let recorded = api.recorded().len();
-        // Changes that would need status writes: none may come.
-        api.apply(mk_policy("canary", split_spec("ratings")));
-        api.apply(mk_policy("second", split_spec("reviews")));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(
-            status_writes(&a),
-            writes,
-            "status written after the Lease was lost"
-        );
-        let status_paths: Vec<_> = api.recorded()[recorded..]
-            .iter()
-            .filter(|r| r.path.contains("/status"))
-            .map(|r| r.path.clone())
-            .collect();
-        assert!(status_paths.is_empty(), "{status_paths:?}");
+        // Of two policies on one port the older wins, whatever their names.
+        let first = cluster.kubectl_json(&["get", "trafficpolicy", "canary", "-n", ns])?;
+        weir_tests::kube::next_second_after(first["metadata"]["creationTimestamp"].as_str().unwrap_or_default()).await;
+        apply(cluster, &mk_policy(ns, "aa-second", split_spec("reviews")))?;
+        let message = wait_condition(cluster, ns, "aa-second", "Accepted", "False", "Conflicted").await?;
+        assert!(message.contains(&format!("{ns}/canary")) && message.contains("9080"), "{message}");
+        cluster.kubectl(&["delete", "trafficpolicy", "canary", "-n", ns])?;
+        wait_condition(cluster, ns, "aa-second", "Accepted", "True", "Accepted").await?;
         anyhow::Ok(())
-    };
-    tokio::select! {
-        r = check => r?,
-        _ = intruder => unreachable!(),
     }
-    a.stop().await;
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn watch_failures_are_retried_and_a_relist_catches_up_with_deletes() -> Result<()> {
-    let api = FakeApi::start().await?;
-    api.apply(mk_service("reviews", "10.96.0.10", 9080));
-    api.apply(mk_service("ratings", "10.96.0.11", 9080));
-    let plane = start_operator(&api, "weir-a").await?;
-    let services = |plane: &ControlPlane| {
-        let mut keys: Vec<String> = plane
-            .state
-            .keys(weir_core::Kind::Service)
-            .into_iter()
-            .map(|k| k.name)
-            .collect();
-        keys.sort();
-        keys
-    };
-    eventually("both Services", DEADLINE, || async {
-        (services(&plane) == ["ratings", "reviews"]).then_some(())
-    })
-    .await?;
-
-    // The API server goes away for a while: watches end, requests fail.
-    api.fail_next("api/v1/services", 3);
-    api.break_watches();
-    api.apply(mk_service("details", "10.96.0.12", 9080));
-    eventually(
-        "the Service created during the outage",
-        DEADLINE,
-        || async { (services(&plane) == ["details", "ratings", "reviews"]).then_some(()) },
-    )
-    .await?;
-    assert!(plane.state.metrics.watch_errors.get() >= 1);
-
-    // History lost (as after an etcd compaction): the watcher must relist, and a delete
-    // it never saw as an event must still reach the index.
-    api.compact();
-    api.break_watches();
-    api.delete(SERVICES, NS, "ratings");
-    api.compact();
-    eventually(
-        "the Service deleted while no watch was open",
-        DEADLINE,
-        || async { (services(&plane) == ["details", "reviews"]).then_some(()) },
-    )
-    .await?;
+    .await;
     plane.stop().await;
-    Ok(())
+    clean_namespace(cluster, ns);
+    result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_object_that_does_not_decode_is_reported_and_skipped() -> Result<()> {
-    let api = FakeApi::start().await?;
-    api.apply(mk_service("reviews", "10.96.0.10", 9080));
-    let mut bad = mk_policy("bad", split_spec("reviews"));
-    bad["spec"]["http"][0]["timeout"] = json!(5);
-    api.apply(bad);
-    api.apply(mk_policy("good", split_spec("reviews")));
-    let plane = start_operator(&api, "weir-a").await?;
-    wait_condition(&api, "good", "Accepted", "True", "Accepted").await?;
-    let errors = eventually("the decode error in status", DEADLINE, || async {
-        let view = plane.state.mesh_status();
-        (!view.source_errors.is_empty()).then_some(view.source_errors)
-    })
-    .await?;
-    assert!(errors[0].source.contains("shop/bad"), "{errors:?}");
-    assert!(
-        errors[0].message.contains("spec.http[0].timeout"),
-        "{errors:?}"
+async fn a_missing_rbac_rule_is_refused_by_the_api_server_and_counted() -> Result<()> {
+    if !can_run("a_missing_rbac_rule_is_refused_by_the_api_server_and_counted") {
+        return Ok(());
+    }
+    let cluster = installed();
+    let _slot = operator_slot().await;
+    // The shipped ClusterRole without one rule (status writes of TrafficPolicies), bound
+    // to a second ServiceAccount that also gets the shipped Lease Role.
+    let role_file = weir_tests::workspace_root().join("config/rbac/cluster_role.yaml");
+    let mut role: Value = serde_yaml::from_str(&std::fs::read_to_string(role_file)?)?;
+    let rules = role["rules"].as_array_mut().context("rules")?;
+    let before = rules.len();
+    rules.retain(|r| {
+        !r["resources"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|x| x == "trafficpolicies/status"))
+    });
+    assert_eq!(
+        rules.len(),
+        before - 1,
+        "the shipped role grants trafficpolicies/status"
     );
-    // The watch is alive: later objects still arrive.
-    api.apply(mk_service("ratings", "10.96.0.11", 9080));
-    eventually("a later Service", DEADLINE, || async {
-        plane
-            .state
-            .keys(weir_core::Kind::Service)
-            .iter()
-            .any(|k| k.name == "ratings")
-            .then_some(())
-    })
-    .await?;
+    role["metadata"]["name"] = json!("weir-operator-minus-status");
+    apply(cluster, &role)?;
+    cluster
+        .kubectl(&[
+            "create",
+            "serviceaccount",
+            "weir-operator-minus",
+            "-n",
+            "weir-system",
+        ])
+        .ok();
+    apply(
+        cluster,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "weir-operator-minus-status"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weir-operator-minus-status"},
+        "subjects": [{"kind": "ServiceAccount", "name": "weir-operator-minus", "namespace": "weir-system"}]}),
+    )?;
+    apply(
+        cluster,
+        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "weir-operator-minus-lease", "namespace": "weir-system"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "weir-operator-leader-election"},
+        "subjects": [{"kind": "ServiceAccount", "name": "weir-operator-minus", "namespace": "weir-system"}]}),
+    )?;
+
+    let ns = "rbac";
+    namespace(cluster, ns)?;
+    apply(cluster, &mk_service(ns, "reviews", "10.96.11.10", 9080))?;
+    apply(cluster, &mk_policy(ns, "canary", split_spec("reviews")))?;
+    let plane = start_operator(cluster, "weir-operator-minus", "weir-rbac", None).await?;
+    let result = async {
+        wait_leading(&plane).await?;
+        // The rest of its work is allowed (it lists, watches, leads); the status write is
+        // refused, counted, and never lands.
+        eventually("a refused status write", DEADLINE, || async {
+            (plane.state.metrics.status_write_errors.get() > 0).then_some(())
+        })
+        .await?;
+        assert!(
+            condition(cluster, ns, "canary", "Accepted").is_none(),
+            "status written without the rule"
+        );
+        let can = cluster.kubectl(&[
+            "auth",
+            "can-i",
+            "patch",
+            "trafficpolicies.weir.dev",
+            "--subresource=status",
+            "-n",
+            ns,
+            "--as=system:serviceaccount:weir-system:weir-operator-minus",
+        ]);
+        assert!(can.is_err(), "kubectl auth can-i says yes: {can:?}");
+        anyhow::Ok(())
+    }
+    .await;
     plane.stop().await;
-    Ok(())
+    clean_namespace(cluster, ns);
+    result
 }
 
-async fn ready(admin: std::net::SocketAddr) -> bool {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_status_is_written_at_most_once_a_second_under_a_burst_of_500_policies() -> Result<()>
+{
+    if !can_run("mesh_status_is_written_at_most_once_a_second_under_a_burst_of_500_policies") {
+        return Ok(());
+    }
+    let cluster = installed();
+    let _slot = operator_slot().await;
+    let ns = "burst";
+    namespace(cluster, ns)?;
+    let plane = start_operator(cluster, "weir-operator", "weir-burst", None).await?;
+    let result = async {
+        wait_leading(&plane).await?;
+        eventually("MeshStatus mesh", DEADLINE, || async {
+            get(cluster, &["get", "meshstatus", "mesh"])
+        })
+        .await?;
+        let before = plane.state.metrics.mesh_status_writes.get();
+        let started = Instant::now();
+        let items: Vec<Value> = (0..500)
+            .map(|i| mk_policy(ns, &format!("p{i:03}"), split_spec(&format!("svc{i}"))))
+            .collect();
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+        cluster.kubectl_stdin(&["apply", "-f", "-"], &list.to_string())?;
+        let status = eventually("MeshStatus counts all 500 policies", DEADLINE, || async {
+            let mesh = get(cluster, &["get", "meshstatus", "mesh"])?;
+            (mesh["status"]["policiesAccepted"] == 500).then_some(mesh["status"].clone())
+        })
+        .await?;
+        let elapsed = started.elapsed();
+        let writes = plane.state.metrics.mesh_status_writes.get() - before;
+        assert_eq!(status["policiesRejected"], 0);
+        let allowed = elapsed.as_secs() + 2;
+        println!("{writes} MeshStatus writes in {elapsed:?}");
+        assert!(
+            writes >= 1 && writes <= allowed,
+            "{writes} MeshStatus writes in {elapsed:?} (at most {allowed})"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    plane.stop().await;
+    clean_namespace(cluster, ns);
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes_a_lost_lease_stops_writes_and_a_stop_hands_over() -> Result<()> {
+    if !can_run("only_the_leader_writes_a_lost_lease_stops_writes_and_a_stop_hands_over") {
+        return Ok(());
+    }
+    let cluster = installed();
+    let _slot = operator_slot().await;
+    let ns = "leaders";
+    namespace(cluster, ns)?;
+    apply(cluster, &mk_service(ns, "reviews", "10.96.12.10", 9080))?;
+    let a = start_operator(cluster, "weir-operator", "weir-a", None).await?;
+    wait_leading(&a).await?;
+    let b = start_operator(cluster, "weir-operator", "weir-b", None).await?;
+    let result = async {
+        eventually("b synced", DEADLINE, || async { b.state.is_synced().then_some(()) }).await?;
+        apply(cluster, &mk_policy(ns, "canary", split_spec("reviews")))?;
+        wait_condition(cluster, ns, "canary", "Accepted", "True", "Accepted").await?;
+        assert!(*a.leading.borrow() && !*b.leading.borrow());
+        assert!(a.state.metrics.status_writes.get() > 0);
+        assert_eq!(b.state.metrics.status_writes.get(), 0, "a follower wrote status");
+
+        // A graceful stop releases the Lease: b takes over well before it would expire.
+        let stopped = Instant::now();
+        a.stop().await;
+        wait_leading(&b).await?;
+        let takeover = stopped.elapsed();
+        println!("takeover after a graceful stop: {takeover:?} (lease 2 s)");
+        apply(cluster, &mk_policy(ns, "canary", split_spec("ratings")))?;
+        wait_condition(cluster, ns, "canary", "ResolvedRefs", "False", "TargetNotFound").await?;
+        let lease = cluster.kubectl_json(&["get", "lease", "weir-operator", "-n", "weir-system"])?;
+        assert_eq!(lease["spec"]["holderIdentity"], "weir-b");
+
+        // Someone else takes the Lease and keeps it: b stops writing at once.
+        let intruder = |cluster: &Cluster| {
+            // MicroTime: the API server wants exactly six fractional digits.
+            let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
+            let patch = json!({"spec": {"holderIdentity": "intruder", "renewTime": now, "leaseDurationSeconds": 60}});
+            cluster.kubectl(&["patch", "lease", "weir-operator", "-n", "weir-system", "--type=merge", "-p", &patch.to_string()])
+        };
+        intruder(cluster)?;
+        let mut leading = b.leading.clone();
+        tokio::time::timeout(Duration::from_secs(10), leading.wait_for(|l| !*l))
+            .await
+            .context("b kept leading after losing the Lease")??;
+        let writes = b.state.metrics.status_writes.get();
+        apply(cluster, &mk_policy(ns, "canary", split_spec("reviews")))?;
+        // An absence has to be observed over time: two seconds with changes to write.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(b.state.metrics.status_writes.get(), writes, "status written after the Lease was lost");
+        anyhow::Ok(())
+    }
+    .await;
+    b.stop().await;
+    // Leave the Lease free for the next test.
+    let _ = cluster.kubectl(&["delete", "lease", "weir-operator", "-n", "weir-system"]);
+    clean_namespace(cluster, ns);
+    result
+}
+
+async fn ready(admin: SocketAddr) -> bool {
     reqwest::get(format!("http://{admin}/readyz"))
         .await
         .is_ok_and(|r| r.status().is_success())
 }
 
+fn spawn_operator(cluster: &Cluster, identity: &str) -> Result<weir_tests::kube::OperatorProcess> {
+    let kubeconfig = service_account_kubeconfig(cluster, "weir-operator", None)?;
+    weir_tests::kube::spawn_operator(&kubeconfig, identity, &cluster.dir)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_processes_elect_one_leader_survive_a_kill_and_release_on_sigterm() -> Result<()> {
-    let bin = weir_tests::workspace_binary("weir-operator")?;
-    let scratch = weir_tests::scratch_dir("kube-processes");
-    let api = FakeApi::start().await?;
-    api.apply(mk_service("reviews", "10.96.0.10", 9080));
-    api.apply(mk_policy("canary", split_spec("reviews")));
-
-    let mut a = api.spawn_operator(&bin, "weir-a", &scratch)?;
-    eventually("weir-a leads", DEADLINE, || async {
-        (api.lease_holder().as_deref() == Some("weir-a")).then_some(())
-    })
-    .await?;
-    let mut b = api.spawn_operator(&bin, "weir-b", &scratch)?;
-    eventually(
-        "both replicas ready (listed every kind)",
-        DEADLINE,
-        || async { (ready(a.admin).await && ready(b.admin).await).then_some(()) },
-    )
-    .await?;
-    wait_condition(&api, "canary", "Accepted", "True", "Accepted").await?;
-    // Both serve xDS; b follows as long as a renews.
-    for _ in 0..10 {
-        assert_eq!(api.lease_holder().as_deref(), Some("weir-a"));
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if !can_run("operator_processes_elect_one_leader_survive_a_kill_and_release_on_sigterm") {
+        return Ok(());
     }
+    let cluster = installed();
+    let _slot = operator_slot().await;
+    let ns = "processes";
+    namespace(cluster, ns)?;
+    apply(cluster, &mk_service(ns, "reviews", "10.96.13.10", 9080))?;
+    apply(cluster, &mk_policy(ns, "canary", split_spec("reviews")))?;
+    let result = async {
+        let mut a = spawn_operator(cluster, "weir-pa")?;
+        eventually("weir-pa leads", DEADLINE, || async {
+            (lease_holder(cluster).as_deref() == Some("weir-pa")).then_some(())
+        })
+        .await?;
+        let mut b = spawn_operator(cluster, "weir-pb")?;
+        eventually("both replicas ready", DEADLINE, || async {
+            (ready(a.admin).await && ready(b.admin).await).then_some(())
+        })
+        .await?;
+        wait_condition(cluster, ns, "canary", "Accepted", "True", "Accepted").await?;
 
-    // Killed: no release, so b waits for the Lease to expire, then takes it.
-    a.child.start_kill()?;
-    a.child.wait().await?;
-    let killed = Instant::now();
-    eventually("weir-b takes over", DEADLINE, || async {
-        (api.lease_holder().as_deref() == Some("weir-b")).then_some(())
-    })
-    .await?;
-    let takeover = killed.elapsed();
-    eprintln!("takeover after SIGKILL: {takeover:?} (lease duration 2 s)");
-    api.apply(mk_policy("canary", split_spec("details")));
-    wait_condition(&api, "canary", "ResolvedRefs", "False", "TargetNotFound").await?;
+        // Killed: no release, so b waits for the Lease to expire, then takes it.
+        a.child.start_kill()?;
+        a.child.wait().await?;
+        let killed = Instant::now();
+        eventually("weir-pb takes over", DEADLINE, || async {
+            (lease_holder(cluster).as_deref() == Some("weir-pb")).then_some(())
+        })
+        .await?;
+        println!(
+            "takeover after SIGKILL: {:?} (lease duration 2 s)",
+            killed.elapsed()
+        );
+        apply(cluster, &mk_policy(ns, "canary", split_spec("details")))?;
+        wait_condition(
+            cluster,
+            ns,
+            "canary",
+            "ResolvedRefs",
+            "False",
+            "TargetNotFound",
+        )
+        .await?;
 
-    // SIGTERM: a clean exit that gives the Lease up.
-    let pid = b.child.id().context("b has no pid")?;
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()?;
-    let status = tokio::time::timeout(DEADLINE, b.child.wait()).await??;
-    assert!(status.success(), "weir-b exited with {status}");
-    assert_eq!(api.lease_holder(), None, "the Lease was not released");
-    Ok(())
+        // SIGTERM: a clean exit that gives the Lease up.
+        let pid = b.child.id().context("b has no pid")?;
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        let status = tokio::time::timeout(DEADLINE, b.child.wait()).await??;
+        assert!(status.success(), "weir-pb exited with {status}");
+        assert_eq!(
+            lease_holder(cluster).unwrap_or_default(),
+            "",
+            "the Lease was not released"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    clean_namespace(cluster, ns);
+    result
 }
 
-/// RBAC rules of a ClusterRole or Role manifest.
-fn rules(file: &str) -> Result<Vec<serde_yaml::Value>> {
-    let path = weir_tests::workspace_root().join("config/rbac").join(file);
-    let role: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
-    Ok(role["rules"].as_sequence().context("no rules")?.clone())
-}
-
-fn allows(
-    rules: &[serde_yaml::Value],
-    verb: &str,
-    group: &str,
-    resource: &str,
-    name: Option<&str>,
-) -> bool {
-    let has = |v: &serde_yaml::Value, key: &str, want: &str| {
-        v[key]
-            .as_sequence()
-            .is_some_and(|s| s.iter().any(|x| x.as_str() == Some(want)))
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_restart_and_etcd_compaction_end_in_a_relist_that_catches_up() -> Result<()> {
+    if !can_run("an_api_server_restart_and_etcd_compaction_end_in_a_relist_that_catches_up") {
+        return Ok(());
+    }
+    let cluster = installed();
+    let _slot = operator_slot().await;
+    let ns = "relist";
+    namespace(cluster, ns)?;
+    apply(cluster, &mk_service(ns, "reviews", "10.96.14.10", 9080))?;
+    apply(cluster, &mk_service(ns, "ratings", "10.96.14.11", 9080))?;
+    let proxy = CuttableProxy::start(cluster.addr).await?;
+    let server = format!("https://{}", proxy.addr);
+    let plane = start_operator(cluster, "weir-operator", "weir-relist", Some(&server)).await?;
+    let services = |plane: &ControlPlane| {
+        let mut keys: Vec<String> = plane
+            .state
+            .keys(weir_core::Kind::Service)
+            .into_iter()
+            .filter(|k| k.namespace == ns)
+            .map(|k| k.name)
+            .collect();
+        keys.sort();
+        keys
     };
-    rules.iter().any(|r| {
-        has(r, "verbs", verb)
-            && has(r, "apiGroups", group)
-            && has(r, "resources", resource)
-            && (r["resourceNames"].is_null() || name.is_some_and(|n| has(r, "resourceNames", n)))
-    })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_request_the_operator_makes_is_allowed_by_the_shipped_rbac() -> Result<()> {
-    let cluster = rules("cluster_role.yaml")?;
-    let lease = rules("leader_election_role.yaml")?;
-    let text = serde_yaml::to_string(&cluster)? + &serde_yaml::to_string(&lease)?;
-    assert!(!text.contains('*'), "wildcards in the RBAC rules");
-
-    let api = FakeApi::start().await?;
-    api.apply(mk_service("reviews", "10.96.0.10", 9080));
-    let plane = start_operator(&api, "weir-a").await?;
-    wait_leading(&plane).await?;
-    // Every kind of write: policy status, an Event, MeshStatus creation and status.
-    let mut bad = split_spec("reviews");
-    bad["http"][0]["destinations"][0]["weight"] = json!(10);
-    api.apply(mk_policy("bad", bad));
-    wait_condition(&api, "bad", "Accepted", "False", "InvalidWeights").await?;
-    eventually("an Event", DEADLINE, || async {
-        (!events_for(&api, "bad").is_empty()).then_some(())
-    })
-    .await?;
-    eventually("MeshStatus status", DEADLINE, || async {
-        api.get(MESH_STATUSES, "", "mesh")
-            .filter(|m| m["status"]["policiesRejected"] == 1)
-    })
-    .await?;
-    plane.stop().await;
-
-    let mut denied = Vec::new();
-    for request in api.recorded() {
-        let (verb, group, resource, namespace, name) = request
-            .authorization()
-            .with_context(|| format!("unroutable request {}", request.path))?;
-        let ok = if group == "coordination.k8s.io" {
-            namespace == "weir-system" && allows(&lease, &verb, &group, &resource, name.as_deref())
-        } else {
-            allows(&cluster, &verb, &group, &resource, name.as_deref())
-        };
-        if !ok {
-            denied.push(format!(
-                "{verb} {group}/{resource} {namespace}/{}",
-                name.unwrap_or_default()
-            ));
+    let result = async {
+        eventually("both Services", DEADLINE, || async {
+            (services(&plane) == ["ratings", "reviews"]).then_some(())
+        })
+        .await?;
+        // The operator loses the API server; meanwhile a Service goes and another comes,
+        // the API server restarts and etcd's history is compacted past the operator's
+        // resourceVersion: its watches must end in 410 Gone and a relist.
+        proxy.cut();
+        cluster.kubectl(&["delete", "service", "ratings", "-n", ns])?;
+        apply(cluster, &mk_service(ns, "details", "10.96.14.12", 9080))?;
+        cluster.restart_apiserver()?;
+        for i in 0..3 {
+            apply(
+                cluster,
+                &mk_service(ns, &format!("churn{i}"), &format!("10.96.14.2{i}"), 9080),
+            )?;
+            cluster.kubectl(&["delete", "service", &format!("churn{i}"), "-n", ns])?;
         }
+        cluster.compact_etcd()?;
+        proxy.restore();
+        // The watchers back off exponentially while the API is gone (kube-runtime's default,
+        // up to 30 s between attempts), so the relist may take that long to start.
+        let restored = Instant::now();
+        eventually("the relist", Duration::from_secs(90), || async {
+            (services(&plane) == ["details", "reviews"]).then_some(())
+        })
+        .await?;
+        println!("caught up {:?} after the API came back", restored.elapsed());
+        assert!(
+            plane.state.metrics.watch_errors.get() >= 1,
+            "the outage was seen"
+        );
+        anyhow::Ok(())
     }
-    denied.dedup();
-    assert!(denied.is_empty(), "the shipped RBAC denies: {denied:#?}");
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn through_real_envoy_a_policy_from_the_api_routes_traffic_and_is_programmed() -> Result<()> {
-    use weir_tests::{endpoint_yaml, service_yaml, split_policy_yaml, Backend, Envoy};
-    let api = FakeApi::start().await?;
-    api.apply_yaml(&service_yaml(NS, "reviews", "10.96.0.10", 9080))?;
-    let v1 = Backend::start("reviews-v1", Default::default()).await?;
-    let v2 = Backend::start("reviews-v2", Default::default()).await?;
-    for (backend, version) in [(&v1, "v1"), (&v2, "v2")] {
-        let labels = [("app", "reviews"), ("version", version)];
-        api.apply_yaml(&endpoint_yaml(
-            NS,
-            "reviews",
-            &backend.name,
-            &labels,
-            backend.addr,
-            true,
-        ))?;
-    }
-    let mut policy = split_policy_yaml("reviews", "reviews", &[("v1", 0), ("v2", 100)]);
-    policy = policy.replace("namespace: default", &format!("namespace: {NS}"));
-    api.apply_yaml(&policy)?;
-    let plane = start_operator(&api, "weir-a").await?;
-    wait_condition(&api, "reviews", "Programmed", "False", "NoProxies").await?;
-
-    let envoy = Envoy::start(
-        "web-1.shop",
-        plane.xds_addr,
-        weir_core::bootstrap::XdsProtocol::Delta,
-    )
-    .await?;
-    envoy.wait_all_on("reviews.shop", "reviews-v2").await?;
-    let message = wait_condition(&api, "reviews", "Programmed", "True", "Programmed").await?;
-    assert!(
-        message.contains("ACKed by every connected proxy"),
-        "{message}"
-    );
-
-    // An edit through the API reaches the same Envoy.
-    api.apply_yaml(
-        &split_policy_yaml("reviews", "reviews", &[("v1", 100), ("v2", 0)])
-            .replace("namespace: default", &format!("namespace: {NS}")),
-    )?;
-    envoy.wait_all_on("reviews.shop", "reviews-v1").await?;
-
-    // A graceful stop closes the stream; Envoy keeps its last config and keeps routing.
+    .await;
     plane.stop().await;
-    let counts = envoy.send(20, "reviews.shop", "/", &[]).await?;
-    assert_eq!(counts.get("reviews-v1"), Some(&20), "{counts:?}");
-    Ok(())
+    clean_namespace(cluster, ns);
+    result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_means_the_initial_state_is_translated() -> Result<()> {
-    let api = FakeApi::start().await?;
-    for i in 0..3000 {
-        api.apply(mk_service(
-            &format!("svc{i}"),
-            &format!("10.96.{}.{}", i / 256, i % 256),
-            8080,
-        ));
+    if !can_run("ready_means_the_initial_state_is_translated") {
+        return Ok(());
     }
-    let plane = start_operator(&api, "weir-a").await?;
-    eventually("/readyz", DEADLINE, || async {
-        ready(plane.admin_addr).await.then_some(())
-    })
-    .await?;
-    // Not eventually: the moment it is ready, everything listed is in the index.
-    assert_eq!(plane.state.keys(weir_core::Kind::Service).len(), 3000);
+    let cluster = installed();
+    let _slot = operator_slot().await;
+    let ns = "ready";
+    namespace(cluster, ns)?;
+    let items: Vec<Value> = (0..1000)
+        .map(|i| {
+            mk_service(
+                ns,
+                &format!("svc{i}"),
+                &format!("10.96.{}.{}", 100 + i / 250, i % 250 + 1),
+                8080,
+            )
+        })
+        .collect();
+    cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
+    )?;
+    let plane = start_operator(cluster, "weir-operator", "weir-ready", None).await?;
+    let result = async {
+        eventually("/readyz", DEADLINE, || async {
+            ready(plane.admin_addr).await.then_some(())
+        })
+        .await?;
+        // Not eventually: the moment it is ready, everything listed is in the index.
+        let held = plane
+            .state
+            .keys(weir_core::Kind::Service)
+            .iter()
+            .filter(|k| k.namespace == ns)
+            .count();
+        assert_eq!(held, 1000);
+        anyhow::Ok(())
+    }
+    .await;
     plane.stop().await;
-    Ok(())
+    let _ = cluster.kubectl(&["delete", "namespace", ns, "--wait=false"]);
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_pods_through_the_endpointslice_controller_to_envoy_routing_by_policy() -> Result<()> {
+    use weir_tests::{Backend, Envoy};
+    let test = "from_pods_through_the_endpointslice_controller_to_envoy_routing_by_policy";
+    if !can_run(test) || !weir_tests::kube::local_pod_ips(test, &["198.18.0.2", "198.18.0.3"]) {
+        return Ok(());
+    }
+    let cluster = installed();
+    let _slot = operator_slot().await;
+    let ns = "chain";
+    namespace(cluster, ns)?;
+    cluster.ensure_node("node-a", "zone-a")?;
+    let v1 = Backend::start_on("reviews-v1", "198.18.0.2:0".parse()?, Default::default()).await?;
+    let port = v1.addr.port();
+    let _v2 = Backend::start_on(
+        "reviews-v2",
+        format!("198.18.0.3:{port}").parse()?,
+        Default::default(),
+    )
+    .await?;
+    // A Service with a selector, and its pods as a kubelet would report them.
+    apply(
+        cluster,
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": ns},
+        "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": "http"}]}}),
+    )?;
+    for (version, ip) in [("v1", "198.18.0.2"), ("v2", "198.18.0.3")] {
+        let name = format!("reviews-{version}");
+        apply(
+            cluster,
+            &json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": "reviews", "version": version}},
+            "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "shop/reviews:1",
+                "ports": [{"name": "http", "containerPort": port}]}]}}),
+        )?;
+        cluster.set_pod_ready(ns, &name, ip)?;
+    }
+    // The real EndpointSlice controller makes the slice: both endpoints ready, the zone
+    // from the Node.
+    let slice = cluster.poll("the EndpointSlice with both pods ready", || {
+        let slices = get(
+            cluster,
+            &[
+                "get",
+                "endpointslices",
+                "-n",
+                ns,
+                "-l",
+                "kubernetes.io/service-name=reviews",
+            ],
+        )?;
+        let slice = slices["items"].as_array()?.first()?.clone();
+        let ready = slice["endpoints"]
+            .as_array()?
+            .iter()
+            .filter(|e| e["conditions"]["ready"] == true)
+            .count();
+        (ready == 2).then_some(slice)
+    })?;
+    assert_eq!(slice["endpoints"][0]["zone"], "zone-a", "{slice}");
+    assert_eq!(slice["ports"][0]["port"], port, "{slice}");
+    let policy = |w1: u32, w2: u32| {
+        to_json(&testing::mk_policy(
+            ns,
+            "reviews",
+            testing::mk_policy_spec("reviews", &[("v1", w1), ("v2", w2)]),
+        ))
+    };
+    apply(cluster, &policy(0, 100))?;
+
+    let plane = start_operator(cluster, "weir-operator", "weir-chain", None).await?;
+    let result = async {
+        wait_leading(&plane).await?;
+        let envoy = Envoy::start(
+            "web-1.chain",
+            plane.xds_addr,
+            weir_core::bootstrap::XdsProtocol::Delta,
+        )
+        .await?;
+        envoy.wait_all_on("reviews.chain", "reviews-v2").await?;
+        let message =
+            wait_condition(cluster, ns, "reviews", "Programmed", "True", "Programmed").await?;
+        assert!(
+            message.contains("ACKed by every connected proxy"),
+            "{message}"
+        );
+        // An edit through the API reaches the same Envoy.
+        apply(cluster, &policy(100, 0))?;
+        envoy.wait_all_on("reviews.chain", "reviews-v1").await?;
+        // Without a policy the Service round-robins over both pods; one that stops being
+        // ready (its kubelet says so) leaves the rotation, through the EndpointSlice
+        // controller and an EDS update.
+        cluster.kubectl(&["delete", "trafficpolicy", "reviews", "-n", ns])?;
+        eventually("both pods answering", DEADLINE, || async {
+            let counts = envoy.send(20, "reviews.chain", "/", &[]).await.ok()?;
+            (counts.contains_key("reviews-v1") && counts.contains_key("reviews-v2")).then_some(())
+        })
+        .await?;
+        let not_ready = r#"{"status": {"conditions": [{"type": "Ready", "status": "False"}]}}"#;
+        cluster.kubectl(&[
+            "patch",
+            "pod",
+            "reviews-v2",
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            not_ready,
+        ])?;
+        envoy.wait_all_on("reviews.chain", "reviews-v1").await?;
+        envoy.stop().await;
+        anyhow::Ok(())
+    }
+    .await;
+    plane.stop().await;
+    clean_namespace(cluster, ns);
+    result
 }

@@ -182,6 +182,7 @@ impl StatusWriter {
             // Deleted meanwhile: the watch will tell the index.
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(err) => {
+                self.state.metrics.status_write_errors.inc();
                 tracing::warn!(policy = %key, %err, "status write failed; retrying on the next pass");
             }
         }
@@ -248,6 +249,7 @@ impl StatusWriter {
                 .patch(MESH_STATUS_NAME, &params, &Patch::Apply(&object))
                 .await
             {
+                self.state.metrics.status_write_errors.inc();
                 tracing::warn!(%err, "cannot create MeshStatus {MESH_STATUS_NAME}");
                 return;
             }
@@ -265,10 +267,12 @@ impl StatusWriter {
         {
             Ok(_) => {
                 self.state.metrics.status_writes.inc();
+                self.state.metrics.mesh_status_writes.inc();
                 self.mesh_written = Some(status);
             }
             Err(err) => {
                 // Deleted by someone: recreate on the next pass.
+                self.state.metrics.status_write_errors.inc();
                 self.mesh_exists = false;
                 tracing::warn!(%err, "MeshStatus write failed; retrying");
             }

@@ -18,6 +18,7 @@
 use futures::{Stream, StreamExt};
 use kube::api::{ApiResource, DynamicObject, PartialObjectMeta};
 use kube::core::GroupVersionKind;
+use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,6 +32,46 @@ use crate::mesh_state::{MeshState, SourceError};
 
 /// How many listed objects go to the pipeline in one batch.
 const INIT_BATCH: usize = 500;
+
+/// Watch retries: from 200 ms, doubling, at most 5 s apart. kube-runtime's default goes
+/// to 30 s, and a 410 Gone after an outage costs one more step before the relist: an
+/// API server restart then went unnoticed for close to a minute.
+const BACKOFF_MIN: std::time::Duration = std::time::Duration::from_millis(200);
+const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+/// A watch healthy this long starts its next backoff from the minimum again.
+const BACKOFF_RESET: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Exponential backoff with up to 25% jitter, so replicas do not retry in step.
+struct WatchBackoff {
+    next: std::time::Duration,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = std::time::Duration;
+
+    fn next(&mut self) -> Option<std::time::Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let jitter = delay.mul_f64(f64::from(nanos % 1000) / 4000.0);
+        Some(delay + jitter)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
 
 /// A second consumer of the watch: sees every object applied or deleted.
 pub trait Observer: Send + Sync {
@@ -181,7 +222,10 @@ impl WatchContext {
         stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
         to_json: impl Fn(K) -> serde_json::Value,
     ) {
-        let mut stream = std::pin::pin!(stream.default_backoff());
+        let mut stream = std::pin::pin!(stream.backoff(ResetTimerBackoff::new(
+            WatchBackoff::default(),
+            BACKOFF_RESET
+        )));
         // Keys listed since the last `Init`, while a (re)list is under way.
         let mut relist: Option<HashSet<ObjectKey>> = None;
         let mut batch = Vec::new();

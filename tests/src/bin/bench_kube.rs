@@ -79,9 +79,8 @@ async fn main() -> Result<()> {
                 "http": [{"destinations": [{"subset": "v1", "weight": 80}, {"subset": "v2", "weight": 20}]}]}}));
     }
     let scratch = scratch_dir("bench-kube");
-    let bin = workspace_binary("weir-operator")?;
     let started = Instant::now();
-    let mut operator = api.spawn_operator(&bin, "weir-bench", &scratch)?;
+    let mut operator = api.spawn_operator("weir-bench", &scratch)?;
     let pid = operator.child.id().context("no pid")?;
     let pods = if with_pods { services * per_slice } else { 0 };
     let want = (services, services, services * per_slice, pods);
