@@ -73,6 +73,7 @@ fmt:
 
 bench:
 	$(CARGO) bench -p weir-core --bench translate
+	$(CARGO) bench -p weir-core --bench identity
 	$(CARGO) build --release --bin weir-operator --bin weir-bench-xds
 	./target/release/weir-bench-xds
 	$(CARGO) build --release --bin weir-bench-webhook

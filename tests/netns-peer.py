@@ -5,6 +5,8 @@
   http PORT TEXT    answer every HTTP request on 0.0.0.0:PORT with 200 and TEXT
   ask HOST PORT     connect, print the answer (or ERR <why>), exit 0
   get URL [H: V]    HTTP GET (with one header), print the status and the body's first line
+  body URL          HTTP GET, print the whole body
+  sniff IFACE FILE  append the TCP payload of every IPv4 frame seen on IFACE to FILE
 """
 import http.server
 import socket
@@ -80,12 +82,45 @@ def get(url, header=None):
         print(f"ERR {err}")
 
 
+def body(url):
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            sys.stdout.write(resp.read().decode())
+    except OSError as err:
+        print(f"ERR {err}")
+
+
+def sniff(iface, path):
+    # A raw packet socket: what crosses the link, as a capture tool would see it.
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
+    sock.bind((iface, 0))
+    print("ready", flush=True)
+    with open(path, "ab", buffering=0) as out:
+        while True:
+            frame = sock.recv(65535)
+            if len(frame) < 34 or frame[12:14] != b"\x08\x00":
+                continue
+            ip = frame[14:]
+            if ip[9] != 6:  # TCP only
+                continue
+            header = (ip[0] & 0x0F) * 4
+            total = int.from_bytes(ip[2:4], "big")
+            tcp = ip[header:total]
+            payload = tcp[(tcp[12] >> 4) * 4:]
+            if payload:
+                out.write(payload)
+
+
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "serve":
         serve(int(sys.argv[2]), sys.argv[3])
     elif mode == "http":
         serve_http(int(sys.argv[2]), sys.argv[3])
+    elif mode == "body":
+        body(sys.argv[2])
+    elif mode == "sniff":
+        sniff(sys.argv[2], sys.argv[3])
     elif mode == "ask":
         ask(sys.argv[2], int(sys.argv[3]))
     else:

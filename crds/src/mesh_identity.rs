@@ -1,5 +1,5 @@
-//! MeshIdentity: the mesh's trust domain, certificate authority and mTLS mode.
-//! Typed now; the identity issue implements it.
+//! MeshIdentity: the mesh's trust domain, certificate authority, workload certificate
+//! lifetime and default mTLS mode. One per cluster, named `mesh`.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -42,6 +42,7 @@ pub struct MeshIdentitySpec {
     // `TTL`, as users write acronyms in Kubernetes APIs (serde's camelCase would say `Ttl`,
     // which a real API server's strict decoding refuses when a manifest says `TTL`).
     #[serde(rename = "workloadCertTTL", default = "default_workload_cert_ttl")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('720h')").message("workloadCertTTL must be between 1m and 720h (30 days)"))]
     pub workload_cert_ttl: Duration,
     /// mTLS between sidecars.
     #[serde(default)]
@@ -57,30 +58,32 @@ fn default_workload_cert_ttl() -> Duration {
 }
 
 /// Where the mesh CA's root comes from.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.type == 'Secret' ? has(self.secretRef) : !has(self.secretRef)").message("secretRef is required with type Secret and not allowed with type Generated"))]
+#[x_kube(validation = Rule::new("self.type == 'Provided' ? has(self.secretRef) : !has(self.secretRef)").message("secretRef is required with type Provided and not allowed with type Generated"))]
 pub struct CaSource {
-    /// Generated (by the operator) or Secret (given by the user).
+    /// Generated (by the operator, kept in the Secret weir-system/weir-ca) or Provided
+    /// (a Secret of yours, e.g. from cert-manager).
     #[serde(rename = "type", default)]
     pub source_type: CaSourceType,
-    /// The Secret holding `tls.crt` and `tls.key` of the root, with type Secret.
+    /// With type Provided: the Secret holding `tls.crt` (the CA certificate, root or
+    /// intermediate, with its chain), `tls.key` and `ca.crt` (the root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretRef>,
 }
 
-/// Generated or Secret.
+/// Generated or Provided.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CaSourceType {
-    /// The operator generates and keeps the root.
+    /// The operator generates the root once and keeps it in a Secret.
     #[default]
     Generated,
-    /// The user supplies the root in a Secret.
-    Secret,
+    /// The user supplies the CA in a Secret of cert-manager's shape.
+    Provided,
 }
 
 /// A Secret by namespace and name.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SecretRef {
     /// Secret name.
     #[schemars(length(min = 1, max = 253))]
@@ -93,20 +96,57 @@ pub struct SecretRef {
 /// mTLS settings.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Mtls {
-    /// STRICT (only mTLS accepted) or PERMISSIVE (plaintext also accepted, for migration).
+    /// The mesh's default for what sidecars accept inbound: STRICT, PERMISSIVE or DISABLE.
+    /// A namespace label or a pod annotation `weir.dev/mtls-mode` overrides it.
     #[serde(default)]
     pub mode: MtlsMode,
 }
 
-/// STRICT or PERMISSIVE.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// What a sidecar accepts inbound.
+#[derive(
+    JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum MtlsMode {
-    /// Sidecars accept only mTLS.
+    /// Only mesh mTLS.
     #[default]
     Strict,
-    /// Sidecars accept mTLS and plaintext.
+    /// Mesh mTLS and plaintext on the same port (the migration path).
     Permissive,
+    /// Plaintext only; clients send plaintext to it too.
+    Disable,
+}
+
+impl MtlsMode {
+    /// The value as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Strict => "STRICT",
+            MtlsMode::Permissive => "PERMISSIVE",
+            MtlsMode::Disable => "DISABLE",
+        }
+    }
+
+    /// Parses the value of a label or annotation (case-insensitive).
+    pub fn parse(text: &str) -> Option<MtlsMode> {
+        match text.trim().to_ascii_uppercase().as_str() {
+            "STRICT" => Some(MtlsMode::Strict),
+            "PERMISSIVE" => Some(MtlsMode::Permissive),
+            "DISABLE" => Some(MtlsMode::Disable),
+            _ => None,
+        }
+    }
 }
 
 /// What the operator made of a MeshIdentity.
@@ -116,7 +156,7 @@ pub struct MeshIdentityStatus {
     /// `Ready` once the CA issues certificates.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Expiry of the current root, RFC 3339.
+    /// Expiry of the CA issuing certificates now, RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_expiry: Option<String>,
 }

@@ -40,6 +40,7 @@ use serde::{Deserialize, Serialize};
         type_ = "integer",
         json_path = ".status.certificatesIssued"
     ),
+    printcolumn(name = "CAExpiry", type_ = "date", json_path = ".status.caExpiry"),
     printcolumn(name = "LastPush", type_ = "date", json_path = ".status.lastPush"),
     printcolumn(
         name = "Age",
@@ -63,6 +64,9 @@ pub struct MeshStatusStatus {
     pub policies_rejected: u32,
     /// Workload certificates issued since the operator started.
     pub certificates_issued: u64,
+    /// When the CA issuing certificates expires, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_expiry: Option<String>,
     /// When config was last pushed to a proxy, RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_push: Option<String>,

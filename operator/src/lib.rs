@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod identity;
 pub mod k8s;
 pub mod local;
 pub mod mesh_state;
@@ -20,6 +21,7 @@ pub mod xds;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
 pub use mesh_state::MeshState;
@@ -31,6 +33,43 @@ pub enum Source {
     Dir(PathBuf),
     /// The Kubernetes API (operator mode).
     Kube(k8s::KubeOptions),
+}
+
+/// How the control plane serves, and how it proves and checks identities.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where ADS is served.
+    pub xds_addr: SocketAddr,
+    /// Where the admin HTTP server listens.
+    pub admin_addr: SocketAddr,
+    /// The names proxies dial the operator by (DNS names or IP addresses), put in its
+    /// serving certificate; xDS is plaintext when there are none.
+    pub xds_names: Vec<String>,
+    /// Refuse proxies that do not prove their pod with a service account token (needs the
+    /// Kubernetes API to review tokens).
+    pub authenticate: bool,
+    /// Local mode: the directory that keeps the CA (`tls.crt`, `tls.key`, `ca.crt`; generated
+    /// there when absent, re-read when changed). Without it the CA lives in memory.
+    pub ca_dir: Option<PathBuf>,
+    /// Kubernetes mode: issue the webhook's serving certificate and keep its caBundle.
+    pub manage_webhook_cert: bool,
+    /// Length of each step of a CA rotation (see [`identity`]).
+    pub rotation_grace: Duration,
+}
+
+impl Options {
+    /// Plaintext xDS without authentication, on the given addresses.
+    pub fn new(xds_addr: SocketAddr, admin_addr: SocketAddr) -> Options {
+        Options {
+            xds_addr,
+            admin_addr,
+            xds_names: Vec::new(),
+            authenticate: false,
+            ca_dir: None,
+            manage_webhook_cert: false,
+            rotation_grace: identity::ROTATION_GRACE,
+        }
+    }
 }
 
 /// A running control plane.
@@ -54,6 +93,12 @@ pub enum StartError {
     /// The directory is missing or not a directory.
     #[error("{0} is not a directory: give --dir a directory of YAML manifests")]
     NotADirectory(PathBuf),
+    /// Authentication asked for without an API server to review tokens.
+    #[error("proxy authentication needs the Kubernetes API (TokenReview): local mode cannot authenticate proxies")]
+    AuthenticationNeedsKube,
+    /// The xDS TLS setup failed.
+    #[error("xDS TLS: {0}")]
+    Tls(#[from] xds::tls::TlsError),
     /// An address could not be bound.
     #[error("cannot listen on {addr} for {what}: {source} (is another operator running? pick another address)")]
     Bind {
@@ -67,20 +112,24 @@ pub enum StartError {
 }
 
 impl ControlPlane {
-    /// Starts the source, the pipeline, the xDS server and the admin server.
-    pub async fn start(
-        source: Source,
-        xds_addr: SocketAddr,
-        admin_addr: SocketAddr,
-    ) -> Result<Self, StartError> {
+    /// Starts the source, the CA, the pipeline, the xDS server and the admin server.
+    pub async fn start(source: Source, options: Options) -> Result<Self, StartError> {
         if let Source::Dir(dir) = &source {
             if !dir.is_dir() {
                 return Err(StartError::NotADirectory(dir.clone()));
             }
+            if options.authenticate {
+                return Err(StartError::AuthenticationNeedsKube);
+            }
         }
-        let state = Arc::new(MeshState::new());
-        let (xds_listener, xds_addr) = listen("xDS", xds_addr).await?;
-        let (admin_listener, admin_addr) = listen("admin", admin_addr).await?;
+        let state = Arc::new(MeshState::with_rotation_grace(options.rotation_grace));
+        let tls = if options.xds_names.is_empty() {
+            None
+        } else {
+            Some(xds::tls::XdsTls::new(options.xds_names.clone())?)
+        };
+        let (xds_listener, xds_addr) = listen("xDS", options.xds_addr).await?;
+        let (admin_listener, admin_addr) = listen("admin", options.admin_addr).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let signal = move || {
             let mut rx = shutdown_rx.clone();
@@ -90,6 +139,7 @@ impl ControlPlane {
         };
         let (tx, rx) = mpsc::channel(64);
         let mut tasks = Vec::new();
+        let mut authenticator: xds::auth::Authenticator = None;
         let leading = match source {
             Source::Dir(dir) => {
                 let stop = signal();
@@ -100,17 +150,58 @@ impl ControlPlane {
                         _ = stop => {}
                     }
                 }));
+                let stop = signal();
+                let ca_state = state.clone();
+                let ca_dir = options.ca_dir.clone();
+                tasks.push(tokio::spawn(async move {
+                    tokio::select! {
+                        _ = local::run_ca(ca_state, ca_dir) => {}
+                        _ = stop => {}
+                    }
+                }));
+                tracing::warn!("local mode: proxies are not authenticated (no API server to review their tokens); anyone who reaches the xDS port gets the mesh's configuration and certificates");
                 watch::channel(false).1
             }
-            Source::Kube(options) => {
-                k8s::spawn(options, state.clone(), tx, signal.clone(), &mut tasks)
+            Source::Kube(kube_options) => {
+                if options.authenticate {
+                    authenticator = Some(Arc::new(xds::auth::TokenReviewer::new(
+                        kube_options.client.clone(),
+                    )));
+                } else {
+                    tracing::warn!("proxy authentication is OFF (--insecure-no-xds-auth): anyone who reaches the xDS port gets the mesh's configuration and certificates");
+                }
+                k8s::spawn(
+                    kube_options,
+                    options.manage_webhook_cert,
+                    state.clone(),
+                    tx,
+                    signal.clone(),
+                    &mut tasks,
+                )
             }
         };
         tasks.push(tokio::spawn(mesh_state::run_pipeline(state.clone(), rx)));
+        let authority = state.identity.clone();
+        let stop = signal();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = authority.run() => {}
+                _ = stop => {}
+            }
+        }));
+        if let Some(tls) = &tls {
+            let (tls, authority, stop) = (tls.clone(), state.identity.clone(), signal());
+            tasks.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = tls.run(authority) => {}
+                    _ = stop => {}
+                }
+            }));
+        }
         let xds_state = state.clone();
         let stop = signal();
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = xds::serve(xds_state, xds_listener, stop).await {
+            if let Err(err) = xds::serve(xds_state, xds_listener, tls, authenticator, stop).await {
                 tracing::error!(%err, "xDS server failed");
             }
         }));
@@ -121,7 +212,7 @@ impl ControlPlane {
                 tracing::error!(%err, "admin server failed");
             }
         }));
-        tracing::info!(%xds_addr, %admin_addr, "control plane started");
+        tracing::info!(%xds_addr, %admin_addr, tls = !options.xds_names.is_empty(), authenticate = options.authenticate, "control plane started");
         Ok(ControlPlane {
             state,
             xds_addr,

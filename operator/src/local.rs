@@ -264,6 +264,134 @@ pub async fn run(dir: PathBuf, state: Arc<MeshState>, tx: mpsc::Sender<Vec<Event
     }
 }
 
+/// How often local mode looks at its CA directory for a replaced CA.
+const CA_POLL: Duration = Duration::from_secs(1);
+
+/// Local mode's CA: from `dir` when given (`tls.crt`, `tls.key` and optionally `ca.crt`, as
+/// cert-manager writes them; a new root is generated and written there when the directory
+/// holds none, so restarts keep it), else generated in memory. Files replaced later rotate
+/// the CA; the links a rotation makes are kept in `links.pem`. Runs until dropped.
+pub async fn run_ca(state: Arc<MeshState>, dir: Option<PathBuf>) {
+    use weir_core::identity::CertificateAuthority;
+    use weir_core::status::{CaProblem, Reason};
+    let trust_domain = state.identity_config().trust_domain;
+    let Some(dir) = dir else {
+        match CertificateAuthority::generate(&trust_domain, std::time::SystemTime::now()) {
+            Ok(ca) => {
+                tracing::info!("mesh CA generated in memory (give --ca-dir to keep it)");
+                state.identity.set_ca(ca);
+            }
+            Err(err) => state.identity.set_problem(CaProblem {
+                reason: Reason::InvalidCa,
+                message: format!("cannot generate the mesh CA: {err}"),
+            }),
+        }
+        return std::future::pending().await;
+    };
+    let paths = CaFiles::in_dir(&dir);
+    if let Ok(stored) = std::fs::read_to_string(&paths.links) {
+        state.identity.add_links(&stored);
+    }
+    if !paths.cert.exists() && !paths.key.exists() {
+        if let Err(err) = paths.generate(&trust_domain) {
+            state.identity.set_problem(CaProblem {
+                reason: Reason::InvalidCa,
+                message: format!("cannot write a new CA into {}: {err}", dir.display()),
+            });
+        }
+    }
+    let mut last: Option<(String, String, Option<String>)> = None;
+    loop {
+        match paths.read() {
+            Ok(files) if last.as_ref() != Some(&files) => {
+                match CertificateAuthority::from_pem(&files.0, &files.1, files.2.as_deref()) {
+                    Ok(ca) => {
+                        tracing::info!(dir = %dir.display(), "mesh CA loaded");
+                        state.identity.set_ca(ca);
+                        let links = state.identity.links().concat();
+                        if !links.is_empty() {
+                            if let Err(err) = std::fs::write(&paths.links, links) {
+                                tracing::warn!(%err, "cannot keep the CA links; proxies that trust only an older root reconnect after an operator restart only once restarted themselves");
+                            }
+                        }
+                    }
+                    Err(err) => state.identity.set_problem(CaProblem {
+                        reason: Reason::InvalidCa,
+                        message: format!("{}: {err}", dir.display()),
+                    }),
+                }
+                last = Some(files);
+            }
+            Ok(_) => {}
+            Err(err) => state.identity.set_problem(CaProblem {
+                reason: Reason::CaNotFound,
+                message: format!(
+                    "{err}: put tls.crt and tls.key (and ca.crt for an intermediate) in {}",
+                    dir.display()
+                ),
+            }),
+        }
+        tokio::time::sleep(CA_POLL).await;
+    }
+}
+
+/// Where local mode keeps a CA.
+struct CaFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    root: PathBuf,
+    /// Links from each newer CA to the one before (see `Authority::links`).
+    links: PathBuf,
+}
+
+impl CaFiles {
+    fn in_dir(dir: &Path) -> CaFiles {
+        CaFiles {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            root: dir.join("ca.crt"),
+            links: dir.join("links.pem"),
+        }
+    }
+
+    fn read(&self) -> Result<(String, String, Option<String>), String> {
+        let read =
+            |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+        Ok((
+            read(&self.cert)?,
+            read(&self.key)?,
+            std::fs::read_to_string(&self.root).ok(),
+        ))
+    }
+
+    /// Writes a new root; the key readable by its owner only.
+    fn generate(&self, trust_domain: &str) -> Result<(), String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let ca = weir_core::identity::CertificateAuthority::generate(
+            trust_domain,
+            std::time::SystemTime::now(),
+        )
+        .map_err(|e| e.to_string())?;
+        if let Some(dir) = self.cert.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        }
+        let mut key = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&self.key)
+            .map_err(|e| format!("{}: {e}", self.key.display()))?;
+        key.write_all(ca.key().pem().as_bytes())
+            .map_err(|e| e.to_string())?;
+        std::fs::write(&self.root, &ca.roots_pem).map_err(|e| e.to_string())?;
+        // The certificate last: a reader that sees it sees a complete CA.
+        std::fs::write(&self.cert, &ca.cert_pem).map_err(|e| e.to_string())?;
+        tracing::info!(dir = ?self.cert.parent(), "mesh CA generated and stored");
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

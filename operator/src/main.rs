@@ -10,11 +10,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use weir_core::bootstrap::{bootstrap_yaml, BootstrapParams, ProxyMeta, XdsProtocol};
+use weir_core::bootstrap::{bootstrap_yaml, BootstrapParams, ProxyMeta, XdsProtocol, XdsTlsFiles};
 use weir_core::Capture;
 use weir_operator::k8s::leader::LeaseSettings;
 use weir_operator::k8s::KubeOptions;
-use weir_operator::{ControlPlane, Source};
+use weir_operator::{ControlPlane, Options, Source};
 
 // glibc malloc spends much of a full translation consolidating chunks; mimalloc halves it.
 #[global_allocator]
@@ -59,6 +59,22 @@ enum Command {
         /// How often the Lease is read or renewed, e.g. 2s.
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         retry_period: std::time::Duration,
+        /// A name proxies dial the operator by, for its xDS serving certificate (repeat
+        /// for several; DNS names or IP addresses).
+        #[arg(long = "xds-name", default_values_t = default_xds_names())]
+        xds_names: Vec<String>,
+        /// Serve xDS to any client without checking its token. Only for debugging: anyone
+        /// who reaches the port then gets the mesh's configuration and certificates.
+        #[arg(long)]
+        insecure_no_xds_auth: bool,
+        /// Do not issue the webhook's serving certificate (Secret weir-webhook-tls) nor
+        /// set its caBundle: you manage them (e.g. with cert-manager).
+        #[arg(long)]
+        no_webhook_cert: bool,
+        /// How long each step of a CA rotation lasts (new root propagates, then workloads
+        /// are re-issued, then the old root is dropped), e.g. 30s.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        ca_rotation_step: std::time::Duration,
     },
     /// Run the control plane on a directory of YAML manifests (Services, EndpointSlices,
     /// Pods, TrafficPolicies, MeshIdentities), re-reading it on change.
@@ -72,6 +88,18 @@ enum Command {
         /// Address for the admin HTTP server.
         #[arg(long, default_value = "127.0.0.1:15090", env = "WEIR_ADMIN_ADDR")]
         admin_addr: SocketAddr,
+        /// Serve xDS over TLS, with a certificate from the mesh CA for this name (repeat
+        /// for several; DNS names or IP addresses). Plaintext when not given.
+        #[arg(long = "xds-name")]
+        xds_names: Vec<String>,
+        /// Keep the mesh CA in this directory (tls.crt, tls.key, ca.crt): generated there
+        /// when absent, re-read when replaced. Without it the CA lives in memory.
+        #[arg(long)]
+        ca_dir: Option<PathBuf>,
+        /// How long each step of a CA rotation lasts (new root propagates, then workloads
+        /// are re-issued, then the old root is dropped), e.g. 30s.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        ca_rotation_step: std::time::Duration,
     },
     /// Print an Envoy bootstrap (YAML) for one workload.
     Bootstrap {
@@ -99,6 +127,18 @@ enum Command {
         /// Envoy admin port (bound to 127.0.0.1).
         #[arg(long, default_value_t = 15000)]
         admin_port: u16,
+        /// The workload's service account (used when the operator does not authenticate
+        /// proxies; an authenticated proxy's comes from its token).
+        #[arg(long)]
+        service_account: Option<String>,
+        /// Connect over TLS, verifying the operator against this root certificate file
+        /// (needs --token-file).
+        #[arg(long, requires = "token_file")]
+        xds_root_cert: Option<String>,
+        /// Present this service account token (audience weir) to the operator; the file is
+        /// read again on every reconnect.
+        #[arg(long, requires = "xds_root_cert")]
+        token_file: Option<String>,
     },
 }
 
@@ -127,6 +167,10 @@ async fn main() -> Result<()> {
             lease_duration,
             renew_deadline,
             retry_period,
+            xds_names,
+            insecure_no_xds_auth,
+            no_webhook_cert,
+            ca_rotation_step,
         } => {
             init_logging();
             let client = kube::Client::try_default()
@@ -144,15 +188,31 @@ async fn main() -> Result<()> {
                 ..LeaseSettings::new(namespace, identity)
             };
             let source = Source::Kube(KubeOptions { client, lease });
-            serve(source, xds_addr, admin_addr).await
+            let options = Options {
+                xds_names,
+                authenticate: !insecure_no_xds_auth,
+                manage_webhook_cert: !no_webhook_cert,
+                rotation_grace: ca_rotation_step,
+                ..Options::new(xds_addr, admin_addr)
+            };
+            serve(source, options).await
         }
         Command::Local {
             dir,
             xds_addr,
             admin_addr,
+            xds_names,
+            ca_dir,
+            ca_rotation_step,
         } => {
             init_logging();
-            serve(Source::Dir(dir), xds_addr, admin_addr).await
+            let options = Options {
+                xds_names,
+                ca_dir,
+                rotation_grace: ca_rotation_step,
+                ..Options::new(xds_addr, admin_addr)
+            };
+            serve(Source::Dir(dir), options).await
         }
         Command::Bootstrap {
             node_id,
@@ -163,12 +223,16 @@ async fn main() -> Result<()> {
             capture,
             outbound_port,
             admin_port,
+            service_account,
+            xds_root_cert,
+            token_file,
         } => {
             let params = BootstrapParams {
                 node_id,
                 meta: ProxyMeta {
                     namespace,
                     pod,
+                    service_account,
                     capture: match capture {
                         CaptureArg::Explicit => Capture::Explicit {
                             port: outbound_port,
@@ -183,6 +247,9 @@ async fn main() -> Result<()> {
                 },
                 admin_port,
                 sidecar: None,
+                xds_tls: xds_root_cert
+                    .zip(token_file)
+                    .map(|(root_cert, token)| XdsTlsFiles { root_cert, token }),
             };
             print!("{}", bootstrap_yaml(&params)?);
             Ok(())
@@ -200,14 +267,25 @@ fn init_logging() {
 }
 
 /// Runs the control plane until SIGTERM or Ctrl-C, then stops it gracefully.
-async fn serve(source: Source, xds_addr: SocketAddr, admin_addr: SocketAddr) -> Result<()> {
-    let plane = ControlPlane::start(source, xds_addr, admin_addr).await?;
+async fn serve(source: Source, options: Options) -> Result<()> {
+    let plane = ControlPlane::start(source, options).await?;
     shutdown_signal()
         .await
         .context("waiting for a shutdown signal")?;
     tracing::info!("shutting down: closing xDS streams, releasing the Lease");
     plane.stop().await;
     Ok(())
+}
+
+/// The names of the operator's Service (config/operator/service.yaml).
+fn default_xds_names() -> Vec<String> {
+    [
+        "weir.weir-system.svc",
+        "weir.weir-system.svc.cluster.local",
+        "weir.weir-system",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn hostname() -> Result<String> {

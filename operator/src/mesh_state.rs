@@ -16,12 +16,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
+use weir_core::identity::rfc3339;
 use weir_core::snapshot::Built;
-use weir_core::status::{policy_statuses, PolicyStatus};
+use weir_core::status::{ca_condition, policy_statuses, PolicyStatus};
 use weir_core::{Event, Index, ProxyProfile, Snapshot, SnapshotBuilder};
 
+use crate::identity::{Authority, ROTATION_GRACE};
 use crate::metrics::Metrics;
 use crate::xds::proxies::{ack_summary, ProxyRegistry};
+use weir_core::index::IdentityConfig;
 
 /// Longest a change waits for others to join its batch.
 pub const MAX_DELAY: Duration = Duration::from_millis(100);
@@ -60,6 +63,12 @@ pub struct MeshState {
     pub metrics: Arc<Metrics>,
     /// Connected proxies.
     pub proxies: Arc<ProxyRegistry>,
+    /// The mesh CA: workload certificates and the trust bundle.
+    pub identity: Arc<Authority>,
+    /// Bumped when something that decides a pod's mTLS mode changed.
+    modes: watch::Sender<u64>,
+    /// The mesh's identity settings as last applied.
+    identity_config: watch::Sender<IdentityConfig>,
 }
 
 impl std::fmt::Debug for MeshState {
@@ -77,6 +86,12 @@ impl Default for MeshState {
 impl MeshState {
     /// A state with an empty index.
     pub fn new() -> MeshState {
+        Self::with_rotation_grace(ROTATION_GRACE)
+    }
+
+    /// A state whose CA rotations keep old roots trusted for `grace` (tests shorten it).
+    pub fn with_rotation_grace(grace: std::time::Duration) -> MeshState {
+        let metrics = Arc::new(Metrics::new());
         MeshState {
             model: Mutex::new(Model {
                 index: Index::new(),
@@ -89,8 +104,11 @@ impl MeshState {
             synced: false.into(),
             closing: watch::channel(false).0,
             applied: watch::channel(0).0,
-            metrics: Arc::new(Metrics::new()),
+            identity: Arc::new(Authority::new(metrics.clone(), grace)),
+            metrics,
             proxies: Arc::new(ProxyRegistry::default()),
+            modes: watch::channel(0).0,
+            identity_config: watch::channel(IdentityConfig::default()).0,
         }
     }
 
@@ -101,19 +119,69 @@ impl MeshState {
     /// Applies a batch of events, translates, and publishes the snapshots that changed.
     pub fn apply(&self, events: Vec<Event>) {
         let started = Instant::now();
-        let published = {
+        let (published, modes, config) = {
             let mut model = self.model();
             let Model { index, snapshots } = &mut *model;
             for event in events {
                 index.apply(event);
             }
-            snapshots.update(index).1
+            let published = snapshots.update(index).1;
+            (
+                published,
+                index.modes_generation(),
+                index.mesh_identity().clone(),
+            )
         };
+        self.modes.send_if_modified(|current| {
+            let changed = *current != modes;
+            *current = modes;
+            changed
+        });
+        self.identity
+            .set_config(&config.trust_domain, config.workload_ttl);
+        self.identity_config.send_if_modified(|current| {
+            let changed = *current != config;
+            *current = config;
+            changed
+        });
         self.metrics
             .translation_seconds
             .observe(started.elapsed().as_secs_f64());
         self.publish(published);
         self.applied.send_modify(|n| *n += 1);
+    }
+
+    /// Changes when a pod's mTLS mode may have changed.
+    pub fn modes(&self) -> watch::Receiver<u64> {
+        self.modes.subscribe()
+    }
+
+    /// The mTLS mode a pod's sidecar accepts inbound.
+    pub fn mtls_mode(&self, pod: &weir_core::ObjectKey) -> weir_api::MtlsMode {
+        self.model().index.mtls_mode(pod)
+    }
+
+    /// A pod's service account, when the pod is known.
+    pub fn pod_service_account(&self, pod: &weir_core::ObjectKey) -> Option<String> {
+        self.model()
+            .index
+            .pod(pod)
+            .map(|p| p.service_account.to_string())
+    }
+
+    /// Namespaces that should have the mesh's root CA (labelled, or with meshed pods).
+    pub fn meshed_namespaces(&self) -> std::collections::BTreeSet<String> {
+        self.model().index.meshed_namespaces()
+    }
+
+    /// The mesh's identity settings as last applied.
+    pub fn identity_config(&self) -> IdentityConfig {
+        self.identity_config.borrow().clone()
+    }
+
+    /// The mesh's identity settings, as they change (for the CA source).
+    pub fn identity_configs(&self) -> watch::Receiver<IdentityConfig> {
+        self.identity_config.subscribe()
     }
 
     /// A receiver that sees a change after every applied batch.
@@ -261,7 +329,8 @@ impl MeshState {
                 proxies_in_sync: proxies.iter().filter(|p| p.in_sync()).count() as u32,
                 policies_accepted: (policies.len() - rejected.len()) as u32,
                 policies_rejected: rejected.len() as u32,
-                certificates_issued: 0,
+                certificates_issued: self.identity.issued(),
+                ca_expiry: self.identity.ca_expiry().map(rfc3339),
                 last_push: last_push.map(rfc3339),
                 rejected_policies: rejected
                     .iter()
@@ -288,6 +357,11 @@ impl MeshState {
                     .collect(),
                 conditions: Vec::new(),
             },
+            ca: ca_condition(
+                self.identity.problem().as_ref(),
+                self.identity.ca_expiry(),
+                SystemTime::now(),
+            ),
             policies,
             source_errors: self
                 .source_errors
@@ -305,21 +379,14 @@ impl MeshState {
 pub struct MeshStatusView {
     /// What `kubectl get meshstatus` shows.
     pub status: weir_api::MeshStatusStatus,
+    /// The mesh CA's condition (the status writer adds it to `status.conditions`).
+    pub ca: weir_core::status::ConditionView,
     /// Conditions of every policy.
     pub policies: Vec<PolicyStatus>,
     /// Documents the source could not load.
     pub source_errors: Vec<SourceError>,
     /// What the index holds.
     pub objects: weir_core::index::IndexCounts,
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let ts = k8s_openapi::jiff::Timestamp::from_second(secs as i64).unwrap_or_default();
-    ts.to_string()
 }
 
 /// Feeds batches from a source into the mesh state, coalescing bursts. Marks the state synced

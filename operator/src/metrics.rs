@@ -13,6 +13,14 @@ pub struct TypeLabels {
     pub r#type: &'static str,
 }
 
+/// Labels of refused xDS connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Why: no_token, invalid_token, expired, wrong_audience, not_bound_to_pod,
+    /// pod_gone, metadata_mismatch, review_failed.
+    pub reason: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -42,6 +50,16 @@ pub struct Metrics {
     pub mesh_status_writes: Counter,
     /// 1 while this replica holds the leader Lease.
     pub leader: Gauge,
+    /// Workload certificates issued.
+    pub certificates_issued: Counter,
+    /// Certificate issuances or renewals that failed (each is retried).
+    pub renewal_failures: Counter,
+    /// Seconds until the earliest workload certificate served expires.
+    pub earliest_expiry_seconds: Gauge,
+    /// Seconds until the issuing CA expires.
+    pub ca_expiry_seconds: Gauge,
+    /// xDS connections refused because the proxy could not prove who it is, by reason.
+    pub xds_auth_failures: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -75,6 +93,11 @@ impl Metrics {
         let status_write_errors = Counter::default();
         let mesh_status_writes = Counter::default();
         let leader = Gauge::default();
+        let certificates_issued = Counter::default();
+        let renewal_failures = Counter::default();
+        let earliest_expiry_seconds = Gauge::default();
+        let ca_expiry_seconds = Gauge::default();
+        let xds_auth_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "xds_pushes",
             "xDS responses sent to proxies",
@@ -140,6 +163,31 @@ impl Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        registry.register(
+            "certificates_issued",
+            "Workload certificates issued",
+            certificates_issued.clone(),
+        );
+        registry.register(
+            "certificate_renewal_failures",
+            "Certificate issuances or renewals that failed (each is retried)",
+            renewal_failures.clone(),
+        );
+        registry.register(
+            "certificate_earliest_expiry_seconds",
+            "Seconds until the earliest workload certificate served expires",
+            earliest_expiry_seconds.clone(),
+        );
+        registry.register(
+            "ca_expiry_seconds",
+            "Seconds until the issuing mesh CA expires",
+            ca_expiry_seconds.clone(),
+        );
+        registry.register(
+            "xds_auth_failures",
+            "xDS connections refused because the proxy could not prove who it is",
+            xds_auth_failures.clone(),
+        );
         Metrics {
             registry,
             pushes,
@@ -155,6 +203,11 @@ impl Metrics {
             status_write_errors,
             mesh_status_writes,
             leader,
+            certificates_issued,
+            renewal_failures,
+            earliest_expiry_seconds,
+            ca_expiry_seconds,
+            xds_auth_failures,
         }
     }
 

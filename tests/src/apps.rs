@@ -257,7 +257,8 @@ pub async fn call_grpc_on(
 }
 
 /// An HTTP server that speaks HTTP/1.1 and h2c (prior knowledge) and answers every
-/// request with `<name> <HTTP version>`.
+/// request with `<name> <HTTP version>`, followed by ` xfcc=<value>` when the request
+/// carries `x-forwarded-client-cert` (the caller's identity, as its sidecar passes it on).
 pub async fn serve_http(name: &str, listener: TcpListener) -> Result<()> {
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -267,7 +268,13 @@ pub async fn serve_http(name: &str, listener: TcpListener) -> Result<()> {
         let name = name.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let body = format!("{name} {:?}\n", req.version());
+                let xfcc = req
+                    .headers()
+                    .get("x-forwarded-client-cert")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| format!(" xfcc={v}"))
+                    .unwrap_or_default();
+                let body = format!("{name} {:?}{xfcc}\n", req.version());
                 async move {
                     Ok::<_, std::convert::Infallible>(http::Response::new(
                         http_body_util::Full::new(hyper::body::Bytes::from(body)),
@@ -396,6 +403,108 @@ pub async fn call_tls(addr: SocketAddr, sni: &str, ca_pem: &std::path::Path) -> 
     let mut answer = String::new();
     tls.read_to_string(&mut answer).await.ok();
     Ok(answer.trim_end().to_string())
+}
+
+/// One HTTP/1.1 GET over mutual TLS, as a sidecar would send it: the client presents
+/// `cert_pem` (chain) and `key_pem`, offers the ALPN names `alpn`, and checks the server's chain
+/// against `ca_pem` (not its name: mesh certificates carry SPIFFE IDs, not DNS names).
+/// Returns `<status> <body's first line>`.
+pub async fn call_mtls_http(
+    addr: SocketAddr,
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+    alpn: &[&str],
+) -> Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile_certs(ca_pem.as_bytes())? {
+        roots.add(cert)?;
+    }
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("bad key PEM: {e:?}"))?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+        .with_client_auth_cert(rustls_pemfile_certs(cert_pem.as_bytes())?, key)?;
+    config.alpn_protocols = alpn.iter().map(|a| a.as_bytes().to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let stream = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("mesh.invalid")?;
+    let mut tls = connector
+        .connect(name, stream)
+        .await
+        .context("TLS handshake")?;
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: mesh\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer)
+        .await
+        .context("reading the answer (refused after the handshake?)")?;
+    let status = answer.split(' ').nth(1).unwrap_or("-").to_string();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    if answer.is_empty() {
+        bail!("the connection closed without an answer");
+    }
+    Ok(format!(
+        "{status} {}",
+        body.lines().next().unwrap_or_default()
+    ))
+}
+
+/// Verifies a server's chain and signature, not its name.
+#[derive(Debug)]
+struct ChainOnly(Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 /// Certificates of a PEM text.

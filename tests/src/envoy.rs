@@ -71,7 +71,8 @@ impl Envoy {
         .await
     }
 
-    async fn start_params(params: &BootstrapParams) -> Result<Envoy> {
+    /// Starts Envoy from bootstrap parameters (explicit capture), once it is ready.
+    pub async fn start_params(params: &BootstrapParams) -> Result<Envoy> {
         let bootstrap = scratch_dir("envoy").join("bootstrap.yaml");
         std::fs::write(&bootstrap, bootstrap_yaml(params)?)?;
         let Capture::Explicit {
@@ -264,6 +265,7 @@ fn explicit_params(
         meta: ProxyMeta {
             namespace: "default".into(),
             pod: node_id.to_string(),
+            service_account: None,
             capture: Capture::Explicit {
                 port: outbound_port,
             },
@@ -272,5 +274,6 @@ fn explicit_params(
         protocol,
         admin_port,
         sidecar: None,
+        xds_tls: None,
     }
 }

@@ -483,6 +483,81 @@ impl Cluster {
         Ok(self.kubectl(&args)?.trim().to_string())
     }
 
+    /// A token for a ServiceAccount bound to a Pod (as the kubelet projects one), for
+    /// `audience`, from the TokenRequest API.
+    pub fn pod_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        pod: &str,
+        audience: &str,
+    ) -> Result<String> {
+        Ok(self
+            .kubectl(&[
+                "create",
+                "token",
+                service_account,
+                "-n",
+                namespace,
+                "--audience",
+                audience,
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                pod,
+                "--duration",
+                "1h",
+            ])?
+            .trim()
+            .to_string())
+    }
+
+    /// A pod-bound service account token signed with the API server's own key, as
+    /// TokenRequest makes them, but expired `ago` ago: the one token the API cannot hand
+    /// out on request.
+    pub fn expired_pod_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        pod: &str,
+        audience: &str,
+        ago: Duration,
+    ) -> Result<String> {
+        use base64::Engine;
+        use rcgen::SigningKey;
+        let uid = |kind: &str, name: &str| -> Result<String> {
+            let object = self.kubectl_json(&["get", kind, name, "-n", namespace])?;
+            object["metadata"]["uid"]
+                .as_str()
+                .map(str::to_string)
+                .context("no uid")
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs();
+        let exp = now - ago.as_secs();
+        let claims = serde_json::json!({
+            "aud": [audience],
+            "exp": exp,
+            "iat": exp - 3600,
+            "nbf": exp - 3600,
+            "iss": "https://kubernetes.default.svc",
+            "sub": format!("system:serviceaccount:{namespace}:{service_account}"),
+            "kubernetes.io": {
+                "namespace": namespace,
+                "pod": {"name": pod, "uid": uid("pod", pod)?},
+                "serviceaccount": {"name": service_account, "uid": uid("serviceaccount", service_account)?},
+            },
+        });
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let header = b64(br#"{"alg":"ES256","typ":"JWT"}"#);
+        let payload = b64(claims.to_string().as_bytes());
+        let signing_input = format!("{header}.{payload}");
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(self.dir.join("sa.key"))?)?;
+        let der = key.sign(signing_input.as_bytes())?;
+        Ok(format!("{signing_input}.{}", b64(&ecdsa_der_to_raw(&der)?)))
+    }
+
     /// A kubeconfig that authenticates with `token`, written under the cluster's
     /// directory, pointing at `server` (the API server, or a proxy in front of it).
     pub fn token_kubeconfig(
@@ -541,6 +616,21 @@ impl Cluster {
         ])?;
         Ok(())
     }
+}
+
+/// An ECDSA P-256 signature from DER (SEQUENCE of two INTEGERs) to JWS's r || s.
+fn ecdsa_der_to_raw(der: &[u8]) -> Result<Vec<u8>> {
+    let mut raw = Vec::with_capacity(64);
+    let mut rest = der.get(2..).context("short signature")?; // SEQUENCE, length
+    for _ in 0..2 {
+        let len = *rest.get(1).context("short integer")? as usize;
+        let int = rest.get(2..2 + len).context("short integer")?;
+        let int = &int[int.len().saturating_sub(32)..];
+        raw.extend(std::iter::repeat_n(0, 32 - int.len()));
+        raw.extend_from_slice(int);
+        rest = &rest[2 + len..];
+    }
+    Ok(raw)
 }
 
 /// Lease settings for tests: 2 s leases, so takeovers happen within the test's patience.

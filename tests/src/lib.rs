@@ -9,7 +9,9 @@
 //! - [`envoy`]: Envoy processes from the bootstrap generator, and traffic through them;
 //! - [`mesh`]: a local-mode control plane on a scratch directory;
 //! - [`netns`]: network namespaces as pods; [`fake_api`]: an in-process API server for
-//!   faults a real one cannot produce.
+//!   faults a real one cannot produce;
+//! - [`kube`]: a real API server and its helpers; [`xds_client`]: a raw ADS client over TLS,
+//!   for credentials Envoy cannot be made to send.
 #![deny(warnings)]
 #![forbid(unsafe_code)]
 
@@ -23,6 +25,7 @@ pub mod manifests;
 pub mod mesh;
 pub mod netns;
 pub mod wait;
+pub mod xds_client;
 
 pub use backend::{Backend, Behavior};
 pub use bins::*;

@@ -85,23 +85,43 @@ pub fn pod_endpoint_yaml(
     addr: SocketAddr,
     ready: bool,
 ) -> String {
+    pod_slice_yaml(
+        &mut mk_pod(ns, pod, labels),
+        service,
+        port_name,
+        addr,
+        ready,
+    )
+}
+
+/// YAML for `pod` (its IP set to `addr`'s) and an EndpointSlice of `service` with the pod's
+/// endpoint at `addr` on the Service port named `port_name`.
+pub fn pod_slice_yaml(
+    pod: &mut k8s_openapi::api::core::v1::Pod,
+    service: &str,
+    port_name: &str,
+    addr: SocketAddr,
+    ready: bool,
+) -> String {
     let ip = addr.ip().to_string();
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+        pod_ip: Some(ip.clone()),
+        ..Default::default()
+    });
     let mut slice = mk_slice(
-        ns,
-        &format!("{service}-{pod}"),
+        &ns,
+        &format!("{service}-{name}"),
         service,
         port_name,
         addr.port(),
-        &[(ip.as_str(), pod)],
+        &[(ip.as_str(), name.as_str())],
     );
     if let Some(conditions) = slice.endpoints[0].conditions.as_mut() {
         conditions.ready = Some(ready);
     }
-    format!(
-        "{}---\n{}",
-        to_yaml(&[mk_pod(ns, pod, labels)]),
-        to_yaml(&[slice])
-    )
+    format!("{}---\n{}", to_yaml(&[&*pod]), to_yaml(&[slice]))
 }
 
 /// YAML for one EndpointSlice of `service` with one port and several ready endpoints

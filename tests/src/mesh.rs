@@ -49,6 +49,8 @@ pub struct Mesh {
     pub dir: PathBuf,
     /// The running control plane.
     pub plane: weir_operator::ControlPlane,
+    /// Where the CA is kept, when xDS is served over TLS ([`Mesh::start_tls`]).
+    pub ca_dir: Option<PathBuf>,
 }
 
 impl Mesh {
@@ -58,21 +60,47 @@ impl Mesh {
         Self::start_in(dir, "127.0.0.1:0".parse()?).await
     }
 
+    /// Starts a control plane on an empty directory serving xDS over TLS for 127.0.0.1, its
+    /// CA kept in a scratch directory (`ca_dir`, root in `ca.crt`).
+    pub async fn start_tls() -> Result<Mesh> {
+        let (dir, ca_dir) = (scratch_dir("mesh"), scratch_dir("mesh-ca"));
+        let options = weir_operator::Options {
+            xds_names: vec!["127.0.0.1".into()],
+            ca_dir: Some(ca_dir.clone()),
+            ..weir_operator::Options::new("127.0.0.1:0".parse()?, "127.0.0.1:0".parse()?)
+        };
+        let mut mesh = Self::start_with(dir, options).await?;
+        let root = ca_dir.join("ca.crt");
+        eventually("the CA", DEADLINE, || {
+            let root = root.clone();
+            async move { root.exists().then_some(()) }
+        })
+        .await?;
+        mesh.ca_dir = Some(ca_dir);
+        Ok(mesh)
+    }
+
     /// Starts a control plane on `dir`, serving xDS on `xds_addr`.
     pub async fn start_in(dir: PathBuf, xds_addr: SocketAddr) -> Result<Mesh> {
-        let plane = weir_operator::ControlPlane::start(
-            weir_operator::Source::Dir(dir.clone()),
-            xds_addr,
-            "127.0.0.1:0".parse()?,
-        )
-        .await?;
+        let options = weir_operator::Options::new(xds_addr, "127.0.0.1:0".parse()?);
+        Self::start_with(dir, options).await
+    }
+
+    async fn start_with(dir: PathBuf, options: weir_operator::Options) -> Result<Mesh> {
+        let plane =
+            weir_operator::ControlPlane::start(weir_operator::Source::Dir(dir.clone()), options)
+                .await?;
         let admin = plane.admin_addr;
         eventually("the operator to be ready", DEADLINE, || async move {
             let resp = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
             resp.status().is_success().then_some(())
         })
         .await?;
-        Ok(Mesh { dir, plane })
+        Ok(Mesh {
+            dir,
+            plane,
+            ca_dir: None,
+        })
     }
 
     /// Writes a manifest file into the directory.

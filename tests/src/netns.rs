@@ -1,7 +1,9 @@
 //! Network namespaces as pods and hosts, for tests of traffic capture and sidecars.
 //!
 //! [`Net`] makes two namespaces, `pod` (10.200.0.2) and `peer` (10.200.0.3), joined by a
-//! veth pair, and removes them (with everything started in them) on drop. Processes run in
+//! veth pair, and removes them (with everything started in them) on drop. More hosts
+//! ([`Net::add_host`]) hang off the peer, which routes between them all, as a node's
+//! network does between pods. Processes run in
 //! them through `ip netns exec`; stand-in applications are the Python script
 //! `tests/netns-peer.py`, run by the system Python so that any uid can run it.
 //!
@@ -9,7 +11,8 @@
 //! missing). [`prerequisites`] says what is missing; tests skip with a message outside CI
 //! and fail in CI.
 
-use std::path::PathBuf;
+use k8s_openapi::api::core::v1::Pod;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -80,6 +83,8 @@ pub enum Side {
     Pod,
     /// The rest of the network.
     Peer,
+    /// A host added with [`Net::add_host`] (its address is `10.201.<n>.2`).
+    Host(usize),
 }
 
 /// Two namespaces joined by a veth pair. See the module docs.
@@ -89,6 +94,11 @@ pub struct Net {
     pub pod: String,
     /// The peer namespace's name.
     pub peer: String,
+    /// Hosts added with [`Net::add_host`]: namespace names.
+    pub hosts: Vec<String>,
+    /// The operator process (index in `children`) and its arguments.
+    operator: Option<(usize, Vec<String>)>,
+    id: String,
     children: Vec<Child>,
     /// The peer script, copied where every uid can read it.
     pub script: PathBuf,
@@ -104,6 +114,9 @@ impl Net {
         let net = Net {
             pod: format!("weir-pod-{id}"),
             peer: format!("weir-peer-{id}"),
+            hosts: Vec::new(),
+            operator: None,
+            id: id.clone(),
             children: Vec::new(),
             script,
         };
@@ -134,11 +147,90 @@ impl Net {
         net
     }
 
+    /// Adds a host on its own link to the peer, which routes for it: `10.201.<n>.2`.
+    pub fn add_host(&mut self) -> Side {
+        let n = self.hosts.len();
+        let ns = format!("weir-h{n}-{}", self.id);
+        run(&["ip", "netns", "add", &ns]);
+        self.hosts.push(ns.clone());
+        let (veth_host, veth_peer) = (format!("v{n}h{}", self.id), format!("v{n}g{}", self.id));
+        run(&[
+            "ip", "link", "add", &veth_host, "netns", &ns, "type", "veth", "peer", "name",
+            &veth_peer, "netns", &self.peer,
+        ]);
+        let gateway = format!("10.201.{n}.1");
+        for (netns, dev, ip) in [
+            (ns.as_str(), &veth_host, format!("10.201.{n}.2")),
+            (self.peer.as_str(), &veth_peer, gateway.clone()),
+        ] {
+            run(&[
+                "ip",
+                "-n",
+                netns,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                dev,
+            ]);
+            run(&["ip", "-n", netns, "link", "set", dev, "up"]);
+        }
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &ns, "route", "add", "default", "via", &gateway]);
+        run(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.peer,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]);
+        Side::Host(n)
+    }
+
+    /// Captures the TCP payloads crossing the link between `side` and the peer (as seen on
+    /// the peer's end) into a file, from now until the net is dropped; returns the file.
+    pub fn sniff(&mut self, side: Side) -> PathBuf {
+        let link = match side {
+            Side::Pod => format!("vq{}", self.id),
+            Side::Host(n) => format!("v{n}g{}", self.id),
+            Side::Peer => panic!("sniff a link to the peer: Side::Pod or Side::Host"),
+        };
+        let file = crate::scratch_dir("sniff").join(format!("{link}.bin"));
+        std::fs::write(&file, b"").expect("capture file");
+        let script = self.script.to_string_lossy().into_owned();
+        let path = file.to_string_lossy().into_owned();
+        let mut child = self
+            .command(Side::Peer, &[PYTHON, &script, "sniff", &link, &path])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the capture");
+        // The script says "ready" once its socket is bound to the link.
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .expect("the capture's first line");
+        assert_eq!(line.trim(), "ready", "the capture did not start");
+        self.children.push(child);
+        file
+    }
+
+    /// The address of a namespace.
+    pub fn ip(&self, side: Side) -> String {
+        match side {
+            Side::Pod => POD_IP.into(),
+            Side::Peer => PEER_IP.into(),
+            Side::Host(n) => format!("10.201.{n}.2"),
+        }
+    }
+
     /// The namespace's name.
     pub fn name(&self, side: Side) -> &str {
         match side {
             Side::Pod => &self.pod,
             Side::Peer => &self.peer,
+            Side::Host(n) => &self.hosts[n],
         }
     }
 
@@ -223,6 +315,23 @@ impl Net {
         self.peer_output(side, None, &["get", url])
     }
 
+    /// `GET url` from a namespace: the whole body.
+    pub fn fetch(&self, side: Side, url: &str) -> String {
+        self.peer_output(side, None, &["body", url])
+    }
+
+    /// A counter or gauge of the operator started by [`Net::start_operator`] (its admin
+    /// port), 0 when absent.
+    pub fn operator_metric(&self, name: &str) -> u64 {
+        let text = self.fetch(Side::Peer, "http://127.0.0.1:15099/metrics");
+        text.lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or(0)
+    }
+
     /// `GET url` with one header (`Name: value`).
     pub fn get_with(&self, side: Side, url: &str, header: &str) -> String {
         self.peer_output(side, None, &["get", url, header])
@@ -245,43 +354,86 @@ impl Net {
 pub const XDS_ADDR: &str = "10.200.0.3:15010";
 
 impl Net {
-    /// Runs `weir-operator local` on `dir` in the peer namespace, then makes the pod
-    /// namespace an injected pod: weir-init's rules applied for real, Envoy started from
-    /// the injector's bootstrap (as gid 1337, as injected), `hosts` (ClusterIP, names)
-    /// resolvable; returns once the sidecar is ready.
-    pub fn start_mesh_and_sidecar(&mut self, dir: &std::path::Path, hosts: &[(&str, &str)]) {
-        use weir_webhook::inject::{inject, MeshConfig, PROXY_CONTAINER};
+    /// Runs `weir-operator local` on `dir` in the peer namespace, serving xDS over TLS with
+    /// the CA kept in `ca_dir` (generated there when absent), with `extra` arguments;
+    /// returns once the CA exists.
+    pub fn start_operator(&mut self, dir: &Path, ca_dir: &Path, extra: &[&str]) {
         let operator = crate::workspace_binary("weir-operator").expect("weir-operator");
+        let (op, dir_arg, ca_arg) = (
+            operator.to_string_lossy().into_owned(),
+            dir.to_string_lossy().into_owned(),
+            ca_dir.to_string_lossy().into_owned(),
+        );
+        let mut args = vec![
+            op.as_str(),
+            "local",
+            "--dir",
+            &dir_arg,
+            "--xds-addr",
+            XDS_ADDR,
+            "--admin-addr",
+            "127.0.0.1:15099",
+            "--xds-name",
+            PEER_IP,
+            "--ca-dir",
+            &ca_arg,
+        ];
+        args.extend(extra);
+        self.spawn(Side::Peer, &args);
+        self.operator = Some((
+            self.children.len() - 1,
+            args.iter().map(|a| a.to_string()).collect(),
+        ));
+        let root = ca_dir.join("ca.crt");
+        self.wait_for("the operator's CA", || root.exists());
+    }
+
+    /// Stops the operator and starts it again with the same arguments (its CA and links
+    /// come back from its CA directory); returns once it answers.
+    pub fn restart_operator(&mut self) {
+        let (index, args) = self.operator.clone().expect("start_operator first");
+        let old = &mut self.children[index];
+        let _ = old.kill();
+        let _ = old.wait();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.spawn(Side::Peer, &args);
+        self.operator = Some((
+            self.children.len() - 1,
+            args.iter().map(|a| a.to_string()).collect(),
+        ));
+        self.wait_for("the operator to answer again", || {
+            self.get(Side::Peer, "http://127.0.0.1:15099/readyz")
+                .starts_with("200")
+        });
+    }
+
+    /// Makes a namespace an injected pod: the injector's output for `pod` applied for real
+    /// (weir-init's rules, Envoy from the injected bootstrap as gid 1337), with the files the
+    /// kubelet would mount: the mesh root from `ca_dir` and a token. Returns once the
+    /// sidecar is ready.
+    pub fn start_sidecar(&mut self, side: Side, pod: &Pod, ca_dir: &Path) {
+        use weir_webhook::inject::{inject, MeshConfig, CA_DIR, PROXY_CONTAINER, TOKEN_DIR};
         let init = crate::workspace_binary("weir-init").expect("weir-init");
         let envoy = crate::envoy_bin().expect("envoy");
-        let dir_arg = dir.to_string_lossy().into_owned();
-        let op = operator.to_string_lossy().into_owned();
-        self.spawn(
-            Side::Peer,
-            &[
-                &op,
-                "local",
-                "--dir",
-                &dir_arg,
-                "--xds-addr",
-                XDS_ADDR,
-                "--admin-addr",
-                "127.0.0.1:15099",
-            ],
-        );
-        let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: productpage, namespace: default}\nspec:\n  containers: [{name: app, image: app:1}]\n",
-        )
-        .expect("pod");
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
         let injected = inject(
-            &pod,
-            "default",
+            pod,
+            &namespace,
             &MeshConfig {
                 xds_address: XDS_ADDR.into(),
                 ..MeshConfig::default()
             },
         )
         .pod;
+        // What the kubelet mounts: the root ConfigMap and the projected token (local mode
+        // does not review tokens; Envoy sends it all the same).
+        let mounts = crate::scratch_dir(&format!("mounts-{name}"));
+        let (ca_mount, token_mount) = (mounts.join("ca"), mounts.join("tokens"));
+        std::fs::create_dir_all(&ca_mount).expect("ca mount");
+        std::fs::create_dir_all(&token_mount).expect("token mount");
+        std::fs::copy(ca_dir.join("ca.crt"), ca_mount.join("root-cert.pem")).expect("root");
+        std::fs::write(token_mount.join("token"), "local-mode-token").expect("token");
         let spec = injected.spec.expect("spec");
         let containers = spec.init_containers.unwrap_or_default();
         let init_args = containers
@@ -296,15 +448,18 @@ impl Net {
             .unwrap_or_default()
             .into_iter()
             .map(|a| {
-                a.replace("$(POD_NAME)", "productpage")
-                    .replace("$(POD_NAMESPACE)", "default")
+                a.replace("$(POD_NAME)", &name)
+                    .replace("$(POD_NAMESPACE)", &namespace)
+                    .replace(CA_DIR, &ca_mount.to_string_lossy())
+                    .replace(TOKEN_DIR, &token_mount.to_string_lossy())
             })
             .collect();
         let init = init.to_string_lossy().into_owned();
-        let mut init_cmd = vec!["ip", "netns", "exec", self.pod.as_str(), init.as_str()];
+        let mut init_cmd = vec!["ip", "netns", "exec", self.name(side), init.as_str()];
         init_cmd.extend(init_args.iter().map(String::as_str));
         run(&init_cmd);
         let envoy = envoy.to_string_lossy().into_owned();
+        let log = mounts.join("envoy.log").to_string_lossy().into_owned();
         let mut envoy_cmd = vec![
             "setpriv",
             "--regid",
@@ -313,12 +468,26 @@ impl Net {
             envoy.as_str(),
         ];
         envoy_cmd.extend(proxy_args.iter().map(String::as_str));
-        self.spawn(Side::Pod, &envoy_cmd);
-        self.hosts(Side::Pod, hosts);
-        self.wait_for("the sidecar to be ready", || {
-            self.get(Side::Pod, "http://127.0.0.1:15021/healthz/ready")
+        envoy_cmd.extend(["--log-path", log.as_str()]);
+        self.spawn(side, &envoy_cmd);
+        self.wait_for(&format!("{name}'s sidecar to be ready"), || {
+            self.get(side, "http://127.0.0.1:15021/healthz/ready")
                 .starts_with("200")
         });
+    }
+
+    /// The usual single-pod setup: the operator on `dir` (CA in a scratch directory) and the
+    /// pod namespace as injected pod `default/productpage`, with `hosts` (ClusterIP, names)
+    /// resolvable in it.
+    pub fn start_mesh_and_sidecar(&mut self, dir: &Path, hosts: &[(&str, &str)]) {
+        let ca_dir = crate::scratch_dir("mesh-ca");
+        self.start_operator(dir, &ca_dir, &[]);
+        let pod: Pod = serde_yaml::from_str(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: productpage, namespace: default}\nspec:\n  containers: [{name: app, image: app:1}]\n",
+        )
+        .expect("pod");
+        self.start_sidecar(Side::Pod, &pod, &ca_dir);
+        self.hosts(Side::Pod, hosts);
     }
 
     /// Runs `weir-testapp` with `args` in a namespace and returns what it printed.
@@ -343,8 +512,13 @@ impl Net {
 
     /// The value of one Envoy stat in the pod (its admin port is 15000), 0 when absent.
     pub fn envoy_stat(&self, name: &str) -> u64 {
+        self.envoy_stat_in(Side::Pod, name)
+    }
+
+    /// The value of one Envoy stat of the sidecar in `side`, 0 when absent.
+    pub fn envoy_stat_in(&self, side: Side, name: &str) -> u64 {
         let text = self.get(
-            Side::Pod,
+            side,
             &format!(
                 "http://127.0.0.1:15000/stats?filter=^{}$",
                 crate::envoy::regex_escape(name)
@@ -363,7 +537,7 @@ impl Drop for Net {
             let _ = child.kill();
             let _ = child.wait();
         }
-        for ns in [&self.pod, &self.peer] {
+        for ns in self.hosts.iter().chain([&self.pod, &self.peer]) {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
             let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }

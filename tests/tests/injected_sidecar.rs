@@ -1,6 +1,7 @@
 //! The sidecar the injector writes starts in real Envoy: its arguments and bootstrap (after
-//! the kubelet's $(VAR) expansion) are accepted, it connects to the operator under the
-//! expanded node id, and its probe listener reports it ready.
+//! the kubelet's $(VAR) expansion) are accepted, it connects to the operator over TLS
+//! (verified against the mesh root it mounts, presenting the token it mounts) under the
+//! expanded node id and its pod's service account, and its probe listener reports it ready.
 
 use std::process::Stdio;
 use weir_tests::*;
@@ -8,9 +9,9 @@ use weir_webhook::inject::{inject, MeshConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_injected_proxy_starts_connects_and_reports_ready() -> anyhow::Result<()> {
-    let mesh = Mesh::start().await?;
+    let mesh = Mesh::start_tls().await?;
     let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec:\n  containers:\n  - name: web\n    image: web:1\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec:\n  serviceAccountName: storefront\n  containers:\n  - name: web\n    image: web:1\n",
     )?;
     let config = MeshConfig {
         xds_address: mesh.plane.xds_addr.to_string(),
@@ -26,11 +27,21 @@ async fn the_injected_proxy_starts_connects_and_reports_ready() -> anyhow::Resul
         .expect("a proxy container");
     let mut args = proxy.args.clone().expect("args");
 
-    // What the kubelet does with $(VAR) in args, from the container's env.
+    // What the kubelet does: $(VAR) in args from the container's env, and the mounts (the
+    // mesh root from ConfigMap weir-root-ca, the projected token).
+    let mounts = scratch_dir("injected-mounts");
+    std::fs::copy(
+        mesh.ca_dir.as_ref().expect("TLS mesh").join("ca.crt"),
+        mounts.join("root-cert.pem"),
+    )?;
+    std::fs::write(mounts.join("token"), "a-projected-token")?;
+    let mounts = mounts.to_string_lossy().into_owned();
     for arg in &mut args {
         *arg = arg
             .replace("$(POD_NAME)", "web-7d4f")
-            .replace("$(POD_NAMESPACE)", "shop");
+            .replace("$(POD_NAMESPACE)", "shop")
+            .replace(weir_webhook::inject::CA_DIR, &mounts)
+            .replace(weir_webhook::inject::TOKEN_DIR, &mounts);
     }
     // The sidecar's fixed ports (admin 15000, probes 15021, Prometheus 15090, and the
     // transparent listeners from xDS) belong to the pod's own network namespace; here they
@@ -94,6 +105,10 @@ async fn the_injected_proxy_starts_connects_and_reports_ready() -> anyhow::Resul
         "node id from the expanded bootstrap"
     );
     assert_eq!(proxies[0]["namespace"], "shop");
+    assert_eq!(
+        proxies[0]["service_account"], "storefront",
+        "the pod's service account, from the bootstrap (local mode does not review tokens)"
+    );
     child.kill().await?;
     Ok(())
 }

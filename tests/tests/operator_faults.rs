@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 use weir_core::testing;
 use weir_operator::k8s::KubeOptions;
-use weir_operator::{ControlPlane, Source};
+use weir_operator::{ControlPlane, Options, Source};
 use weir_tests::fake_api::{collections::*, FakeApi};
 use weir_tests::{eventually, http_service, to_json, DEADLINE};
 
@@ -19,7 +19,7 @@ async fn start_operator(api: &FakeApi, identity: &str) -> Result<ControlPlane> {
         lease: weir_tests::kube::test_lease(identity),
     };
     let any = "127.0.0.1:0".parse()?;
-    Ok(ControlPlane::start(Source::Kube(options), any, any).await?)
+    Ok(ControlPlane::start(Source::Kube(options), Options::new(any, any)).await?)
 }
 
 fn mk_service(name: &str, ip: &str, port: u16) -> Value {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use weir_core::testing;
 use weir_e2e::Kubectl;
 use weir_operator::k8s::KubeOptions;
-use weir_operator::{ControlPlane, Source};
+use weir_operator::{ControlPlane, Options, Source};
 use weir_tests::kube::{can_run, client_from, Cluster, CuttableProxy};
 use weir_tests::{eventually, http_service, to_json, DEADLINE};
 
@@ -69,7 +69,7 @@ async fn start_operator(
         lease: weir_tests::kube::test_lease(identity),
     };
     let any = "127.0.0.1:0".parse()?;
-    Ok(ControlPlane::start(Source::Kube(options), any, any).await?)
+    Ok(ControlPlane::start(Source::Kube(options), Options::new(any, any)).await?)
 }
 
 async fn wait_leading(plane: &ControlPlane) -> Result<()> {

@@ -4,7 +4,8 @@
 //! its cluster DNS name, unaware of Envoy:
 //!
 //! (a) its plain HTTP call is captured by Envoy and routed by a TrafficPolicy;
-//! (b) calls into the pod pass through Envoy's inbound listener;
+//! (b) calls into the pod pass through Envoy's inbound listener (the mesh is PERMISSIVE here:
+//!     the caller has no sidecar; STRICT refusing it is the mTLS test's job);
 //! (c) Envoy's own connections are not captured again (else nothing would route at all).
 
 use std::collections::BTreeMap;
@@ -23,6 +24,13 @@ spec:
   - matches: [{headers: [{name: end-user, type: Exact, value: jason}]}]
     destinations: [{subset: v2}]
   - destinations: [{subset: v1}]
+";
+
+const PERMISSIVE: &str = "apiVersion: weir.dev/v1alpha1
+kind: MeshIdentity
+metadata: {name: mesh}
+spec:
+  mtls: {mode: PERMISSIVE}
 ";
 
 #[test]
@@ -59,6 +67,7 @@ fn an_injected_sidecar_captures_and_routes_the_applications_traffic() {
         net.serve_http(Side::Peer, port, &format!("reviews-{version}"));
     }
     write_file(&dir, "policy.yaml", POLICY).unwrap();
+    write_file(&dir, "mesh.yaml", PERMISSIVE).unwrap();
     // The operator in the peer namespace; the pod as the injector writes it (gid 1337 for
     // Envoy, as injected; the capture test covers uid 1337 as well).
     net.start_mesh_and_sidecar(

@@ -21,7 +21,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 use weir_core::bootstrap::{
     bootstrap, BootstrapParams, GrpcProbeRoute, ProbeRoute, ProxyMeta, SidecarListeners,
-    XdsProtocol, PROXY_READY_PATH,
+    XdsProtocol, XdsTlsFiles, PROXY_READY_PATH,
 };
 use weir_core::Capture;
 
@@ -47,6 +47,10 @@ pub const ADMIN_PORT: u16 = 15000;
 pub const TOKEN_DIR: &str = "/var/run/secrets/weir/tokens";
 /// Where the mesh root CA is mounted.
 pub const CA_DIR: &str = "/var/run/secrets/weir/ca";
+/// The root certificate file in [`CA_DIR`] (a key of the ConfigMap weir-root-ca).
+pub const ROOT_CERT_FILE: &str = "root-cert.pem";
+/// The token file in [`TOKEN_DIR`].
+pub const TOKEN_FILE: &str = "token";
 /// Audience of the projected token the proxy presents to the operator.
 pub const TOKEN_AUDIENCE: &str = "weir";
 
@@ -191,7 +195,20 @@ pub fn inject(pod: &Pod, namespace: &str, config: &MeshConfig) -> Injection {
     let default_container = spec.containers.first().map(|c| c.name.clone());
 
     let (probes, grpc_probes) = rewrite_probes(&mut spec.containers, &mut warnings);
-    let proxy = proxy_container(config, &overrides, namespace, probes, grpc_probes);
+    // The ServiceAccount admission plugin has set it by the time webhooks run.
+    let service_account = spec
+        .service_account_name
+        .clone()
+        .filter(|sa| !sa.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let proxy = proxy_container(
+        config,
+        &overrides,
+        namespace,
+        &service_account,
+        probes,
+        grpc_probes,
+    );
     let init = init_container(config, &overrides);
     let init_containers = spec.init_containers.get_or_insert_with(Vec::new);
     if config.native_sidecars {
@@ -332,6 +349,7 @@ fn proxy_container(
     config: &MeshConfig,
     o: &Overrides,
     namespace: &str,
+    service_account: &str,
     probes: Vec<ProbeRoute>,
     grpc_probes: Vec<GrpcProbeRoute>,
 ) -> Container {
@@ -342,6 +360,7 @@ fn proxy_container(
         meta: ProxyMeta {
             namespace: namespace.to_string(),
             pod: "$(POD_NAME)".into(),
+            service_account: Some(service_account.to_string()),
             capture: Capture::Transparent,
         },
         xds_address: config.xds_address.clone(),
@@ -352,6 +371,12 @@ fn proxy_container(
             prometheus_port: PROMETHEUS_PORT,
             probes,
             grpc_probes,
+        }),
+        // The operator is verified against the mesh root; the proxy proves its pod with the
+        // projected token, which Envoy re-reads when it reconnects.
+        xds_tls: Some(XdsTlsFiles {
+            root_cert: format!("{CA_DIR}/{ROOT_CERT_FILE}"),
+            token: format!("{TOKEN_DIR}/{TOKEN_FILE}"),
         }),
     };
     let bootstrap = bootstrap(&params)
@@ -549,7 +574,7 @@ fn volumes() -> Vec<Volume> {
                     service_account_token: Some(ServiceAccountTokenProjection {
                         audience: Some(TOKEN_AUDIENCE.into()),
                         expiration_seconds: Some(3600),
-                        path: "token".into(),
+                        path: TOKEN_FILE.into(),
                     }),
                     ..Default::default()
                 }]),
@@ -563,9 +588,10 @@ fn volumes() -> Vec<Volume> {
                 sources: Some(vec![VolumeProjection {
                     config_map: Some(ConfigMapProjection {
                         name: "weir-root-ca".into(),
-                        // The operator keeps this ConfigMap in meshed namespaces; until it
-                        // exists the pod still starts.
-                        optional: Some(true),
+                        // The operator keeps this ConfigMap in meshed namespaces. The proxy
+                        // cannot verify the operator without it, so the kubelet holds the
+                        // pod until it exists rather than start a proxy that cannot connect.
+                        optional: Some(false),
                         ..Default::default()
                     }),
                     ..Default::default()

@@ -64,14 +64,15 @@ fn mesh_events() -> Vec<Event> {
     events
 }
 
-const PROFILES: [ProxyProfile; 2] = [
-    ProxyProfile {
-        capture: Capture::Transparent,
-    },
-    ProxyProfile {
-        capture: Capture::Explicit { port: 15001 },
-    },
-];
+fn profiles() -> [ProxyProfile; 2] {
+    [
+        ProxyProfile::new(Capture::Transparent, weir_api::MtlsMode::Strict),
+        ProxyProfile::new(
+            Capture::Explicit { port: 15001 },
+            weir_api::MtlsMode::Strict,
+        ),
+    ]
+}
 
 fn translate_all(events: Vec<Event>) -> (Index, SnapshotBuilder) {
     let mut index = Index::new();
@@ -79,7 +80,7 @@ fn translate_all(events: Vec<Event>) -> (Index, SnapshotBuilder) {
         index.apply(e);
     }
     let mut snapshots = SnapshotBuilder::new();
-    for p in PROFILES {
+    for p in profiles() {
         snapshots.snapshot(p);
     }
     snapshots.update(&mut index);

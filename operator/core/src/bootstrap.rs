@@ -29,21 +29,23 @@ pub struct ProxyMeta {
     pub namespace: String,
     /// Pod name.
     pub pod: String,
+    /// The pod's service account, when the bootstrap says (an authenticated stream takes
+    /// it from the token instead).
+    pub service_account: Option<String>,
     /// Capture mode.
     pub capture: Capture,
 }
 
 const META_NAMESPACE: &str = "NAMESPACE";
 const META_POD: &str = "POD_NAME";
+const META_SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
 const META_CAPTURE: &str = "CAPTURE_MODE";
 const META_OUTBOUND_PORT: &str = "OUTBOUND_PORT";
 
 impl ProxyMeta {
-    /// The profile that decides which resources the proxy gets.
-    pub fn profile(&self) -> ProxyProfile {
-        ProxyProfile {
-            capture: self.capture,
-        }
+    /// The profile of the proxy, given what it accepts inbound.
+    pub fn profile(&self, inbound: weir_api::MtlsMode) -> ProxyProfile {
+        ProxyProfile::new(self.capture, inbound)
     }
 
     /// Reads the metadata written by [`bootstrap`]; says which key is missing or malformed.
@@ -78,6 +80,7 @@ impl ProxyMeta {
         Ok(ProxyMeta {
             namespace: required(META_NAMESPACE)?,
             pod: required(META_POD)?,
+            service_account: get(META_SERVICE_ACCOUNT).filter(|s| !s.is_empty()),
             capture,
         })
     }
@@ -98,6 +101,19 @@ pub struct BootstrapParams {
     pub admin_port: u16,
     /// Plaintext listeners of a sidecar (probes, Prometheus); none in local mode.
     pub sidecar: Option<SidecarListeners>,
+    /// TLS to the operator and the token that proves who the proxy is; plaintext when
+    /// `None` (local mode).
+    pub xds_tls: Option<XdsTlsFiles>,
+}
+
+/// Where a proxy finds what it needs for an authenticated, encrypted xDS connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsTlsFiles {
+    /// The mesh root certificate(s) the operator's certificate is verified against.
+    pub root_cert: String,
+    /// The projected service account token (audience `weir`) sent as a bearer token; read
+    /// again on every reconnect, so the kubelet's rotation is picked up.
+    pub token: String,
 }
 
 /// The plaintext listeners a sidecar serves beside xDS-configured ones: kubelet probes
@@ -160,6 +176,9 @@ pub fn bootstrap(params: &BootstrapParams) -> Result<Value, BootstrapError> {
         META_POD: params.meta.pod,
         META_CAPTURE: capture,
     });
+    if let Some(sa) = &params.meta.service_account {
+        metadata[META_SERVICE_ACCOUNT] = json!(sa);
+    }
     if let Some(port) = outbound_port {
         metadata[META_OUTBOUND_PORT] = json!(port);
     }
@@ -181,13 +200,7 @@ pub fn bootstrap(params: &BootstrapParams) -> Result<Value, BootstrapError> {
                 "api_type": api_type,
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
-                "grpc_services": [{
-                    "envoy_grpc": {
-                        "cluster_name": XDS_CLUSTER,
-                        // Reconnect quickly when the operator restarts or rolls.
-                        "retry_policy": {"retry_back_off": {"base_interval": "0.2s", "max_interval": "2s"}},
-                    },
-                }],
+                "grpc_services": [xds_service(params)?],
             },
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
@@ -196,8 +209,45 @@ pub fn bootstrap(params: &BootstrapParams) -> Result<Value, BootstrapError> {
     }))
 }
 
+/// How Envoy reaches the operator: plaintext through the static cluster, or with TLS
+/// (verified against the mesh root) and the service account token as call credentials.
+fn xds_service(params: &BootstrapParams) -> Result<Value, BootstrapError> {
+    let Some(tls) = &params.xds_tls else {
+        return Ok(json!({
+            "envoy_grpc": {
+                "cluster_name": XDS_CLUSTER,
+                // Reconnect quickly when the operator restarts or rolls.
+                "retry_policy": {"retry_back_off": {"base_interval": "0.2s", "max_interval": "2s"}},
+            },
+        }));
+    };
+    // Checked like the plaintext address, so a bad one fails the same way.
+    xds_cluster(&params.xds_address)?;
+    Ok(json!({
+        "google_grpc": {
+            "target_uri": params.xds_address,
+            "stat_prefix": XDS_CLUSTER,
+            "channel_credentials": {"ssl_credentials": {"root_certs": {"filename": tls.root_cert}}},
+            "call_credentials": [{"from_plugin": {
+                "name": "envoy.grpc_credentials.file_based_metadata",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.grpc_credential.v3.FileBasedMetadataConfig",
+                    "secret_data": {"filename": tls.token},
+                    "header_key": "authorization",
+                    "header_prefix": "Bearer ",
+                },
+            }}],
+            "credentials_factory_name": "envoy.grpc_credentials.file_based_metadata",
+        },
+        "retry_policy": {"retry_back_off": {"base_interval": "0.2s", "max_interval": "2s"}},
+    }))
+}
+
 fn static_resources(params: &BootstrapParams) -> Result<Value, BootstrapError> {
-    let mut clusters = vec![xds_cluster(&params.xds_address)?];
+    let mut clusters = Vec::new();
+    if params.xds_tls.is_none() {
+        clusters.push(xds_cluster(&params.xds_address)?);
+    }
     let mut listeners = Vec::new();
     if let Some(sidecar) = &params.sidecar {
         clusters.push(static_cluster(ADMIN_CLUSTER, params.admin_port));
@@ -342,12 +392,14 @@ mod tests {
             meta: ProxyMeta {
                 namespace: "default".into(),
                 pod: "reviews-v1-abc".into(),
+                service_account: Some("reviews".into()),
                 capture,
             },
             xds_address: "127.0.0.1:15010".into(),
             protocol: XdsProtocol::Delta,
             admin_port: 15000,
             sidecar: None,
+            xds_tls: None,
         }
     }
 

@@ -18,6 +18,7 @@
 pub mod ads;
 pub mod binding;
 pub mod bootstrap;
+pub mod identity;
 pub mod index;
 pub mod policy;
 pub mod protocol;

@@ -18,11 +18,13 @@ pub enum ResourceType {
     Listener,
     /// RDS.
     Route,
+    /// SDS: the workload's certificate and the trust bundle, per identity.
+    Secret,
 }
 
 impl ResourceType {
     /// How many types there are: the length of a [`PerType`].
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
 
     /// All types, in the order Envoy should apply them (CDS first).
     pub const ALL: [ResourceType; ResourceType::COUNT] = [
@@ -30,6 +32,7 @@ impl ResourceType {
         ResourceType::Endpoint,
         ResourceType::Listener,
         ResourceType::Route,
+        ResourceType::Secret,
     ];
 
     /// The type URL Envoy uses.
@@ -41,6 +44,9 @@ impl ResourceType {
             }
             ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            ResourceType::Secret => {
+                "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+            }
         }
     }
 
@@ -49,13 +55,14 @@ impl ResourceType {
         ResourceType::ALL.into_iter().find(|t| t.type_url() == url)
     }
 
-    /// Short name for metrics and debug output: cds, eds, lds, rds.
+    /// Short name for metrics and debug output: cds, eds, lds, rds, sds.
     pub fn short(self) -> &'static str {
         match self {
             ResourceType::Cluster => "cds",
             ResourceType::Endpoint => "eds",
             ResourceType::Listener => "lds",
             ResourceType::Route => "rds",
+            ResourceType::Secret => "sds",
         }
     }
 

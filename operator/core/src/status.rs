@@ -24,6 +24,8 @@ pub enum ConditionType {
     ResolvedRefs,
     /// The connected proxies ACKed the route tables that carry the policy.
     Programmed,
+    /// MeshStatus: the mesh CA issues, and is not about to expire.
+    CaReady,
 }
 
 impl ConditionType {
@@ -33,6 +35,7 @@ impl ConditionType {
             ConditionType::Accepted => "Accepted",
             ConditionType::ResolvedRefs => "ResolvedRefs",
             ConditionType::Programmed => "Programmed",
+            ConditionType::CaReady => "CAReady",
         }
     }
 }
@@ -72,6 +75,16 @@ pub enum Reason {
     NoProxies,
     /// Programmed=False: some proxies have not ACKed yet.
     Pending,
+    /// CAReady: the CA issues and expires in more than [`CA_EXPIRY_WARNING`].
+    Issuing,
+    /// CAReady=False: the CA's Secret does not exist (yet).
+    CaNotFound,
+    /// CAReady=False: the CA's Secret does not hold a usable CA.
+    InvalidCa,
+    /// CAReady=False: the CA expires within [`CA_EXPIRY_WARNING`].
+    CaExpiringSoon,
+    /// CAReady=False: the CA has expired.
+    CaExpired,
 }
 
 impl Reason {
@@ -94,6 +107,11 @@ impl Reason {
             Reason::Invalid => "Invalid",
             Reason::NoProxies => "NoProxies",
             Reason::Pending => "Pending",
+            Reason::Issuing => "Issuing",
+            Reason::CaNotFound => "CANotFound",
+            Reason::InvalidCa => "InvalidCA",
+            Reason::CaExpiringSoon => "CAExpiringSoon",
+            Reason::CaExpired => "CAExpired",
         }
     }
 }
@@ -138,6 +156,61 @@ impl ConditionView {
             reason,
             message: message.into(),
         }
+    }
+}
+
+/// A CA that expires within this long is reported (CAReady=False, a Warning Event).
+pub const CA_EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+
+/// Why the CA source gives no usable CA.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaProblem {
+    /// [`Reason::CaNotFound`] or [`Reason::InvalidCa`].
+    pub reason: Reason,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// MeshStatus's CAReady condition: from the source's problem if any, else from the expiry
+/// of the CA in force (`expiry` is `None` until there is one).
+pub fn ca_condition(
+    problem: Option<&CaProblem>,
+    expiry: Option<std::time::SystemTime>,
+    now: std::time::SystemTime,
+) -> ConditionView {
+    let ready = |status, reason, message: String| {
+        ConditionView::new(ConditionType::CaReady, status, reason, message)
+    };
+    if let Some(problem) = problem {
+        return ready(false, problem.reason, problem.message.clone());
+    }
+    let Some(expiry) = expiry else {
+        return ready(
+            false,
+            Reason::CaNotFound,
+            "no mesh CA yet: the leader creates the Secret weir-system/weir-ca (type Generated), or give the Secret named in MeshIdentity mesh spec.ca.secretRef (type Provided)".into(),
+        );
+    };
+    let at = crate::identity::rfc3339(expiry);
+    match expiry.duration_since(now) {
+        Err(_) => ready(
+            false,
+            Reason::CaExpired,
+            format!("the mesh CA expired at {at}: no peer accepts its certificates; replace the CA (see the README, Identity and mTLS)"),
+        ),
+        Ok(left) if left < CA_EXPIRY_WARNING => ready(
+            false,
+            Reason::CaExpiringSoon,
+            format!(
+                "the mesh CA expires at {at} (in {} days): rotate it before then (see the README, Identity and mTLS)",
+                left.as_secs() / 86_400
+            ),
+        ),
+        Ok(_) => ready(
+            true,
+            Reason::Issuing,
+            format!("workload certificates are issued; the CA is valid until {at}"),
+        ),
     }
 }
 

@@ -62,6 +62,25 @@ pub fn mk_pod(ns: &str, name: &str, labels: &[(&str, &str)]) -> Pod {
     }
 }
 
+/// A meshed Pod: injected (annotation `weir.dev/injected`), running as service account
+/// `sa`, with labels.
+pub fn mk_meshed_pod(ns: &str, name: &str, sa: &str, labels: &[(&str, &str)]) -> Pod {
+    let mut pod = mk_pod(ns, name, labels);
+    pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+        service_account_name: Some(sa.into()),
+        ..Default::default()
+    });
+    pod.metadata.annotations = Some(
+        [(
+            crate::index::INJECTED_ANNOTATION.to_string(),
+            "0.1.0".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    pod
+}
+
 /// An EndpointSlice of `service` with one port named `port_name` and ready endpoints
 /// (address, pod name).
 pub fn mk_slice(

@@ -7,6 +7,7 @@ use envoy_types::pb::envoy::config::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use prost::Message;
+use weir_api::MtlsMode;
 use weir_api::{
     Destination, HeaderMatch, HttpMatch, PathMatch, PathMatchType, Retries, StringMatchType,
 };
@@ -129,6 +130,8 @@ fn expand_any(text: &str) -> String {
                     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => decode::<HttpInspector>(&bytes),
                     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" => decode::<TlsInspector>(&bytes),
                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => decode::<HttpProtocolOptions>(&bytes),
+                    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => decode::<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext>(&bytes),
+                    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => decode::<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext>(&bytes),
                     other => panic!("the golden renderer cannot decode {other}: add it"),
                 };
                 out.push(format!("{indent}type_url: \"{t}\","));
@@ -160,6 +163,7 @@ fn render(snapshot: &Snapshot) -> String {
                 }
                 ResourceType::Listener => format!("{:#?}", Listener::decode(bytes).unwrap()),
                 ResourceType::Route => format!("{:#?}", RouteConfiguration::decode(bytes).unwrap()),
+                ResourceType::Secret => unreachable!("profile snapshots carry no secrets"),
             };
             out.push_str(&format!(
                 "=== {} {name} ({})\n{}\n",
@@ -194,7 +198,7 @@ fn golden_explicit_and_transparent() {
         apply(&mut index, bookinfo());
         let mut snapshots = SnapshotBuilder::new();
         snapshots.update(&mut index);
-        let snapshot = snapshots.snapshot(ProxyProfile { capture });
+        let snapshot = snapshots.snapshot(ProxyProfile::new(capture, MtlsMode::Strict));
         check_golden(file, &render(&snapshot));
     }
 }
@@ -367,7 +371,7 @@ fn golden_protocols_in_both_modes_with_the_decisions() {
         apply(&mut index, protocols());
         let mut snapshots = SnapshotBuilder::new();
         snapshots.update(&mut index);
-        let profile = ProxyProfile { capture };
+        let profile = ProxyProfile::new(capture, MtlsMode::Strict);
         let snapshot = snapshots.snapshot(profile);
         snapshots.check(profile, &snapshot).unwrap();
         let decisions: Vec<String> = snapshots
@@ -402,9 +406,7 @@ fn golden_protocols_in_both_modes_with_the_decisions() {
 
 #[test]
 fn output_does_not_depend_on_the_order_of_events() {
-    let profile = ProxyProfile {
-        capture: Capture::Transparent,
-    };
+    let profile = ProxyProfile::new(Capture::Transparent, MtlsMode::Strict);
     let build = |objects: Vec<Object>| {
         let mut index = Index::new();
         apply(&mut index, objects);
@@ -428,9 +430,7 @@ fn an_unchanged_input_changes_nothing() {
     apply(&mut index, bookinfo());
     let mut snapshots = SnapshotBuilder::new();
     snapshots.update(&mut index);
-    snapshots.snapshot(ProxyProfile {
-        capture: Capture::Transparent,
-    });
+    snapshots.snapshot(ProxyProfile::new(Capture::Transparent, MtlsMode::Strict));
     apply(&mut index, bookinfo());
     let (changes, published) = snapshots.update(&mut index);
     assert!(changes.is_empty(), "{changes:?}");
@@ -443,9 +443,7 @@ fn an_endpoint_change_touches_only_that_services_load_assignments() {
     apply(&mut index, bookinfo());
     let mut snapshots = SnapshotBuilder::new();
     snapshots.update(&mut index);
-    let profile = ProxyProfile {
-        capture: Capture::Explicit { port: 15001 },
-    };
+    let profile = ProxyProfile::new(Capture::Explicit { port: 15001 }, MtlsMode::Strict);
     let before = snapshots.snapshot(profile);
 
     // reviews-v2's pod leaves the slice.
@@ -612,9 +610,7 @@ fn an_invalid_edit_keeps_serving_the_last_valid_version() {
     apply(&mut index, bookinfo());
     let mut snapshots = SnapshotBuilder::new();
     snapshots.update(&mut index);
-    let profile = ProxyProfile {
-        capture: Capture::Transparent,
-    };
+    let profile = ProxyProfile::new(Capture::Transparent, MtlsMode::Strict);
     let before = snapshots.snapshot(profile);
     let bad = mk_policy(
         "default",
@@ -690,4 +686,121 @@ fn http_rules_on_a_tcp_port_are_accepted_with_a_note_that_says_why_they_do_not_a
         "{}",
         accepted.message
     );
+}
+
+/// A meshed pod (injected, with a service account) in `ns`.
+fn meshed_pod(ns: &str, name: &str, sa: &str, labels: &[(&str, &str)]) -> Object {
+    Object::Pod(weir_core::testing::mk_meshed_pod(ns, name, sa, labels))
+}
+
+/// reviews: two meshed pods (service accounts reviews and reviews-canary) and one without a
+/// sidecar; ratings in a namespace labelled DISABLE.
+fn mtls_mesh() -> Vec<Object> {
+    let mut legacy_ns = k8s_openapi::api::core::v1::Namespace::default();
+    legacy_ns.metadata.name = Some("legacy".into());
+    legacy_ns.metadata.labels = Some(
+        [("weir.dev/mtls-mode".to_string(), "DISABLE".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    vec![
+        Object::Service(mk_service("shop", "reviews", "10.96.2.1", &[9080])),
+        meshed_pod("shop", "reviews-1", "reviews", &[("version", "v1")]),
+        meshed_pod("shop", "reviews-2", "reviews-canary", &[("version", "v2")]),
+        Object::Pod(mk_pod("shop", "reviews-3", &[("version", "v1")])),
+        Object::EndpointSlice(mk_slice(
+            "shop",
+            "reviews-x",
+            "reviews",
+            "http",
+            8080,
+            &[
+                ("10.0.2.1", "reviews-1"),
+                ("10.0.2.2", "reviews-2"),
+                ("10.0.2.3", "reviews-3"),
+            ],
+        )),
+        Object::Namespace(legacy_ns),
+        Object::Service(mk_service("legacy", "ratings", "10.96.2.2", &[9080])),
+        meshed_pod("legacy", "ratings-1", "ratings", &[]),
+        Object::EndpointSlice(mk_slice(
+            "legacy",
+            "ratings-x",
+            "ratings",
+            "http",
+            8080,
+            &[("10.0.3.1", "ratings-1")],
+        )),
+    ]
+}
+
+#[test]
+fn golden_mtls_origination_and_inbound_per_mode() {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    let mut index = Index::new();
+    apply(&mut index, mtls_mesh());
+    let mut snapshots = SnapshotBuilder::new();
+    snapshots.update(&mut index);
+    let strict = ProxyProfile::new(Capture::Transparent, MtlsMode::Strict);
+    let snapshot = snapshots.snapshot(strict);
+    snapshots.check(strict, &snapshot).unwrap();
+    check_golden("mtls-strict.txt", &render(&snapshot));
+
+    // Only the sidecar pods' endpoints are marked for mTLS, and the cluster accepts exactly
+    // their identities; a DISABLE namespace's pods are spoken to in plaintext.
+    let cluster = Cluster::decode(
+        snapshot.of(ResourceType::Cluster)["outbound|9080||reviews.shop.svc.cluster.local"]
+            .body
+            .value
+            .as_slice(),
+    )
+    .unwrap();
+    let text = expand_any(&format!("{cluster:#?}"));
+    assert!(
+        text.contains("spiffe://cluster.local/ns/shop/sa/reviews\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("spiffe://cluster.local/ns/shop/sa/reviews-canary\""),
+        "{text}"
+    );
+    let ratings = Cluster::decode(
+        snapshot.of(ResourceType::Cluster)["outbound|9080||ratings.legacy.svc.cluster.local"]
+            .body
+            .value
+            .as_slice(),
+    )
+    .unwrap();
+    assert!(
+        ratings.transport_socket_matches.is_empty(),
+        "DISABLE: plaintext"
+    );
+
+    // What each mode accepts inbound: mesh mTLS (HTTP and TCP); PERMISSIVE also anything
+    // else; DISABLE only plaintext.
+    let mut chains = |mode| {
+        let profile = ProxyProfile::new(Capture::Transparent, mode);
+        let snapshot = snapshots.snapshot(profile);
+        let inbound = Listener::decode(
+            snapshot.of(ResourceType::Listener)["inbound"]
+                .body
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        inbound
+            .filter_chains
+            .iter()
+            .map(|c| c.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        chains(MtlsMode::Strict),
+        ["inbound_mtls_http", "inbound_mtls"]
+    );
+    assert_eq!(
+        chains(MtlsMode::Permissive),
+        ["inbound_mtls_http", "inbound_mtls", "inbound"]
+    );
+    assert_eq!(chains(MtlsMode::Disable), ["inbound"]);
 }

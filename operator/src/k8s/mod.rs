@@ -5,10 +5,14 @@
 //!            \--> ObservedPolicies (a second consumer) --+
 //! leader::run (Lease) --leading--> status::StatusWriter --SSA--> TrafficPolicy/status,
 //!                                                                MeshStatus/mesh, Events
+//!
+//! ca::run_source (every replica) --CA Secret--> Authority
+//! ca::run_publisher (leader) --> ConfigMaps weir-root-ca, Secret weir-webhook-tls, caBundle
 //! ```
 //!
 //! Every replica watches and serves xDS; only the one holding the Lease writes.
 
+pub mod ca;
 pub mod leader;
 pub mod status;
 pub mod watch;
@@ -40,6 +44,7 @@ impl std::fmt::Debug for KubeOptions {
 /// resolves; the elector then releases the Lease. Returns the leadership receiver.
 pub(crate) fn spawn<S, F>(
     options: KubeOptions,
+    manage_webhook_cert: bool,
     state: Arc<MeshState>,
     tx: mpsc::Sender<Vec<Event>>,
     stop: S,
@@ -67,6 +72,24 @@ where
         tokio::select! {
             _ = watch::run(watch_client, watch_state, tx, vec![watch_observed]) => {}
             _ = watch_stop => {}
+        }
+    }));
+    let namespace = lease.namespace.clone();
+    let (ca_client, ca_state, ca_leading, ca_stop) =
+        (client.clone(), state.clone(), leading.clone(), stop());
+    let ca_namespace = namespace.clone();
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            _ = ca::run_source(ca_client, ca_state, ca_namespace, ca_leading) => {}
+            _ = ca_stop => {}
+        }
+    }));
+    let (pub_client, pub_state, pub_leading, pub_stop) =
+        (client.clone(), state.clone(), leading.clone(), stop());
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            _ = ca::run_publisher(pub_client, pub_state, namespace, manage_webhook_cert, pub_leading) => {}
+            _ = pub_stop => {}
         }
     }));
     let writer = status::StatusWriter::new(client.clone(), state, observed, &lease.identity);

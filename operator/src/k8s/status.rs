@@ -135,13 +135,20 @@ impl StatusWriter {
         }
         let since = self.mesh_last_write.map(|at| at.elapsed());
         let due = since.is_none_or(|s| s >= MESH_STATUS_PERIOD);
-        let changed = self.mesh_written.as_ref() != Some(&view.status);
+        let before: &[Condition] = self
+            .mesh_written
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice());
+        let mut status = view.status;
+        status.conditions = vec![to_condition(&view.ca, None, before)];
+        let changed = self.mesh_written.as_ref() != Some(&status);
         let resync = since.is_some_and(|s| s >= MESH_STATUS_RESYNC);
         if due && (changed || resync) && *leading.borrow() {
             if resync {
                 self.mesh_exists = false;
             }
-            self.write_mesh(view.status).await;
+            self.announce_ca(&view.ca).await;
+            self.write_mesh(status).await;
             return false;
         }
         changed && !due
@@ -231,6 +238,36 @@ impl StatusWriter {
             if let Err(err) = self.recorder.publish(&event, &reference).await {
                 tracing::warn!(policy = %key, %err, "could not record an Event");
             }
+        }
+    }
+
+    /// A Warning Event on MeshStatus when the CA newly has a problem (or a new one).
+    async fn announce_ca(&self, ca: &ConditionView) {
+        if ca.status {
+            return;
+        }
+        let before = self
+            .mesh_written
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == ca.type_.as_str()));
+        if before.is_some_and(|b| b.status == "False" && b.reason == ca.reason.as_str()) {
+            return;
+        }
+        let reference = ObjectReference {
+            api_version: Some(weir_api::API_VERSION.into()),
+            kind: Some("MeshStatus".into()),
+            name: Some(MESH_STATUS_NAME.into()),
+            ..ObjectReference::default()
+        };
+        let event = KubeEvent {
+            type_: EventType::Warning,
+            reason: ca.reason.as_str().into(),
+            note: Some(truncate(&ca.message, 1000)),
+            action: "Issue".into(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(%err, "could not record the CA's Event");
         }
     }
 

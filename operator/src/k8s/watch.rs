@@ -42,7 +42,7 @@ const BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 const BACKOFF_RESET: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Exponential backoff with up to 25% jitter, so replicas do not retry in step.
-struct WatchBackoff {
+pub(crate) struct WatchBackoff {
     next: std::time::Duration,
 }
 
@@ -71,6 +71,11 @@ impl Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.next = BACKOFF_MIN;
     }
+}
+
+/// The backoff every watch of the operator uses.
+pub(crate) fn backoff() -> ResetTimerBackoff<WatchBackoff> {
+    ResetTimerBackoff::new(WatchBackoff::default(), BACKOFF_RESET)
 }
 
 /// A second consumer of the watch: sees every object applied or deleted.
@@ -222,10 +227,7 @@ impl WatchContext {
         stream: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
         to_json: impl Fn(K) -> serde_json::Value,
     ) {
-        let mut stream = std::pin::pin!(stream.backoff(ResetTimerBackoff::new(
-            WatchBackoff::default(),
-            BACKOFF_RESET
-        )));
+        let mut stream = std::pin::pin!(stream.backoff(backoff()));
         // Keys listed since the last `Init`, while a (re)list is under way.
         let mut relist: Option<HashSet<ObjectKey>> = None;
         let mut batch = Vec::new();

@@ -8,7 +8,9 @@
 //!       responses --book (proxy record, metrics)--> encode --> the proxy
 //! ```
 
+pub mod auth;
 pub mod proxies;
+pub mod tls;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -38,25 +40,63 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[derive(Debug, Clone)]
 pub struct AdsService {
     state: Arc<MeshState>,
+    authenticator: auth::Authenticator,
 }
 
 impl AdsService {
-    /// A service over the mesh state.
-    pub fn new(state: Arc<MeshState>) -> Self {
-        AdsService { state }
+    /// A service over the mesh state; with an authenticator, every stream must prove
+    /// which pod it serves.
+    pub fn new(state: Arc<MeshState>, authenticator: auth::Authenticator) -> Self {
+        AdsService {
+            state,
+            authenticator,
+        }
     }
 
-    fn open<C: Connection>(
+    async fn open<C: Connection>(
         &self,
-        inbound: Streaming<C::Request>,
-    ) -> Response<ResponseStream<C::Wire>>
+        request: Request<Streaming<C::Request>>,
+    ) -> Result<Response<ResponseStream<C::Wire>>, Status>
     where
         C::Request: prost::Message + Default,
     {
+        let identity = match &self.authenticator {
+            None => auth::StreamIdentity::Unverified,
+            Some(reviewer) => {
+                let header = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok());
+                match reviewer.verify(&self.state, header).await {
+                    Ok(proxy) => auth::StreamIdentity::Verified(proxy),
+                    Err(refusal) => return Err(refuse(&self.state, &refusal)),
+                }
+            }
+        };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(drive::<C>(self.state.clone(), inbound, tx));
-        Response::new(Box::pin(ReceiverStream::new(rx)))
+        tokio::spawn(drive::<C>(
+            self.state.clone(),
+            identity,
+            request.into_inner(),
+            tx,
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Counts and logs a refused stream; the status to answer with.
+fn refuse(state: &MeshState, refusal: &auth::Refusal) -> Status {
+    let labels = crate::metrics::ReasonLabels {
+        reason: refusal.reason(),
+    };
+    state.metrics.xds_auth_failures.get_or_create(&labels).inc();
+    let status = refusal.status();
+    tracing::warn!(
+        reason = refusal.reason(),
+        message = status.message(),
+        "xDS stream refused"
+    );
+    status
 }
 
 #[tonic::async_trait]
@@ -68,33 +108,45 @@ impl AggregatedDiscoveryService for AdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(self.open::<SotwConnection>(request.into_inner()))
+        self.open::<SotwConnection>(request).await
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(self.open::<DeltaConnection>(request.into_inner()))
+        self.open::<DeltaConnection>(request).await
     }
 }
 
-/// Serves ADS on `listener` until `shutdown` resolves.
+/// Serves ADS on `listener` (over TLS when `tls` is given) until `shutdown` resolves.
 pub async fn serve(
     state: Arc<MeshState>,
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<tls::XdsTls>>,
+    authenticator: auth::Authenticator,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let metrics = state.metrics.clone();
+    let service = AggregatedDiscoveryServiceServer::new(AdsService::new(state, authenticator))
+        .max_decoding_message_size(16 << 20)
+        .max_encoding_message_size(64 << 20);
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(
-            AggregatedDiscoveryServiceServer::new(AdsService::new(state))
-                .max_decoding_message_size(16 << 20)
-                .max_encoding_message_size(64 << 20),
-        )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_service(service);
+    match tls {
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            server
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Some(tls) => {
+            server
+                .serve_with_incoming_shutdown(tls.incoming(listener, metrics), shutdown)
+                .await
+        }
+    }
 }
 
 /// Reads a stream's identity from the node of its first request.
@@ -170,10 +222,12 @@ impl<W> StreamIo<W> {
 struct Gone;
 
 /// Runs one ADS stream until the proxy goes away or the state closes streams: identifies
-/// the proxy from its first request, subscribes to its profile's snapshots, then feeds the
-/// requests and snapshot changes to the connection's state machine in arrival order.
+/// the proxy from its first request (checked against its token when it was verified),
+/// subscribes to its profile's snapshots and its identity's secrets, then feeds the
+/// requests and changes to the connection's state machine in arrival order.
 async fn drive<C: Connection>(
     state: Arc<MeshState>,
+    identity: auth::StreamIdentity,
     mut inbound: Streaming<C::Request>,
     tx: mpsc::Sender<Result<C::Wire, Status>>,
 ) where
@@ -191,14 +245,38 @@ async fn drive<C: Connection>(
             return;
         }
     };
-    let mut snapshots = state.subscribe(meta.profile());
-    let mut snapshot = snapshots.borrow_and_update().clone();
-    let proxy = state.proxies.register(node.clone(), C::NAME, &meta);
+    let pod = weir_core::ObjectKey::new(meta.namespace.clone(), meta.pod.clone());
+    let service_account = match &identity {
+        auth::StreamIdentity::Verified(proxy) => {
+            if proxy.namespace != meta.namespace || proxy.pod != meta.pod {
+                let refusal = auth::Refusal::MetadataMismatch(format!(
+                    "the token is pod {}/{}'s, the node metadata says {}/{}",
+                    proxy.namespace, proxy.pod, meta.namespace, meta.pod
+                ));
+                let _ = tx.send(Err(refuse(&state, &refusal))).await;
+                return;
+            }
+            proxy.service_account.clone()
+        }
+        auth::StreamIdentity::Unverified => state
+            .pod_service_account(&pod)
+            .or_else(|| meta.service_account.clone())
+            .unwrap_or_else(|| "default".into()),
+    };
+    let mut modes = state.modes();
+    let mut profile = meta.profile(state.mtls_mode(&pod));
+    let mut snapshots = state.subscribe(profile);
+    let mut secrets = state.identity.subscribe(&meta.namespace, &service_account);
+    let mut view = stream_view(&snapshots.borrow_and_update(), &secrets.borrow_and_update());
+    let proxy = state
+        .proxies
+        .register(node.clone(), C::NAME, &meta, profile, &service_account);
     state.metrics.connected_proxies.inc();
     tracing::info!(
         node,
         namespace = meta.namespace,
         pod = meta.pod,
+        service_account,
         protocol = C::NAME,
         "proxy connected"
     );
@@ -214,7 +292,7 @@ async fn drive<C: Connection>(
     let mut next = Some(first);
     loop {
         if let Some(req) = next.take() {
-            let step = connection.handle_request(&snapshot, &req);
+            let step = connection.handle_request(&view, &req);
             if let Some(t) = step.subscribed {
                 io.proxy.update(|p| p.types[t].subscribed = true);
             }
@@ -239,14 +317,53 @@ async fn drive<C: Connection>(
                 if changed.is_err() {
                     break;
                 }
-                snapshot = snapshots.borrow_and_update().clone();
-                io.proxy.update(|p| p.generation = snapshot.generation);
-                if io.send::<C>(connection.handle_snapshot(&snapshot)).await.is_err() {
+            }
+            changed = secrets.changed() => {
+                if changed.is_err() {
                     break;
                 }
+            }
+            changed = modes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let now = meta.profile(state.mtls_mode(&pod));
+                if now == profile {
+                    continue;
+                }
+                // Another profile: its snapshots are not a continuation of the old ones.
+                profile = now;
+                snapshots = state.subscribe(profile);
+                connection.resync();
+                io.proxy.update(|p| p.profile = profile);
+                tracing::info!(node, inbound = profile.inbound.as_str(), "proxy's mTLS mode changed");
+            }
+        }
+        if next.is_none() {
+            view = stream_view(&snapshots.borrow_and_update(), &secrets.borrow_and_update());
+            io.proxy.update(|p| p.generation = view.generation);
+            if io
+                .send::<C>(connection.handle_snapshot(&view))
+                .await
+                .is_err()
+            {
+                break;
             }
         }
     }
     state.metrics.connected_proxies.dec();
     tracing::info!(node, protocol = C::NAME, "proxy disconnected");
+}
+
+/// What one stream serves: its profile's snapshot, with its own identity's secrets.
+fn stream_view(
+    profile: &Arc<weir_core::Snapshot>,
+    secrets: &Arc<weir_core::TypeSnapshot>,
+) -> weir_core::Snapshot {
+    let mut types = profile.types.clone();
+    types[weir_core::ResourceType::Secret] = secrets.clone();
+    weir_core::Snapshot {
+        generation: profile.generation,
+        types,
+    }
 }

@@ -48,6 +48,8 @@ pub struct ProxyRecord {
     pub namespace: String,
     /// Pod name.
     pub pod: String,
+    /// The service account whose certificate the proxy is served.
+    pub service_account: String,
     /// Capture mode and profile.
     #[serde(serialize_with = "profile_string")]
     pub profile: ProxyProfile,
@@ -62,7 +64,7 @@ pub struct ProxyRecord {
 
 fn profile_string<S: Serializer>(p: &ProxyProfile, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&match p.capture {
-        weir_core::Capture::Transparent => "transparent".to_string(),
+        weir_core::Capture::Transparent => format!("transparent, inbound {}", p.inbound.as_str()),
         weir_core::Capture::Explicit { port } => format!("explicit:{port}"),
     })
 }
@@ -148,6 +150,8 @@ impl ProxyRegistry {
         node: String,
         protocol: &'static str,
         meta: &weir_core::bootstrap::ProxyMeta,
+        profile: ProxyProfile,
+        service_account: &str,
     ) -> ProxyHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let record = Arc::new(Mutex::new(ProxyRecord {
@@ -155,7 +159,8 @@ impl ProxyRegistry {
             protocol,
             namespace: meta.namespace.clone(),
             pod: meta.pod.clone(),
-            profile: meta.profile(),
+            service_account: service_account.to_string(),
+            profile,
             connected_at: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map(|d| d.as_secs())

@@ -7,6 +7,9 @@
 //! weir-testapp call h2c ADDR AUTHORITY              prints `<status> <body line>`
 //! weir-testapp call tcp ADDR LINE                   prints the answer line
 //! weir-testapp call tls ADDR SNI CA_PEM             prints the server's greeting
+//! weir-testapp call mtls ADDR DIR                   GET over mTLS with DIR/{cert,key,ca}.pem,
+//!                                                   ALPN weir-http, http/1.1 (as a sidecar
+//!                                                   offers): `<status> <body line>`
 //! ```
 //! Errors print `ERR <why>` and exit 0, so a test can compare outputs.
 #![deny(warnings)]
@@ -50,7 +53,7 @@ enum Command {
         kind: String,
         /// Where to connect.
         addr: SocketAddr,
-        /// grpc/h2c: the authority; tcp: the line; tls: the SNI.
+        /// grpc/h2c: the authority; tcp: the line; tls: the SNI; mtls: the directory.
         arg: String,
         /// grpc: the method; tls: the CA certificate file.
         extra: Option<String>,
@@ -98,8 +101,19 @@ async fn main() -> Result<()> {
                 "h2c" => apps::get_h2c(addr, &arg).await,
                 "tcp" => apps::call_tcp(addr, &arg).await,
                 "tls" => apps::call_tls(addr, &arg, std::path::Path::new(&extra)).await,
+                "mtls" => {
+                    let dir = PathBuf::from(&arg);
+                    let read = |f: &str| std::fs::read_to_string(dir.join(f));
+                    match (read("cert.pem"), read("key.pem"), read("ca.pem")) {
+                        (Ok(cert), Ok(key), Ok(ca)) => {
+                            apps::call_mtls_http(addr, &cert, &key, &ca, &["weir-http", "http/1.1"])
+                                .await
+                        }
+                        _ => Err(anyhow::anyhow!("{arg} needs cert.pem, key.pem and ca.pem")),
+                    }
+                }
                 other => Err(anyhow::anyhow!(
-                    "no call kind {other:?}: grpc, h2c, tcp or tls"
+                    "no call kind {other:?}: grpc, h2c, tcp, tls or mtls"
                 )),
             };
             match answer {

@@ -32,6 +32,10 @@ impl super::Connection for DeltaConnection {
     }
 
     /// Handles one request against the snapshot the connection serves now.
+    fn resync(&mut self) {
+        self.state.resync();
+    }
+
     fn handle_request(&mut self, snapshot: &Snapshot, req: &DeltaDiscoveryRequest) -> Step {
         let mut step = Step::default();
         let Some(t) = ResourceType::from_type_url(&req.type_url) else {

@@ -42,6 +42,9 @@ pub trait Connection: Default + Send + 'static {
     fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Vec<Response>;
     /// The wire form of a response.
     fn encode(response: Response) -> Self::Wire;
+    /// The next snapshot does not follow the ones seen (the stream switched profiles):
+    /// compare everything the proxy has with it.
+    fn resync(&mut self);
 }
 
 /// A response to send, before encoding: what the state machine decided.
@@ -160,7 +163,7 @@ impl TypeState {
         let seen = std::mem::replace(&mut self.seen_generation, snapshot.generation);
         if snapshot.generation == seen {
             None
-        } else if snapshot.generation == seen + 1 {
+        } else if seen.checked_add(1) == Some(snapshot.generation) {
             Some(Candidates::Changed)
         } else {
             Some(Candidates::All)
@@ -186,6 +189,14 @@ pub struct ConnectionState {
 }
 
 impl ConnectionState {
+    /// Forgets which generations were seen: the next snapshot of every type is diffed
+    /// whole against what the proxy has.
+    pub fn resync(&mut self) {
+        for t in ResourceType::ALL {
+            self.types[t].seen_generation = u64::MAX;
+        }
+    }
+
     /// The subscribed types a new snapshot changed, with the names to compare for each.
     fn changed_types(&mut self, snapshot: &Snapshot) -> Vec<(ResourceType, Candidates)> {
         ResourceType::ALL

@@ -3,7 +3,7 @@
 //! (the Kubernetes watchers and the local directory) derive their work from this table, so a
 //! new kind is added here and in its own module under `index/`, nowhere else.
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use weir_api::{MeshIdentity, TrafficPolicy};
@@ -23,6 +23,8 @@ pub enum Kind {
     TrafficPolicy,
     /// weir.dev/v1alpha1 MeshIdentity.
     MeshIdentity,
+    /// core/v1 Namespace.
+    Namespace,
 }
 
 /// Whether objects of a kind live in a namespace.
@@ -57,22 +59,25 @@ pub enum Object {
     TrafficPolicy(TrafficPolicy),
     /// weir.dev/v1alpha1 MeshIdentity.
     MeshIdentity(MeshIdentity),
+    /// core/v1 Namespace.
+    Namespace(Namespace),
 }
 
 impl Kind {
     /// Every kind, in the order sources list them.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Pod,
         Kind::TrafficPolicy,
         Kind::MeshIdentity,
+        Kind::Namespace,
     ];
 
     /// `apiVersion` as written in manifests.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Service | Kind::Pod => "v1",
+            Kind::Service | Kind::Pod | Kind::Namespace => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::TrafficPolicy | Kind::MeshIdentity => weir_api::API_VERSION,
         }
@@ -86,6 +91,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::TrafficPolicy => "TrafficPolicy",
             Kind::MeshIdentity => "MeshIdentity",
+            Kind::Namespace => "Namespace",
         }
     }
 
@@ -97,13 +103,14 @@ impl Kind {
             Kind::Pod => "pods",
             Kind::TrafficPolicy => "trafficpolicies",
             Kind::MeshIdentity => "meshidentities",
+            Kind::Namespace => "namespaces",
         }
     }
 
     /// Namespaced or cluster-scoped.
     pub fn scope(self) -> Scope {
         match self {
-            Kind::MeshIdentity => Scope::Cluster,
+            Kind::MeshIdentity | Kind::Namespace => Scope::Cluster,
             _ => Scope::Namespaced,
         }
     }
@@ -111,8 +118,9 @@ impl Kind {
     /// Whole objects or metadata only.
     pub fn watch_mode(self) -> WatchMode {
         match self {
-            // Labels are all the index keeps of a Pod.
-            Kind::Pod => WatchMode::Metadata,
+            // Labels and annotations are all the index keeps of a Namespace.
+            Kind::Namespace => WatchMode::Metadata,
+            // A Pod's service account is in its spec (its identity).
             _ => WatchMode::Full,
         }
     }
@@ -157,6 +165,7 @@ impl Kind {
             Kind::Pod => Object::Pod(decode(json, kind, &name)?),
             Kind::TrafficPolicy => Object::TrafficPolicy(decode(json, kind, &name)?),
             Kind::MeshIdentity => Object::MeshIdentity(decode(json, kind, &name)?),
+            Kind::Namespace => Object::Namespace(decode(json, kind, &name)?),
         })
     }
 }
@@ -176,6 +185,7 @@ impl Object {
             Object::Pod(_) => Kind::Pod,
             Object::TrafficPolicy(_) => Kind::TrafficPolicy,
             Object::MeshIdentity(_) => Kind::MeshIdentity,
+            Object::Namespace(_) => Kind::Namespace,
         }
     }
 
@@ -186,6 +196,7 @@ impl Object {
             Object::Pod(o) => &o.metadata,
             Object::TrafficPolicy(o) => &o.metadata,
             Object::MeshIdentity(o) => &o.metadata,
+            Object::Namespace(o) => &o.metadata,
         }
     }
 

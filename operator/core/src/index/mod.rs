@@ -17,11 +17,12 @@
 mod endpoint_slice;
 pub mod kind;
 mod mesh_identity;
+mod namespace;
 mod pod;
 mod service;
 mod traffic_policy;
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -31,6 +32,9 @@ use crate::HashMap;
 
 pub use endpoint_slice::{EndpointModel, SliceModel};
 pub use kind::{decode_document, Kind, Object, Scope, WatchMode};
+pub use mesh_identity::{IdentityConfig, MESH_IDENTITY_NAME};
+pub use namespace::{NamespaceModel, INJECT_LABEL};
+pub use pod::{PodModel, INJECTED_ANNOTATION, MTLS_MODE_KEY};
 pub use service::{Addressing, ServiceModel, ServicePort};
 pub use traffic_policy::PolicyEntry;
 
@@ -107,16 +111,23 @@ pub struct Index {
     services: BTreeMap<ObjectKey, ServiceModel>,
     slices: HashMap<ObjectKey, SliceModel>,
     slices_by_service: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
-    pods: HashMap<ObjectKey, Arc<BTreeMap<String, String>>>,
+    pods: HashMap<ObjectKey, PodModel>,
     /// Every distinct label set of `pods`, shared: the pods of one workload carry the same
     /// labels, and at 50,000 pods one map each was a quarter of the operator's memory.
     label_sets: std::collections::HashSet<Arc<BTreeMap<String, String>>, ahash::RandomState>,
+    /// Names shared between pods (service accounts).
+    names: std::collections::HashSet<Arc<str>, ahash::RandomState>,
     /// A pod backs one Service or a few: a Vec, not a set (a set's node costs ~0.5 KB).
     services_by_pod: HashMap<ObjectKey, Vec<ObjectKey>>,
     policies: BTreeMap<ObjectKey, PolicyEntry>,
     policies_by_target: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     policies_by_backend: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     identities: BTreeMap<String, MeshIdentity>,
+    identity: IdentityConfig,
+    namespaces: BTreeMap<String, NamespaceModel>,
+    /// Bumps whenever a pod's mTLS mode may have changed (annotations, namespace labels,
+    /// the mesh default).
+    modes_generation: u64,
     dirty: Dirty,
 }
 
@@ -135,6 +146,7 @@ impl Index {
                 Object::Pod(o) => IndexKind::apply(self, o),
                 Object::TrafficPolicy(o) => IndexKind::apply(self, o),
                 Object::MeshIdentity(o) => IndexKind::apply(self, o),
+                Object::Namespace(o) => IndexKind::apply(self, o),
             },
             Event::Delete(kind, key) => match kind {
                 Kind::Service => <Service as IndexKind>::delete(self, &key),
@@ -142,6 +154,7 @@ impl Index {
                 Kind::Pod => <Pod as IndexKind>::delete(self, &key),
                 Kind::TrafficPolicy => <TrafficPolicy as IndexKind>::delete(self, &key),
                 Kind::MeshIdentity => <MeshIdentity as IndexKind>::delete(self, &key),
+                Kind::Namespace => <Namespace as IndexKind>::delete(self, &key),
             },
         }
     }
@@ -155,6 +168,7 @@ impl Index {
             Kind::Pod => <Pod as IndexKind>::keys(self),
             Kind::TrafficPolicy => <TrafficPolicy as IndexKind>::keys(self),
             Kind::MeshIdentity => <MeshIdentity as IndexKind>::keys(self),
+            Kind::Namespace => <Namespace as IndexKind>::keys(self),
         }
     }
 

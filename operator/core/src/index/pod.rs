@@ -1,36 +1,67 @@
-//! Pods: their labels, which decide subset membership. A label change dirties the endpoints
-//! of the Services the pod backs.
+//! Pods: their labels (which decide subset membership), their service account (their
+//! identity), whether they carry a sidecar, and their mTLS override. A change dirties the
+//! endpoints of the Services the pod backs.
 
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use weir_api::MtlsMode;
 
 use super::{Index, IndexKind, Kind, ObjectKey};
+
+/// Annotation the injector puts on every pod it injected.
+pub const INJECTED_ANNOTATION: &str = "weir.dev/injected";
+/// Pod annotation (or namespace label) that overrides the mesh's mTLS mode.
+pub const MTLS_MODE_KEY: &str = "weir.dev/mtls-mode";
+
+/// What the index keeps of a Pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodModel {
+    /// Labels, shared between the pods of one workload.
+    pub labels: Arc<BTreeMap<String, String>>,
+    /// `spec.serviceAccountName` (`default` when unset), shared between pods.
+    pub service_account: Arc<str>,
+    /// The pod carries a Weir sidecar: peers talk mTLS to it.
+    pub meshed: bool,
+    /// Its `weir.dev/mtls-mode` annotation, when valid.
+    pub mtls_mode: Option<MtlsMode>,
+}
 
 impl IndexKind for Pod {
     fn apply(index: &mut Index, pod: Pod) {
         let key = Kind::Pod.key(&pod.metadata);
-        let labels = pod.metadata.labels.unwrap_or_default();
-        if index.pods.get(&key).map(|l| l.as_ref()) == Some(&labels) {
+        let annotations = pod.metadata.annotations.unwrap_or_default();
+        let labels = index.shared_labels(pod.metadata.labels.unwrap_or_default());
+        let service_account = pod
+            .spec
+            .and_then(|s| s.service_account_name)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let model = PodModel {
+            labels,
+            service_account: index.shared_name(&service_account),
+            meshed: annotations.contains_key(INJECTED_ANNOTATION),
+            mtls_mode: annotations
+                .get(MTLS_MODE_KEY)
+                .and_then(|m| MtlsMode::parse(m)),
+        };
+        if index.pods.get(&key) == Some(&model) {
+            index.release_labels(model.labels);
             return;
         }
-        let labels = match index.label_sets.get(&labels) {
-            Some(shared) => shared.clone(),
-            None => {
-                let labels = Arc::new(labels);
-                index.label_sets.insert(labels.clone());
-                labels
-            }
-        };
-        if let Some(old) = index.pods.insert(key.clone(), labels) {
-            index.release_labels(old);
+        let mode_changed = index.pods.get(&key).map(|p| p.mtls_mode) != Some(model.mtls_mode);
+        if let Some(old) = index.pods.insert(key.clone(), model) {
+            index.release_labels(old.labels);
+        }
+        if mode_changed {
+            index.modes_generation += 1;
         }
         index.dirty_pod_services(&key);
     }
 
     fn delete(index: &mut Index, key: &ObjectKey) {
         if let Some(old) = index.pods.remove(key) {
-            index.release_labels(old);
+            index.release_labels(old.labels);
             index.dirty_pod_services(key);
         }
     }
@@ -43,12 +74,41 @@ impl IndexKind for Pod {
 impl Index {
     /// A Pod's labels.
     pub fn pod_labels(&self, key: &ObjectKey) -> Option<&BTreeMap<String, String>> {
-        self.pods.get(key).map(|l| l.as_ref())
+        self.pods.get(key).map(|p| p.labels.as_ref())
+    }
+
+    /// A Pod.
+    pub fn pod(&self, key: &ObjectKey) -> Option<&PodModel> {
+        self.pods.get(key)
     }
 
     fn dirty_pod_services(&mut self, pod: &ObjectKey) {
         if let Some(services) = self.services_by_pod.get(pod) {
             self.dirty.endpoints.extend(services.iter().cloned());
+        }
+    }
+
+    /// The shared copy of a label set (a new one when no pod has it yet).
+    fn shared_labels(&mut self, labels: BTreeMap<String, String>) -> Arc<BTreeMap<String, String>> {
+        match self.label_sets.get(&labels) {
+            Some(shared) => shared.clone(),
+            None => {
+                let labels = Arc::new(labels);
+                self.label_sets.insert(labels.clone());
+                labels
+            }
+        }
+    }
+
+    /// The shared copy of a name (service accounts repeat across pods).
+    fn shared_name(&mut self, name: &str) -> Arc<str> {
+        match self.names.get(name) {
+            Some(shared) => shared.clone(),
+            None => {
+                let name: Arc<str> = name.into();
+                self.names.insert(name.clone());
+                name
+            }
         }
     }
 
@@ -76,8 +136,16 @@ mod tests {
             index.apply(Event::apply(Object::Pod(mk_pod("default", name, &v1))));
         }
         assert_eq!(index.label_sets.len(), 1);
-        let a = index.pods.get(&ObjectKey::new("default", "a")).unwrap();
-        let c = index.pods.get(&ObjectKey::new("default", "c")).unwrap();
+        let a = &index
+            .pods
+            .get(&ObjectKey::new("default", "a"))
+            .unwrap()
+            .labels;
+        let c = &index
+            .pods
+            .get(&ObjectKey::new("default", "c"))
+            .unwrap()
+            .labels;
         assert!(Arc::ptr_eq(a, c));
 
         // Relabel one: a second set; delete the rest: only the relabelled one's set stays.
@@ -91,6 +159,32 @@ mod tests {
         assert_eq!(
             index.pod_labels(&ObjectKey::new("default", "a")).unwrap()["version"],
             "v2"
+        );
+    }
+
+    #[test]
+    fn a_pod_keeps_its_identity_sidecar_and_mtls_override() {
+        let mut index = Index::new();
+        let mut pod = mk_pod("shop", "cart-1", &[("app", "cart")]);
+        pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+            service_account_name: Some("cart".into()),
+            ..Default::default()
+        });
+        pod.metadata.annotations = Some(BTreeMap::from([
+            (INJECTED_ANNOTATION.to_string(), "0.1.0".to_string()),
+            (MTLS_MODE_KEY.to_string(), "permissive".to_string()),
+        ]));
+        index.apply(Event::apply(Object::Pod(pod)));
+        let model = index.pod(&ObjectKey::new("shop", "cart-1")).unwrap();
+        assert_eq!(model.service_account.as_ref(), "cart");
+        assert!(model.meshed);
+        assert_eq!(model.mtls_mode, Some(MtlsMode::Permissive));
+        let plain = mk_pod("shop", "legacy", &[]);
+        index.apply(Event::apply(Object::Pod(plain)));
+        let model = index.pod(&ObjectKey::new("shop", "legacy")).unwrap();
+        assert_eq!(
+            (model.service_account.as_ref(), model.meshed),
+            ("default", false)
         );
     }
 }

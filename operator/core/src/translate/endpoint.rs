@@ -24,13 +24,46 @@ pub fn load_assignment<'a>(
     cluster: &str,
     endpoints: impl IntoIterator<Item = (&'a str, u16)>,
 ) -> ClusterLoadAssignment {
+    mesh_load_assignment(
+        cluster,
+        endpoints.into_iter().map(|(ip, port)| (ip, port, false)),
+    )
+}
+
+/// As [`load_assignment`], marking the endpoints whose pods carry a sidecar (the
+/// cluster's mTLS transport socket applies to them).
+pub fn mesh_load_assignment<'a>(
+    cluster: &str,
+    endpoints: impl IntoIterator<Item = (&'a str, u16, bool)>,
+) -> ClusterLoadAssignment {
+    use envoy_types::pb::envoy::config::core::v3::Metadata;
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+    let meshed = || Metadata {
+        filter_metadata: [(
+            super::cluster::TRANSPORT_SOCKET_MATCH.to_string(),
+            Struct {
+                fields: [(
+                    super::cluster::TLS_MODE.to_string(),
+                    Value {
+                        kind: Some(Kind::StringValue(super::cluster::TLS_MODE_MESH.into())),
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            },
+        )]
+        .into_iter()
+        .collect(),
+        ..Default::default()
+    };
     let lb_endpoints: Vec<LbEndpoint> = endpoints
         .into_iter()
-        .map(|(ip, port)| LbEndpoint {
+        .map(|(ip, port, with_sidecar)| LbEndpoint {
             host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
                 address: Some(socket_address(ip, port)),
                 ..Default::default()
             })),
+            metadata: with_sidecar.then(meshed),
             ..Default::default()
         })
         .collect();

@@ -20,7 +20,9 @@
 //! The inbound listener hands connections to the local application at their original
 //! destination.
 
-use envoy_types::pb::envoy::config::core::v3::{CidrRange, TrafficDirection};
+use envoy_types::pb::envoy::config::core::v3::{
+    transport_socket, CidrRange, TrafficDirection, TransportSocket,
+};
 use envoy_types::pb::envoy::config::listener::v3::{
     filter::ConfigType as FilterConfig,
     listener_filter::ConfigType as ListenerFilterConfig,
@@ -41,10 +43,12 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     tcp_proxy::{weighted_cluster::ClusterWeight, ClusterSpecifier, WeightedCluster},
     TcpProxy,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use envoy_types::pb::envoy::r#type::v3::Int32Range;
 use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use std::collections::BTreeMap;
+use weir_api::MtlsMode;
 
 use super::{cluster::ads, endpoint::socket_address, names, PortOutput, WeightedClusters};
 use crate::protocol::Protocol;
@@ -243,18 +247,151 @@ fn inspector(
     }
 }
 
-/// The transparent-mode inbound listener: to the application at the original destination.
-pub fn transparent_inbound() -> Listener {
+/// The transparent-mode inbound listener for a proxy's mTLS mode:
+///
+/// ```text
+/// mesh mTLS, ALPN weir-http -> terminate (peer in the trust domain) -> HTTP, the caller's
+///                              SPIFFE ID in x-forwarded-client-cert -> the application
+/// mesh mTLS, ALPN weir-tcp  -> terminate -> bytes to the application
+/// anything else             -> PERMISSIVE, DISABLE: bytes to the application untouched
+///                              STRICT: refused (no chain matches)
+/// ```
+pub fn transparent_inbound(mode: MtlsMode, trust_domain: &str) -> Listener {
+    let passthrough = || {
+        tcp_chain(
+            "inbound",
+            &vec![(names::INBOUND_PASSTHROUGH_CLUSTER.to_string(), 100)],
+            None,
+        )
+    };
+    if mode == MtlsMode::Disable {
+        return Listener {
+            name: names::INBOUND_LISTENER.into(),
+            address: Some(socket_address("0.0.0.0", INBOUND_CAPTURE_PORT)),
+            traffic_direction: TrafficDirection::Inbound as i32,
+            listener_filters: vec![original_dst()],
+            filter_chains: vec![passthrough()],
+            ..Default::default()
+        };
+    }
+    let mesh = |alpn: &str| FilterChainMatch {
+        transport_protocol: "tls".into(),
+        application_protocols: vec![alpn.to_string()],
+        ..Default::default()
+    };
+    let peers = || {
+        vec![super::cluster::uri_san(
+            &crate::identity::SpiffeId::trust_domain_prefix(trust_domain),
+            true,
+        )]
+    };
+    let terminate = |alpn: &[&str]| {
+        let tls = DownstreamTlsContext {
+            common_tls_context: Some(super::cluster::mesh_tls(peers(), alpn)),
+            require_client_certificate: Some(BoolValue { value: true }),
+            ..Default::default()
+        };
+        Some(TransportSocket {
+            name: "envoy.transport_sockets.tls".into(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(tls))),
+        })
+    };
+    let mut http = inbound_http_chain();
+    http.filter_chain_match = Some(mesh(super::cluster::ALPN_HTTP));
+    http.transport_socket = terminate(super::cluster::INBOUND_HTTP_ALPN);
+    let mut tcp = tcp_chain(
+        "inbound_mtls",
+        &vec![(names::INBOUND_PASSTHROUGH_CLUSTER.to_string(), 100)],
+        Some(mesh(super::cluster::ALPN_TCP)),
+    );
+    tcp.transport_socket = terminate(&[super::cluster::ALPN_TCP]);
+    let mut chains = vec![http, tcp];
+    if mode == MtlsMode::Permissive {
+        chains.push(passthrough());
+    }
     Listener {
         name: names::INBOUND_LISTENER.into(),
         address: Some(socket_address("0.0.0.0", INBOUND_CAPTURE_PORT)),
         traffic_direction: TrafficDirection::Inbound as i32,
-        listener_filters: vec![original_dst()],
-        filter_chains: vec![tcp_chain(
-            "inbound",
-            &vec![(names::INBOUND_PASSTHROUGH_CLUSTER.to_string(), 100)],
-            None,
-        )],
+        listener_filters: vec![
+            original_dst(),
+            ListenerFilter {
+                name: "envoy.filters.listener.tls_inspector".into(),
+                config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
+                    TlsInspector::default(),
+                ))),
+                ..Default::default()
+            },
+        ],
+        // A plaintext client of a server-first protocol sends nothing: after this long its
+        // connection is taken as plaintext (PERMISSIVE) or closed (STRICT).
+        listener_filters_timeout: Some(DETECTION_TIMEOUT),
+        continue_on_listener_filters_timeout: true,
+        filter_chains: chains,
+        ..Default::default()
+    }
+}
+
+/// Inbound HTTP after mTLS: the caller's SPIFFE ID goes to the application in
+/// `x-forwarded-client-cert` (a header the caller sent is replaced, never trusted).
+fn inbound_http_chain() -> FilterChain {
+    use envoy_types::pb::envoy::config::route::v3::{
+        route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route,
+        RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    };
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::{
+        ForwardClientCertDetails, SetCurrentClientCertDetails,
+    };
+    let route = RouteConfiguration {
+        name: "inbound".into(),
+        virtual_hosts: vec![VirtualHost {
+            name: "inbound".into(),
+            domains: vec!["*".into()],
+            routes: vec![Route {
+                name: "inbound".into(),
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(Action::Route(RouteAction {
+                    cluster_specifier: Some(ClusterSpecifier::Cluster(
+                        names::INBOUND_PASSTHROUGH_HTTP_CLUSTER.into(),
+                    )),
+                    timeout: Some(Duration::default()),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        codec_type: CodecType::Auto as i32,
+        stat_prefix: "inbound_http".into(),
+        route_specifier: Some(RouteSpecifier::RouteConfig(route)),
+        http_filters: vec![HttpFilter {
+            name: "envoy.filters.http.router".into(),
+            config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Router::default()))),
+            ..Default::default()
+        }],
+        forward_client_cert_details: ForwardClientCertDetails::SanitizeSet as i32,
+        set_current_client_cert_details: Some(SetCurrentClientCertDetails {
+            uri: true,
+            ..Default::default()
+        }),
+        upgrade_configs: vec![UpgradeConfig {
+            upgrade_type: "websocket".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    FilterChain {
+        name: "inbound_mtls_http".into(),
+        filters: vec![Filter {
+            name: "envoy.filters.network.http_connection_manager".into(),
+            config_type: Some(FilterConfig::TypedConfig(pack_any(hcm))),
+        }],
         ..Default::default()
     }
 }

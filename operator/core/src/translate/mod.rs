@@ -32,9 +32,11 @@ use crate::HashMap;
 use std::sync::Arc;
 
 use crate::binding::{BoundBackend, PortRoutes, Resolution, ServiceBinding};
+use crate::identity::SpiffeId;
 use crate::index::{Addressing, Index, ObjectKey, ServiceModel};
 use crate::protocol::{self, DecidedBy, Protocol};
 use crate::resources::Resource;
+use weir_api::MtlsMode;
 
 /// How a proxy receives the application's traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,11 +51,25 @@ pub enum Capture {
 }
 
 /// What the resources served to a proxy depend on. Proxies with the same profile share one
-/// snapshot.
+/// snapshot (per-identity content, the certificates, comes from beside it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProxyProfile {
     /// Capture mode.
     pub capture: Capture,
+    /// What the proxy accepts inbound (transparent mode; explicit mode has no inbound).
+    pub inbound: MtlsMode,
+}
+
+impl ProxyProfile {
+    /// The profile of a proxy with this capture mode and inbound mTLS mode.
+    pub fn new(capture: Capture, inbound: MtlsMode) -> ProxyProfile {
+        let inbound = match capture {
+            // No inbound listener: one profile whatever the mode.
+            Capture::Explicit { .. } => MtlsMode::Disable,
+            Capture::Transparent => inbound,
+        };
+        ProxyProfile { capture, inbound }
+    }
 }
 
 /// Names of resources that changed in one translation pass.
@@ -153,6 +169,8 @@ pub struct Translator {
     /// How many port outputs send traffic to each cluster (for the consistency check).
     referenced: HashMap<Arc<str>, u32>,
     ports_generation: u64,
+    /// The trust domain of the last update (inbound listeners check peers against it).
+    trust_domain: String,
 }
 
 /// A port's protocol as `/debug/config` shows it.
@@ -179,6 +197,12 @@ impl Translator {
     pub fn update(&mut self, index: &mut Index) -> Changes {
         let dirty = index.take_dirty();
         let mut changes = Changes::default();
+        let trust_domain = &index.mesh_identity().trust_domain;
+        if *trust_domain != self.trust_domain {
+            self.trust_domain = trust_domain.clone();
+            // Inbound listeners name it: reassemble them.
+            changes.ports_changed = true;
+        }
         for key in &dirty.services {
             self.translate_service(index, key, &mut changes);
         }
@@ -300,20 +324,6 @@ impl Translator {
             }
         }
         if let Some(svc) = index.service(key) {
-            for slot in &new.clusters {
-                let port = svc.ports.iter().find(|p| p.port == slot.port);
-                let (protocol, _) = port
-                    .map(protocol::decide)
-                    .unwrap_or((Protocol::Tcp, DecidedBy::Detection));
-                let cluster = match &svc.addressing {
-                    Addressing::ExternalName(host) => {
-                        cluster::dns_cluster(&slot.name, host, slot.port, protocol)
-                    }
-                    _ => cluster::eds_cluster(&slot.name, protocol),
-                };
-                let resource = Resource::new(slot.name.clone(), &cluster);
-                upsert(&mut self.clusters, resource, &mut changes.clusters);
-            }
             self.write_endpoints(index, key, svc, &new, changes);
         }
         if !new.clusters.is_empty() {
@@ -340,6 +350,8 @@ impl Translator {
         self.write_endpoints(index, key, svc, &out, changes);
     }
 
+    /// Writes each cluster's load assignment and the cluster itself: the pods behind the
+    /// endpoints decide whether the cluster speaks mTLS and which identities it accepts.
     fn write_endpoints(
         &mut self,
         index: &Index,
@@ -348,44 +360,90 @@ impl Translator {
         out: &ServiceOutput,
         changes: &mut Changes,
     ) {
-        if matches!(svc.addressing, Addressing::ExternalName(_)) {
-            return; // resolved by DNS, no load assignment
-        }
-        for ClusterSlot {
-            name,
-            port,
-            subset_labels: subset,
-        } in &out.clusters
-        {
-            let Some(service_port) = svc.ports.iter().find(|p| p.port == *port) else {
+        let trust_domain = &index.mesh_identity().trust_domain;
+        for slot in &out.clusters {
+            let Some(service_port) = svc.ports.iter().find(|p| p.port == slot.port) else {
                 continue;
             };
-            let mut eps: Vec<(&str, u16)> = Vec::new();
-            for slice in index.slices_for(key) {
-                // The slice says which pod port the Service port maps to (a named
-                // targetPort can differ per pod, and so per slice).
-                let Some((_, target)) = slice.ports.iter().find(|(n, _)| *n == service_port.name)
-                else {
-                    continue;
-                };
-                for ep in slice.endpoints.iter().filter(|e| e.ready) {
-                    if let Some(labels) = subset {
-                        let pod_labels = ep.pod.as_ref().and_then(|p| index.pod_labels(p));
-                        let selected = pod_labels
-                            .is_some_and(|pl| labels.iter().all(|(k, v)| pl.get(k) == Some(v)));
-                        if !selected {
-                            continue;
-                        }
-                    }
-                    eps.push((ep.address.as_str(), *target));
+            let (protocol, _) = protocol::decide(service_port);
+            let (eps, peers) = if let Addressing::ExternalName(_) = svc.addressing {
+                (Vec::new(), BTreeSet::new()) // resolved by DNS, no load assignment
+            } else {
+                endpoints_of(index, key, &service_port.name, slot.subset_labels.as_ref())
+            };
+            let mut cluster = match &svc.addressing {
+                Addressing::ExternalName(host) => {
+                    cluster::dns_cluster(&slot.name, host, slot.port, protocol)
                 }
+                _ => cluster::eds_cluster(&slot.name, protocol),
+            };
+            if !peers.is_empty() {
+                let mtls = cluster::UpstreamMtls {
+                    peer_ids: peers
+                        .iter()
+                        .map(|(ns, sa)| SpiffeId::new(trust_domain, ns, sa).to_string())
+                        .collect(),
+                    alpn: cluster::mesh_alpn(protocol),
+                };
+                cluster = cluster::with_mtls(cluster, &mtls);
             }
-            eps.sort_unstable();
-            eps.dedup();
-            let resource = Resource::new(name.clone(), &endpoint::load_assignment(name, eps));
-            upsert(&mut self.endpoints, resource, &mut changes.endpoints);
+            let resource = Resource::new(slot.name.clone(), &cluster);
+            upsert(&mut self.clusters, resource, &mut changes.clusters);
+            if !matches!(svc.addressing, Addressing::ExternalName(_)) {
+                let assignment = endpoint::mesh_load_assignment(
+                    &slot.name,
+                    eps.iter()
+                        .map(|(ip, port, meshed)| (ip.as_str(), *port, *meshed)),
+                );
+                let resource = Resource::new(slot.name.clone(), &assignment);
+                upsert(&mut self.endpoints, resource, &mut changes.endpoints);
+            }
         }
     }
+}
+
+/// One ready endpoint: address, pod port, whether its pod has a sidecar that takes mTLS.
+type MeshEndpoint = (String, u16, bool);
+/// A workload identity: namespace, service account.
+type Identity = (String, String);
+
+/// The ready endpoints of a Service port (narrowed to a subset's pods), sorted; and the
+/// identities of the pods with a sidecar among them.
+fn endpoints_of(
+    index: &Index,
+    key: &ObjectKey,
+    port_name: &str,
+    subset: Option<&BTreeMap<String, String>>,
+) -> (Vec<MeshEndpoint>, BTreeSet<Identity>) {
+    let mut eps: Vec<MeshEndpoint> = Vec::new();
+    let mut peers = BTreeSet::new();
+    for slice in index.slices_for(key) {
+        // The slice says which pod port the Service port maps to (a named targetPort can
+        // differ per pod, and so per slice).
+        let Some((_, target)) = slice.ports.iter().find(|(n, _)| n == port_name) else {
+            continue;
+        };
+        for ep in slice.endpoints.iter().filter(|e| e.ready) {
+            let pod = ep.pod.as_ref().and_then(|p| Some((p, index.pod(p)?)));
+            if let Some(labels) = subset {
+                let selected = pod.is_some_and(|(_, model)| {
+                    labels.iter().all(|(k, v)| model.labels.get(k) == Some(v))
+                });
+                if !selected {
+                    continue;
+                }
+            }
+            let meshed = pod.is_some_and(|(_, model)| model.meshed)
+                && pod.is_some_and(|(p, _)| index.mtls_mode(p) != weir_api::MtlsMode::Disable);
+            if let Some((p, model)) = pod.filter(|_| meshed) {
+                peers.insert((p.namespace.clone(), model.service_account.to_string()));
+            }
+            eps.push((ep.address.clone(), *target, meshed));
+        }
+    }
+    eps.sort_unstable();
+    eps.dedup();
+    (eps, peers)
 }
 
 /// Everything one port's output is made of.
@@ -538,7 +596,10 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
                     names::OUTBOUND_LISTENER,
                     &listener::transparent_outbound(&by_port),
                 ),
-                Resource::new(names::INBOUND_LISTENER, &listener::transparent_inbound()),
+                Resource::new(
+                    names::INBOUND_LISTENER,
+                    &listener::transparent_inbound(profile.inbound, &translator.trust_domain),
+                ),
             ];
             (listeners, routes)
         }
@@ -583,6 +644,10 @@ pub fn profile_clusters(profile: &ProxyProfile) -> Vec<Resource> {
             Resource::new(
                 names::INBOUND_PASSTHROUGH_CLUSTER,
                 &cluster::original_dst_cluster(names::INBOUND_PASSTHROUGH_CLUSTER),
+            ),
+            Resource::new(
+                names::INBOUND_PASSTHROUGH_HTTP_CLUSTER,
+                &cluster::original_dst_http_cluster(names::INBOUND_PASSTHROUGH_HTTP_CLUSTER),
             ),
         ],
     }

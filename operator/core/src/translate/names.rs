@@ -61,3 +61,5 @@ pub fn port_route_config(port: u16) -> String {
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 /// Cluster for inbound traffic to the local application (transparent mode).
 pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
+/// Cluster for inbound HTTP, after mTLS termination, in the caller's HTTP version.
+pub const INBOUND_PASSTHROUGH_HTTP_CLUSTER: &str = "InboundPassthroughClusterHttp";

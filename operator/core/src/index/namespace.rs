@@ -1,0 +1,104 @@
+//! Namespaces: what the mesh reads of them is their labels: `weir.dev/inject=enabled` (the
+//! namespace is meshed: it gets the mesh's root CA) and `weir.dev/mtls-mode`.
+
+use k8s_openapi::api::core::v1::Namespace;
+use weir_api::MtlsMode;
+
+use super::{pod::MTLS_MODE_KEY, Index, IndexKind, Kind, ObjectKey};
+
+/// The namespace label that opts its pods into injection.
+pub const INJECT_LABEL: &str = "weir.dev/inject";
+
+/// What the index keeps of a Namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceModel {
+    /// Labelled `weir.dev/inject=enabled`.
+    pub injected: bool,
+    /// Its `weir.dev/mtls-mode` label, when valid.
+    pub mtls_mode: Option<MtlsMode>,
+}
+
+impl IndexKind for Namespace {
+    fn apply(index: &mut Index, ns: Namespace) {
+        let key = Kind::Namespace.key(&ns.metadata);
+        let labels = ns.metadata.labels.unwrap_or_default();
+        let model = NamespaceModel {
+            injected: labels.get(INJECT_LABEL).map(String::as_str) == Some("enabled"),
+            mtls_mode: labels.get(MTLS_MODE_KEY).and_then(|m| MtlsMode::parse(m)),
+        };
+        let old = index.namespaces.insert(key.name.clone(), model.clone());
+        if old.as_ref() != Some(&model) {
+            index.modes_generation += 1;
+        }
+        if old.map(|o| o.mtls_mode) != Some(model.mtls_mode) {
+            // DISABLE changes whether peers speak mTLS to the namespace's pods.
+            index.dirty_namespace_endpoints(&key.name);
+        }
+    }
+
+    fn delete(index: &mut Index, key: &ObjectKey) {
+        if index.namespaces.remove(&key.name).is_some() {
+            index.modes_generation += 1;
+            index.dirty_namespace_endpoints(&key.name);
+        }
+    }
+
+    fn keys(index: &Index) -> Vec<ObjectKey> {
+        index
+            .namespaces
+            .keys()
+            .map(|name| ObjectKey::new("", name.clone()))
+            .collect()
+    }
+}
+
+impl Index {
+    /// A namespace's settings, when the namespace is known.
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceModel> {
+        self.namespaces.get(name)
+    }
+
+    /// Namespaces that are meshed: labelled for injection, or with a meshed pod.
+    pub fn meshed_namespaces(&self) -> std::collections::BTreeSet<String> {
+        let labelled = self
+            .namespaces
+            .iter()
+            .filter(|(_, n)| n.injected)
+            .map(|(name, _)| name.clone());
+        let with_pods = self
+            .pods
+            .iter()
+            .filter(|(_, p)| p.meshed)
+            .map(|(k, _)| k.namespace.clone());
+        labelled.chain(with_pods).collect()
+    }
+
+    /// The mTLS mode a pod's sidecar accepts inbound: its annotation, else its namespace's
+    /// label, else the mesh's default.
+    pub fn mtls_mode(&self, pod: &ObjectKey) -> MtlsMode {
+        self.pods
+            .get(pod)
+            .and_then(|p| p.mtls_mode)
+            .or_else(|| {
+                self.namespaces
+                    .get(&pod.namespace)
+                    .and_then(|n| n.mtls_mode)
+            })
+            .unwrap_or_else(|| self.mesh_identity().mtls_mode)
+    }
+
+    fn dirty_namespace_endpoints(&mut self, namespace: &str) {
+        let services = self
+            .services
+            .keys()
+            .filter(|k| k.namespace == namespace)
+            .cloned()
+            .collect::<Vec<_>>();
+        self.dirty.endpoints.extend(services);
+    }
+
+    /// Bumps whenever something that decides a pod's mTLS mode changes.
+    pub fn modes_generation(&self) -> u64 {
+        self.modes_generation
+    }
+}
