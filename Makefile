@@ -71,15 +71,19 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-bench:
+bench: $(ENVOY_BIN)
+	rm -f target/bench/results.jsonl
 	$(CARGO) bench -p weir-core --bench translate
 	$(CARGO) bench -p weir-core --bench identity
-	$(CARGO) build --release --bin weir-operator --bin weir-bench-xds
-	./target/release/weir-bench-xds
-	$(CARGO) build --release --bin weir-bench-webhook
-	./target/release/weir-bench-webhook
-	$(CARGO) build --release --bin weir-operator --bin weir-bench-kube
+	$(CARGO) build --release --bin weir-operator --bin weir-bench-xds --bin weir-bench-kube \
+		--bin weir-bench-envoy --bin weir-bench-webhook --bin weir-bench-report
+	for n in 500 1000 5000; do WEIR_BENCH_STREAMS=$$n WEIR_BENCH_CHURN_SECS=0 ./target/release/weir-bench-xds || exit 1; done
+	WEIR_BENCH_STREAMS=2000 WEIR_BENCH_CHURN_SECS=60 ./target/release/weir-bench-xds
+	for n in 1000 2000; do WEIR_BENCH_STREAMS=$$n WEIR_BENCH_PROTOCOL=sotw ./target/release/weir-bench-xds || exit 1; done
 	./target/release/weir-bench-kube
+	./target/release/weir-bench-envoy
+	./target/release/weir-bench-webhook
+	./target/release/weir-bench-report
 
 ## Against the cluster in KUBECONFIG (see e2e/README.md); not part of `make test`.
 # Against the cluster in KUBECONFIG (e.g. `kind create cluster`); see e2e/README.md.

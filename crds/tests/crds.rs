@@ -76,7 +76,7 @@ fn check_structural(node: &Value, path: &str, problems: &mut Vec<String>) {
 #[test]
 fn every_crd_schema_is_structural() {
     for (file, yaml) in weir_api::crd_files() {
-        let crd: Value = serde_yaml::from_str(&yaml).unwrap();
+        let crd: Value = serde_saphyr::from_str(&yaml).unwrap();
         for version in crd["spec"]["versions"].as_array().unwrap() {
             let schema = &version["schema"]["openAPIV3Schema"];
             let mut problems = Vec::new();
@@ -94,7 +94,7 @@ fn every_crd_schema_is_structural() {
 #[test]
 fn durations_are_typed_with_a_pattern() {
     let (_, yaml) = weir_api::crd_files().into_iter().next().unwrap();
-    let crd: Value = serde_yaml::from_str(&yaml).unwrap();
+    let crd: Value = serde_saphyr::from_str(&yaml).unwrap();
     let timeout = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
         ["properties"]["http"]["items"]["properties"]["timeout"];
     assert_eq!(timeout["type"], "string");

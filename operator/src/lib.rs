@@ -55,6 +55,8 @@ pub struct Options {
     pub manage_webhook_cert: bool,
     /// Length of each step of a CA rotation (see [`identity`]).
     pub rotation_grace: Duration,
+    /// Bounds of the xDS server.
+    pub xds_limits: xds::conn::XdsLimits,
 }
 
 impl Options {
@@ -68,6 +70,7 @@ impl Options {
             ca_dir: None,
             manage_webhook_cert: false,
             rotation_grace: identity::ROTATION_GRACE,
+            xds_limits: xds::conn::XdsLimits::default(),
         }
     }
 }
@@ -200,8 +203,11 @@ impl ControlPlane {
         }
         let xds_state = state.clone();
         let stop = signal();
+        let limits = options.xds_limits;
         tasks.push(tokio::spawn(async move {
-            if let Err(err) = xds::serve(xds_state, xds_listener, tls, authenticator, stop).await {
+            if let Err(err) =
+                xds::serve(xds_state, xds_listener, tls, authenticator, limits, stop).await
+            {
                 tracing::error!(%err, "xDS server failed");
             }
         }));
@@ -244,15 +250,26 @@ impl ControlPlane {
     }
 }
 
+/// Accept queue length asked of the kernel (which caps it at net.core.somaxconn). The
+/// default of 1024 overflows when thousands of proxies reconnect at once after a restart:
+/// the excess SYNs are dropped and those proxies wait for their own retry.
+const LISTEN_BACKLOG: u32 = 8192;
+
 /// Binds `addr` and returns the listener with the address it got (port 0 picks one).
 async fn listen(
     what: &'static str,
     addr: SocketAddr,
 ) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
     let bind_error = |source| StartError::Bind { what, addr, source };
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(bind_error)?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bind_error)?;
+    socket.set_reuseaddr(true).map_err(bind_error)?;
+    socket.bind(addr).map_err(bind_error)?;
+    let listener = socket.listen(LISTEN_BACKLOG).map_err(bind_error)?;
     let local = listener.local_addr().map_err(bind_error)?;
     Ok((listener, local))
 }

@@ -10,7 +10,8 @@
 //! Weir does not read (Deployments, ConfigMaps...) are skipped, so a directory of ordinary
 //! manifests works as it is.
 
-use std::collections::{BTreeMap, HashMap};
+use ahash::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,18 +26,24 @@ use crate::mesh_state::{MeshState, SourceError};
 const RESCAN: Duration = Duration::from_secs(2);
 /// Editors write files in several steps; wait this long after the last event.
 const SETTLE: Duration = Duration::from_millis(20);
+/// ...but never longer than this after the first event, so that files written without
+/// pause (a generator, endpoint churn) are still read at a steady pace.
+const SETTLE_MAX: Duration = Duration::from_millis(50);
 
 /// One parsed object with a hash of its content, for change detection.
-#[derive(Clone)]
 struct Loaded {
     object: Object,
     hash: u64,
 }
 
+/// An object's identity and content hash: all that is kept of a file between scans (the
+/// objects themselves live in the index only).
+type Entry = ((Kind, ObjectKey), u64);
+
 struct FileState {
     content_hash: u64,
-    /// Objects of the last version that parsed.
-    objects: Vec<Loaded>,
+    /// The objects of the last version that parsed.
+    entries: Vec<Entry>,
     errors: Vec<SourceError>,
 }
 
@@ -53,7 +60,7 @@ impl DirSource {
         DirSource {
             dir: dir.into(),
             files: BTreeMap::new(),
-            current: HashMap::new(),
+            current: HashMap::default(),
         }
     }
 
@@ -64,14 +71,17 @@ impl DirSource {
         let mut errors = Vec::new();
         collect_yaml(&self.dir, &mut paths, &mut errors);
         let mut seen = BTreeMap::new();
+        // Files whose content is new: parsed below, on every core (YAML parsing is most of
+        // a large directory's load time).
+        let mut to_parse: Vec<(PathBuf, String, u64, Option<FileState>)> = Vec::new();
         for path in paths {
-            let text = match std::fs::read_to_string(&path) {
+            let text = match read_bounded(&path) {
                 Ok(t) => t,
-                Err(err) => {
+                Err(message) => {
                     errors.push(SourceError {
                         source: path.display().to_string(),
                         document: None,
-                        message: format!("cannot read: {err}"),
+                        message,
                     });
                     // Keep what the file gave before.
                     if let Some(old) = self.files.remove(&path) {
@@ -81,40 +91,55 @@ impl DirSource {
                 }
             };
             let content_hash = xxh3_64(text.as_bytes());
-            let state = match self.files.remove(&path) {
-                Some(old) if old.content_hash == content_hash => old,
-                old => {
-                    let (objects, file_errors) = parse_file(&path, &text);
-                    for e in &file_errors {
-                        tracing::warn!(
-                            file = e.source,
-                            document = e.document,
-                            "{}; keeping the file's last good version",
-                            e.message
-                        );
-                    }
-                    let objects = if file_errors.is_empty() {
-                        objects
-                    } else {
-                        old.map(|o| o.objects).unwrap_or_default()
-                    };
-                    FileState {
-                        content_hash,
-                        objects,
-                        errors: file_errors,
-                    }
+            match self.files.remove(&path) {
+                Some(old) if old.content_hash == content_hash => {
+                    seen.insert(path, old);
                 }
-            };
-            errors.extend(state.errors.iter().cloned());
-            seen.insert(path, state);
+                old => to_parse.push((path, text, content_hash, old)),
+            }
         }
+        // Objects of the files parsed in this scan, until they become events.
+        let mut parsed: HashMap<PathBuf, Vec<Loaded>> = HashMap::default();
+        for (path, content_hash, old, (objects, file_errors)) in parse_all(to_parse) {
+            for e in &file_errors {
+                tracing::warn!(
+                    file = e.source,
+                    document = e.document,
+                    "{}; keeping the file's last good version",
+                    e.message
+                );
+            }
+            let entries = if file_errors.is_empty() {
+                let entries = objects.iter().map(|l| (l.object.id(), l.hash)).collect();
+                parsed.insert(path.clone(), objects);
+                entries
+            } else {
+                old.map(|o| o.entries).unwrap_or_default()
+            };
+            seen.insert(
+                path,
+                FileState {
+                    content_hash,
+                    entries,
+                    errors: file_errors,
+                },
+            );
+        }
+        for state in seen.values() {
+            errors.extend(state.errors.iter().cloned());
+        }
+        // What is left in `self.files` are the files that went away. With none gone and
+        // none parsed anew, every object is as it was (the common case of a rescan).
+        let unchanged = parsed.is_empty() && self.files.is_empty();
         self.files = seen;
+        if unchanged {
+            return (Vec::new(), errors);
+        }
 
-        let mut next: HashMap<(Kind, ObjectKey), Loaded> = HashMap::new();
+        let mut next: HashMap<(Kind, ObjectKey), (u64, &Path)> = HashMap::default();
         for (path, state) in &self.files {
-            for loaded in &state.objects {
-                let id = loaded.object.id();
-                if next.insert(id.clone(), loaded.clone()).is_some() {
+            for (id, hash) in &state.entries {
+                if next.insert(id.clone(), (*hash, path)).is_some() {
                     tracing::warn!(file = %path.display(), object = %id.1, "object defined twice; the later file wins");
                 }
             }
@@ -123,15 +148,100 @@ impl DirSource {
         for ((kind, key), _) in self.current.iter().filter(|(id, _)| !next.contains_key(id)) {
             events.push(Event::Delete(*kind, key.clone()));
         }
-        let mut applies: Vec<_> = next
-            .iter()
-            .filter(|(id, l)| self.current.get(id) != Some(&l.hash))
-            .map(|(id, l)| (id.clone(), l.object.clone()))
-            .collect();
+        // What changed, by the file that now defines it.
+        let mut wanted: BTreeMap<&Path, Vec<Entry>> = BTreeMap::new();
+        for (id, (hash, path)) in &next {
+            if self.current.get(id) != Some(hash) {
+                wanted.entry(path).or_default().push((id.clone(), *hash));
+            }
+        }
+        let mut applies = Vec::new();
+        for (path, ids) in wanted {
+            // An unchanged file's object is read again only when it takes over from a
+            // definition that went away (objects defined in two files).
+            let objects = match parsed.remove(path) {
+                Some(objects) => objects,
+                None => read_bounded(path)
+                    .map(|text| parse_file(path, &text).0)
+                    .unwrap_or_default(),
+            };
+            let mut by_id: HashMap<(Kind, ObjectKey), Loaded> =
+                objects.into_iter().map(|l| (l.object.id(), l)).collect();
+            for (id, hash) in ids {
+                if let Some(loaded) = by_id.remove(&id).filter(|l| l.hash == hash) {
+                    applies.push((id, loaded.object));
+                }
+            }
+        }
         applies.sort_by(|a, b| a.0.cmp(&b.0));
         events.extend(applies.into_iter().map(|(_, o)| Event::apply(o)));
-        self.current = next.into_iter().map(|(id, l)| (id, l.hash)).collect();
+        self.current = next.into_iter().map(|(id, (hash, _))| (id, hash)).collect();
         (events, errors)
+    }
+}
+
+type Parsed = (Vec<Loaded>, Vec<SourceError>);
+
+/// Parses files on every core; results in the order given.
+#[allow(clippy::type_complexity)]
+fn parse_all(
+    files: Vec<(PathBuf, String, u64, Option<FileState>)>,
+) -> Vec<(PathBuf, u64, Option<FileState>, Parsed)> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(files.len());
+    if threads <= 1 {
+        return files
+            .into_iter()
+            .map(|(path, text, hash, old)| {
+                let parsed = parse_file(&path, &text);
+                (path, hash, old, parsed)
+            })
+            .collect();
+    }
+    let texts: Vec<(&Path, &str)> = files
+        .iter()
+        .map(|f| (f.0.as_path(), f.1.as_str()))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<(usize, Parsed)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((path, text)) = texts.get(i) else {
+                            return out;
+                        };
+                        out.push((i, parse_file(path, text)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a YAML parse does not panic"))
+            .collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    files
+        .into_iter()
+        .zip(results)
+        .map(|((path, _, hash, old), (_, parsed))| (path, hash, old, parsed))
+        .collect()
+}
+
+/// The file's text, unless it is larger than local mode reads (checked before reading).
+fn read_bounded(path: &Path) -> Result<String, String> {
+    let limit = weir_core::yaml::MAX_INPUT_BYTES;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.len() > limit as u64 => Err(format!(
+            "{} bytes is more than the {limit} bytes read from one file; split it",
+            meta.len()
+        )),
+        _ => std::fs::read_to_string(path).map_err(|err| format!("cannot read: {err}")),
     }
 }
 
@@ -168,45 +278,56 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>, errors: &mut Vec<SourceError
     }
 }
 
-/// Parses every document of a file; documents of other kinds are skipped.
+/// Parses every document of a file (bounded: see [`weir_core::yaml`]); documents of other
+/// kinds are skipped.
 fn parse_file(path: &Path, text: &str) -> (Vec<Loaded>, Vec<SourceError>) {
-    use serde::Deserialize;
     let mut objects = Vec::new();
     let mut errors = Vec::new();
     let source = path.display().to_string();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let error = |message: String| SourceError {
+    for (i, parsed) in weir_core::yaml::documents(text).into_iter().enumerate() {
+        let error = |document, message: String| SourceError {
             source: source.clone(),
-            document: Some(i),
+            document,
             message,
         };
-        let value = match serde_yaml::Value::deserialize(doc) {
-            Ok(serde_yaml::Value::Null) => continue,
-            Ok(v) => v,
-            Err(err) => {
-                errors.push(error(format!("not valid YAML: {err}")));
-                break; // the parser cannot resynchronise after a syntax error
+        let json = match parsed {
+            Ok(json) => json,
+            Err(weir_core::yaml::YamlError::Invalid { document, message }) => {
+                errors.push(error(Some(document), format!("not valid YAML: {message}")));
+                continue;
             }
-        };
-        let json = match serde_json::to_value(&value) {
-            Ok(j) => j,
             Err(err) => {
-                errors.push(error(format!(
-                    "cannot be read as JSON-compatible data: {err}"
-                )));
+                errors.push(error(None, err.to_string()));
                 continue;
             }
         };
-        let hash = xxh3_64(json.to_string().as_bytes());
+        let hash = json_hash(&json);
         match decode_document(json) {
             Ok(Some(object)) => {
                 objects.push(Loaded { object, hash });
             }
             Ok(None) => {}
-            Err(message) => errors.push(error(message)),
+            Err(message) => errors.push(error(Some(i), message)),
         }
     }
     (objects, errors)
+}
+
+/// A hash of a document's content, streamed from its JSON form without building the text.
+fn json_hash(json: &serde_json::Value) -> u64 {
+    struct Hashing(xxhash_rust::xxh3::Xxh3);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(xxhash_rust::xxh3::Xxh3::new());
+    serde_json::to_writer(&mut hashing, json).expect("writing to a hasher cannot fail");
+    hashing.0.digest()
 }
 
 /// Watches `dir` and feeds the pipeline until the channel closes.
@@ -256,7 +377,10 @@ pub async fn run(dir: PathBuf, state: Arc<MeshState>, tx: mpsc::Sender<Vec<Event
                     return;
                 }
                 // Let a burst of writes settle before reading.
-                while tokio::time::timeout(SETTLE, wake_rx.recv()).await.is_ok_and(|w| w.is_some()) {}
+                let deadline = tokio::time::Instant::now() + SETTLE_MAX;
+                while tokio::time::Instant::now() < deadline
+                    && tokio::time::timeout(SETTLE, wake_rx.recv()).await.is_ok_and(|w| w.is_some())
+                {}
             }
             _ = tokio::time::sleep(RESCAN) => {}
             _ = tx.closed() => return,
@@ -444,6 +568,30 @@ mod tests {
         let mut source = DirSource::new(&dir);
         assert_eq!(source.scan().0.len(), 1);
         assert!(source.scan().0.is_empty());
+    }
+
+    #[test]
+    fn a_pathological_file_is_refused_and_the_rest_is_served() {
+        let dir = tempdir();
+        write(&dir, "svc.yaml", SERVICE);
+        // 200 KB of nested brackets: refused by the depth limit, not parsed for seconds.
+        write(
+            &dir,
+            "brackets.yaml",
+            &format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+        );
+        let (events, errors) = DirSource::new(&dir).scan();
+        assert!(
+            matches!(events.as_slice(), [Event::Apply(object)] if object.id().1.name == "reviews"),
+            "{events:?}"
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].source.ends_with("brackets.yaml"));
+        assert!(
+            errors[0].message.starts_with("not valid YAML"),
+            "{}",
+            errors[0].message
+        );
     }
 
     #[test]

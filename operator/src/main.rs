@@ -14,11 +14,17 @@ use weir_core::bootstrap::{bootstrap_yaml, BootstrapParams, ProxyMeta, XdsProtoc
 use weir_core::Capture;
 use weir_operator::k8s::leader::LeaseSettings;
 use weir_operator::k8s::KubeOptions;
+use weir_operator::xds::conn::XdsLimits;
 use weir_operator::{ControlPlane, Options, Source};
 
 // glibc malloc spends much of a full translation consolidating chunks; mimalloc halves it.
+#[cfg(not(feature = "dhat-heap"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(feature = "dhat-heap")]
+#[global_allocator]
+static GLOBAL: dhat::Alloc = dhat::Alloc;
 
 #[derive(Parser)]
 #[command(
@@ -75,6 +81,8 @@ enum Command {
         /// are re-issued, then the old root is dropped), e.g. 30s.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         ca_rotation_step: std::time::Duration,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Run the control plane on a directory of YAML manifests (Services, EndpointSlices,
     /// Pods, TrafficPolicies, MeshIdentities), re-reading it on change.
@@ -100,6 +108,8 @@ enum Command {
         /// are re-issued, then the old root is dropped), e.g. 30s.
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         ca_rotation_step: std::time::Duration,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// Print an Envoy bootstrap (YAML) for one workload.
     Bootstrap {
@@ -142,6 +152,36 @@ enum Command {
     },
 }
 
+/// Bounds of the xDS server.
+#[derive(clap::Args)]
+struct LimitArgs {
+    /// Open xDS connections at most; more are closed as they arrive (counted in
+    /// weir_xds_refused_total{reason="connection_limit"}).
+    #[arg(long, default_value_t = 10_000)]
+    xds_max_connections: usize,
+    /// Open ADS streams at most; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 10_000)]
+    xds_max_streams: usize,
+    /// A connection that opens no ADS stream within this long after the server first
+    /// reads from it is closed (counted as reason="idle_timeout"), e.g. 20s.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    xds_idle_timeout: std::time::Duration,
+    /// Largest xDS request accepted, in bytes.
+    #[arg(long, default_value_t = 4 << 20)]
+    xds_max_request_bytes: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> XdsLimits {
+        XdsLimits {
+            max_connections: self.xds_max_connections,
+            max_streams: self.xds_max_streams,
+            idle_timeout: self.xds_idle_timeout,
+            max_request_bytes: self.xds_max_request_bytes,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Protocol {
     Delta,
@@ -171,6 +211,7 @@ async fn main() -> Result<()> {
             insecure_no_xds_auth,
             no_webhook_cert,
             ca_rotation_step,
+            limits,
         } => {
             init_logging();
             let client = kube::Client::try_default()
@@ -193,6 +234,7 @@ async fn main() -> Result<()> {
                 authenticate: !insecure_no_xds_auth,
                 manage_webhook_cert: !no_webhook_cert,
                 rotation_grace: ca_rotation_step,
+                xds_limits: limits.limits(),
                 ..Options::new(xds_addr, admin_addr)
             };
             serve(source, options).await
@@ -204,12 +246,14 @@ async fn main() -> Result<()> {
             xds_names,
             ca_dir,
             ca_rotation_step,
+            limits,
         } => {
             init_logging();
             let options = Options {
                 xds_names,
                 ca_dir,
                 rotation_grace: ca_rotation_step,
+                xds_limits: limits.limits(),
                 ..Options::new(xds_addr, admin_addr)
             };
             serve(Source::Dir(dir), options).await
@@ -268,10 +312,15 @@ fn init_logging() {
 
 /// Runs the control plane until SIGTERM or Ctrl-C, then stops it gracefully.
 async fn serve(source: Source, options: Options) -> Result<()> {
+    #[cfg(feature = "dhat-heap")]
+    let profiler = dhat::Profiler::new_heap();
     let plane = ControlPlane::start(source, options).await?;
     shutdown_signal()
         .await
         .context("waiting for a shutdown signal")?;
+    // The heap as it is now, with every stream still connected.
+    #[cfg(feature = "dhat-heap")]
+    drop(profiler);
     tracing::info!("shutting down: closing xDS streams, releasing the Lease");
     plane.stop().await;
     Ok(())

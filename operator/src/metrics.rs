@@ -16,8 +16,10 @@ pub struct TypeLabels {
 /// Labels of refused xDS connections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    /// Why: no_token, invalid_token, expired, wrong_audience, not_bound_to_pod,
-    /// pod_gone, metadata_mismatch, review_failed.
+    /// Why: for authentication failures no_token, invalid_token, expired,
+    /// wrong_audience, not_bound_to_pod, pod_gone, metadata_mismatch, review_failed,
+    /// tls_handshake; for refused or closed connections and streams connection_limit,
+    /// stream_limit, idle_timeout, request_too_large.
     pub reason: &'static str,
 }
 
@@ -60,6 +62,10 @@ pub struct Metrics {
     pub ca_expiry_seconds: Gauge,
     /// xDS connections refused because the proxy could not prove who it is, by reason.
     pub xds_auth_failures: Family<ReasonLabels, Counter>,
+    /// Open xDS connections.
+    pub xds_connections: Gauge,
+    /// xDS connections and streams refused or closed by a limit, by reason.
+    pub xds_refused: Family<ReasonLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -98,6 +104,8 @@ impl Metrics {
         let earliest_expiry_seconds = Gauge::default();
         let ca_expiry_seconds = Gauge::default();
         let xds_auth_failures = Family::<ReasonLabels, Counter>::default();
+        let xds_connections = Gauge::default();
+        let xds_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "xds_pushes",
             "xDS responses sent to proxies",
@@ -188,6 +196,16 @@ impl Metrics {
             "xDS connections refused because the proxy could not prove who it is",
             xds_auth_failures.clone(),
         );
+        registry.register(
+            "xds_connections",
+            "Open xDS connections",
+            xds_connections.clone(),
+        );
+        registry.register(
+            "xds_refused",
+            "xDS connections and streams refused or closed by a limit (connection_limit, stream_limit, idle_timeout, request_too_large)",
+            xds_refused.clone(),
+        );
         Metrics {
             registry,
             pushes,
@@ -208,6 +226,8 @@ impl Metrics {
             earliest_expiry_seconds,
             ca_expiry_seconds,
             xds_auth_failures,
+            xds_connections,
+            xds_refused,
         }
     }
 

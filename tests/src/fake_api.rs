@@ -170,12 +170,8 @@ impl FakeApi {
 
     /// Applies every document of a YAML manifest (as `kubectl apply -f`).
     pub fn apply_yaml(&self, text: &str) -> anyhow::Result<()> {
-        use serde::Deserialize;
-        for doc in serde_yaml::Deserializer::from_str(text) {
-            let value = Value::deserialize(doc)?;
-            if !value.is_null() {
-                self.apply(value);
-            }
+        for doc in weir_core::yaml::documents(text) {
+            self.apply(doc?);
         }
         Ok(())
     }

@@ -681,6 +681,7 @@ pub fn spawn_operator(
             &xds.to_string(),
         ])
         .env("KUBECONFIG", kubeconfig)
+        .envs(crate::weir_operator_allocator_env())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
@@ -723,7 +724,7 @@ fn write_kubeconfig(
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
         "current-context": "test",
     });
-    std::fs::write(path, serde_yaml::to_string(&config)?)?;
+    std::fs::write(path, serde_saphyr::to_string(&config)?)?;
     Ok(())
 }
 

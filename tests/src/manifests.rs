@@ -13,7 +13,7 @@ use weir_core::testing::{mk_pod, mk_policy, mk_policy_spec, mk_service, mk_slice
 pub fn to_yaml<T: Serialize>(objects: &[T]) -> String {
     objects
         .iter()
-        .map(|o| serde_yaml::to_string(o).expect("objects always serialize"))
+        .map(|o| serde_saphyr::to_string(o).expect("objects always serialize"))
         .collect::<Vec<_>>()
         .join("---\n")
 }

@@ -482,7 +482,7 @@ impl Net {
     pub fn start_mesh_and_sidecar(&mut self, dir: &Path, hosts: &[(&str, &str)]) {
         let ca_dir = crate::scratch_dir("mesh-ca");
         self.start_operator(dir, &ca_dir, &[]);
-        let pod: Pod = serde_yaml::from_str(
+        let pod: Pod = serde_saphyr::from_str(
             "apiVersion: v1\nkind: Pod\nmetadata: {name: productpage, namespace: default}\nspec:\n  containers: [{name: app, image: app:1}]\n",
         )
         .expect("pod");

@@ -10,7 +10,7 @@ use weir_webhook::inject::{inject, MeshConfig};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_injected_proxy_starts_connects_and_reports_ready() -> anyhow::Result<()> {
     let mesh = Mesh::start_tls().await?;
-    let pod: k8s_openapi::api::core::v1::Pod = serde_yaml::from_str(
+    let pod: k8s_openapi::api::core::v1::Pod = serde_saphyr::from_str(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec:\n  serviceAccountName: storefront\n  containers:\n  - name: web\n    image: web:1\n",
     )?;
     let config = MeshConfig {

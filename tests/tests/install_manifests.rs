@@ -5,17 +5,15 @@
 //! request is checked against real requests in operator_kube.rs.)
 
 use anyhow::{Context, Result};
-use serde_yaml::Value;
+use serde_json::Value;
 use std::path::Path;
 use weir_tests::{workspace_binary, workspace_root};
 
 fn load(path: &Path) -> Result<Vec<Value>> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|doc| {
-            use serde::Deserialize;
-            Value::deserialize(doc).with_context(|| format!("{} does not parse", path.display()))
-        })
+    weir_core::yaml::documents(&text)
+        .into_iter()
+        .map(|doc| doc.with_context(|| format!("{} does not parse", path.display())))
         .collect()
 }
 
@@ -24,7 +22,7 @@ fn kustomization(dir: &str) -> Result<Vec<Value>> {
     let dir = workspace_root().join(dir);
     let k = load(&dir.join("kustomization.yaml"))?.remove(0);
     let mut objects = Vec::new();
-    for resource in k["resources"].as_sequence().context("no resources")? {
+    for resource in k["resources"].as_array().context("no resources")? {
         let file = dir.join(resource.as_str().context("resource is not a path")?);
         assert!(
             file.exists(),
@@ -49,7 +47,7 @@ fn assert_hardened(deployment: &Value) {
     assert_eq!(deployment["spec"]["replicas"], 2, "{name}: replicas");
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
-    for c in pod["containers"].as_sequence().unwrap() {
+    for c in pod["containers"].as_array().unwrap() {
         let sc = &c["securityContext"];
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
         assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
@@ -63,7 +61,7 @@ fn assert_hardened(deployment: &Value) {
             "{name}: limits"
         );
         assert!(
-            c["readinessProbe"].is_mapping() && c["livenessProbe"].is_mapping(),
+            c["readinessProbe"].is_object() && c["livenessProbe"].is_object(),
             "{name}: probes"
         );
     }
@@ -104,6 +102,17 @@ fn the_operator_install_is_consistent_and_hardened() -> Result<()> {
     let container = &pod["containers"][0];
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    // The allocator settings the memory benchmarks were measured with.
+    for (name, value) in weir_tests::weir_operator_allocator_env() {
+        assert!(
+            container["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == name && e["value"] == value),
+            "the operator Deployment does not set {name}={value}"
+        );
+    }
     for binding in ["ClusterRoleBinding", "RoleBinding"] {
         let b = objects.iter().find(|o| o["kind"] == binding).unwrap();
         assert_eq!(b["subjects"][0]["name"], "weir-operator");
@@ -114,7 +123,7 @@ fn the_operator_install_is_consistent_and_hardened() -> Result<()> {
     let default_xds = weir_webhook::inject::MeshConfig::default().xds_address;
     let service = find(&objects, "Service", "weir");
     let port = service["spec"]["ports"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .find(|p| p["name"] == "grpc-xds")
@@ -126,7 +135,7 @@ fn the_operator_install_is_consistent_and_hardened() -> Result<()> {
 
     // The binary accepts the Deployment's arguments.
     let mut args: Vec<String> = container["args"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
@@ -154,7 +163,7 @@ fn the_webhook_install_points_at_its_service_and_certificate() -> Result<()> {
         "MutatingWebhookConfiguration",
         "weir-sidecar-injector",
     );
-    for webhook in config["webhooks"].as_sequence().unwrap() {
+    for webhook in config["webhooks"].as_array().unwrap() {
         let svc = &webhook["clientConfig"]["service"];
         assert_eq!(svc["name"], "weir-webhook");
         assert_eq!(svc["namespace"], "weir-system");
@@ -167,7 +176,7 @@ fn the_webhook_install_points_at_its_service_and_certificate() -> Result<()> {
         "weir-webhook-tls"
     );
     let args: Vec<&str> = pod["containers"][0]["args"]
-        .as_sequence()
+        .as_array()
         .unwrap()
         .iter()
         .map(|a| a.as_str().unwrap())

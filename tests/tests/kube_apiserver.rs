@@ -96,7 +96,7 @@ async fn the_shipped_webhook_configuration_injects_through_the_api_server() -> R
     // config/webhook's configuration, pointed at the local server by URL.
     let file =
         weir_tests::workspace_root().join("config/webhook/mutatingwebhookconfiguration.yaml");
-    let mut config: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(file)?)?;
+    let mut config: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(file)?)?;
     let ca_bundle = base64::engine::general_purpose::STANDARD.encode(&cluster.ca.pem);
     for hook in config["webhooks"].as_array_mut().into_iter().flatten() {
         hook["clientConfig"] = serde_json::json!({

@@ -78,7 +78,7 @@ fn serve_api(net: &mut Net, side: Side) {
 }
 
 fn pod(ns: &str, name: &str, sa: &str) -> k8s_openapi::api::core::v1::Pod {
-    serde_yaml::from_str(&format!(
+    serde_saphyr::from_str(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  serviceAccountName: {sa}\n  containers: [{{name: app, image: app:1}}]\n"
     ))
     .unwrap()

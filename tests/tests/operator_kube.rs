@@ -441,7 +441,7 @@ async fn a_missing_rbac_rule_is_refused_by_the_api_server_and_counted() -> Resul
     // The shipped ClusterRole without one rule (status writes of TrafficPolicies), bound
     // to a second ServiceAccount that also gets the shipped Lease Role.
     let role_file = weir_tests::workspace_root().join("config/rbac/cluster_role.yaml");
-    let mut role: Value = serde_yaml::from_str(&std::fs::read_to_string(role_file)?)?;
+    let mut role: Value = serde_saphyr::from_str(&std::fs::read_to_string(role_file)?)?;
     let rules = role["rules"].as_array_mut().context("rules")?;
     let before = rules.len();
     rules.retain(|r| {

@@ -6,7 +6,6 @@
 //! unless they opt out (or are otherwise never injected).
 
 use k8s_openapi::api::core::v1::Pod;
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::inject::{decide, inject, MeshConfig};
@@ -14,14 +13,9 @@ use crate::inject::{decide, inject, MeshConfig};
 /// A manifest that cannot be injected.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    /// Not YAML.
-    #[error("document {document}: not valid YAML: {source}")]
-    Yaml {
-        /// 0-based document index.
-        document: usize,
-        /// Parser error.
-        source: serde_yaml::Error,
-    },
+    /// Not YAML (or beyond the parser's limits); the error names the document and line.
+    #[error("not valid YAML: {0}")]
+    Yaml(#[from] weir_core::yaml::YamlError),
     /// A pod (template) that does not read as a Pod.
     #[error("document {document} ({kind} {name}): {path} is not a valid pod: {message}")]
     BadPod {
@@ -61,22 +55,15 @@ pub fn inject_manifests(
 ) -> Result<(String, Vec<String>), ManifestError> {
     let mut docs = Vec::new();
     let mut warnings = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(doc).map_err(|source| ManifestError::Yaml {
-            document: i,
-            source,
-        })?;
-        if value.is_null() {
-            continue;
-        }
-        docs.push(inject_document(i, value, config, &mut warnings)?);
+    for (i, value) in weir_core::yaml::documents(text).into_iter().enumerate() {
+        docs.push(inject_document(i, value?, config, &mut warnings)?);
     }
     let mut out = String::new();
     for (i, doc) in docs.iter().enumerate() {
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&serde_yaml::to_string(doc).expect("JSON values always serialize to YAML"));
+        out.push_str(&weir_core::yaml::to_string(doc));
     }
     Ok((out, warnings))
 }

@@ -55,7 +55,7 @@ fn fixtures_match_their_golden_output() {
 }
 
 fn pod(yaml: &str) -> Pod {
-    serde_yaml::from_str(yaml).unwrap()
+    serde_saphyr::from_str(yaml).unwrap()
 }
 
 const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec:\n  containers:\n  - name: web\n    image: web:1\n    ports: [{name: http, containerPort: 8080}]\n    readinessProbe: {httpGet: {path: /ready, port: http}}\n";
@@ -81,9 +81,9 @@ fn an_injected_pod_is_not_injected_again() {
     stripped.metadata.annotations = None;
     assert_eq!(decide(&stripped, "shop", None), Err(Skip::AlreadyInjected));
     let (yaml, _) =
-        inject_manifests(&serde_yaml::to_string(&once).unwrap(), &config(true)).unwrap();
+        inject_manifests(&serde_saphyr::to_string(&once).unwrap(), &config(true)).unwrap();
     assert_eq!(
-        serde_yaml::from_str::<Pod>(&yaml).unwrap(),
+        serde_saphyr::from_str::<Pod>(&yaml).unwrap(),
         once,
         "injecting twice changes nothing"
     );

@@ -341,7 +341,7 @@ fn http_listener(name: &str, port: u16, routes: Vec<Value>) -> Value {
 /// The bootstrap as YAML text.
 pub fn bootstrap_yaml(params: &BootstrapParams) -> Result<String, BootstrapError> {
     let value = bootstrap(params)?;
-    Ok(serde_yaml::to_string(&value).expect("JSON values always serialize to YAML"))
+    Ok(crate::yaml::to_string(&value))
 }
 
 /// The static cluster that reaches the operator over HTTP/2.

@@ -2,9 +2,10 @@
 //! content hash so that the same input always yields the same version (also across operator
 //! restarts, which lets a reconnecting delta client skip what it already has).
 
+use bytes::Bytes;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The xDS resource types Weir serves, in the order Envoy should apply them.
@@ -120,9 +121,38 @@ pub struct Resource {
     pub name: Arc<str>,
     /// Hash of the encoded body.
     pub version: u64,
-    /// The resource packed as `Any`.
-    pub body: Arc<Any>,
+    /// The resource packed as `Any`, with its wire forms (shared by every stream).
+    pub body: Arc<Body>,
 }
+
+/// A packed resource and, made on first use and then shared by every stream that sends
+/// it, the bytes it occupies in a response of either ADS variant.
+#[derive(Debug, Default)]
+pub struct Body {
+    any: Any,
+    delta_entry: OnceLock<Bytes>,
+    sotw_entry: OnceLock<Bytes>,
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Body) -> bool {
+        self.any == other.any
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = Any;
+    fn deref(&self) -> &Any {
+        &self.any
+    }
+}
+
+/// Field numbers of the responses' repeated resources (envoy.service.discovery.v3).
+const RESOURCES_FIELD: u32 = 2;
+/// Fields of `Resource` (the delta entry).
+const RESOURCE_VERSION_FIELD: u32 = 1;
+const RESOURCE_BODY_FIELD: u32 = 2;
+const RESOURCE_NAME_FIELD: u32 = 3;
 
 impl Resource {
     /// Encodes a message as a resource.
@@ -137,12 +167,15 @@ impl Resource {
     }
 
     /// Wraps an already packed resource (also used by tests to serve arbitrary bytes).
-    pub fn from_any(name: impl Into<Arc<str>>, body: Any) -> Resource {
-        let version = xxh3_64(&body.value);
+    pub fn from_any(name: impl Into<Arc<str>>, any: Any) -> Resource {
+        let version = xxh3_64(&any.value);
         Resource {
             name: name.into(),
             version,
-            body: Arc::new(body),
+            body: Arc::new(Body {
+                any,
+                ..Default::default()
+            }),
         }
     }
 
@@ -155,4 +188,51 @@ impl Resource {
     pub fn fingerprint(&self) -> u64 {
         xxh3_64(self.name.as_bytes()).rotate_left(17) ^ self.version
     }
+
+    /// The resource as one entry of `DeltaDiscoveryResponse.resources` (field 2, holding a
+    /// `Resource` with version, body and name), encoded once.
+    pub fn delta_entry(&self) -> Bytes {
+        self.body
+            .delta_entry
+            .get_or_init(|| {
+                use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+                let version = self.version_string();
+                let any_len = self.body.any.encoded_len();
+                let inner = field_len(version.len())
+                    + 1
+                    + encoded_len_varint(any_len as u64)
+                    + any_len
+                    + field_len(self.name.len());
+                let mut buf = Vec::with_capacity(1 + encoded_len_varint(inner as u64) + inner);
+                encode_key(RESOURCES_FIELD, WireType::LengthDelimited, &mut buf);
+                encode_varint(inner as u64, &mut buf);
+                prost::encoding::string::encode(RESOURCE_VERSION_FIELD, &version, &mut buf);
+                prost::encoding::message::encode(RESOURCE_BODY_FIELD, &self.body.any, &mut buf);
+                prost::encoding::string::encode(
+                    RESOURCE_NAME_FIELD,
+                    &self.name.to_string(),
+                    &mut buf,
+                );
+                Bytes::from(buf)
+            })
+            .clone()
+    }
+
+    /// The resource as one entry of `DiscoveryResponse.resources` (field 2, the `Any`),
+    /// encoded once.
+    pub fn sotw_entry(&self) -> Bytes {
+        self.body
+            .sotw_entry
+            .get_or_init(|| {
+                let mut buf = Vec::with_capacity(8 + self.body.any.encoded_len());
+                prost::encoding::message::encode(RESOURCES_FIELD, &self.body.any, &mut buf);
+                Bytes::from(buf)
+            })
+            .clone()
+    }
+}
+
+/// Bytes a length-delimited field of `len` bytes takes (one-byte key).
+fn field_len(len: usize) -> usize {
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
 }

@@ -173,14 +173,35 @@ impl SnapshotBuilder {
         self.profiles.iter().map(|(p, s)| (p, &s.snapshot))
     }
 
-    /// Checks a profile's current snapshot (the first one, or one just built).
+    /// Checks a profile's snapshot whole.
     pub fn check(&self, profile: ProxyProfile, snapshot: &Snapshot) -> Result<(), Inconsistent> {
+        self.check_change(profile, None, snapshot)
+    }
+
+    /// Checks what `snapshot` changed since `previous` (everything without one). A type
+    /// whose snapshot is the previous one's (the same `Arc`) did not change: its change
+    /// lists are from an earlier generation and are not looked at.
+    fn check_change(
+        &self,
+        profile: ProxyProfile,
+        previous: Option<&Snapshot>,
+        snapshot: &Snapshot,
+    ) -> Result<(), Inconsistent> {
         let problem = |problem: String| Inconsistent { profile, problem };
-        check_load_assignments(snapshot).map_err(problem)?;
+        let replaced = |t: ResourceType| {
+            previous.is_none_or(|p| !Arc::ptr_eq(&p.types[t], &snapshot.types[t]))
+        };
+        let whole = previous.is_none() || snapshot.generation == 1;
+        check_load_assignments(
+            snapshot,
+            whole,
+            replaced(ResourceType::Cluster),
+            replaced(ResourceType::Endpoint),
+        )
+        .map_err(problem)?;
         let clusters = snapshot.of(ResourceType::Cluster);
-        let routes_changed = snapshot.generation == 1
-            || !snapshot.types[ResourceType::Route].changed.is_empty()
-            || !snapshot.types[ResourceType::Listener].changed.is_empty();
+        let routes_changed =
+            whole || replaced(ResourceType::Route) || replaced(ResourceType::Listener);
         if routes_changed {
             for (_, out) in self.translator.ports() {
                 if let Some(missing) = out.clusters.iter().find(|c| !clusters.contains_key(*c)) {
@@ -211,7 +232,7 @@ impl SnapshotBuilder {
                     }
                 }
             }
-        } else {
+        } else if replaced(ResourceType::Cluster) {
             let removed = &snapshot.types[ResourceType::Cluster].removed;
             if let Some(name) = removed.iter().find(|n| self.translator.is_referenced(n)) {
                 return Err(problem(format!(
@@ -231,8 +252,10 @@ impl SnapshotBuilder {
         profiles
             .into_iter()
             .filter_map(|profile| {
+                let previous = self.profiles.get(&profile)?.snapshot.clone();
                 let snapshot = self.rebuild(profile, changes, overlay_changed)?;
-                Some((profile, self.check(profile, &snapshot).map(|()| snapshot)))
+                let checked = self.check_change(profile, Some(&previous), &snapshot);
+                Some((profile, checked.map(|()| snapshot)))
             })
             .collect()
     }
@@ -493,7 +516,12 @@ impl NextSnapshot {
 /// Every EDS cluster the snapshot adds or changes has its load assignment, and no load
 /// assignment it removes is still needed by a cluster. Only the change is checked (all of
 /// it on a first generation), so the cost follows the size of the change.
-fn check_load_assignments(snapshot: &Snapshot) -> Result<(), String> {
+fn check_load_assignments(
+    snapshot: &Snapshot,
+    whole: bool,
+    clusters_replaced: bool,
+    endpoints_replaced: bool,
+) -> Result<(), String> {
     use envoy_types::pb::envoy::config::cluster::v3::{
         cluster::{ClusterDiscoveryType, DiscoveryType},
         Cluster,
@@ -506,10 +534,17 @@ fn check_load_assignments(snapshot: &Snapshot) -> Result<(), String> {
             c.cluster_discovery_type == Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32))
         })
     };
-    let names: Box<dyn Iterator<Item = &Arc<str>>> = if snapshot.generation == 1 {
+    let names: Box<dyn Iterator<Item = &Arc<str>>> = if whole {
         Box::new(cds.resources.keys())
     } else {
-        Box::new(cds.changed.iter().chain(eds.removed.iter()))
+        let changed = clusters_replaced.then_some(cds.changed.iter());
+        let removed = endpoints_replaced.then_some(eds.removed.iter());
+        Box::new(
+            changed
+                .into_iter()
+                .flatten()
+                .chain(removed.into_iter().flatten()),
+        )
     };
     for name in names {
         if let Some(r) = cds.resources.get(name) {

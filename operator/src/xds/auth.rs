@@ -273,5 +273,13 @@ pub enum StreamIdentity {
     Unverified,
 }
 
+/// Counts a refused proxy by reason.
+pub fn count_failure(metrics: &crate::metrics::Metrics, reason: &'static str) {
+    metrics
+        .xds_auth_failures
+        .get_or_create(&crate::metrics::ReasonLabels { reason })
+        .inc();
+}
+
 /// The authenticator of a running control plane, if any.
 pub type Authenticator = Option<Arc<TokenReviewer>>;

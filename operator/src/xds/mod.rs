@@ -1,95 +1,164 @@
-//! The ADS server over tonic: it moves messages, nothing more. Every protocol rule lives in
-//! the core's state machines (`weir_core::ads`).
+//! The ADS server: it moves messages, nothing more. Every protocol rule lives in the
+//! core's state machines (`weir_core::ads`); gRPC framing is done by hand (`grpc.rs`) so
+//! that a stream holds no buffer of its own beyond the frame in flight.
 //!
 //! ```text
+//! connection (conn.rs: capped, idle-timed, TLS) --> AdsService: the method, the stream
+//!   cap, the token (auth.rs) --> drive():
 //! first request --identify (node metadata)--> profile --subscribe--> snapshot receiver
 //! loop: request  --Connection::handle_request--> answer (ACK/NACK: record, count) + responses
 //!       snapshot --Connection::handle_snapshot--> responses
-//!       responses --book (proxy record, metrics)--> encode --> the proxy
+//!       responses --book (proxy record, metrics)--> wire::Message (shared pieces) --> the proxy
 //! ```
 
 pub mod auth;
+pub mod conn;
+pub mod grpc;
 pub mod proxies;
 pub mod tls;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    aggregated_discovery_service_server::{
-        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-    },
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
-use futures::Stream;
+use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Status;
 use weir_core::ads::{self, Answer, Connection, DeltaConnection, SotwConnection};
 use weir_core::bootstrap::ProxyMeta;
 
 use crate::mesh_state::MeshState;
+use conn::{ConnInfo, XdsLimits};
+use grpc::{Outgoing, RequestStream, ResponseBody};
 use proxies::ProxyHandle;
 
 /// Responses buffered per stream before the stream waits for the proxy to read.
-const RESPONSE_BUFFER: usize = 8;
+const RESPONSE_BUFFER: usize = 4;
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+/// The gRPC service name Envoy calls.
+const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 
 /// The ADS service.
 #[derive(Debug, Clone)]
 pub struct AdsService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     state: Arc<MeshState>,
     authenticator: auth::Authenticator,
+    limits: XdsLimits,
+    streams: Arc<AtomicUsize>,
 }
 
 impl AdsService {
     /// A service over the mesh state; with an authenticator, every stream must prove
     /// which pod it serves.
-    pub fn new(state: Arc<MeshState>, authenticator: auth::Authenticator) -> Self {
+    pub fn new(
+        state: Arc<MeshState>,
+        authenticator: auth::Authenticator,
+        limits: XdsLimits,
+    ) -> Self {
         AdsService {
-            state,
-            authenticator,
+            inner: Arc::new(Inner {
+                state,
+                authenticator,
+                limits,
+                streams: Arc::new(AtomicUsize::new(0)),
+            }),
         }
     }
+}
 
+impl tonic::server::NamedService for AdsService {
+    const NAME: &'static str = SERVICE;
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for AdsService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+            Ok(match method {
+                "StreamAggregatedResources" => inner.open::<SotwConnection>(request).await,
+                "DeltaAggregatedResources" => inner.open::<DeltaConnection>(request).await,
+                other => Status::unimplemented(format!(
+                    "{SERVICE} has no method {other:?}: Weir serves aggregated (ADS) streams only"
+                ))
+                .into_http(),
+            })
+        })
+    }
+}
+
+/// A place among the open streams, given back on drop.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
     async fn open<C: Connection>(
         &self,
-        request: Request<Streaming<C::Request>>,
-    ) -> Result<Response<ResponseStream<C::Wire>>, Status>
+        request: http::Request<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body>
     where
         C::Request: prost::Message + Default,
     {
+        if let Some(info) = request.extensions().get::<ConnInfo>() {
+            info.mark_stream();
+        }
+        if self.streams.fetch_add(1, Ordering::Relaxed) >= self.limits.max_streams {
+            self.streams.fetch_sub(1, Ordering::Relaxed);
+            conn::count(&self.state.metrics, "stream_limit");
+            return Status::resource_exhausted(format!(
+                "this operator serves at most {} ADS streams (--xds-max-streams): the proxy retries; add replicas or raise the limit",
+                self.limits.max_streams
+            ))
+            .into_http();
+        }
+        let slot = StreamSlot(self.streams.clone());
         let identity = match &self.authenticator {
             None => auth::StreamIdentity::Unverified,
             Some(reviewer) => {
                 let header = request
-                    .metadata()
+                    .headers()
                     .get("authorization")
                     .and_then(|v| v.to_str().ok());
                 match reviewer.verify(&self.state, header).await {
                     Ok(proxy) => auth::StreamIdentity::Verified(proxy),
-                    Err(refusal) => return Err(refuse(&self.state, &refusal)),
+                    Err(refusal) => return refuse(&self.state, &refusal).into_http(),
                 }
             }
         };
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
-        tokio::spawn(drive::<C>(
-            self.state.clone(),
-            identity,
-            request.into_inner(),
-            tx,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let requests = RequestStream::new(request.into_body(), self.limits.max_request_bytes);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            drive::<C>(state, identity, requests, tx).await;
+            drop(slot);
+        });
+        grpc::response(ResponseBody::new(rx))
     }
 }
 
 /// Counts and logs a refused stream; the status to answer with.
 fn refuse(state: &MeshState, refusal: &auth::Refusal) -> Status {
-    let labels = crate::metrics::ReasonLabels {
-        reason: refusal.reason(),
-    };
-    state.metrics.xds_auth_failures.get_or_create(&labels).inc();
+    auth::count_failure(&state.metrics, refusal.reason());
     let status = refusal.status();
     tracing::warn!(
         reason = refusal.reason(),
@@ -99,54 +168,26 @@ fn refuse(state: &MeshState, refusal: &auth::Refusal) -> Status {
     status
 }
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsService {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        self.open::<SotwConnection>(request).await
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        self.open::<DeltaConnection>(request).await
-    }
-}
-
 /// Serves ADS on `listener` (over TLS when `tls` is given) until `shutdown` resolves.
 pub async fn serve(
     state: Arc<MeshState>,
     listener: tokio::net::TcpListener,
     tls: Option<Arc<tls::XdsTls>>,
     authenticator: auth::Authenticator,
+    limits: XdsLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let metrics = state.metrics.clone();
-    let service = AggregatedDiscoveryServiceServer::new(AdsService::new(state, authenticator))
-        .max_decoding_message_size(16 << 20)
-        .max_encoding_message_size(64 << 20);
-    let server = tonic::transport::Server::builder()
+    let service = AdsService::new(state, authenticator, limits);
+    // Envoy opens one ADS stream per connection; a few more are allowed for clients that
+    // reconnect a stream on the same connection.
+    tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(service);
-    match tls {
-        None => {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            server
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-        }
-        Some(tls) => {
-            server
-                .serve_with_incoming_shutdown(tls.incoming(listener, metrics), shutdown)
-                .await
-        }
-    }
+        .max_concurrent_streams(Some(8))
+        .http2_max_header_list_size(Some(16 * 1024))
+        .add_service(service)
+        .serve_with_incoming_shutdown(conn::incoming(listener, tls, limits, metrics), shutdown)
+        .await
 }
 
 /// Reads a stream's identity from the node of its first request.
@@ -164,14 +205,14 @@ pub(crate) fn identify(node: Option<&Node>) -> Result<(String, ProxyMeta), Statu
 }
 
 /// One stream's I/O side: where responses go and what is recorded about them.
-struct StreamIo<W> {
+struct StreamIo {
     state: Arc<MeshState>,
     node: String,
     proxy: ProxyHandle,
-    tx: mpsc::Sender<Result<W, Status>>,
+    tx: mpsc::Sender<Outgoing>,
 }
 
-impl<W> StreamIo<W> {
+impl StreamIo {
     /// Records the proxy's answer to our last response of a type.
     fn record(&self, answer: Answer) {
         match &answer {
@@ -193,10 +234,7 @@ impl<W> StreamIo<W> {
     }
 
     /// Books and sends responses in order; fails when the proxy is gone.
-    async fn send<C: Connection<Wire = W>>(
-        &self,
-        responses: Vec<ads::Response>,
-    ) -> Result<(), Gone> {
+    async fn send<C: Connection>(&self, responses: Vec<ads::Response>) -> Result<(), Gone> {
         for response in responses {
             let (t, count) = (response.type_, response.resources.len());
             self.proxy.update(|p| p.record_response(&response));
@@ -209,7 +247,7 @@ impl<W> StreamIo<W> {
                 .inc_by(count as u64);
             self.state.note_push();
             self.tx
-                .send(Ok(C::encode(response)))
+                .send(Outgoing::Message(C::message(&response)))
                 .await
                 .map_err(|_| Gone)?;
         }
@@ -228,8 +266,8 @@ struct Gone;
 async fn drive<C: Connection>(
     state: Arc<MeshState>,
     identity: auth::StreamIdentity,
-    mut inbound: Streaming<C::Request>,
-    tx: mpsc::Sender<Result<C::Wire, Status>>,
+    mut inbound: RequestStream<C::Request>,
+    tx: mpsc::Sender<Outgoing>,
 ) where
     C::Request: prost::Message + Default,
 {
@@ -241,7 +279,7 @@ async fn drive<C: Connection>(
         Ok(id) => id,
         Err(status) => {
             tracing::warn!(%status, "refusing xDS stream");
-            let _ = tx.send(Err(status)).await;
+            let _ = tx.send(Outgoing::End(status)).await;
             return;
         }
     };
@@ -253,7 +291,7 @@ async fn drive<C: Connection>(
                     "the token is pod {}/{}'s, the node metadata says {}/{}",
                     proxy.namespace, proxy.pod, meta.namespace, meta.pod
                 ));
-                let _ = tx.send(Err(refuse(&state, &refusal))).await;
+                let _ = tx.send(Outgoing::End(refuse(&state, &refusal))).await;
                 return;
             }
             proxy.service_account.clone()
@@ -310,6 +348,10 @@ async fn drive<C: Connection>(
                 Ok(None) => break,
                 Err(status) => {
                     tracing::debug!(node, %status, "stream ended");
+                    if status.code() == tonic::Code::ResourceExhausted {
+                        conn::count(&state.metrics, "request_too_large");
+                    }
+                    let _ = io.tx.send(Outgoing::End(status)).await;
                     break;
                 }
             },

@@ -4,11 +4,9 @@
 //! ```text
 //! Authority (issuing CA, roots) --issue_server(names)--> CertifiedKey --swap--> resolver
 //!   renewed at half-life, and again whenever the roots change (a CA rotation)
-//! TcpListener --accept--> TLS handshake (ALPN h2, bounded in time) --> TlsConn --> tonic
 //! ```
 //!
-//! A handshake that fails (a client that does not trust the mesh root, a port scanner) is
-//! counted and dropped; it never stops the listener.
+//! Connections are accepted in `conn.rs`, which runs the handshake with [`XdsTls::config`].
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -17,18 +15,11 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::identity::Authority;
-use crate::metrics::Metrics;
 
 /// Lifetime of the operator's serving certificate.
 pub const SERVING_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The xDS server's TLS side. See the module docs.
 pub struct XdsTls {
@@ -137,56 +128,10 @@ impl XdsTls {
         }
     }
 
-    /// The TLS connections accepted on `listener`, for tonic.
-    pub fn incoming(
-        self: Arc<Self>,
-        listener: tokio::net::TcpListener,
-        metrics: Arc<Metrics>,
-    ) -> ReceiverStream<Result<TlsConn, std::io::Error>> {
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(self.config.clone());
-        tokio::spawn(async move {
-            loop {
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(err) => {
-                        // Out of descriptors and the like: pause rather than spin.
-                        tracing::warn!(%err, "xDS accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let (acceptor, conns, metrics) = (acceptor.clone(), tx.clone(), metrics.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = conns.send(Ok(TlsConn(tls))).await;
-                        }
-                        Ok(Err(err)) => {
-                            tracing::debug!(%peer, %err, "xDS TLS handshake failed");
-                            count_refusal(&metrics, "tls_handshake");
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "xDS TLS handshake timed out");
-                            count_refusal(&metrics, "tls_handshake");
-                        }
-                    }
-                });
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
-        ReceiverStream::new(rx)
+    /// The server configuration (for the acceptor).
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.config.clone()
     }
-}
-
-fn count_refusal(metrics: &Metrics, reason: &'static str) {
-    metrics
-        .xds_auth_failures
-        .get_or_create(&crate::metrics::ReasonLabels { reason })
-        .inc();
 }
 
 /// A rustls key from a PEM chain and key.
@@ -198,62 +143,4 @@ pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, rus
         .map_err(|e| rustls::Error::General(format!("key PEM: {e}")))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key)?;
     Ok(CertifiedKey::new(chain, signing))
-}
-
-/// One accepted TLS connection.
-#[derive(Debug)]
-pub struct TlsConn(tokio_rustls::server::TlsStream<TcpStream>);
-
-impl Connected for TlsConn {
-    type ConnectInfo = TcpConnectInfo;
-
-    fn connect_info(&self) -> Self::ConnectInfo {
-        self.0.get_ref().0.connect_info()
-    }
-}
-
-impl AsyncRead for TlsConn {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
 }

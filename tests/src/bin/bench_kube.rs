@@ -1,5 +1,5 @@
 //! `make bench` (part 3): the operator's memory with a large cluster loaded through the
-//! Kubernetes watch path.
+//! Kubernetes watch path, and the same objects as files in local mode.
 //!
 //! Fills the in-process API server (`weir_tests::fake_api`) with SERVICES Services (default
 //! 10,000), one EndpointSlice of ENDPOINTS_PER_SERVICE endpoints each (default 5: 50,000
@@ -7,7 +7,9 @@
 //! (default 2,000), then starts the release operator as
 //! its own process (`weir-operator run`, KUBECONFIG pointing at the fake) and waits until
 //! `/status` counts every object. Reports the time to load and the operator's resident
-//! memory (VmRSS) and peak (VmHWM) from /proc.
+//! memory (VmRSS) and peak (VmHWM) from /proc. Then writes the same objects as YAML files
+//! (one per namespace, as a user's manifests would be) and does the same with
+//! `weir-operator local`; the two sources should cost the same memory.
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -37,11 +39,11 @@ async fn main() -> Result<()> {
     let per_slice = env_usize("ENDPOINTS_PER_SERVICE", 5);
     let with_pods = env_usize("PODS", 1) != 0;
     let policies = env_usize("POLICIES", 2_000);
-    let api = FakeApi::start().await?;
+    let mut objects: Vec<serde_json::Value> = Vec::new();
     for i in 0..services {
         let ns = format!("ns{}", i % 50);
         let name = format!("svc{i}");
-        api.apply(json!({"apiVersion": "v1", "kind": "Service",
+        objects.push(json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": name, "namespace": ns, "labels": {"app": name}},
             "spec": {"clusterIP": format!("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256),
                 "selector": {"app": name}, "type": "ClusterIP",
@@ -52,7 +54,7 @@ async fn main() -> Result<()> {
             let pod = format!("{name}-{j}");
             let version = if j == 0 { "v2" } else { "v1" };
             if with_pods {
-                api.apply(json!({"apiVersion": "v1", "kind": "Pod",
+                objects.push(json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": pod, "namespace": ns,
                     "labels": {"app": name, "version": version, "pod-template-hash": "7d4f9c8b5"},
                     "annotations": {"weir.dev/injected": "0.1.0"}},
@@ -65,18 +67,22 @@ async fn main() -> Result<()> {
                 "nodeName": format!("node{}", n % 100),
                 "targetRef": {"kind": "Pod", "name": pod, "namespace": ns}}));
         }
-        api.apply(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        objects.push(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("{name}-abcde"), "namespace": ns,
                 "labels": {"kubernetes.io/service-name": name, "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
             "addressType": "IPv4", "endpoints": endpoints,
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}));
     }
     for i in 0..policies.min(services) {
-        api.apply(json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficPolicy",
+        objects.push(json!({"apiVersion": "weir.dev/v1alpha1", "kind": "TrafficPolicy",
             "metadata": {"name": format!("svc{i}-canary"), "namespace": format!("ns{}", i % 50)},
             "spec": {"targetRef": {"service": format!("svc{i}")},
                 "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
                 "http": [{"destinations": [{"subset": "v1", "weight": 80}, {"subset": "v2", "weight": 20}]}]}}));
+    }
+    let api = FakeApi::start().await?;
+    for object in &objects {
+        api.apply(object.clone());
     }
     let scratch = scratch_dir("bench-kube");
     let started = Instant::now();
@@ -110,14 +116,7 @@ async fn main() -> Result<()> {
         rss = proc_kb(pid, "VmRSS")?;
     }
     let peak = proc_kb(pid, "VmHWM")?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("malformed stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let ticks = cpu_ticks(pid)?;
     println!(
         "watch path: {services} Services, {services} EndpointSlices, {} endpoints, {} Pods (metadata), {} policies",
         services * per_slice,
@@ -135,5 +134,116 @@ async fn main() -> Result<()> {
         peak as f64 / 1024.0
     );
     operator.child.start_kill()?;
+    let _ = operator.child.wait().await;
+
+    // Local mode: the same objects as files.
+    let dir = scratch_dir("bench-kube-local");
+    let mut by_namespace: std::collections::BTreeMap<String, String> = Default::default();
+    for object in &objects {
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string();
+        let text = by_namespace.entry(ns).or_default();
+        text.push_str(&serde_saphyr::to_string(object)?);
+        text.push_str("---\n");
+    }
+    for (ns, text) in &by_namespace {
+        write_file(&dir, &format!("{ns}.yaml"), text)?;
+    }
+    let admin = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let mut local = tokio::process::Command::new(workspace_binary("weir-operator")?)
+        .args(["local", "--dir"])
+        .arg(&dir)
+        .args([
+            "--xds-addr",
+            &format!("127.0.0.1:{}", free_port()),
+            "--admin-addr",
+            &admin,
+        ])
+        .env("RUST_LOG", "warn")
+        .envs(weir_operator_allocator_env())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting weir-operator local")?;
+    let local_pid = local.id().context("no pid")?;
+    let status = format!("http://{admin}/status");
+    eventually(
+        "local mode to load every object",
+        Duration::from_secs(300),
+        || async {
+            let v: serde_json::Value = reqwest::get(&status).await.ok()?.json().await.ok()?;
+            let o = &v["objects"];
+            (o["services"].as_u64()? as usize == services
+                && o["endpoints"].as_u64()? as usize == services * per_slice
+                && o["policies"].as_u64()? as usize == policies.min(services))
+            .then_some(())
+        },
+    )
+    .await?;
+    let local_loaded = started.elapsed();
+    let mut local_rss = proc_kb(local_pid, "VmRSS")?;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        local_rss = proc_kb(local_pid, "VmRSS")?;
+    }
+    let local_peak = proc_kb(local_pid, "VmHWM")?;
+    let local_ticks = cpu_ticks(local_pid)?;
+    println!(
+        "local mode, the same objects in {} files:",
+        by_namespace.len()
+    );
+    println!(
+        "  ready in {:.2} s (operator CPU {:.2} s; goal <= 2 s at 10,000 Services)",
+        local_loaded.as_secs_f64(),
+        local_ticks as f64 / 100.0
+    );
+    println!(
+        "  operator RSS {:.1} MiB, peak {:.1} MiB: {:+.1}% against the watch path (goal: within 10%)",
+        local_rss as f64 / 1024.0,
+        local_peak as f64 / 1024.0,
+        (local_rss as f64 - rss as f64) / rss as f64 * 100.0
+    );
+    local.start_kill()?;
+    let figure = |measure: &str, goal: &str, figure: f64, unit: &str| serde_json::json!({"run": "kube", "measure": measure, "goal": goal, "figure": figure, "unit": unit});
+    append_results(&[
+        figure(
+            "watch path: 10k Services, 50k endpoints, 2k policies: RSS",
+            "-",
+            rss as f64 / 1024.0,
+            "MiB",
+        ),
+        figure(
+            "watch path: loaded and indexed",
+            "-",
+            loaded.as_secs_f64() * 1000.0,
+            "ms",
+        ),
+        figure(
+            "local mode, same objects: RSS",
+            "within 10% of the watch path",
+            local_rss as f64 / 1024.0,
+            "MiB",
+        ),
+        figure(
+            "local mode, same objects: ready",
+            "<= 2000 ms",
+            local_loaded.as_secs_f64() * 1000.0,
+            "ms",
+        ),
+    ])?;
     Ok(())
+}
+
+/// User + system CPU ticks of `pid`.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }

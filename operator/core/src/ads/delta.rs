@@ -7,6 +7,7 @@
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as PbResource,
 };
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::{shared_name, Candidates, ConnectionState, Response, Step};
@@ -49,26 +50,31 @@ impl super::Connection for DeltaConnection {
         step.answer = state.take_answer(t, &req.response_nonce, error, "");
 
         let first = !state.subscribed;
-        let mut new_names: Vec<Arc<str>> = Vec::new();
+        let before = state.subscription.clone();
+        // What a reconnecting proxy says it has (versions that do not parse count as
+        // "something else", which forces a resend).
+        let reported: HashMap<&str, u64> = req
+            .initial_resource_versions
+            .iter()
+            .filter(|_| first)
+            .map(|(n, v)| (n.as_str(), u64::from_str_radix(v, 16).unwrap_or(u64::MAX)))
+            .collect();
         if first {
             step.subscribed = Some(t);
             state.subscribed = true;
-            state.seen_generation = typed.generation;
-            for (name, version) in &req.initial_resource_versions {
-                // Unparseable versions count as "has something else", which forces a resend.
-                let version = u64::from_str_radix(version, 16).unwrap_or(u64::MAX);
-                state.known.insert(shared_name(typed, name), version);
-            }
             if req.resource_names_subscribe.is_empty() && t.is_wildcard_by_default() {
                 state.subscription.wildcard = true;
             }
         }
+        let mut names: Option<BTreeSet<Arc<str>>> = None;
+        let mut new_names: Vec<Arc<str>> = Vec::new();
         for name in &req.resource_names_subscribe {
             if name == "*" {
                 state.subscription.wildcard = true;
             } else {
                 let name = shared_name(typed, name);
-                if state.subscription.names.insert(name.clone()) {
+                let set = names.get_or_insert_with(|| (*before.names).clone());
+                if set.insert(name.clone()) {
                     new_names.push(name);
                 }
             }
@@ -77,16 +83,30 @@ impl super::Connection for DeltaConnection {
             if name == "*" {
                 state.subscription.wildcard = false;
             } else {
-                state.subscription.names.remove(name.as_str());
-            }
-            if !state.subscription.wants(name) {
-                state.known.remove(name.as_str());
+                names
+                    .get_or_insert_with(|| (*before.names).clone())
+                    .remove(name.as_str());
             }
         }
-
+        if let Some(set) = names {
+            state.subscription.names = super::names::intern(set);
+        }
         if !first && req.resource_names_subscribe.is_empty() {
             return step;
         }
+
+        // What the proxy has: on its first request, what it reported; later, what it is in
+        // step with, of the names it wanted before this request.
+        let synced = state.synced.clone();
+        let has = |n: &str| -> Option<u64> {
+            if first {
+                reported.get(n).copied()
+            } else if before.wants(n) {
+                synced.resources.get(n).map(|r| r.version)
+            } else {
+                None
+            }
+        };
         // Everything the proxy wants and does not have at the current version.
         let wanted: Box<dyn Iterator<Item = (&Arc<str>, &Resource)>> =
             if state.subscription.wildcard {
@@ -101,25 +121,37 @@ impl super::Connection for DeltaConnection {
                 )
             };
         let updates: Vec<Arc<str>> = wanted
-            .filter(|(n, r)| state.known.get(*n).copied() != Some(r.version))
+            .filter(|(n, r)| has(n) != Some(r.version))
             .map(|(n, _)| n.clone())
             .collect();
-        // What the proxy has (from before a reconnect) that no longer exists, and newly
-        // asked-for names that do not exist: say so, or Envoy waits for them.
-        let mut removed: Vec<Arc<str>> = state
-            .known
-            .keys()
-            .filter(|n| !typed.resources.contains_key(*n))
-            .cloned()
-            .collect();
+        // What the proxy has that no longer exists, and newly asked-for names that do not
+        // exist: say so, or Envoy waits for them.
+        let mut removed: Vec<Arc<str>> = if first {
+            reported
+                .keys()
+                .filter(|n| !typed.resources.contains_key(**n))
+                .map(|n| shared_name(typed, n))
+                .collect()
+        } else if Arc::ptr_eq(&synced, typed) {
+            Vec::new()
+        } else {
+            synced
+                .resources
+                .keys()
+                .filter(|n| has(n).is_some() && !typed.resources.contains_key(*n))
+                .cloned()
+                .collect()
+        };
         removed.extend(
             new_names
                 .into_iter()
-                .filter(|n| !typed.resources.contains_key(n) && !state.known.contains_key(n)),
+                .filter(|n| !typed.resources.contains_key(n) && has(n).is_none()),
         );
         if first || !updates.is_empty() || !removed.is_empty() {
             step.responses
                 .push(self.state.respond(t, snapshot, updates, removed));
+        } else {
+            self.state.types[t].sync(typed);
         }
         step
     }
@@ -129,22 +161,20 @@ impl super::Connection for DeltaConnection {
         let mut out = Vec::new();
         for (t, candidates) in self.state.changed_types(snapshot) {
             let typed = &snapshot.types[t];
-            let state = &mut self.state.types[t];
-            let wants_update = |(n, version): (&Arc<str>, Option<u64>)| {
-                state.subscription.wants(n) && state.known.get(n).copied() != version
-            };
+            let state = &self.state.types[t];
+            let version = |n: &str| typed.resources.get(n).map(|r| r.version);
             let (updates, removed): (Vec<Arc<str>>, Vec<Arc<str>>) = match candidates {
                 Candidates::Changed => (
                     typed
                         .changed
                         .iter()
-                        .filter(|n| wants_update((n, typed.resources.get(*n).map(|r| r.version))))
+                        .filter(|n| state.subscription.wants(n) && state.has(n) != version(n))
                         .cloned()
                         .collect(),
                     typed
                         .removed
                         .iter()
-                        .filter(|n| state.known.contains_key(*n))
+                        .filter(|n| state.has(n).is_some())
                         .cloned()
                         .collect(),
                 ),
@@ -152,22 +182,31 @@ impl super::Connection for DeltaConnection {
                     typed
                         .resources
                         .iter()
-                        .filter(|(n, r)| wants_update((n, Some(r.version))))
+                        .filter(|(n, r)| {
+                            state.subscription.wants(n) && state.has(n) != Some(r.version)
+                        })
                         .map(|(n, _)| n.clone())
                         .collect(),
                     state
-                        .known
+                        .synced
+                        .resources
                         .keys()
-                        .filter(|n| !typed.resources.contains_key(*n))
+                        .filter(|n| state.has(n).is_some() && !typed.resources.contains_key(*n))
                         .cloned()
                         .collect(),
                 ),
             };
             if !updates.is_empty() || !removed.is_empty() {
                 out.push(self.state.respond(t, snapshot, updates, removed));
+            } else {
+                self.state.types[t].sync(typed);
             }
         }
         out
+    }
+
+    fn message(response: &Response) -> super::wire::Message {
+        super::wire::delta(response)
     }
 
     fn encode(response: Response) -> DeltaDiscoveryResponse {

@@ -9,15 +9,19 @@
 //! Response --encode--> DiscoveryResponse / DeltaDiscoveryResponse
 //! ```
 //!
-//! Both variants share [`TypeState`]: the subscription (wildcard and/or explicit names),
-//! what the proxy has (name and version), the generation of the type last seen and the
-//! nonce of the response awaiting an answer. A NACK is recorded and never answered with a
-//! resend: the proxy keeps its last good config until the snapshot changes again.
+//! Both variants share [`TypeState`]: the subscription (wildcard and/or explicit names, an
+//! interned set shared with every stream that asks for the same), the type snapshot the
+//! proxy is in step with (shared with the snapshot cache: a stream keeps no per-resource
+//! state of its own), and the nonce of the response awaiting an answer. A NACK is recorded
+//! and never answered with a resend: the proxy keeps its last good config until the
+//! snapshot changes again. [`wire`] turns responses into gRPC messages made of shared,
+//! once-encoded pieces.
 
 pub mod delta;
+pub mod names;
 pub mod sotw;
+pub mod wire;
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::resources::{PerType, Resource, ResourceType};
@@ -40,8 +44,11 @@ pub trait Connection: Default + Send + 'static {
     fn handle_request(&mut self, snapshot: &Snapshot, req: &Self::Request) -> Step;
     /// Pushes what a new snapshot changed.
     fn handle_snapshot(&mut self, snapshot: &Snapshot) -> Vec<Response>;
-    /// The wire form of a response.
+    /// The response as prost would encode it (for tests and tools; streams send
+    /// [`Connection::message`]).
     fn encode(response: Response) -> Self::Wire;
+    /// The response as a gRPC message of shared pieces.
+    fn message(response: &Response) -> wire::Message;
     /// The next snapshot does not follow the ones seen (the stream switched profiles):
     /// compare everything the proxy has with it.
     fn resync(&mut self);
@@ -105,8 +112,8 @@ pub struct Step {
 pub struct Subscription {
     /// Every resource of the type.
     pub wildcard: bool,
-    /// Explicitly named resources.
-    pub names: BTreeSet<Arc<str>>,
+    /// Explicitly named resources (interned: see [`names`]).
+    pub names: names::NameSet,
 }
 
 impl Subscription {
@@ -123,15 +130,27 @@ pub struct TypeState {
     pub subscribed: bool,
     /// What it asked for.
     pub subscription: Subscription,
-    /// What the proxy has, by name: the version sent (or reported on reconnect).
-    pub known: HashMap<Arc<str>, u64>,
-    /// Generation of the type's snapshot last looked at.
-    pub seen_generation: u64,
+    /// The type snapshot the proxy is in step with: of every name it wants, it has this
+    /// snapshot's version (nothing where the snapshot lacks the name). Every response
+    /// brings the proxy fully in step with the snapshot it was made from, so this one
+    /// shared pointer stands for what would otherwise be a map of every name and version.
+    pub synced: Arc<TypeSnapshot>,
+    /// Compare the next snapshot whole instead of by its change list (the stream switched
+    /// profiles, so generations do not follow).
+    diff_all: bool,
     /// Nonce of the last response, until the proxy answers it.
     pub pending_nonce: Option<u64>,
 }
 
 impl TypeState {
+    /// The version of `name` the proxy has, if any.
+    pub fn has(&self, name: &str) -> Option<u64> {
+        if !self.subscription.wants(name) {
+            return None;
+        }
+        self.synced.resources.get(name).map(|r| r.version)
+    }
+
     /// Records a proxy's answer when it answers our latest response of the type; answers
     /// to superseded responses are stale and ignored (None).
     fn take_answer(
@@ -158,16 +177,24 @@ impl TypeState {
     }
 
     /// The names a new snapshot of the type may have changed for this connection: its
-    /// change list when it directly follows the one last seen, else every name.
-    fn candidates(&mut self, snapshot: &TypeSnapshot) -> Option<Candidates> {
-        let seen = std::mem::replace(&mut self.seen_generation, snapshot.generation);
-        if snapshot.generation == seen {
+    /// change list when it directly follows the one the proxy is in step with, else every
+    /// name; nothing when it is that one.
+    fn candidates(&self, snapshot: &TypeSnapshot) -> Option<Candidates> {
+        if self.diff_all {
+            Some(Candidates::All)
+        } else if snapshot.generation == self.synced.generation {
             None
-        } else if seen.checked_add(1) == Some(snapshot.generation) {
+        } else if self.synced.generation.checked_add(1) == Some(snapshot.generation) {
             Some(Candidates::Changed)
         } else {
             Some(Candidates::All)
         }
+    }
+
+    /// The proxy is in step with `snapshot` (it was sent every difference that mattered).
+    fn sync(&mut self, snapshot: &Arc<TypeSnapshot>) {
+        self.synced = snapshot.clone();
+        self.diff_all = false;
     }
 }
 
@@ -189,11 +216,10 @@ pub struct ConnectionState {
 }
 
 impl ConnectionState {
-    /// Forgets which generations were seen: the next snapshot of every type is diffed
-    /// whole against what the proxy has.
+    /// The next snapshot of every type is diffed whole against what the proxy has.
     pub fn resync(&mut self) {
         for t in ResourceType::ALL {
-            self.types[t].seen_generation = u64::MAX;
+            self.types[t].diff_all = true;
         }
     }
 
@@ -202,7 +228,7 @@ impl ConnectionState {
         ResourceType::ALL
             .into_iter()
             .filter_map(|t| {
-                let state = &mut self.types[t];
+                let state = &self.types[t];
                 if !state.subscribed {
                     return None;
                 }
@@ -211,8 +237,9 @@ impl ConnectionState {
             .collect()
     }
 
-    /// A response of type `t` carrying `updates` (those the snapshot has) and `removed`;
-    /// records what the proxy will have and the nonce awaiting its answer.
+    /// A response of type `t` carrying `updates` (those the snapshot has) and `removed`,
+    /// which together bring the proxy in step with the snapshot; records that, and the
+    /// nonce awaiting its answer.
     fn respond(
         &mut self,
         t: ResourceType,
@@ -222,16 +249,11 @@ impl ConnectionState {
     ) -> Response {
         let typed = &snapshot.types[t];
         let state = &mut self.types[t];
-        let mut resources: Vec<Resource> = Vec::with_capacity(updates.len());
-        for name in updates {
-            if let Some(r) = typed.resources.get(&name) {
-                state.known.insert(name, r.version);
-                resources.push(r.clone());
-            }
-        }
-        for name in &removed {
-            state.known.remove(name);
-        }
+        let resources: Vec<Resource> = updates
+            .iter()
+            .filter_map(|name| typed.resources.get(name).cloned())
+            .collect();
+        state.sync(typed);
         self.next_nonce += 1;
         state.pending_nonce = Some(self.next_nonce);
         Response {

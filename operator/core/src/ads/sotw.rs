@@ -55,16 +55,17 @@ impl super::Connection for SotwConnection {
         {
             Subscription {
                 wildcard: true,
-                names: BTreeSet::new(),
+                names: super::names::intern(BTreeSet::new()),
             }
         } else {
             Subscription {
                 wildcard: false,
-                names: req
-                    .resource_names
-                    .iter()
-                    .map(|n| shared_name(typed, n))
-                    .collect(),
+                names: super::names::intern(
+                    req.resource_names
+                        .iter()
+                        .map(|n| shared_name(typed, n))
+                        .collect(),
+                ),
             }
         };
         if state.subscribed && state.subscription == subscription {
@@ -74,8 +75,6 @@ impl super::Connection for SotwConnection {
             step.subscribed = Some(t);
         }
         state.subscribed = true;
-        state.seen_generation = typed.generation;
-        state.known.retain(|k, _| subscription.wants(k));
         state.subscription = subscription;
         // A new subscription gets everything it asks for.
         let all: Vec<Arc<str>> = typed
@@ -93,11 +92,13 @@ impl super::Connection for SotwConnection {
         let mut out = Vec::new();
         for (t, candidates) in self.state.changed_types(snapshot) {
             let typed = &snapshot.types[t];
-            let state = &mut self.state.types[t];
+            let state = &self.state.types[t];
             if t.is_wildcard_by_default() && state.subscription.wildcard {
                 if self.full_version[t] != Some(typed.version) {
                     let all = typed.resources.keys().cloned().collect();
                     out.push(self.respond(snapshot, t, all, true));
+                } else {
+                    self.state.types[t].sync(typed);
                 }
                 continue;
             }
@@ -107,16 +108,20 @@ impl super::Connection for SotwConnection {
             };
             let wanted: Vec<Arc<str>> = names
                 .filter(|n| state.subscription.wants(n))
-                .filter(|n| {
-                    typed.resources.get(*n).map(|r| r.version) != state.known.get(*n).copied()
-                })
+                .filter(|n| typed.resources.get(*n).map(|r| r.version) != state.has(n))
                 .cloned()
                 .collect();
-            if !wanted.is_empty() {
+            if wanted.is_empty() {
+                self.state.types[t].sync(typed);
+            } else {
                 out.push(self.respond(snapshot, t, wanted, false));
             }
         }
         out
+    }
+
+    fn message(response: &Response) -> super::wire::Message {
+        super::wire::sotw(response)
     }
 
     fn encode(response: Response) -> DiscoveryResponse {
