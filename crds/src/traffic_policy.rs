@@ -65,16 +65,16 @@ pub struct TrafficPolicySpec {
     #[schemars(length(max = 16))]
     pub tcp: Vec<TcpRule>,
 
-    /// Connection limits to each backend (circuit breaking). Not yet translated.
+    /// Connection limits and circuit breaking toward the target's backends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_pool: Option<ConnectionPool>,
-    /// Ejection of backends that keep failing. Not yet translated.
+    /// Ejection of backends that keep failing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,
-    /// How a backend is picked among the healthy ones. Not yet translated.
+    /// How a backend is picked among the healthy ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
-    /// A token bucket applied by each receiving proxy. Not yet translated.
+    /// A token bucket in each calling proxy (not a global limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<LocalRateLimit>,
     /// Who may call the target Service. Not yet translated.
@@ -137,10 +137,10 @@ pub struct HttpRule {
     /// Headers added to or removed from the request before it is forwarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderModifier>,
-    /// Faults injected into matching requests. Not yet translated.
+    /// Faults injected into matching requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<FaultInjection>,
-    /// A copy of matching requests is sent here and its answer dropped. Not yet translated.
+    /// A copy of matching requests is sent here and its answer dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<Mirror>,
 }
@@ -461,43 +461,79 @@ pub struct HeaderValue {
     pub value: String,
 }
 
-/// Circuit-breaking limits. Typed now, translated in a later release.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+/// Connection limits and circuit breaking, per calling proxy, for each cluster of the
+/// target Service (the Service as a whole and each subset).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectionPool {
-    /// Most connections to all backends of the Service at once.
+    /// Most connections to all backends at once; more wait as pending requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_connections: Option<u32>,
-    /// Most requests waiting for a connection.
+    /// Most requests waiting for a connection; more are answered 503 with
+    /// `x-envoy-overloaded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_pending_requests: Option<u32>,
-    /// Most requests in flight.
+    /// Most requests in flight (HTTP/2 and gRPC: the limit that matters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_requests: Option<u32>,
-    /// Most retries in flight.
+    /// Most retries in flight at once (see also retryBudget).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub max_retries: Option<u32>,
+    /// Requests sent over one upstream connection before it is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_requests_per_connection: Option<u32>,
+    /// Time allowed to open a connection, e.g. `1s` (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+    /// An upstream connection without requests for this long is closed, e.g. `1m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    /// Retries allowed as a share of the requests in flight, so that retries cannot
+    /// multiply the load on a failing Service. Replaces maxRetries when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudget>,
 }
 
-/// Outlier detection. Typed now, translated in a later release.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+/// Retries bounded by the traffic in flight.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+pub struct RetryBudget {
+    /// Retries in flight at most, in percent of the requests in flight (e.g. 20).
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: u32,
+    /// Retries always allowed, however little traffic there is (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub min_retry_concurrency: Option<u32>,
+}
+
+/// Passive health checking: backends that keep failing are ejected for a while.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.consecutiveErrors) || has(self.consecutiveGatewayErrors)").message("set consecutiveErrors (any 5xx), consecutiveGatewayErrors (502, 503, 504), or both"))]
 pub struct OutlierDetection {
-    /// Consecutive 5xx answers that eject a backend.
+    /// Consecutive 5xx answers (or connection failures) that eject a backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub consecutive_errors: Option<u32>,
-    /// How often backends are evaluated, e.g. `10s`.
+    /// Consecutive 502, 503 or 504 answers (or connection failures) that eject a backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub consecutive_gateway_errors: Option<u32>,
+    /// How often ejections are reviewed, e.g. `10s` (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
-    /// How long an ejected backend stays out at first, e.g. `30s`.
+    /// How long a backend stays out the first time, e.g. `30s` (the default); each
+    /// further ejection of the same backend lasts that much longer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_ejection_time: Option<Duration>,
-    /// Most backends ejected at once, in percent.
+    /// Most backends ejected at once, in percent (default 10; at least one backend can
+    /// always be ejected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub max_ejection_percent: Option<u32>,
@@ -510,30 +546,81 @@ pub enum LoadBalancerAlgorithm {
     RoundRobin,
     LeastRequest,
     Random,
+    RingHash,
+    Maglev,
 }
 
-/// Load balancing. Typed now, translated in a later release.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// How each calling proxy spreads requests over the target's backends.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.consistentHash) == (self.algorithm == 'RingHash' || self.algorithm == 'Maglev')").message("RingHash and Maglev need consistentHash (what to hash); other algorithms take none"))]
 pub struct LoadBalancer {
-    /// RoundRobin, LeastRequest or Random.
+    /// RoundRobin (the default), LeastRequest, Random, RingHash or Maglev.
     pub algorithm: LoadBalancerAlgorithm,
+    /// With RingHash or Maglev: what a request is hashed by, so that equal keys reach the
+    /// same backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
 }
 
-/// Faults injected into requests. Typed now, translated in a later release.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+/// The key of consistent hashing; exactly one.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.header), has(self.cookie), has(self.sourceIp) && self.sourceIp, has(self.queryParameter)].filter(x, x).size() == 1").message("hash by exactly one of header, cookie, sourceIp or queryParameter"))]
+pub struct ConsistentHash {
+    /// A request header's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub header: Option<String>,
+    /// A cookie's value; when the request has none and a ttl is given, the proxy sets one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<HashCookie>,
+    /// The caller's IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<bool>,
+    /// A query parameter's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub query_parameter: Option<String>,
+}
+
+/// A cookie to hash by.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HashCookie {
+    /// The cookie's name.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Lifetime of a cookie the proxy generates when the request has none, e.g. `1h`;
+    /// without it no cookie is generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// Path of a generated cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: Option<String>,
+}
+
+/// Faults injected into matching requests, to test how callers cope.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.delay) || has(self.abort)").message("set delay, abort, or both"))]
 pub struct FaultInjection {
     /// Delay added before forwarding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay: Option<FaultDelay>,
-    /// Requests answered by the proxy with an error status.
+    /// Requests answered by the proxy with an error instead of being forwarded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<FaultAbort>,
+    /// Only requests carrying all these headers get faults (e.g. a test-traffic header);
+    /// every matching request when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<HeaderMatch>,
 }
 
 /// A delay fault.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct FaultDelay {
     /// How long, e.g. `2s`.
@@ -543,42 +630,58 @@ pub struct FaultDelay {
     pub percent: u32,
 }
 
-/// An abort fault.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// An abort fault: an HTTP status, or a gRPC status for gRPC callers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.httpStatus) != has(self.grpcStatus)").message("set httpStatus or grpcStatus, not both"))]
 pub struct FaultAbort {
-    /// The status returned.
+    /// The HTTP status returned, e.g. 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 200, max = 599))]
-    pub http_status: u16,
+    pub http_status: Option<u16>,
+    /// The gRPC status code returned (in trailers, with HTTP 200), e.g. 14 (UNAVAILABLE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 16))]
+    pub grpc_status: Option<u32>,
     /// Share of requests aborted, in percent.
     #[schemars(range(min = 0, max = 100))]
     pub percent: u32,
 }
 
-/// Request mirroring. Typed now, translated in a later release.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+/// A copy of matching requests sent elsewhere; its answers are dropped, and its Host
+/// header gets `-shadow` appended so the copy can be told apart.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.subset) != has(self.service)").message("set subset (of the target Service) or service (another Service in the policy's namespace), one of them"))]
 pub struct Mirror {
     /// A subset of the target Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
     pub subset: Option<String>,
     /// Another Service, in the policy's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
     pub service: Option<String>,
-    /// Share of requests mirrored, in percent.
+    /// Its port; required when that Service has more than one port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
+    /// Share of requests mirrored, in percent (100 when omitted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
     pub percent: Option<u32>,
 }
 
-/// Local rate limiting. Typed now, translated in a later release.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// A token bucket in each calling proxy for requests to the target (per Service port):
+/// `requests` tokens, refilled every `fillInterval`. Requests without a token get 429 and
+/// `x-weir-rate-limited: true`. It limits each proxy on its own, not the mesh as a whole.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalRateLimit {
-    /// Requests allowed per fill interval.
+    /// Requests allowed per fill interval (the bucket's size).
     #[schemars(range(min = 1))]
     pub requests: u32,
-    /// The bucket's refill interval, e.g. `1s`.
+    /// The bucket's refill interval, e.g. `1s` (at least 50ms).
     pub fill_interval: Duration,
 }
 

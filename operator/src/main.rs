@@ -141,6 +141,11 @@ enum Command {
         /// proxies; an authenticated proxy's comes from its token).
         #[arg(long)]
         service_account: Option<String>,
+        /// The proxy's zone (topology.kubernetes.io/zone), for a proxy outside Kubernetes:
+        /// it then prefers endpoints in this zone. In a cluster the operator takes the zone
+        /// from the pod's EndpointSlices.
+        #[arg(long)]
+        zone: Option<String>,
         /// Connect over TLS, verifying the operator against this root certificate file
         /// (needs --token-file).
         #[arg(long, requires = "token_file")]
@@ -268,6 +273,7 @@ async fn main() -> Result<()> {
             outbound_port,
             admin_port,
             service_account,
+            zone,
             xds_root_cert,
             token_file,
         } => {
@@ -283,6 +289,7 @@ async fn main() -> Result<()> {
                         },
                         CaptureArg::Transparent => Capture::Transparent,
                     },
+                    zone,
                 },
                 xds_address: xds_addr,
                 protocol: match xds_protocol {

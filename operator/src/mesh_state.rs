@@ -161,6 +161,11 @@ impl MeshState {
         self.model().index.mtls_mode(pod)
     }
 
+    /// A pod's zone, as its EndpointSlices say.
+    pub fn pod_zone(&self, pod: &weir_core::ObjectKey) -> Option<std::sync::Arc<str>> {
+        self.model().index.pod_zone(pod)
+    }
+
     /// A pod's service account, when the pod is known.
     pub fn pod_service_account(&self, pod: &weir_core::ObjectKey) -> Option<String> {
         self.model()

@@ -25,6 +25,12 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Requests received.
     pub hits: Arc<AtomicUsize>,
+    /// The most requests it was answering at once.
+    pub peak: Arc<AtomicUsize>,
+    /// Requests it is answering now.
+    pub in_flight: Arc<AtomicUsize>,
+    /// The Host (`:authority`) of the last request.
+    pub last_host: Arc<std::sync::Mutex<String>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -43,12 +49,36 @@ impl Backend {
             .with_context(|| format!("binding {addr}"))?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let last_host = Arc::new(std::sync::Mutex::new(String::new()));
         let (counter, body_name) = (hits.clone(), name.to_string());
-        let handler = move |headers: HeaderMap| {
+        let (peak_seen, host_seen) = (peak.clone(), last_host.clone());
+        let answering = in_flight.clone();
+        let handler = move |headers: HeaderMap, uri: axum::http::Uri| {
+            let in_flight = answering.clone();
             let n = counter.fetch_add(1, Ordering::SeqCst);
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            peak_seen.fetch_max(now, Ordering::SeqCst);
+            let host = headers
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .or_else(|| uri.authority().map(|a| a.to_string()))
+                .unwrap_or_default();
+            *host_seen.lock().expect("host lock") = host;
             let behavior = behavior.clone();
             let name = body_name.clone();
+            let in_flight = in_flight.clone();
             async move {
+                // Counted out when the answer is made (or the request is dropped).
+                struct Leaving(Arc<AtomicUsize>);
+                impl Drop for Leaving {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _leaving = Leaving(in_flight);
                 if let Some(d) = behavior.delay {
                     tokio::time::sleep(d).await;
                 }
@@ -73,6 +103,9 @@ impl Backend {
             name: name.to_string(),
             addr,
             hits,
+            peak,
+            in_flight,
+            last_host,
             task,
         })
     }

@@ -269,6 +269,7 @@ fn explicit_params(
             capture: Capture::Explicit {
                 port: outbound_port,
             },
+            zone: None,
         },
         xds_address: xds_addr.to_string(),
         protocol,

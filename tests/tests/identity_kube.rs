@@ -356,6 +356,7 @@ async fn proxies_prove_their_pod_with_a_token_and_everything_else_is_refused() -
                 capture: weir_core::Capture::Explicit {
                     port: weir_tests::free_port(),
                 },
+                zone: None,
             },
             xds_address: xds.to_string(),
             protocol: weir_core::bootstrap::XdsProtocol::Delta,

@@ -257,6 +257,36 @@ fn the_install_and_the_api_contract_hold_on_a_real_api_server() -> Result<()> {
             json!({"targetRef": {"service": "s"}, "http": [{"matches": [{"grpc": {}}], "destinations": [{}]}]}),
             "name a service, a method, or both",
         ),
+        (
+            "RingHash without a key",
+            json!({"targetRef": {"service": "s"}, "loadBalancer": {"algorithm": "RingHash"}}),
+            "RingHash and Maglev need consistentHash",
+        ),
+        (
+            "two hash keys",
+            json!({"targetRef": {"service": "s"}, "loadBalancer": {"algorithm": "Maglev", "consistentHash": {"header": "x-user", "sourceIp": true}}}),
+            "hash by exactly one of header, cookie, sourceIp or queryParameter",
+        ),
+        (
+            "an outlier detection that ejects nothing",
+            json!({"targetRef": {"service": "s"}, "outlierDetection": {"interval": "5s"}}),
+            "set consecutiveErrors (any 5xx), consecutiveGatewayErrors (502, 503, 504), or both",
+        ),
+        (
+            "an HTTP and a gRPC abort",
+            json!({"targetRef": {"service": "s"}, "http": [{"destinations": [{}], "fault": {"abort": {"httpStatus": 503, "grpcStatus": 14, "percent": 10}}}]}),
+            "set httpStatus or grpcStatus, not both",
+        ),
+        (
+            "an empty fault",
+            json!({"targetRef": {"service": "s"}, "http": [{"destinations": [{}], "fault": {}}]}),
+            "set delay, abort, or both",
+        ),
+        (
+            "a mirror to nowhere",
+            json!({"targetRef": {"service": "s"}, "http": [{"destinations": [{}], "mirror": {"percent": 10}}]}),
+            "set subset (of the target Service) or service (another Service in the policy's namespace), one of them",
+        ),
     ];
     for (what, spec, message) in cases {
         let policy = mk_policy("default", "cel-check", spec);

@@ -362,6 +362,8 @@ fn proxy_container(
             pod: "$(POD_NAME)".into(),
             service_account: Some(service_account.to_string()),
             capture: Capture::Transparent,
+            // Not known before scheduling: the operator takes it from the EndpointSlices.
+            zone: None,
         },
         xds_address: config.xds_address.clone(),
         protocol: XdsProtocol::Delta,

@@ -79,6 +79,9 @@ pub struct PortRoutes {
     pub http: Vec<Vec<BoundBackend>>,
     /// Per TCP route of the policy (same order), its backends resolved for this port.
     pub tcp: Vec<Vec<BoundBackend>>,
+    /// Per HTTP route of the policy (same order), its mirror resolved for this port (the
+    /// weight is the mirrored percent).
+    pub mirrors: Vec<Option<BoundBackend>>,
 }
 
 /// A destination resolved for one port.
@@ -239,6 +242,14 @@ fn port_routes(index: &Index, policy: &Arc<Policy>, port: u16) -> PortRoutes {
         policy: policy.clone(),
         http: policy.http.iter().map(|r| bind(&r.backends)).collect(),
         tcp: policy.tcp.iter().map(|r| bind(&r.backends)).collect(),
+        mirrors: policy
+            .http
+            .iter()
+            .map(|r| {
+                let m = r.mirror.as_ref()?;
+                Some(resolve(index, policy, port, &m.backend, m.percent))
+            })
+            .collect(),
     }
 }
 
@@ -308,29 +319,41 @@ fn first_unresolved(index: &Index, policy: &Policy, routed: &[u16]) -> Option<Un
                 .enumerate()
                 .map(|(i, r)| (format!("spec.tcp[{i}]"), &r.backends)),
         );
-    for (at, backends) in rules {
-        for (j, b) in backends.iter().enumerate() {
-            let BackendRef::Service { service, .. } = &b.backend else {
-                continue;
-            };
-            let field = format!("{at}.destinations[{j}]");
-            if index.service(service).is_none() {
+    let destinations = rules.flat_map(|(at, backends)| {
+        backends.iter().enumerate().map(move |(j, b)| {
+            (
+                format!("{at}.destinations[{j}]"),
+                &b.backend,
+                "its share of traffic fails with 503",
+            )
+        })
+    });
+    let mirrors = policy.http.iter().enumerate().filter_map(|(i, rule)| {
+        let mirror = rule.mirror.as_ref()?;
+        Some((
+            format!("spec.http[{i}].mirror"),
+            &mirror.backend,
+            "no copies are sent",
+        ))
+    });
+    for (field, backend, consequence) in destinations.chain(mirrors) {
+        let BackendRef::Service { service, .. } = backend else {
+            continue;
+        };
+        if index.service(service).is_none() {
+            return Some(Unresolved {
+                message: format!(
+                    "{field}.service: Service {service} does not exist, so {consequence}: create it or fix the name"
+                ),
+            });
+        }
+        for port in routed {
+            if let Resolution::NoPort(p) = resolve(index, policy, *port, backend, 0).resolution {
                 return Some(Unresolved {
                     message: format!(
-                        "{field}.service: Service {service} does not exist, so its share of traffic fails with 503: create it or fix the name"
+                        "{field}.port: Service {service} has no port {p}: set port to one of its ports"
                     ),
                 });
-            }
-            for port in routed {
-                if let Resolution::NoPort(p) =
-                    resolve(index, policy, *port, &b.backend, b.weight).resolution
-                {
-                    return Some(Unresolved {
-                        message: format!(
-                            "{field}.port: Service {service} has no port {p}: set port to one of its ports"
-                        ),
-                    });
-                }
             }
         }
     }

@@ -34,6 +34,9 @@ pub struct ProxyMeta {
     pub service_account: Option<String>,
     /// Capture mode.
     pub capture: Capture,
+    /// The proxy's zone, for proxies outside Kubernetes (or to override); in a cluster the
+    /// operator takes it from the pod's EndpointSlices.
+    pub zone: Option<String>,
 }
 
 const META_NAMESPACE: &str = "NAMESPACE";
@@ -41,6 +44,7 @@ const META_POD: &str = "POD_NAME";
 const META_SERVICE_ACCOUNT: &str = "SERVICE_ACCOUNT";
 const META_CAPTURE: &str = "CAPTURE_MODE";
 const META_OUTBOUND_PORT: &str = "OUTBOUND_PORT";
+const META_ZONE: &str = "ZONE";
 
 impl ProxyMeta {
     /// The profile of the proxy, given what it accepts inbound.
@@ -82,6 +86,7 @@ impl ProxyMeta {
             pod: required(META_POD)?,
             service_account: get(META_SERVICE_ACCOUNT).filter(|s| !s.is_empty()),
             capture,
+            zone: get(META_ZONE).filter(|z| !z.is_empty()),
         })
     }
 }
@@ -178,6 +183,9 @@ pub fn bootstrap(params: &BootstrapParams) -> Result<Value, BootstrapError> {
     });
     if let Some(sa) = &params.meta.service_account {
         metadata[META_SERVICE_ACCOUNT] = json!(sa);
+    }
+    if let Some(zone) = &params.meta.zone {
+        metadata[META_ZONE] = json!(zone);
     }
     if let Some(port) = outbound_port {
         metadata[META_OUTBOUND_PORT] = json!(port);
@@ -394,6 +402,7 @@ mod tests {
                 pod: "reviews-v1-abc".into(),
                 service_account: Some("reviews".into()),
                 capture,
+                zone: None,
             },
             xds_address: "127.0.0.1:15010".into(),
             protocol: XdsProtocol::Delta,

@@ -37,4 +37,4 @@ pub use index::{Event, Index, Kind, Object, ObjectKey};
 pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 pub use resources::{PerType, Resource, ResourceType};
 pub use snapshot::{Snapshot, SnapshotBuilder, TypeSnapshot};
-pub use translate::{Capture, ProxyProfile};
+pub use translate::{Capture, ProxyProfile, Zone};

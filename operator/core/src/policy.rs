@@ -48,8 +48,126 @@ pub struct Policy {
     pub http: Vec<HttpRoute>,
     /// Ordered TCP routes; the first that applies splits the connection.
     pub tcp: Vec<TcpRoute>,
+    /// How calling proxies treat the target's backends (every cluster of the target).
+    pub upstream: Upstream,
+    /// A token bucket in each calling proxy, per Service port.
+    pub rate_limit: Option<RateLimit>,
     /// Field paths that are accepted but not yet translated (and so ignored).
     pub unsupported: Vec<String>,
+}
+
+/// Connection limits, ejection and load balancing toward the target's backends.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Upstream {
+    /// Circuit breaking and connection settings.
+    pub pool: Option<Pool>,
+    /// Ejection of failing backends.
+    pub outlier: Option<Outlier>,
+    /// Load balancing.
+    pub balancer: Option<Balancer>,
+}
+
+/// `spec.connectionPool`, durations parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pool {
+    /// Most connections.
+    pub max_connections: Option<u32>,
+    /// Most pending requests.
+    pub max_pending_requests: Option<u32>,
+    /// Most requests in flight.
+    pub max_requests: Option<u32>,
+    /// Most retries in flight.
+    pub max_retries: Option<u32>,
+    /// Requests per upstream connection.
+    pub max_requests_per_connection: Option<u32>,
+    /// Connection timeout.
+    pub connect_timeout: Option<Duration>,
+    /// Idle upstream connections are closed after this.
+    pub idle_timeout: Option<Duration>,
+    /// Retries as a share of requests in flight: (percent, minimum concurrency).
+    pub retry_budget: Option<(u32, Option<u32>)>,
+}
+
+/// `spec.outlierDetection`, durations parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outlier {
+    /// Consecutive 5xx that eject.
+    pub consecutive_errors: Option<u32>,
+    /// Consecutive 502/503/504 that eject.
+    pub consecutive_gateway_errors: Option<u32>,
+    /// Review interval.
+    pub interval: Option<Duration>,
+    /// First ejection's length.
+    pub base_ejection_time: Option<Duration>,
+    /// Most ejected, in percent.
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// `spec.loadBalancer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balancer {
+    /// The algorithm.
+    pub algorithm: weir_api::LoadBalancerAlgorithm,
+    /// For RingHash and Maglev: the key.
+    pub hash: Option<HashKey>,
+}
+
+/// What consistent hashing hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A header (name lower-cased).
+    Header(String),
+    /// A cookie, generated with this lifetime and path when absent (if a ttl is given).
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// Lifetime of a generated cookie.
+        ttl: Option<Duration>,
+        /// Path of a generated cookie.
+        path: Option<String>,
+    },
+    /// The caller's address.
+    SourceIp,
+    /// A query parameter.
+    QueryParameter(String),
+}
+
+/// `spec.localRateLimit`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Bucket size.
+    pub requests: u32,
+    /// Refill interval.
+    pub fill_interval: Duration,
+}
+
+/// Faults of one rule.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fault {
+    /// (delay, percent).
+    pub delay: Option<(Duration, u32)>,
+    /// (status, percent).
+    pub abort: Option<(AbortStatus, u32)>,
+    /// Only requests with all these headers (names lower-cased).
+    pub headers: Vec<NamedMatch>,
+}
+
+/// What an abort fault answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortStatus {
+    /// An HTTP status.
+    Http(u16),
+    /// A gRPC status code.
+    Grpc(u32),
+}
+
+/// A rule's mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    /// Where the copies go.
+    pub backend: BackendRef,
+    /// Share of requests copied, in percent.
+    pub percent: u32,
 }
 
 /// What a policy is attached to.
@@ -85,6 +203,10 @@ pub struct HttpRoute {
     pub retry: Option<Retry>,
     /// Request header changes.
     pub request_headers: HeaderEdits,
+    /// Faults injected.
+    pub fault: Option<Fault>,
+    /// Where copies of the requests go.
+    pub mirror: Option<Mirror>,
 }
 
 /// One TCP routing rule.
@@ -240,6 +362,21 @@ impl Policy {
             .enumerate()
             .map(|(i, rule)| parse_tcp_rule(namespace, spec, i, rule, &mut problems))
             .collect();
+        let upstream = parse_upstream(spec, &mut problems);
+        let rate_limit = spec.local_rate_limit.as_ref().and_then(|r| {
+            let field = "spec.localRateLimit.fillInterval";
+            let fill_interval = parse_duration(field, &r.fill_interval, &mut problems)?;
+            if fill_interval < Duration::from_millis(50) {
+                problems.invalid(
+                    field,
+                    "is under 50ms: Envoy refills token buckets at most every 50ms; use a longer interval and more requests",
+                );
+            }
+            Some(RateLimit {
+                requests: r.requests.max(1),
+                fill_interval,
+            })
+        });
         problems.into_result()?;
         Ok(Policy {
             target: PolicyTarget {
@@ -256,6 +393,8 @@ impl Policy {
                 .collect(),
             http,
             tcp,
+            upstream,
+            rate_limit,
             unsupported: unsupported_fields(spec),
         })
     }
@@ -267,11 +406,17 @@ impl Policy {
 
     /// Other Services the policy routes to.
     pub fn backend_services(&self) -> BTreeSet<ObjectKey> {
+        let mirrors = self.http.iter().filter_map(|r| r.mirror.as_ref());
         self.http
             .iter()
-            .flat_map(|r| &r.backends)
-            .chain(self.tcp.iter().flat_map(|r| &r.backends))
-            .filter_map(|b| match &b.backend {
+            .flat_map(|r| r.backends.iter().map(|b| &b.backend))
+            .chain(
+                self.tcp
+                    .iter()
+                    .flat_map(|r| r.backends.iter().map(|b| &b.backend)),
+            )
+            .chain(mirrors.map(|m| &m.backend))
+            .filter_map(|b| match b {
                 BackendRef::Service { service, .. } => Some(service.clone()),
                 _ => None,
             })
@@ -360,6 +505,30 @@ fn parse_rule(
             }
         })
         .unwrap_or_default();
+    let fault = rule
+        .fault
+        .as_ref()
+        .map(|f| parse_fault(&format!("{at}.fault"), f, problems));
+    let mirror = rule.mirror.as_ref().map(|m| {
+        let field = format!("{at}.mirror");
+        let dest = weir_api::Destination {
+            subset: m.subset.clone(),
+            service: m.service.clone(),
+            port: m.port,
+            ..Default::default()
+        };
+        if m.subset.is_none() && m.service.is_none() {
+            problems.invalid(
+                &field,
+                "names no destination: set subset (of the target Service) or service (another Service in the policy's namespace)",
+            );
+        }
+        let parsed = parse_destination(namespace, spec, &field, &dest, problems);
+        Mirror {
+            backend: parsed.backend,
+            percent: m.percent.unwrap_or(100).min(100),
+        }
+    });
     HttpRoute {
         name: rule.name.clone().unwrap_or_else(|| format!("rule-{i}")),
         matches,
@@ -367,6 +536,168 @@ fn parse_rule(
         timeout,
         retry,
         request_headers,
+        fault,
+        mirror,
+    }
+}
+
+/// Conditions on headers at `<at>.headers` (names lower-cased).
+fn parse_header_matches(
+    at: &str,
+    headers: &[weir_api::HeaderMatch],
+    problems: &mut Problems,
+) -> Vec<NamedMatch> {
+    headers
+        .iter()
+        .enumerate()
+        .map(|(h, header)| NamedMatch {
+            name: header.name.to_ascii_lowercase(),
+            value: parse_value_match(
+                &format!("{at}.headers[{h}]"),
+                header.match_type,
+                header.value.as_deref(),
+                problems,
+            ),
+        })
+        .collect()
+}
+
+fn parse_fault(at: &str, f: &weir_api::FaultInjection, problems: &mut Problems) -> Fault {
+    if f.delay.is_none() && f.abort.is_none() {
+        problems.invalid(at, "injects nothing: set delay, abort, or both");
+    }
+    let delay = f.delay.as_ref().and_then(|d| {
+        let delay = parse_duration(&format!("{at}.delay.fixedDelay"), &d.fixed_delay, problems)?;
+        Some((delay, d.percent.min(100)))
+    });
+    let abort = f.abort.as_ref().and_then(|a| {
+        let field = format!("{at}.abort");
+        let status = match (a.http_status, a.grpc_status) {
+            (Some(code), None) if (200..=599).contains(&code) => AbortStatus::Http(code),
+            (Some(code), None) => {
+                problems.invalid(
+                    &format!("{field}.httpStatus"),
+                    &format!("{code} is not an HTTP status: use 200 to 599, e.g. 503"),
+                );
+                return None;
+            }
+            (None, Some(code)) if code <= 16 => AbortStatus::Grpc(code),
+            (None, Some(code)) => {
+                problems.invalid(
+                    &format!("{field}.grpcStatus"),
+                    &format!(
+                        "{code} is not a gRPC status code: use 0 to 16, e.g. 14 (UNAVAILABLE)"
+                    ),
+                );
+                return None;
+            }
+            _ => {
+                problems.invalid(&field, "set httpStatus or grpcStatus, exactly one");
+                return None;
+            }
+        };
+        Some((status, a.percent.min(100)))
+    });
+    let headers = parse_header_matches(at, &f.headers, problems);
+    Fault {
+        delay,
+        abort,
+        headers,
+    }
+}
+
+fn parse_upstream(spec: &TrafficPolicySpec, problems: &mut Problems) -> Upstream {
+    let duration = |field: &str, d: &Option<weir_api::Duration>, problems: &mut Problems| {
+        d.as_ref().and_then(|d| parse_duration(field, d, problems))
+    };
+    let pool = spec.connection_pool.as_ref().map(|p| Pool {
+        max_connections: p.max_connections,
+        max_pending_requests: p.max_pending_requests,
+        max_requests: p.max_requests,
+        max_retries: p.max_retries,
+        max_requests_per_connection: p.max_requests_per_connection,
+        connect_timeout: duration(
+            "spec.connectionPool.connectTimeout",
+            &p.connect_timeout,
+            problems,
+        ),
+        idle_timeout: duration("spec.connectionPool.idleTimeout", &p.idle_timeout, problems),
+        retry_budget: p.retry_budget.as_ref().map(|b| {
+            if b.percent > 100 {
+                problems.invalid(
+                    "spec.connectionPool.retryBudget.percent",
+                    "is over 100: it is a percentage of the requests in flight",
+                );
+            }
+            (b.percent.min(100), b.min_retry_concurrency)
+        }),
+    });
+    let outlier = spec.outlier_detection.as_ref().map(|o| {
+        if o.consecutive_errors.is_none() && o.consecutive_gateway_errors.is_none() {
+            problems.invalid(
+                "spec.outlierDetection",
+                "ejects nothing: set consecutiveErrors (any 5xx), consecutiveGatewayErrors (502, 503, 504), or both",
+            );
+        }
+        Outlier {
+            consecutive_errors: o.consecutive_errors,
+            consecutive_gateway_errors: o.consecutive_gateway_errors,
+            interval: duration("spec.outlierDetection.interval", &o.interval, problems),
+            base_ejection_time: duration(
+                "spec.outlierDetection.baseEjectionTime",
+                &o.base_ejection_time,
+                problems,
+            ),
+            max_ejection_percent: o.max_ejection_percent.map(|p| p.min(100)),
+        }
+    });
+    let balancer = spec.load_balancer.as_ref().map(|lb| {
+        use weir_api::LoadBalancerAlgorithm::{Maglev, RingHash};
+        let hashing = matches!(lb.algorithm, RingHash | Maglev);
+        let field = "spec.loadBalancer.consistentHash";
+        let hash = match (&lb.consistent_hash, hashing) {
+            (None, true) => {
+                problems.invalid(field, "is missing: RingHash and Maglev hash each request by a header, cookie, sourceIp or queryParameter; set one");
+                None
+            }
+            (Some(_), false) => {
+                problems.invalid(field, "is set but the algorithm does not hash: use RingHash or Maglev, or remove consistentHash");
+                None
+            }
+            (None, false) => None,
+            (Some(h), true) => {
+                let mut keys = Vec::new();
+                if let Some(header) = &h.header {
+                    keys.push(HashKey::Header(header.to_ascii_lowercase()));
+                }
+                if let Some(cookie) = &h.cookie {
+                    keys.push(HashKey::Cookie {
+                        name: cookie.name.clone(),
+                        ttl: duration(&format!("{field}.cookie.ttl"), &cookie.ttl, problems),
+                        path: cookie.path.clone(),
+                    });
+                }
+                if h.source_ip == Some(true) {
+                    keys.push(HashKey::SourceIp);
+                }
+                if let Some(q) = &h.query_parameter {
+                    keys.push(HashKey::QueryParameter(q.clone()));
+                }
+                if keys.len() != 1 {
+                    problems.invalid(field, "hash by exactly one of header, cookie, sourceIp or queryParameter");
+                }
+                keys.into_iter().next()
+            }
+        };
+        Balancer {
+            algorithm: lb.algorithm,
+            hash,
+        }
+    });
+    Upstream {
+        pool,
+        outlier,
+        balancer,
     }
 }
 
@@ -550,20 +881,7 @@ fn parse_match(at: &str, m: &weir_api::HttpMatch, problems: &mut Problems) -> Ht
         }
         (None, path) => path,
     };
-    let headers = m
-        .headers
-        .iter()
-        .enumerate()
-        .map(|(h, header)| NamedMatch {
-            name: header.name.to_ascii_lowercase(),
-            value: parse_value_match(
-                &format!("{at}.headers[{h}]"),
-                header.match_type,
-                header.value.as_deref(),
-                problems,
-            ),
-        })
-        .collect();
+    let headers = parse_header_matches(at, &m.headers, problems);
     let query_params = m
         .query_params
         .iter()
@@ -709,28 +1027,11 @@ fn parse_duration(
 
 /// Fields the API accepts that translation does not apply yet.
 fn unsupported_fields(spec: &TrafficPolicySpec) -> Vec<String> {
-    let mut out = Vec::new();
-    let top = [
-        ("spec.connectionPool", spec.connection_pool.is_some()),
-        ("spec.outlierDetection", spec.outlier_detection.is_some()),
-        ("spec.loadBalancer", spec.load_balancer.is_some()),
-        ("spec.localRateLimit", spec.local_rate_limit.is_some()),
-        ("spec.authorization", spec.authorization.is_some()),
-    ];
-    out.extend(
-        top.iter()
-            .filter(|(_, used)| *used)
-            .map(|(f, _)| f.to_string()),
-    );
-    for (i, rule) in spec.http.iter().enumerate() {
-        if rule.fault.is_some() {
-            out.push(format!("spec.http[{i}].fault"));
-        }
-        if rule.mirror.is_some() {
-            out.push(format!("spec.http[{i}].mirror"));
-        }
-    }
-    out
+    spec.authorization
+        .is_some()
+        .then(|| "spec.authorization".to_string())
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]
@@ -815,12 +1116,89 @@ mod tests {
     #[test]
     fn unsupported_fields_are_named_not_ignored() {
         let mut spec = mk_policy_spec("reviews", &[("v1", 100)]);
+        spec.authorization = Some(Default::default());
         spec.connection_pool = Some(Default::default());
-        spec.http[0].fault = Some(Default::default());
         let policy = parse(&spec).unwrap();
-        assert_eq!(
-            policy.unsupported,
-            vec!["spec.connectionPool", "spec.http[0].fault"]
+        assert_eq!(policy.unsupported, vec!["spec.authorization"]);
+    }
+
+    #[test]
+    fn resilience_fields_are_checked_and_name_the_field() {
+        use weir_api::{
+            ConsistentHash, FaultAbort, FaultInjection, LoadBalancer, LoadBalancerAlgorithm,
+            LocalRateLimit, Mirror as ApiMirror, OutlierDetection,
+        };
+        let reject = |spec: &TrafficPolicySpec| parse(spec).unwrap_err();
+        let base = mk_policy_spec("reviews", &[("v1", 100)]);
+
+        let mut spec = base.clone();
+        spec.load_balancer = Some(LoadBalancer {
+            algorithm: LoadBalancerAlgorithm::RingHash,
+            consistent_hash: None,
+        });
+        let r = reject(&spec);
+        assert_eq!(r.field, "spec.loadBalancer.consistentHash");
+        assert!(r.message.contains("set one"), "{r}");
+
+        let mut spec = base.clone();
+        spec.load_balancer = Some(LoadBalancer {
+            algorithm: LoadBalancerAlgorithm::Maglev,
+            consistent_hash: Some(ConsistentHash {
+                header: Some("x-user".into()),
+                source_ip: Some(true),
+                ..Default::default()
+            }),
+        });
+        assert!(reject(&spec).message.contains("exactly one"));
+
+        let mut spec = base.clone();
+        spec.outlier_detection = Some(OutlierDetection::default());
+        assert_eq!(reject(&spec).field, "spec.outlierDetection");
+
+        let mut spec = base.clone();
+        spec.local_rate_limit = Some(LocalRateLimit {
+            requests: 10,
+            fill_interval: weir_api::Duration("10ms".into()),
+        });
+        let r = reject(&spec);
+        assert_eq!(r.field, "spec.localRateLimit.fillInterval");
+        assert!(r.message.contains("50ms"), "{r}");
+
+        let mut spec = base.clone();
+        spec.http[0].fault = Some(FaultInjection {
+            abort: Some(FaultAbort {
+                http_status: Some(503),
+                grpc_status: Some(14),
+                percent: 10,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(reject(&spec).field, "spec.http[0].fault.abort");
+
+        let mut spec = base.clone();
+        spec.http[0].fault = Some(FaultInjection::default());
+        assert_eq!(reject(&spec).field, "spec.http[0].fault");
+
+        let mut spec = base.clone();
+        spec.http[0].mirror = Some(ApiMirror {
+            subset: Some("shadow".into()),
+            ..Default::default()
+        });
+        let r = reject(&spec);
+        assert_eq!(r.field, "spec.http[0].mirror.subset");
+        assert_eq!(r.reason, Reason::UnknownSubset);
+
+        let mut spec = base;
+        spec.http[0].mirror = Some(ApiMirror {
+            service: Some("reviews-shadow".into()),
+            percent: Some(25),
+            ..Default::default()
+        });
+        let policy = parse(&spec).unwrap();
+        let mirror = policy.http[0].mirror.as_ref().unwrap();
+        assert_eq!(mirror.percent, 25);
+        assert!(
+            matches!(&mirror.backend, BackendRef::Service { service, .. } if service.name == "reviews-shadow")
         );
     }
 

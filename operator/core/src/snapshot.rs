@@ -265,6 +265,12 @@ impl SnapshotBuilder {
     fn shared_map(&self, t: ResourceType, profile: &ProxyProfile) -> ResourceMap {
         let mut map = match t {
             ResourceType::Cluster => self.translator.clusters().clone(),
+            ResourceType::Endpoint if profile.zone.is_some() => self
+                .translator
+                .endpoints()
+                .values()
+                .map(|r| (r.name.clone(), zoned(profile, r)))
+                .collect(),
             ResourceType::Endpoint => self.translator.endpoints().clone(),
             _ => ResourceMap::new(),
         };
@@ -349,7 +355,11 @@ impl SnapshotBuilder {
             }
             for name in upserts {
                 if let Some(r) = source.get(name) {
-                    next.upsert(t, r.clone());
+                    let r = match t {
+                        ResourceType::Endpoint => zoned(profile, r),
+                        _ => r.clone(),
+                    };
+                    next.upsert(t, r);
                 }
             }
             for name in removals {
@@ -511,6 +521,21 @@ impl NextSnapshot {
             types,
         })
     }
+}
+
+/// A load assignment as the profile's proxies get it: with their zone's endpoints first
+/// when the profile has a zone (see `translate::endpoint::prefer_zone`), else shared as is.
+fn zoned(profile: &ProxyProfile, r: &Resource) -> Resource {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use prost::Message;
+    let Some(zone) = profile.zone else {
+        return r.clone();
+    };
+    ClusterLoadAssignment::decode(r.body.value.as_slice())
+        .ok()
+        .and_then(|cla| translate::endpoint::prefer_zone(&cla, zone.as_str()))
+        .map(|cla| Resource::new(r.name.clone(), &cla))
+        .unwrap_or_else(|| r.clone())
 }
 
 /// Every EDS cluster the snapshot adds or changes has its load assignment, and no load

@@ -126,6 +126,8 @@ fn expand_any(text: &str) -> String {
                     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => decode::<HttpConnectionManager>(&bytes),
                     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy" => decode::<TcpProxy>(&bytes),
                     "envoy.extensions.filters.http.router.v3.Router" => decode::<Router>(&bytes),
+                    "envoy.extensions.filters.http.fault.v3.HTTPFault" => decode::<envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault>(&bytes),
+                    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit" => decode::<envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit>(&bytes),
                     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst" => decode::<OriginalDst>(&bytes),
                     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector" => decode::<HttpInspector>(&bytes),
                     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector" => decode::<TlsInspector>(&bytes),
@@ -201,6 +203,68 @@ fn golden_explicit_and_transparent() {
         let snapshot = snapshots.snapshot(ProxyProfile::new(capture, MtlsMode::Strict));
         check_golden(file, &render(&snapshot));
     }
+}
+
+/// Every resilience and traffic-shaping field of a policy, as a user writes it.
+const RESILIENCE_POLICY: &str = r#"
+targetRef: {service: reviews}
+subsets:
+- {name: v1, labels: {version: v1}}
+- {name: v2, labels: {version: v2}}
+connectionPool:
+  maxConnections: 100
+  maxPendingRequests: 10
+  maxRequests: 200
+  maxRequestsPerConnection: 50
+  connectTimeout: 250ms
+  idleTimeout: 1m
+  retryBudget: {percent: 20, minRetryConcurrency: 2}
+outlierDetection:
+  consecutiveErrors: 3
+  consecutiveGatewayErrors: 2
+  interval: 5s
+  baseEjectionTime: 30s
+  maxEjectionPercent: 50
+loadBalancer:
+  algorithm: RingHash
+  consistentHash: {cookie: {name: session, ttl: 1h, path: /}}
+localRateLimit: {requests: 100, fillInterval: 1s}
+http:
+- name: chaos
+  matches: [{path: {type: Prefix, value: /chaos}}]
+  destinations: [{subset: v1}]
+  fault:
+    delay: {fixedDelay: 200ms, percent: 50}
+    abort: {httpStatus: 503, percent: 30}
+    headers: [{name: x-test-traffic, type: Exact, value: "yes"}]
+- name: shadowed
+  destinations: [{subset: v1, weight: 90}, {subset: v2, weight: 10}]
+  mirror: {service: reviews-shadow, percent: 25}
+"#;
+
+#[test]
+fn golden_resilience_fields() {
+    let spec: weir_api::TrafficPolicySpec =
+        serde_json::from_value(weir_core::yaml::document(RESILIENCE_POLICY).unwrap()).unwrap();
+    let mut objects: Vec<Object> = bookinfo()
+        .into_iter()
+        .filter(|o| !matches!(o, Object::TrafficPolicy(_)))
+        .collect();
+    objects.push(Object::Service(mk_service(
+        "default",
+        "reviews-shadow",
+        "10.96.0.12",
+        &[9080],
+    )));
+    objects.push(Object::TrafficPolicy(mk_policy("default", "reviews", spec)));
+    let mut index = Index::new();
+    apply(&mut index, objects);
+    let mut snapshots = SnapshotBuilder::new();
+    snapshots.update(&mut index);
+    let profile = ProxyProfile::new(Capture::Explicit { port: 15001 }, MtlsMode::Strict);
+    let snapshot = snapshots.snapshot(profile);
+    snapshots.check(profile, &snapshot).unwrap();
+    check_golden("resilience.txt", &render(&snapshot));
 }
 
 /// A Service with ports (name, number, appProtocol); `ip` None is headless, and an

@@ -302,7 +302,15 @@ async fn drive<C: Connection>(
             .unwrap_or_else(|| "default".into()),
     };
     let mut modes = state.modes();
-    let mut profile = meta.profile(state.mtls_mode(&pod));
+    // The profile follows the pod's mTLS mode and zone (both can change while connected).
+    let placed = |state: &MeshState| {
+        let zone = match &meta.zone {
+            Some(zone) => weir_core::Zone::new(zone),
+            None => state.pod_zone(&pod).and_then(|z| weir_core::Zone::new(&z)),
+        };
+        meta.profile(state.mtls_mode(&pod)).in_zone(zone)
+    };
+    let mut profile = placed(&state);
     let mut snapshots = state.subscribe(profile);
     let mut secrets = state.identity.subscribe(&meta.namespace, &service_account);
     let mut view = stream_view(&snapshots.borrow_and_update(), &secrets.borrow_and_update());
@@ -369,7 +377,7 @@ async fn drive<C: Connection>(
                 if changed.is_err() {
                     break;
                 }
-                let now = meta.profile(state.mtls_mode(&pod));
+                let now = placed(&state);
                 if now == profile {
                     continue;
                 }
@@ -378,7 +386,7 @@ async fn drive<C: Connection>(
                 snapshots = state.subscribe(profile);
                 connection.resync();
                 io.proxy.update(|p| p.profile = profile);
-                tracing::info!(node, inbound = profile.inbound.as_str(), "proxy's mTLS mode changed");
+                tracing::info!(node, inbound = profile.inbound.as_str(), zone = ?profile.zone, "proxy's mTLS mode or zone changed");
             }
         }
         if next.is_none() {

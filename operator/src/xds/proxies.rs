@@ -63,10 +63,14 @@ pub struct ProxyRecord {
 }
 
 fn profile_string<S: Serializer>(p: &ProxyProfile, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&match p.capture {
+    let mut text = match p.capture {
         weir_core::Capture::Transparent => format!("transparent, inbound {}", p.inbound.as_str()),
         weir_core::Capture::Explicit { port } => format!("explicit:{port}"),
-    })
+    };
+    if let Some(zone) = p.zone {
+        text.push_str(&format!(", zone {zone}"));
+    }
+    s.serialize_str(&text)
 }
 
 fn used_types<S: Serializer>(types: &PerType<TypeState>, s: S) -> Result<S::Ok, S::Error> {

@@ -4,6 +4,7 @@
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{Index, IndexKind, Kind, ObjectKey};
+use std::sync::Arc;
 
 /// The label that ties a slice to its Service.
 pub(crate) const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -17,6 +18,8 @@ pub struct EndpointModel {
     pub ready: bool,
     /// The Pod behind the endpoint, when the slice says.
     pub pod: Option<ObjectKey>,
+    /// Its zone (the EndpointSlice controller copies it from the pod's node).
+    pub zone: Option<Arc<str>>,
 }
 
 /// What translation needs of an EndpointSlice.
@@ -76,6 +79,7 @@ impl IndexKind for EndpointSlice {
                     address,
                     ready,
                     pod,
+                    zone: ep.zone.filter(|z| !z.is_empty()).map(Arc::from),
                 })
             })
             .collect();
@@ -84,8 +88,19 @@ impl IndexKind for EndpointSlice {
             ports,
             endpoints,
         };
-        if index.slices.get(&key) == Some(&model) {
+        let old = index.slices.get(&key);
+        if old == Some(&model) {
             return;
+        }
+        // A pod's zone decides its proxy's profile: say so when one changes.
+        let zones = |m: &SliceModel| -> Vec<(ObjectKey, Arc<str>)> {
+            m.endpoints
+                .iter()
+                .filter_map(|e| Some((e.pod.clone()?, e.zone.clone()?)))
+                .collect()
+        };
+        if old.map(zones).unwrap_or_default() != zones(&model) {
+            index.modes_generation += 1;
         }
         Self::delete(index, &key);
         for pod in model.endpoints.iter().filter_map(|e| e.pod.clone()) {
@@ -107,6 +122,9 @@ impl IndexKind for EndpointSlice {
         let Some(old) = index.slices.remove(key) else {
             return;
         };
+        if old.endpoints.iter().any(|e| e.zone.is_some()) {
+            index.modes_generation += 1;
+        }
         if let Some(set) = index.slices_by_service.get_mut(&old.service) {
             set.remove(key);
             if set.is_empty() {
@@ -142,6 +160,19 @@ impl IndexKind for EndpointSlice {
 }
 
 impl Index {
+    /// A pod's zone, as the EndpointSlices of the Services it backs say (the EndpointSlice
+    /// controller copies it from the pod's node); None for a pod that backs no Service or
+    /// whose node has no zone.
+    pub fn pod_zone(&self, pod: &ObjectKey) -> Option<Arc<str>> {
+        self.services_by_pod
+            .get(pod)?
+            .iter()
+            .flat_map(|svc| self.slices_for(svc))
+            .flat_map(|slice| &slice.endpoints)
+            .find(|e| e.pod.as_ref() == Some(pod) && e.zone.is_some())
+            .and_then(|e| e.zone.clone())
+    }
+
     /// The slices of a Service, in key order.
     pub fn slices_for<'a>(
         &'a self,

@@ -416,11 +416,14 @@ fn http_chain(
             config_source: Some(ads()),
             route_config_name: route_config.into(),
         })),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".into(),
-            config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Router::default()))),
-            ..Default::default()
-        }],
+        http_filters: super::shaping::outbound_http_filters()
+            .into_iter()
+            .chain([HttpFilter {
+                name: "envoy.filters.http.router".into(),
+                config_type: Some(HttpFilterConfig::TypedConfig(pack_any(Router::default()))),
+                ..Default::default()
+            }])
+            .collect(),
         normalize_path: Some(BoolValue { value: true }),
         upgrade_configs: vec![UpgradeConfig {
             upgrade_type: "websocket".into(),

@@ -20,6 +20,7 @@ pub mod endpoint;
 pub mod listener;
 pub mod names;
 pub mod route;
+pub mod shaping;
 
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
@@ -34,6 +35,7 @@ use std::sync::Arc;
 use crate::binding::{BoundBackend, PortRoutes, Resolution, ServiceBinding};
 use crate::identity::SpiffeId;
 use crate::index::{Addressing, Index, ObjectKey, ServiceModel};
+use crate::policy::Upstream;
 use crate::protocol::{self, DecidedBy, Protocol};
 use crate::resources::Resource;
 use weir_api::MtlsMode;
@@ -58,6 +60,9 @@ pub struct ProxyProfile {
     pub capture: Capture,
     /// What the proxy accepts inbound (transparent mode; explicit mode has no inbound).
     pub inbound: MtlsMode,
+    /// The proxy's zone, when known: its load assignments put the endpoints of that zone
+    /// first and the others behind them (failover).
+    pub zone: Option<Zone>,
 }
 
 impl ProxyProfile {
@@ -68,7 +73,56 @@ impl ProxyProfile {
             Capture::Explicit { .. } => MtlsMode::Disable,
             Capture::Transparent => inbound,
         };
-        ProxyProfile { capture, inbound }
+        ProxyProfile {
+            capture,
+            inbound,
+            zone: None,
+        }
+    }
+
+    /// The same profile for a proxy in `zone`.
+    pub fn in_zone(self, zone: Option<Zone>) -> ProxyProfile {
+        ProxyProfile { zone, ..self }
+    }
+}
+
+/// A zone name (`topology.kubernetes.io/zone`, at most 63 bytes as a label value), kept
+/// inline so that profiles stay `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Zone {
+    len: u8,
+    bytes: [u8; 63],
+}
+
+impl Zone {
+    /// The zone, or None for an empty or over-long name.
+    pub fn new(name: &str) -> Option<Zone> {
+        if name.is_empty() || name.len() > 63 {
+            return None;
+        }
+        let mut bytes = [0; 63];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(Zone {
+            len: name.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Zone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for Zone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -151,6 +205,8 @@ struct ClusterSlot {
     port: u16,
     /// For a subset, the pod labels that select its endpoints.
     subset_labels: Option<BTreeMap<String, String>>,
+    /// The governing policy's connection pool, outlier detection and load balancing.
+    upstream: Upstream,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -278,10 +334,14 @@ impl Translator {
                 let routes = binding.port(port.port);
                 let (protocol, decided_by) = protocol::decide(port);
                 new.ports.push(port.port);
+                let upstream = routes
+                    .map(|r| r.policy.upstream.clone())
+                    .unwrap_or_default();
                 new.clusters.push(ClusterSlot {
                     name: names::cluster_name(key, port.port, None).into(),
                     port: port.port,
                     subset_labels: None,
+                    upstream: upstream.clone(),
                 });
                 for subset in routes
                     .map(|r| r.policy.subsets.as_slice())
@@ -291,6 +351,7 @@ impl Translator {
                         name: names::cluster_name(key, port.port, Some(&subset.name)).into(),
                         port: port.port,
                         subset_labels: Some(subset.labels.clone()),
+                        upstream: upstream.clone(),
                     });
                 }
                 let output = PortOutputBuilder {
@@ -377,6 +438,7 @@ impl Translator {
                 }
                 _ => cluster::eds_cluster(&slot.name, protocol),
             };
+            shaping::shape_cluster(&mut cluster, &slot.upstream, protocol);
             if !peers.is_empty() {
                 let mtls = cluster::UpstreamMtls {
                     peer_ids: peers
@@ -392,8 +454,9 @@ impl Translator {
             if !matches!(svc.addressing, Addressing::ExternalName(_)) {
                 let assignment = endpoint::mesh_load_assignment(
                     &slot.name,
-                    eps.iter()
-                        .map(|(ip, port, meshed)| (ip.as_str(), *port, *meshed)),
+                    eps.iter().map(|(ip, port, meshed, zone)| {
+                        (ip.as_str(), *port, *meshed, zone.as_deref())
+                    }),
                 );
                 let resource = Resource::new(slot.name.clone(), &assignment);
                 upsert(&mut self.endpoints, resource, &mut changes.endpoints);
@@ -402,8 +465,9 @@ impl Translator {
     }
 }
 
-/// One ready endpoint: address, pod port, whether its pod has a sidecar that takes mTLS.
-type MeshEndpoint = (String, u16, bool);
+/// One ready endpoint: address, pod port, whether its pod has a sidecar that takes mTLS,
+/// its zone.
+type MeshEndpoint = (String, u16, bool, Option<Arc<str>>);
 /// A workload identity: namespace, service account.
 type Identity = (String, String);
 
@@ -438,7 +502,7 @@ fn endpoints_of(
             if let Some((p, model)) = pod.filter(|_| meshed) {
                 peers.insert((p.namespace.clone(), model.service_account.to_string()));
             }
-            eps.push((ep.address.clone(), *target, meshed));
+            eps.push((ep.address.clone(), *target, meshed, ep.zone.clone()));
         }
     }
     eps.sort_unstable();
@@ -463,6 +527,15 @@ impl PortOutputBuilder<'_> {
         let virtual_host = self.protocol.is_http().then(|| {
             let bound = self.routes.map(|r| &r.http);
             clusters.extend(resolved(bound.into_iter().flatten()));
+            let mirrors = self
+                .routes
+                .into_iter()
+                .flat_map(|r| r.mirrors.iter().flatten());
+            clusters.extend(
+                mirrors
+                    .filter(|m| m.resolution == Resolution::Resolved)
+                    .map(|m| Arc::from(m.cluster.as_str())),
+            );
             self.virtual_host(owns_bare_names)
         });
         let tcp = self.protocol.is_tcp().then(|| {

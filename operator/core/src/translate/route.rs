@@ -13,12 +13,12 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatcher, StringMatcher,
 };
-use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 
-use super::names;
-use crate::binding::{BoundBackend, PortRoutes};
+use super::{names, shaping};
+use crate::binding::{BoundBackend, PortRoutes, Resolution};
 use crate::index::ObjectKey;
-use crate::policy::{HeaderEdits, HttpRoute, HttpRouteMatch, PathMatch, ValueMatch};
+use crate::policy::{HeaderEdits, HttpRoute, HttpRouteMatch, NamedMatch, PathMatch, ValueMatch};
 use crate::protocol::Protocol;
 
 /// Retry conditions when a policy asks for retries without saying on what.
@@ -38,9 +38,36 @@ pub fn virtual_host(
     protocol: Protocol,
 ) -> VirtualHost {
     let mut routes = Vec::new();
+    let hash_policy =
+        shaping::hash_policies(policy.and_then(|p| p.policy.upstream.balancer.as_ref()));
     if let Some(bound) = policy {
-        for (rule, backends) in bound.policy.http.iter().zip(&bound.http) {
-            let action = rule_action(rule, backends, protocol);
+        let rules = bound
+            .policy
+            .http
+            .iter()
+            .zip(&bound.http)
+            .zip(&bound.mirrors);
+        for ((rule, backends), mirror) in rules {
+            let mut action = rule_action(rule, backends, protocol);
+            action.hash_policy = hash_policy.clone();
+            // A mirror whose Service is missing is left out (status says so), so that no
+            // route names a cluster that is not served.
+            action.request_mirror_policies = mirror
+                .iter()
+                .filter(|m| m.resolution == Resolution::Resolved && m.weight > 0)
+                .map(|m| shaping::mirror_policy(m.cluster.clone(), m.weight))
+                .collect();
+            let faults: std::collections::HashMap<String, Any> = rule
+                .fault
+                .iter()
+                .map(|f| {
+                    let headers = f.headers.iter().map(header_matcher).collect();
+                    (
+                        shaping::FAULT_FILTER.to_string(),
+                        shaping::fault_filter_config(f, headers),
+                    )
+                })
+                .collect();
             let matches: Vec<Option<&HttpRouteMatch>> = if rule.matches.is_empty() {
                 vec![None]
             } else {
@@ -53,6 +80,7 @@ pub fn virtual_host(
                     action: Some(Action::Route(action.clone())),
                     request_headers_to_add: headers_to_add(&rule.request_headers),
                     request_headers_to_remove: rule.request_headers.remove.clone(),
+                    typed_per_filter_config: faults.clone(),
                     ..Default::default()
                 });
             }
@@ -69,14 +97,25 @@ pub fn virtual_host(
                 svc, port, None,
             ))),
             timeout: Some(NO_TIMEOUT),
+            hash_policy,
             ..Default::default()
         })),
         ..Default::default()
     });
+    let rate_limit = policy.and_then(|p| p.policy.rate_limit.as_ref());
     VirtualHost {
         name: names::vhost_name(svc, port),
         domains: names::domains(svc, port, cluster_ip, bare_names),
         routes,
+        typed_per_filter_config: rate_limit
+            .map(|limit| {
+                (
+                    shaping::RATE_LIMIT_FILTER.to_string(),
+                    shaping::rate_limit_filter_config(limit),
+                )
+            })
+            .into_iter()
+            .collect(),
         ..Default::default()
     }
 }
@@ -185,18 +224,7 @@ fn route_match(m: Option<&HttpRouteMatch>) -> RouteMatch {
             regex: is_regex,
         }) => grpc_path(service.as_deref(), method.as_deref(), *is_regex),
     };
-    let mut headers: Vec<HeaderMatcher> = m
-        .headers
-        .iter()
-        .map(|h| HeaderMatcher {
-            name: h.name.clone(),
-            header_match_specifier: Some(match string_matcher(&h.value) {
-                Some(sm) => HeaderMatchSpecifier::StringMatch(sm),
-                None => HeaderMatchSpecifier::PresentMatch(true),
-            }),
-            ..Default::default()
-        })
-        .collect();
+    let mut headers: Vec<HeaderMatcher> = m.headers.iter().map(header_matcher).collect();
     if let Some(method) = m.method {
         headers.push(HeaderMatcher {
             name: ":method".into(),
@@ -288,6 +316,18 @@ pub fn passthrough_virtual_host() -> VirtualHost {
 }
 
 /// `None` for Present.
+/// A condition on one header.
+fn header_matcher(h: &NamedMatch) -> HeaderMatcher {
+    HeaderMatcher {
+        name: h.name.clone(),
+        header_match_specifier: Some(match string_matcher(&h.value) {
+            Some(sm) => HeaderMatchSpecifier::StringMatch(sm),
+            None => HeaderMatchSpecifier::PresentMatch(true),
+        }),
+        ..Default::default()
+    }
+}
+
 fn string_matcher(value: &ValueMatch) -> Option<StringMatcher> {
     let pattern = match value {
         ValueMatch::Exact(v) => MatchPattern::Exact(v.clone()),
