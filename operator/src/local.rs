@@ -41,6 +41,9 @@ struct Loaded {
 type Entry = ((Kind, ObjectKey), u64);
 
 struct FileState {
+    /// Size and modification time when last read: a rescan reads only files whose stamp
+    /// moved (a large directory is not re-read every RESCAN).
+    stamp: Option<(u64, std::time::SystemTime)>,
     content_hash: u64,
     /// The objects of the last version that parsed.
     entries: Vec<Entry>,
@@ -67,14 +70,30 @@ impl DirSource {
     /// Reads the directory and returns the events that bring the index up to date, and the
     /// load errors now in force.
     pub fn scan(&mut self) -> (Vec<Event>, Vec<SourceError>) {
+        let mut events = Vec::new();
+        let errors = self.scan_with(&mut |batch| events.extend(batch));
+        (events, errors)
+    }
+
+    /// As [`DirSource::scan`], handing the events over in batches as files are parsed, so
+    /// that a large directory is never held as objects all at once (the index takes each
+    /// batch and keeps only its models).
+    pub fn scan_with(&mut self, emit: &mut dyn FnMut(Vec<Event>)) -> Vec<SourceError> {
         let mut paths = Vec::new();
         let mut errors = Vec::new();
         collect_yaml(&self.dir, &mut paths, &mut errors);
-        let mut seen = BTreeMap::new();
-        // Files whose content is new: parsed below, on every core (YAML parsing is most of
-        // a large directory's load time).
-        let mut to_parse: Vec<(PathBuf, String, u64, Option<FileState>)> = Vec::new();
+        let mut items: Vec<Item> = Vec::with_capacity(paths.len());
         for path in paths {
+            let stamp = std::fs::metadata(&path)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)));
+            let old = match self.files.remove(&path) {
+                Some(old) if stamp.is_some() && old.stamp == stamp => {
+                    items.push(Item::Kept(path, old));
+                    continue;
+                }
+                other => other,
+            };
             let text = match read_bounded(&path) {
                 Ok(t) => t,
                 Err(message) => {
@@ -84,109 +103,199 @@ impl DirSource {
                         message,
                     });
                     // Keep what the file gave before.
-                    if let Some(old) = self.files.remove(&path) {
-                        seen.insert(path, old);
+                    if let Some(old) = old {
+                        items.push(Item::Kept(path, old));
                     }
                     continue;
                 }
             };
             let content_hash = xxh3_64(text.as_bytes());
-            match self.files.remove(&path) {
-                Some(old) if old.content_hash == content_hash => {
-                    seen.insert(path, old);
+            match old {
+                Some(mut old) if old.content_hash == content_hash => {
+                    old.stamp = stamp;
+                    items.push(Item::Kept(path, old));
                 }
-                old => to_parse.push((path, text, content_hash, old)),
+                old => items.push(Item::Changed(path, text, (content_hash, stamp), old)),
             }
-        }
-        // Objects of the files parsed in this scan, until they become events.
-        let mut parsed: HashMap<PathBuf, Vec<Loaded>> = HashMap::default();
-        for (path, content_hash, old, (objects, file_errors)) in parse_all(to_parse) {
-            for e in &file_errors {
-                tracing::warn!(
-                    file = e.source,
-                    document = e.document,
-                    "{}; keeping the file's last good version",
-                    e.message
-                );
-            }
-            let entries = if file_errors.is_empty() {
-                let entries = objects.iter().map(|l| (l.object.id(), l.hash)).collect();
-                parsed.insert(path.clone(), objects);
-                entries
-            } else {
-                old.map(|o| o.entries).unwrap_or_default()
-            };
-            seen.insert(
-                path,
-                FileState {
-                    content_hash,
-                    entries,
-                    errors: file_errors,
-                },
-            );
-        }
-        for state in seen.values() {
-            errors.extend(state.errors.iter().cloned());
         }
         // What is left in `self.files` are the files that went away. With none gone and
-        // none parsed anew, every object is as it was (the common case of a rescan).
-        let unchanged = parsed.is_empty() && self.files.is_empty();
-        self.files = seen;
-        if unchanged {
-            return (Vec::new(), errors);
+        // none changed, every object is as it was (the common case of a rescan).
+        let vanished = !self.files.is_empty();
+        if !vanished && !items.iter().any(|i| matches!(i, Item::Changed(..))) {
+            self.files = items
+                .into_iter()
+                .filter_map(|i| match i {
+                    Item::Kept(path, state) => Some((path, state)),
+                    Item::Changed(..) => None,
+                })
+                .collect();
+            errors.extend(self.files.values().flat_map(|f| f.errors.iter().cloned()));
+            return errors;
         }
 
-        let mut next: HashMap<(Kind, ObjectKey), (u64, &Path)> = HashMap::default();
-        for (path, state) in &self.files {
-            for (id, hash) in &state.entries {
-                if next.insert(id.clone(), (*hash, path)).is_some() {
-                    tracing::warn!(file = %path.display(), object = %id.1, "object defined twice; the later file wins");
-                }
+        // From the last file to the first: a later file's definition of an object wins, so
+        // the first definition met is the one kept. Changed files are parsed a few at a
+        // time, on every core, and their new objects handed over at once.
+        let mut claimed: HashMap<(Kind, ObjectKey), u64> = HashMap::default();
+        let mut files = BTreeMap::new();
+        // Objects of unchanged files that now win (their other definition went away).
+        let mut reread: BTreeMap<PathBuf, Vec<Entry>> = BTreeMap::new();
+        let chunk = 2 * std::thread::available_parallelism().map_or(1, |n| n.get());
+        items.reverse();
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let group: Vec<Item> = items.by_ref().take(chunk).collect();
+            let (kept, changed): (Vec<_>, Vec<_>) = group
+                .into_iter()
+                .enumerate()
+                .partition(|(_, i)| matches!(i, Item::Kept(..)));
+            let changed: Vec<(usize, ToParse)> = changed
+                .into_iter()
+                .filter_map(|(at, i)| match i {
+                    Item::Changed(path, text, stamp, old) => Some((at, (path, text, stamp, old))),
+                    Item::Kept(..) => None,
+                })
+                .collect();
+            let order: Vec<usize> = changed.iter().map(|(at, _)| *at).collect();
+            let parsed = parse_all(changed.into_iter().map(|(_, c)| c).collect());
+            let mut walk: Vec<(usize, Walked)> = kept
+                .into_iter()
+                .filter_map(|(at, i)| match i {
+                    Item::Kept(path, state) => Some((at, Walked::Kept(path, state))),
+                    Item::Changed(..) => None,
+                })
+                .chain(
+                    order
+                        .into_iter()
+                        .zip(parsed)
+                        .map(|(at, p)| (at, Walked::Parsed(p))),
+                )
+                .collect();
+            walk.sort_by_key(|(at, _)| *at);
+            let mut batch = Vec::new();
+            for (_, walked) in walk {
+                let (path, state) = match walked {
+                    Walked::Kept(path, state) => {
+                        for (id, hash) in &state.entries {
+                            if self.claim(&mut claimed, &path, id, *hash) {
+                                reread
+                                    .entry(path.clone())
+                                    .or_default()
+                                    .push((id.clone(), *hash));
+                            }
+                        }
+                        (path, state)
+                    }
+                    Walked::Parsed((path, (content_hash, stamp), old, (objects, file_errors))) => {
+                        for e in &file_errors {
+                            tracing::warn!(
+                                file = e.source,
+                                document = e.document,
+                                "{}; keeping the file's last good version",
+                                e.message
+                            );
+                        }
+                        let entries = if file_errors.is_empty() {
+                            let entries: Vec<Entry> =
+                                objects.iter().map(|l| (l.object.id(), l.hash)).collect();
+                            for loaded in objects {
+                                let id = loaded.object.id();
+                                if self.claim(&mut claimed, &path, &id, loaded.hash) {
+                                    batch.push(Event::apply(loaded.object));
+                                }
+                            }
+                            entries
+                        } else {
+                            let entries = old.map(|o| o.entries).unwrap_or_default();
+                            for (id, hash) in &entries {
+                                if self.claim(&mut claimed, &path, id, *hash) {
+                                    reread
+                                        .entry(path.clone())
+                                        .or_default()
+                                        .push((id.clone(), *hash));
+                                }
+                            }
+                            entries
+                        };
+                        let state = FileState {
+                            stamp,
+                            content_hash,
+                            entries,
+                            errors: file_errors,
+                        };
+                        (path, state)
+                    }
+                };
+                files.insert(path, state);
             }
+            emit(batch);
         }
-        let mut events = Vec::new();
-        for ((kind, key), _) in self.current.iter().filter(|(id, _)| !next.contains_key(id)) {
-            events.push(Event::Delete(*kind, key.clone()));
-        }
-        // What changed, by the file that now defines it.
-        let mut wanted: BTreeMap<&Path, Vec<Entry>> = BTreeMap::new();
-        for (id, (hash, path)) in &next {
-            if self.current.get(id) != Some(hash) {
-                wanted.entry(path).or_default().push((id.clone(), *hash));
-            }
-        }
-        let mut applies = Vec::new();
-        for (path, ids) in wanted {
-            // An unchanged file's object is read again only when it takes over from a
-            // definition that went away (objects defined in two files).
-            let objects = match parsed.remove(path) {
-                Some(objects) => objects,
-                None => read_bounded(path)
-                    .map(|text| parse_file(path, &text).0)
-                    .unwrap_or_default(),
-            };
+        // Rare: an unchanged file's object takes over from a definition that went away.
+        let mut batch = Vec::new();
+        for (path, ids) in reread {
+            let objects = read_bounded(&path)
+                .map(|text| parse_file(&path, &text).0)
+                .unwrap_or_default();
             let mut by_id: HashMap<(Kind, ObjectKey), Loaded> =
                 objects.into_iter().map(|l| (l.object.id(), l)).collect();
             for (id, hash) in ids {
                 if let Some(loaded) = by_id.remove(&id).filter(|l| l.hash == hash) {
-                    applies.push((id, loaded.object));
+                    batch.push(Event::apply(loaded.object));
                 }
             }
         }
-        applies.sort_by(|a, b| a.0.cmp(&b.0));
-        events.extend(applies.into_iter().map(|(_, o)| Event::apply(o)));
-        self.current = next.into_iter().map(|(id, (hash, _))| (id, hash)).collect();
-        (events, errors)
+        for ((kind, key), _) in self
+            .current
+            .iter()
+            .filter(|(id, _)| !claimed.contains_key(*id))
+        {
+            batch.push(Event::Delete(*kind, key.clone()));
+        }
+        emit(batch);
+        self.current = claimed;
+        self.files = files;
+        errors.extend(self.files.values().flat_map(|f| f.errors.iter().cloned()));
+        errors
+    }
+
+    /// Records that `path` defines `id` (unless a later file did): whether it is new or
+    /// changed since the index last heard of it.
+    fn claim(
+        &self,
+        claimed: &mut HashMap<(Kind, ObjectKey), u64>,
+        path: &Path,
+        id: &(Kind, ObjectKey),
+        hash: u64,
+    ) -> bool {
+        if claimed.contains_key(id) {
+            tracing::warn!(file = %path.display(), object = %id.1, "object defined twice; the later file wins");
+            return false;
+        }
+        claimed.insert(id.clone(), hash);
+        self.current.get(id) != Some(&hash)
     }
 }
 
+/// A file met by a scan: unchanged, or changed and to be parsed.
+enum Item {
+    Kept(PathBuf, FileState),
+    Changed(PathBuf, String, Stamped, Option<FileState>),
+}
+
+/// A file as the walk takes it: unchanged, or parsed.
+enum Walked {
+    Kept(PathBuf, FileState),
+    Parsed((PathBuf, Stamped, Option<FileState>, Parsed)),
+}
+
 type Parsed = (Vec<Loaded>, Vec<SourceError>);
+/// A changed file to parse: path, text, its stamp, its previous state.
+type ToParse = (PathBuf, String, Stamped, Option<FileState>);
+/// A file's content hash and its (size, modification time) stamp.
+type Stamped = (u64, Option<(u64, std::time::SystemTime)>);
 
 /// Parses files on every core; results in the order given.
-#[allow(clippy::type_complexity)]
-fn parse_all(
-    files: Vec<(PathBuf, String, u64, Option<FileState>)>,
-) -> Vec<(PathBuf, u64, Option<FileState>, Parsed)> {
+fn parse_all(files: Vec<ToParse>) -> Vec<(PathBuf, Stamped, Option<FileState>, Parsed)> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
@@ -358,13 +467,26 @@ pub async fn run(dir: PathBuf, state: Arc<MeshState>, tx: mpsc::Sender<Vec<Event
     let mut source = DirSource::new(dir);
     let mut listed = false;
     loop {
-        let scanned = {
-            // Small directories: reading them inline is cheaper than a thread hop.
-            let (events, errors) = source.scan();
-            state.set_source_errors(errors);
-            events
+        // Off the async threads (parsing is CPU work), handing batches to the pipeline as
+        // they come.
+        let sender = tx.clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let mut open = true;
+            let errors = source.scan_with(&mut |batch| {
+                if open && !batch.is_empty() {
+                    open = sender.blocking_send(batch).is_ok();
+                }
+            });
+            (source, errors, open)
+        })
+        .await;
+        let Ok((back, errors, open)) = scanned else {
+            tracing::error!("the directory scan panicked; local mode stops reading");
+            return;
         };
-        if !scanned.is_empty() && tx.send(scanned).await.is_err() {
+        source = back;
+        state.set_source_errors(errors);
+        if !open {
             return;
         }
         if !listed {
@@ -592,6 +714,38 @@ mod tests {
             "{}",
             errors[0].message
         );
+    }
+
+    #[test]
+    fn the_later_file_wins_and_the_earlier_takes_over_when_it_goes() {
+        let dir = tempdir();
+        let with_port = |port: u16| SERVICE.replace("9080", &port.to_string());
+        write(&dir, "a.yaml", &with_port(1111));
+        write(&dir, "b.yaml", &with_port(2222));
+        let mut source = DirSource::new(&dir);
+        let port_of = |events: &[Event]| match events {
+            [Event::Apply(object)] => match object.as_ref() {
+                Object::Service(svc) => svc.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            port_of(&source.scan().0),
+            2222,
+            "b.yaml comes later and wins"
+        );
+        std::fs::remove_file(dir.join("b.yaml")).unwrap();
+        assert_eq!(
+            port_of(&source.scan().0),
+            1111,
+            "a.yaml's definition takes over"
+        );
+        std::fs::remove_file(dir.join("a.yaml")).unwrap();
+        assert!(matches!(
+            source.scan().0.as_slice(),
+            [Event::Delete(Kind::Service, _)]
+        ));
     }
 
     #[test]
