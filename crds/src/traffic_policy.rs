@@ -487,7 +487,7 @@ pub struct ConnectionPool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_requests_per_connection: Option<u32>,
-    /// Time allowed to open a connection, e.g. `1s` (default 5s).
+    /// Time allowed to open a connection, e.g. `500ms` (default 1s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
     /// An upstream connection without requests for this long is closed, e.g. `1m`.
@@ -570,7 +570,10 @@ pub struct LoadBalancer {
 pub struct ConsistentHash {
     /// A request header's value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+    )]
     pub header: Option<String>,
     /// A cookie's value; when the request has none and a ttl is given, the proxy sets one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -589,7 +592,10 @@ pub struct ConsistentHash {
 #[serde(rename_all = "camelCase")]
 pub struct HashCookie {
     /// The cookie's name.
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$")
+    )]
     pub name: String,
     /// Lifetime of a cookie the proxy generates when the request has none, e.g. `1h`;
     /// without it no cookie is generated.
@@ -597,7 +603,7 @@ pub struct HashCookie {
     pub ttl: Option<Duration>,
     /// Path of a generated cookie.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[\x21-\x7e]*$"))]
     pub path: Option<String>,
 }
 

@@ -667,8 +667,23 @@ fn parse_upstream(spec: &TrafficPolicySpec, problems: &mut Problems) -> Upstream
             (None, false) => None,
             (Some(h), true) => {
                 let mut keys = Vec::new();
+                let token = |s: &str| {
+                    !s.is_empty()
+                        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+                };
                 if let Some(header) = &h.header {
+                    if !token(header) {
+                        problems.invalid(&format!("{field}.header"), &format!("{header:?} is not a header name: use letters, digits and !#$%&'*+-.^_`|~ only, e.g. x-user"));
+                    }
                     keys.push(HashKey::Header(header.to_ascii_lowercase()));
+                }
+                if let Some(cookie) = &h.cookie {
+                    if !token(&cookie.name) {
+                        problems.invalid(&format!("{field}.cookie.name"), &format!("{:?} is not a cookie name: use letters, digits and !#$%&'*+-.^_`|~ only", cookie.name));
+                    }
+                    if let Some(path) = cookie.path.as_deref().filter(|p| !p.starts_with('/') || p.bytes().any(|b| !(0x21..=0x7e).contains(&b))) {
+                        problems.invalid(&format!("{field}.cookie.path"), &format!("{path:?} is not a cookie path: start with / and use visible ASCII only"));
+                    }
                 }
                 if let Some(cookie) = &h.cookie {
                     keys.push(HashKey::Cookie {

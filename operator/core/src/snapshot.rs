@@ -269,7 +269,7 @@ impl SnapshotBuilder {
                 .translator
                 .endpoints()
                 .values()
-                .map(|r| (r.name.clone(), zoned(profile, r)))
+                .map(|r| (r.name.clone(), self.zoned(profile, r)))
                 .collect(),
             ResourceType::Endpoint => self.translator.endpoints().clone(),
             _ => ResourceMap::new(),
@@ -356,7 +356,7 @@ impl SnapshotBuilder {
             for name in upserts {
                 if let Some(r) = source.get(name) {
                     let r = match t {
-                        ResourceType::Endpoint => zoned(profile, r),
+                        ResourceType::Endpoint => self.zoned(profile, r),
                         _ => r.clone(),
                     };
                     next.upsert(t, r);
@@ -369,6 +369,51 @@ impl SnapshotBuilder {
                 }
             }
         }
+        // A zone profile's load assignment depends on its cluster's balancer too.
+        if profile.zone.is_some() && changes.clusters.len() <= BULK_THRESHOLD {
+            for name in changes
+                .clusters
+                .iter()
+                .filter(|n| !changes.endpoints.contains(*n))
+            {
+                if let Some(r) = self.translator.endpoints().get(name) {
+                    let zoned = self.zoned(profile, r);
+                    let current = next.maps[ResourceType::Endpoint].get(name);
+                    if current.is_none_or(|c| c.version != zoned.version) {
+                        next.upsert(ResourceType::Endpoint, zoned);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A load assignment as the profile's proxies get it: with their zone's endpoints first
+    /// when the profile has a zone (see `translate::endpoint::prefer_zone`), else shared as
+    /// is. Clusters that hash (RingHash, Maglev) keep one ring for every caller: a zone
+    /// preference would map the same key to different pods from different zones.
+    fn zoned(&self, profile: &ProxyProfile, r: &Resource) -> Resource {
+        use envoy_types::pb::envoy::config::cluster::v3::{cluster::LbPolicy, Cluster};
+        use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        use prost::Message;
+        let Some(zone) = profile.zone else {
+            return r.clone();
+        };
+        let hashing = self
+            .translator
+            .clusters()
+            .get(&r.name)
+            .and_then(|c| Cluster::decode(c.body.value.as_slice()).ok())
+            .is_some_and(|c| {
+                c.lb_policy == LbPolicy::RingHash as i32 || c.lb_policy == LbPolicy::Maglev as i32
+            });
+        if hashing {
+            return r.clone();
+        }
+        ClusterLoadAssignment::decode(r.body.value.as_slice())
+            .ok()
+            .and_then(|cla| translate::endpoint::prefer_zone(&cla, zone.as_str()))
+            .map(|cla| Resource::new(r.name.clone(), &cla))
+            .unwrap_or_else(|| r.clone())
     }
 
     /// Resources of the test overlay that were added or removed.
@@ -521,21 +566,6 @@ impl NextSnapshot {
             types,
         })
     }
-}
-
-/// A load assignment as the profile's proxies get it: with their zone's endpoints first
-/// when the profile has a zone (see `translate::endpoint::prefer_zone`), else shared as is.
-fn zoned(profile: &ProxyProfile, r: &Resource) -> Resource {
-    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-    use prost::Message;
-    let Some(zone) = profile.zone else {
-        return r.clone();
-    };
-    ClusterLoadAssignment::decode(r.body.value.as_slice())
-        .ok()
-        .and_then(|cla| translate::endpoint::prefer_zone(&cla, zone.as_str()))
-        .map(|cla| Resource::new(r.name.clone(), &cla))
-        .unwrap_or_else(|| r.clone())
 }
 
 /// Every EDS cluster the snapshot adds or changes has its load assignment, and no load

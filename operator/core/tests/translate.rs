@@ -868,3 +868,61 @@ fn golden_mtls_origination_and_inbound_per_mode() {
     );
     assert_eq!(chains(MtlsMode::Disable), ["inbound"]);
 }
+
+#[test]
+fn a_zone_profile_prefers_its_zone_except_for_hashing_clusters() {
+    use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    let mut slice = mk_slice(
+        "default",
+        "reviews-abc",
+        "reviews",
+        "http",
+        8080,
+        &[("10.0.0.1", "reviews-v1"), ("10.0.0.2", "reviews-v2")],
+    );
+    for (ep, zone) in slice.endpoints.iter_mut().zip(["zone-a", "zone-b"]) {
+        ep.zone = Some(zone.into());
+    }
+    let mut index = Index::new();
+    apply(
+        &mut index,
+        vec![
+            Object::Service(mk_service("default", "reviews", "10.96.0.10", &[9080])),
+            Object::EndpointSlice(slice),
+        ],
+    );
+    let mut snapshots = SnapshotBuilder::new();
+    snapshots.update(&mut index);
+    let profile = ProxyProfile::new(Capture::Explicit { port: 15001 }, MtlsMode::Strict)
+        .in_zone(weir_core::Zone::new("zone-a"));
+    let priorities = |snapshot: &Snapshot| -> Vec<(String, u32)> {
+        let r = &snapshot.of(ResourceType::Endpoint)
+            ["outbound|9080||reviews.default.svc.cluster.local"];
+        let cla = ClusterLoadAssignment::decode(r.body.value.as_slice()).unwrap();
+        cla.endpoints
+            .iter()
+            .map(|g| (g.locality.clone().unwrap_or_default().zone, g.priority))
+            .collect()
+    };
+    let snapshot = snapshots.snapshot(profile);
+    assert_eq!(
+        priorities(&snapshot),
+        [("zone-a".to_string(), 0), ("zone-b".to_string(), 1)]
+    );
+    // A hashing balancer keeps one ring for every caller: no zone preference.
+    let spec: weir_api::TrafficPolicySpec = serde_json::from_value(serde_json::json!({
+        "targetRef": {"service": "reviews"},
+        "loadBalancer": {"algorithm": "RingHash", "consistentHash": {"header": "x-user"}},
+    }))
+    .unwrap();
+    index.apply(Event::apply(Object::TrafficPolicy(mk_policy(
+        "default", "reviews", spec,
+    ))));
+    snapshots.update(&mut index);
+    let snapshot = snapshots.snapshot(profile);
+    assert_eq!(
+        priorities(&snapshot),
+        [("zone-a".to_string(), 0), ("zone-b".to_string(), 0)]
+    );
+    snapshots.check(profile, &snapshot).unwrap();
+}

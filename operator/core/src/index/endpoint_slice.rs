@@ -102,7 +102,7 @@ impl IndexKind for EndpointSlice {
         if old.map(zones).unwrap_or_default() != zones(&model) {
             index.modes_generation += 1;
         }
-        Self::delete(index, &key);
+        unlink(index, &key);
         for pod in model.endpoints.iter().filter_map(|e| e.pod.clone()) {
             let services = index.services_by_pod.entry(pod).or_default();
             if !services.contains(&service) {
@@ -119,44 +119,48 @@ impl IndexKind for EndpointSlice {
     }
 
     fn delete(index: &mut Index, key: &ObjectKey) {
-        let Some(old) = index.slices.remove(key) else {
-            return;
-        };
-        if old.endpoints.iter().any(|e| e.zone.is_some()) {
+        if unlink(index, key).is_some_and(|old| old.endpoints.iter().any(|e| e.zone.is_some())) {
+            // Its pods' zones are unknown now.
             index.modes_generation += 1;
         }
-        if let Some(set) = index.slices_by_service.get_mut(&old.service) {
-            set.remove(key);
-            if set.is_empty() {
-                index.slices_by_service.remove(&old.service);
-            }
-        }
-        // Forget pod -> service links no remaining slice of the service backs (one pass
-        // over the remaining slices, not one per pod: Services can have thousands).
-        let remaining: std::collections::HashSet<&ObjectKey> = index
-            .slices_for(&old.service)
-            .flat_map(|s| s.endpoints.iter().filter_map(|e| e.pod.as_ref()))
-            .collect();
-        let unlinked: Vec<&ObjectKey> = old
-            .endpoints
-            .iter()
-            .filter_map(|e| e.pod.as_ref())
-            .filter(|pod| !remaining.contains(pod))
-            .collect();
-        for pod in unlinked {
-            if let Some(set) = index.services_by_pod.get_mut(pod) {
-                set.retain(|s| *s != old.service);
-                if set.is_empty() {
-                    index.services_by_pod.remove(pod);
-                }
-            }
-        }
-        index.dirty.endpoints.insert(old.service);
     }
 
     fn keys(index: &Index) -> Vec<ObjectKey> {
         index.slices.keys().cloned().collect()
     }
+}
+
+/// Removes a slice and the links it made; the slice, if there was one.
+fn unlink(index: &mut Index, key: &ObjectKey) -> Option<SliceModel> {
+    let old = index.slices.remove(key)?;
+    if let Some(set) = index.slices_by_service.get_mut(&old.service) {
+        set.remove(key);
+        if set.is_empty() {
+            index.slices_by_service.remove(&old.service);
+        }
+    }
+    // Forget pod -> service links no remaining slice of the service backs (one pass
+    // over the remaining slices, not one per pod: Services can have thousands).
+    let remaining: std::collections::HashSet<&ObjectKey> = index
+        .slices_for(&old.service)
+        .flat_map(|s| s.endpoints.iter().filter_map(|e| e.pod.as_ref()))
+        .collect();
+    let unlinked: Vec<&ObjectKey> = old
+        .endpoints
+        .iter()
+        .filter_map(|e| e.pod.as_ref())
+        .filter(|pod| !remaining.contains(pod))
+        .collect();
+    for pod in unlinked {
+        if let Some(set) = index.services_by_pod.get_mut(pod) {
+            set.retain(|s| *s != old.service);
+            if set.is_empty() {
+                index.services_by_pod.remove(pod);
+            }
+        }
+    }
+    index.dirty.endpoints.insert(old.service.clone());
+    Some(old)
 }
 
 impl Index {

@@ -315,7 +315,6 @@ pub fn passthrough_virtual_host() -> VirtualHost {
     }
 }
 
-/// `None` for Present.
 /// A condition on one header.
 fn header_matcher(h: &NamedMatch) -> HeaderMatcher {
     HeaderMatcher {
@@ -328,6 +327,7 @@ fn header_matcher(h: &NamedMatch) -> HeaderMatcher {
     }
 }
 
+/// `None` for Present.
 fn string_matcher(value: &ValueMatch) -> Option<StringMatcher> {
     let pattern = match value {
         ValueMatch::Exact(v) => MatchPattern::Exact(v.clone()),
