@@ -156,14 +156,14 @@ impl MeshState {
         self.modes.subscribe()
     }
 
-    /// The mTLS mode a pod's sidecar accepts inbound.
-    pub fn mtls_mode(&self, pod: &weir_core::ObjectKey) -> weir_api::MtlsMode {
-        self.model().index.mtls_mode(pod)
-    }
-
-    /// A pod's zone, as its EndpointSlices say.
-    pub fn pod_zone(&self, pod: &weir_core::ObjectKey) -> Option<std::sync::Arc<str>> {
-        self.model().index.pod_zone(pod)
+    /// What a pod's proxy profile depends on: the mTLS mode its sidecar accepts inbound
+    /// and its zone (as its EndpointSlices say), read under one lock.
+    pub fn placement(
+        &self,
+        pod: &weir_core::ObjectKey,
+    ) -> (weir_api::MtlsMode, Option<std::sync::Arc<str>>) {
+        let model = self.model();
+        (model.index.mtls_mode(pod), model.index.pod_zone(pod))
     }
 
     /// A pod's service account, when the pod is known.

@@ -89,3 +89,37 @@ pub fn append_results(lines: &[serde_json::Value]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A `/proc/<pid>/status` figure in KiB, e.g. `VmRSS` or `VmHWM`.
+pub fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = text
+        .lines()
+        .find(|l| {
+            l.strip_prefix(field)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed line")?
+        .parse()?)
+}
+
+/// User + system CPU time of `pid` so far.
+pub fn cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
+    use anyhow::Context;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("malformed stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    // Clock ticks are 100 per second on Linux.
+    Ok(std::time::Duration::from_millis(ticks * 10))
+}

@@ -155,3 +155,36 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> Result<()> {
     std::fs::rename(&tmp, dir.join(name)).with_context(|| format!("renaming into {name}"))?;
     Ok(())
 }
+
+/// A benchmark mesh: Services `svc0..` in namespace default (ClusterIPs 10.96.x.y, port
+/// 8080), each with one EndpointSlice of `endpoints` pods `svc<i>-<e>` at 10.a.b.c.
+pub fn bench_mesh_yaml(services: usize, endpoints: usize) -> Result<String> {
+    let mut mesh = String::new();
+    for s in 0..services {
+        let name = format!("svc{s}");
+        mesh.push_str(&service_yaml(
+            "default",
+            &name,
+            &format!("10.96.{}.{}", s / 250, s % 250),
+            8080,
+        ));
+        mesh.push_str("---\n");
+        let pods: Vec<(String, IpAddr)> = (0..endpoints)
+            .map(|e| {
+                let n = s * endpoints + e;
+                let ip = format!("10.{}.{}.{}", 1 + n / 62500, (n / 250) % 250, n % 250);
+                Ok((format!("{name}-{e}"), ip.parse()?))
+            })
+            .collect::<Result<_>>()?;
+        let pods: Vec<(&str, IpAddr)> = pods.iter().map(|(n, ip)| (n.as_str(), *ip)).collect();
+        mesh.push_str(&slice_yaml(
+            "default",
+            &name,
+            &format!("{name}-x"),
+            8080,
+            &pods,
+        ));
+        mesh.push_str("---\n");
+    }
+    Ok(mesh)
+}

@@ -79,8 +79,25 @@ mod tower_fn {
     }
 }
 
-/// Node metadata as the bootstrap writes it, for pod `namespace/pod`.
+/// Node metadata as the bootstrap writes it, for a transparent-capture pod
+/// `namespace/pod`.
 pub fn node(namespace: &str, pod: &str) -> Node {
+    node_with(namespace, pod, &[("CAPTURE_MODE", "transparent")])
+}
+
+/// As [`node`], for an explicit-capture proxy listening on `outbound_port`.
+pub fn explicit_node(namespace: &str, pod: &str, outbound_port: u16) -> Node {
+    node_with(
+        namespace,
+        pod,
+        &[
+            ("CAPTURE_MODE", "explicit"),
+            ("OUTBOUND_PORT", &outbound_port.to_string()),
+        ],
+    )
+}
+
+fn node_with(namespace: &str, pod: &str, capture: &[(&str, &str)]) -> Node {
     let text = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_string())),
     };
@@ -88,14 +105,11 @@ pub fn node(namespace: &str, pod: &str) -> Node {
         id: format!("{pod}.{namespace}"),
         cluster: namespace.to_string(),
         metadata: Some(Struct {
-            fields: [
-                ("NAMESPACE", text(namespace)),
-                ("POD_NAME", text(pod)),
-                ("CAPTURE_MODE", text("transparent")),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
+            fields: [("NAMESPACE", namespace), ("POD_NAME", pod)]
+                .iter()
+                .chain(capture)
+                .map(|(k, v)| (k.to_string(), text(v)))
+                .collect(),
         }),
         ..Default::default()
     }

@@ -67,9 +67,20 @@ async fn get(
     headers: &[(&str, &str)],
     want: &str,
 ) -> Result<Answer> {
+    get_on(envoy.outbound_port, host, path, headers, want).await
+}
+
+/// One GET through the outbound listener on `port`, read as an [`Answer`].
+async fn get_on(
+    port: u16,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    want: &str,
+) -> Result<Answer> {
     let client = reqwest::Client::new();
     let mut req = client
-        .get(format!("http://127.0.0.1:{}{path}", envoy.outbound_port))
+        .get(format!("http://127.0.0.1:{port}{path}"))
         .header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -103,29 +114,7 @@ async fn concurrently(envoy: &Envoy, n: usize, host: &str, path: &str) -> Result
     let tasks: Vec<_> = (0..n)
         .map(|_| {
             let (host, path) = (host.to_string(), path.to_string());
-            tokio::spawn(async move {
-                let client = reqwest::Client::new();
-                let resp = client
-                    .get(format!("http://127.0.0.1:{port}{path}"))
-                    .header("host", host)
-                    .send()
-                    .await?;
-                let status = resp.status().as_u16();
-                let overloaded = resp.headers().contains_key("x-envoy-overloaded");
-                let body = resp
-                    .text()
-                    .await?
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                anyhow::Ok(Answer {
-                    status,
-                    overloaded,
-                    header: None,
-                    body,
-                })
-            })
+            tokio::spawn(async move { get_on(port, &host, &path, &[], "").await })
         })
         .collect();
     let mut out = Vec::new();

@@ -4,7 +4,6 @@
 //! oversized request ends its stream; each is counted in weir_xds_refused_total.
 
 use anyhow::{Context, Result};
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
     DeltaDiscoveryResponse,
@@ -33,26 +32,12 @@ async fn refused(admin: SocketAddr, reason: &str) -> Option<u64> {
     )
 }
 
-/// An explicit-capture proxy's node, as `weir-operator bootstrap` writes it.
-fn node(id: &str) -> Node {
-    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-    let s = |v: &str| Value {
-        kind: Some(Kind::StringValue(v.to_string())),
-    };
-    Node {
-        id: id.to_string(),
-        metadata: Some(Struct {
-            fields: [
-                ("NAMESPACE".to_string(), s("default")),
-                ("POD_NAME".to_string(), s(id)),
-                ("CAPTURE_MODE".to_string(), s("explicit")),
-                ("OUTBOUND_PORT".to_string(), s("15001")),
-            ]
-            .into_iter()
-            .collect(),
-        }),
-        ..Default::default()
-    }
+/// The refusal is RESOURCE_EXHAUSTED naming the flag that sets the limit, and it was
+/// counted once under `reason`.
+async fn exhausted(status: &tonic::Status, flag: &str, admin: SocketAddr, reason: &str) {
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains(flag), "{}", status.message());
+    assert_eq!(refused(admin, reason).await, Some(1));
 }
 
 /// A delta stream that has sent its first request; the sender stays open with it.
@@ -70,7 +55,7 @@ async fn open_stream(
         .await?;
     let (tx, rx) = mpsc::channel(4);
     tx.send(DeltaDiscoveryRequest {
-        node: Some(node(id)),
+        node: Some(weir_tests::xds_client::explicit_node("default", id, 15001)),
         type_url: ResourceType::Cluster.type_url().to_string(),
         ..Default::default()
     })
@@ -154,13 +139,7 @@ async fn the_xds_server_refuses_what_is_over_its_limits() -> Result<()> {
             .await
             .expect_err("a third stream was served"),
     };
-    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    assert!(
-        status.message().contains("--xds-max-streams"),
-        "{}",
-        status.message()
-    );
-    assert_eq!(refused(admin, "stream_limit").await, Some(1));
+    exhausted(&status, "--xds-max-streams", admin, "stream_limit").await;
     // The two streams are served.
     first
         .message()
@@ -187,13 +166,13 @@ async fn the_xds_server_refuses_what_is_over_its_limits() -> Result<()> {
             Err(status) => break status,
         }
     };
-    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
-    assert!(
-        status.message().contains("--xds-max-request-bytes"),
-        "{}",
-        status.message()
-    );
-    assert_eq!(refused(admin, "request_too_large").await, Some(1));
+    exhausted(
+        &status,
+        "--xds-max-request-bytes",
+        admin,
+        "request_too_large",
+    )
+    .await;
     plane.stop().await;
     Ok(())
 }

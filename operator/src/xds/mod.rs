@@ -304,11 +304,12 @@ async fn drive<C: Connection>(
     let mut modes = state.modes();
     // The profile follows the pod's mTLS mode and zone (both can change while connected).
     let placed = |state: &MeshState| {
+        let (mode, pod_zone) = state.placement(&pod);
         let zone = match &meta.zone {
             Some(zone) => weir_core::Zone::new(zone),
-            None => state.pod_zone(&pod).and_then(|z| weir_core::Zone::new(&z)),
+            None => pod_zone.and_then(|z| weir_core::Zone::new(&z)),
         };
-        meta.profile(state.mtls_mode(&pod)).in_zone(zone)
+        meta.profile(mode).in_zone(zone)
     };
     let mut profile = placed(&state);
     let mut snapshots = state.subscribe(profile);

@@ -20,19 +20,6 @@ use weir_tests::*;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn proc_kb(pid: u32, field: &str) -> Result<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("malformed line")?
-        .parse()?)
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let services = env_usize("SERVICES", 10_000);
@@ -110,13 +97,13 @@ async fn main() -> Result<()> {
     .await?;
     let loaded = started.elapsed();
     // Let the first translation and status writes finish before reading steady memory.
-    let mut rss = proc_kb(pid, "VmRSS")?;
+    let mut rss = proc_status_kib(pid, "VmRSS")?;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        rss = proc_kb(pid, "VmRSS")?;
+        rss = proc_status_kib(pid, "VmRSS")?;
     }
-    let peak = proc_kb(pid, "VmHWM")?;
-    let ticks = cpu_ticks(pid)?;
+    let peak = proc_status_kib(pid, "VmHWM")?;
+    let cpu = cpu_time(pid)?;
     println!(
         "watch path: {services} Services, {services} EndpointSlices, {} endpoints, {} Pods (metadata), {} policies",
         services * per_slice,
@@ -124,9 +111,9 @@ async fn main() -> Result<()> {
         policies.min(services)
     );
     println!(
-        "  loaded and indexed in {:.2} s (operator CPU {:.2} s, at 100 ticks/s)",
+        "  loaded and indexed in {:.2} s (operator CPU {:.2} s)",
         loaded.as_secs_f64(),
-        ticks as f64 / 100.0
+        cpu.as_secs_f64()
     );
     println!(
         "  operator RSS {:.1} MiB, peak {:.1} MiB",
@@ -183,13 +170,13 @@ async fn main() -> Result<()> {
     )
     .await?;
     let local_loaded = started.elapsed();
-    let mut local_rss = proc_kb(local_pid, "VmRSS")?;
+    let mut local_rss = proc_status_kib(local_pid, "VmRSS")?;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        local_rss = proc_kb(local_pid, "VmRSS")?;
+        local_rss = proc_status_kib(local_pid, "VmRSS")?;
     }
-    let local_peak = proc_kb(local_pid, "VmHWM")?;
-    let local_ticks = cpu_ticks(local_pid)?;
+    let local_peak = proc_status_kib(local_pid, "VmHWM")?;
+    let local_cpu = cpu_time(local_pid)?;
     println!(
         "local mode, the same objects in {} files:",
         by_namespace.len()
@@ -197,7 +184,7 @@ async fn main() -> Result<()> {
     println!(
         "  ready in {:.2} s (operator CPU {:.2} s; goal <= 2 s at 10,000 Services)",
         local_loaded.as_secs_f64(),
-        local_ticks as f64 / 100.0
+        local_cpu.as_secs_f64()
     );
     println!(
         "  operator RSS {:.1} MiB, peak {:.1} MiB: {:+.1}% against the watch path (goal: within 10%)",
@@ -234,16 +221,4 @@ async fn main() -> Result<()> {
         ),
     ])?;
     Ok(())
-}
-
-/// User + system CPU ticks of `pid`.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("malformed stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
 }

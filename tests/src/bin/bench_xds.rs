@@ -15,13 +15,12 @@
 //! `WEIR_BENCH_CHURN_SECS` (60; 0 skips), `WEIR_BENCH_CHURN_RATE` (100 changes/s).
 
 use anyhow::{Context, Result};
-use envoy_types::pb::envoy::config::core::v3::{address, Node};
+use envoy_types::pb::envoy::config::core::v3::address;
 use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
 use envoy_types::pb::envoy::service::discovery::v3::{
     aggregated_discovery_service_client::AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest,
     DiscoveryRequest,
 };
-use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use prost::Message;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -37,26 +36,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Services whose endpoints change during the churn phase, in a file of their own.
 const CHURN_SERVICES: usize = 10;
-
-fn node(i: usize) -> Node {
-    let s = |v: &str| Value {
-        kind: Some(Kind::StringValue(v.to_string())),
-    };
-    Node {
-        id: format!("bench-{i}"),
-        metadata: Some(Struct {
-            fields: [
-                ("NAMESPACE".to_string(), s("default")),
-                ("POD_NAME".to_string(), s(&format!("bench-{i}"))),
-                ("CAPTURE_MODE".to_string(), s("explicit")),
-                ("OUTBOUND_PORT".to_string(), s("15001")),
-            ]
-            .into_iter()
-            .collect(),
-        }),
-        ..Default::default()
-    }
-}
 
 /// What the clients report back to the bench.
 #[derive(Default)]
@@ -151,7 +130,11 @@ async fn delta_client(i: usize, channel: tonic::transport::Channel, shared: &Sha
         ..Default::default()
     };
     let mut first = req(ResourceType::Cluster, vec![], String::new());
-    first.node = Some(node(i));
+    first.node = Some(xds_client::explicit_node(
+        "default",
+        &format!("bench-{i}"),
+        15001,
+    ));
     tx.send(first).await?;
     tx.send(req(ResourceType::Listener, vec![], String::new()))
         .await?;
@@ -210,7 +193,11 @@ async fn sotw_client(i: usize, channel: tonic::transport::Channel, shared: &Shar
             ..Default::default()
         };
     let mut first = req(ResourceType::Cluster, vec![], String::new(), String::new());
-    first.node = Some(node(i));
+    first.node = Some(xds_client::explicit_node(
+        "default",
+        &format!("bench-{i}"),
+        15001,
+    ));
     tx.send(first).await?;
     tx.send(req(
         ResourceType::Listener,
@@ -305,32 +292,6 @@ async fn client(i: usize, endpoint: tonic::transport::Endpoint, sotw: bool, shar
     }
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// User + system CPU time of `pid` so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // Clock ticks are 100 per second on Linux.
-    Duration::from_millis(fields.iter().sum::<u64>() * 10)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -353,35 +314,7 @@ fn write_mesh(
     endpoints: usize,
     policies: usize,
 ) -> Result<()> {
-    let mut mesh = String::new();
-    for s in 0..services {
-        let name = format!("svc{s}");
-        mesh.push_str(&service_yaml(
-            "default",
-            &name,
-            &format!("10.96.{}.{}", s / 250, s % 250),
-            8080,
-        ));
-        mesh.push_str("---\n");
-        let pods: Vec<(String, std::net::IpAddr)> = (0..endpoints)
-            .map(|e| {
-                let n = s * endpoints + e;
-                let ip = format!("10.{}.{}.{}", 1 + n / 62500, (n / 250) % 250, n % 250);
-                Ok((format!("{name}-{e}"), ip.parse()?))
-            })
-            .collect::<Result<_>>()?;
-        let pods: Vec<(&str, std::net::IpAddr)> =
-            pods.iter().map(|(n, ip)| (n.as_str(), *ip)).collect();
-        mesh.push_str(&slice_yaml(
-            "default",
-            &name,
-            &format!("{name}-x"),
-            8080,
-            &pods,
-        ));
-        mesh.push_str("---\n");
-    }
-    write_file(dir, "mesh.yaml", &mesh)?;
+    write_file(dir, "mesh.yaml", &bench_mesh_yaml(services, endpoints)?)?;
     let mut text = String::new();
     for p in 1..policies.min(services) {
         text.push_str(&split_policy_yaml(
@@ -494,7 +427,7 @@ async fn main() -> Result<()> {
         || async { (status(admin).await?["objects"]["services"] == total_services).then_some(()) },
     )
     .await?;
-    let rss_before = proc_status_kib(pid, "VmRSS:");
+    let rss_before = proc_status_kib(pid, "VmRSS")?;
 
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{xds}"))?;
     let shared = Arc::new(Shared {
@@ -506,7 +439,7 @@ async fn main() -> Result<()> {
     // Every stream opened at once, on a connection of its own (as Envoys do after an
     // operator restart).
     let started = Instant::now();
-    let storm_cpu_start = cpu_time(pid);
+    let storm_cpu_start = cpu_time(pid)?;
     for i in 0..streams {
         tokio::spawn(client(i, endpoint.clone(), sotw, shared.clone()));
     }
@@ -522,11 +455,11 @@ async fn main() -> Result<()> {
     )
     .await?;
     let storm = started.elapsed();
-    let storm_cpu = cpu_time(pid).saturating_sub(storm_cpu_start);
+    let storm_cpu = cpu_time(pid)?.saturating_sub(storm_cpu_start);
     let resets_in_storm = shared.counters.resets.load(Ordering::Relaxed);
     // Let the allocator return what the initial pushes used transiently.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let rss_after = proc_status_kib(pid, "VmRSS:");
+    let rss_after = proc_status_kib(pid, "VmRSS")?;
 
     let changed_at = Instant::now();
     shared.marks.lock().expect("marks lock").changed_at = Some(changed_at);
@@ -615,8 +548,8 @@ async fn main() -> Result<()> {
     );
 
     if churn_secs > 0 && !sotw {
-        let rss_start = proc_status_kib(pid, "VmRSS:");
-        let cpu_start = cpu_time(pid);
+        let rss_start = proc_status_kib(pid, "VmRSS")?;
+        let cpu_start = cpu_time(pid)?;
         shared.churning.store(true, Ordering::SeqCst);
         let churn_started = Instant::now();
         let changes = churn_secs * churn_rate;
@@ -636,8 +569,8 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         shared.churning.store(false, Ordering::SeqCst);
         let elapsed = churn_started.elapsed();
-        let cpu = cpu_time(pid).saturating_sub(cpu_start);
-        let rss_end = proc_status_kib(pid, "VmRSS:");
+        let cpu = cpu_time(pid)?.saturating_sub(cpu_start);
+        let rss_end = proc_status_kib(pid, "VmRSS")?;
         let mut delays = std::mem::take(&mut shared.marks.lock().expect("marks lock").churn_delays);
         delays.sort();
         results.add(

@@ -138,7 +138,7 @@ const NO_TIMEOUT: Duration = Duration {
     nanos: 0,
 };
 
-fn pb_duration(d: std::time::Duration) -> Duration {
+pub(super) fn pb_duration(d: std::time::Duration) -> Duration {
     Duration {
         seconds: d.as_secs() as i64,
         nanos: d.subsec_nanos() as i32,

@@ -50,9 +50,10 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::r#type::v3::{
     fractional_percent::DenominatorType, FractionalPercent, Percent, TokenBucket,
 };
-use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use envoy_types::util::pack_any;
 
+use super::route::pb_duration;
 use crate::policy::{AbortStatus, Balancer, Fault, HashKey, RateLimit, Upstream};
 use crate::protocol::Protocol;
 
@@ -64,13 +65,6 @@ pub const RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
 pub const RATE_LIMITED_HEADER: &str = "x-weir-rate-limited";
 /// Stat prefix of the local rate limit filter (`<prefix>.http_local_rate_limit.rate_limited`).
 const RATE_LIMIT_STATS: &str = "weir_rate_limit";
-
-fn pb_duration(d: std::time::Duration) -> Duration {
-    Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
 
 fn u32v(value: u32) -> UInt32Value {
     UInt32Value { value }
