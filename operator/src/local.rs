@@ -519,7 +519,7 @@ const CA_POLL: Duration = Duration::from_secs(1);
 /// the CA; the links a rotation makes are kept in `links.pem`. Runs until dropped.
 pub async fn run_ca(state: Arc<MeshState>, dir: Option<PathBuf>) {
     use weir_core::identity::CertificateAuthority;
-    use weir_core::status::{CaProblem, Reason};
+    use weir_core::status::{CaProblem, CaReadyReason};
     let trust_domain = state.identity_config().trust_domain;
     let Some(dir) = dir else {
         match CertificateAuthority::generate(&trust_domain, std::time::SystemTime::now()) {
@@ -528,7 +528,7 @@ pub async fn run_ca(state: Arc<MeshState>, dir: Option<PathBuf>) {
                 state.identity.set_ca(ca);
             }
             Err(err) => state.identity.set_problem(CaProblem {
-                reason: Reason::InvalidCa,
+                reason: CaReadyReason::InvalidCa,
                 message: format!("cannot generate the mesh CA: {err}"),
             }),
         }
@@ -541,7 +541,7 @@ pub async fn run_ca(state: Arc<MeshState>, dir: Option<PathBuf>) {
     if !paths.cert.exists() && !paths.key.exists() {
         if let Err(err) = paths.generate(&trust_domain) {
             state.identity.set_problem(CaProblem {
-                reason: Reason::InvalidCa,
+                reason: CaReadyReason::InvalidCa,
                 message: format!("cannot write a new CA into {}: {err}", dir.display()),
             });
         }
@@ -562,7 +562,7 @@ pub async fn run_ca(state: Arc<MeshState>, dir: Option<PathBuf>) {
                         }
                     }
                     Err(err) => state.identity.set_problem(CaProblem {
-                        reason: Reason::InvalidCa,
+                        reason: CaReadyReason::InvalidCa,
                         message: format!("{}: {err}", dir.display()),
                     }),
                 }
@@ -570,7 +570,7 @@ pub async fn run_ca(state: Arc<MeshState>, dir: Option<PathBuf>) {
             }
             Ok(_) => {}
             Err(err) => state.identity.set_problem(CaProblem {
-                reason: Reason::CaNotFound,
+                reason: CaReadyReason::CaNotFound,
                 message: format!(
                     "{err}: put tls.crt and tls.key (and ca.crt for an intermediate) in {}",
                     dir.display()

@@ -320,7 +320,11 @@ impl MeshState {
         let proxies = self.proxies.list();
         let (policies, counts) = {
             let model = self.model();
-            let policies = policy_statuses(&model.index, ack_summary(&proxies));
+            let policies = policy_statuses(
+                &model.index,
+                model.snapshots.translator(),
+                ack_summary(&proxies),
+            );
             (policies, model.index.counts())
         };
         let rejected: Vec<_> = policies.iter().filter(|p| !p.accepted().status).collect();

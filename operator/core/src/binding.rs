@@ -1,47 +1,137 @@
-//! Binding: which policy governs each port of a Service, with every destination resolved
-//! against the index. The one place that decides precedence, port coverage and backend
-//! existence; translation, status and the index's backend links all read its result.
+//! Binding: which routes govern each port of a Service, merged from every source that
+//! attaches to it, with every backend resolved against the index. The one place that
+//! decides precedence, port coverage and backend existence; translation, status and the
+//! index's backend links all read its result, and it builds no message: each source's
+//! status builder words the outcome in its own fields.
 //!
 //! ```text
-//! Index::policies_for(service) (precedence order) + ServiceModel
-//!   --ServiceBinding::bind--> per policy: Active | Conflicted | TargetNotFound,
-//!                                         the first destination that does not resolve
-//!                             per port:   the governing policy's routes, backends resolved
-//!                                         to cluster names
+//! attachments(index, service): every source's RouteSet on the Service, by precedence
+//!   (older first, then kind, namespace, name; no timestamp, as in local mode, first)
+//!   --ServiceBinding::bind--> per attachment: Active | Conflicted | TargetNotFound,
+//!                                             the first backend that does not resolve,
+//!                                             rules that cannot apply to a port's protocol
+//!                             per port:       the merged rules, backends resolved to
+//!                                             cluster names, the governing upstream
 //! ```
+//!
+//! How attachments share a port is the source's [`Merge`]: an exclusive source
+//! (TrafficPolicy) governs the ports it claims first and the later ones are Conflicted; the
+//! rules of merging sources (Gateway API routes) are interleaved by match precedence
+//! (exact path, longest prefix, method, most headers, most query parameters, then the
+//! attachment's precedence, then the order written). A port claimed by one kind is not
+//! shared with the other: the later attachment is Conflicted.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::index::{Index, ObjectKey, ServiceModel};
-use crate::policy::{BackendRef, Policy, WeightedBackend};
-use crate::translate::names;
+use crate::names;
+use crate::protocol::{DecidedBy, Protocol};
+use crate::routing::{Backend, HttpMatch, HttpRule, PathMatch, RouteSet, TcpRule};
 
-/// What the policies that target one Service do to it.
+/// Where an attachment comes from: one variant per routing source kind.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceRef {
+    /// A TrafficPolicy.
+    TrafficPolicy(ObjectKey),
+}
+
+impl SourceRef {
+    /// The resource kind, as users write it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceRef::TrafficPolicy(_) => "TrafficPolicy",
+        }
+    }
+
+    /// The resource.
+    pub fn key(&self) -> &ObjectKey {
+        match self {
+            SourceRef::TrafficPolicy(key) => key,
+        }
+    }
+}
+
+impl std::fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind(), self.key())
+    }
+}
+
+/// How a source's rules share a port with other attachments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Merge {
+    /// The first attachment to claim a port governs it whole (rules, subsets, upstream);
+    /// later ones are Conflicted.
+    Exclusive,
+    /// Rules of every merging attachment on the port are interleaved by match precedence.
+    Rules,
+}
+
+/// One source's routes on a Service, as the binding sees them.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// The source.
+    pub source: SourceRef,
+    /// Its served (last valid) routes.
+    pub routes: Arc<RouteSet>,
+    /// Creation time: the older attachment takes precedence.
+    pub created: Option<Time>,
+    /// How it shares ports.
+    pub merge: Merge,
+}
+
+impl Attachment {
+    /// Precedence order: older first (no timestamp first), then the source.
+    fn precedence(&self) -> (Option<&Time>, &SourceRef) {
+        (self.created.as_ref(), &self.source)
+    }
+}
+
+/// Every attachment on `service`, highest precedence first.
+pub fn attachments(index: &Index, service: &ObjectKey) -> Vec<Attachment> {
+    let mut out: Vec<Attachment> = index
+        .policies_for(service)
+        .into_iter()
+        .filter_map(|(key, entry)| {
+            Some(Attachment {
+                source: SourceRef::TrafficPolicy(key.clone()),
+                routes: entry.effective()?.clone(),
+                created: entry.created.clone(),
+                merge: Merge::Exclusive,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+    out
+}
+
+/// What the attachments on one Service do to it.
 #[derive(Debug, Clone, Default)]
 pub struct ServiceBinding {
-    /// Every policy whose served version targets the Service, highest precedence first.
-    pub policies: Vec<PolicyBinding>,
-    /// Per port of the Service, the routes of the policy that governs it.
+    /// Every attachment's outcome, highest precedence first.
+    pub attachments: Vec<AttachmentBinding>,
+    /// Per port of the Service, the routes that govern it.
     pub ports: BTreeMap<u16, PortRoutes>,
 }
 
-/// One policy's outcome on its target.
+/// One attachment's outcome on its target.
 #[derive(Debug, Clone)]
-pub struct PolicyBinding {
-    /// The policy.
-    pub key: ObjectKey,
-    /// Its served (last valid) version.
-    pub policy: Arc<Policy>,
+pub struct AttachmentBinding {
+    /// The source.
+    pub source: SourceRef,
+    /// Its served routes.
+    pub routes: Arc<RouteSet>,
     /// Whether it governs ports.
     pub outcome: Outcome,
-    /// The first destination that does not resolve, when the target exists.
+    /// The first backend that does not resolve, when the target exists.
     pub unresolved: Option<Unresolved>,
-    /// Rules that cannot apply to the protocol of a port the policy governs.
-    pub notes: Vec<String>,
+    /// Rules that cannot apply to the protocol of a port the attachment governs.
+    pub mismatches: Vec<ProtocolMismatch>,
 }
 
-/// Whether a policy governs ports of its target.
+/// Whether an attachment governs ports of its target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// It governs these ports.
@@ -49,42 +139,150 @@ pub enum Outcome {
         /// The ports.
         ports: BTreeSet<u16>,
     },
-    /// An earlier policy governs an overlapping port.
+    /// An attachment of higher precedence governs an overlapping port.
     Conflicted {
-        /// The policy that takes precedence.
-        winner: ObjectKey,
+        /// The attachment that takes precedence.
+        winner: SourceRef,
         /// The ports both claim.
         ports: BTreeSet<u16>,
     },
     /// The target Service or port does not exist.
-    TargetNotFound {
-        /// What is missing and how to fix it.
-        message: String,
+    TargetNotFound(TargetProblem),
+}
+
+/// What is missing of a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetProblem {
+    /// The Service.
+    NoService,
+    /// The port (the Service has `ports`).
+    NoPort {
+        /// The port asked for.
+        port: u16,
+        /// The Service's ports.
+        ports: BTreeSet<u16>,
     },
 }
 
-/// A destination that resolves to nothing: its share of traffic fails with 503.
+/// A backend that resolves to nothing: its share of traffic fails with 503 (or, for a
+/// mirror, no copies are sent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unresolved {
-    /// What is missing, with the field, and how to fix it.
-    pub message: String,
+    /// Which backend.
+    pub at: BackendAt,
+    /// The Service it names.
+    pub service: ObjectKey,
+    /// [`Resolution::NoService`] or [`Resolution::NoPort`].
+    pub resolution: Resolution,
 }
 
-/// The routes of the policy governing one port.
+/// Where a backend is written in its route set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendAt {
+    /// Backend `backend` of HTTP rule `rule`.
+    Http {
+        /// Rule index.
+        rule: usize,
+        /// Backend index.
+        backend: usize,
+    },
+    /// Backend `backend` of TCP rule `rule`.
+    Tcp {
+        /// Rule index.
+        rule: usize,
+        /// Backend index.
+        backend: usize,
+    },
+    /// The mirror of HTTP rule `rule`.
+    Mirror {
+        /// Rule index.
+        rule: usize,
+    },
+}
+
+/// Rules of one kind that do not apply to a port because of its protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolMismatch {
+    /// The port.
+    pub port: u16,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// What decided it.
+    pub decided_by: DecidedBy,
+    /// Which rules do not apply there.
+    pub rules: RuleKind,
+}
+
+/// HTTP or TCP rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleKind {
+    /// HTTP rules on a port that is not HTTP.
+    Http,
+    /// TCP rules on a port that is not TCP.
+    Tcp,
+}
+
+/// The routes governing one port.
 #[derive(Debug, Clone)]
 pub struct PortRoutes {
-    /// The governing policy.
-    pub policy: Arc<Policy>,
-    /// Per HTTP route of the policy (same order), its backends resolved for this port.
-    pub http: Vec<Vec<BoundBackend>>,
-    /// Per TCP route of the policy (same order), its backends resolved for this port.
-    pub tcp: Vec<Vec<BoundBackend>>,
-    /// Per HTTP route of the policy (same order), its mirror resolved for this port (the
-    /// weight is the mirrored percent).
-    pub mirrors: Vec<Option<BoundBackend>>,
+    /// The attachment whose subsets and upstream settings apply (the first to claim the
+    /// port).
+    pub governing: Arc<RouteSet>,
+    /// Every attachment whose rules route the port, highest precedence first.
+    pub sources: Vec<SourceRef>,
+    /// HTTP rules in the order they are tried, backends resolved for this port.
+    pub http: Vec<BoundHttpRule>,
+    /// TCP rules in the order they are tried, backends resolved for this port.
+    pub tcp: Vec<BoundTcpRule>,
 }
 
-/// A destination resolved for one port.
+/// An HTTP rule (or one match of it) bound to a port.
+#[derive(Debug, Clone)]
+pub struct BoundHttpRule {
+    routes: Arc<RouteSet>,
+    index: usize,
+    /// When rules of several attachments are interleaved, each match is placed on its own.
+    only_match: Option<usize>,
+    /// The rule's backends, resolved for this port (same order).
+    pub backends: Vec<BoundBackend>,
+    /// The rule's mirror, resolved for this port (the weight is the mirrored percent).
+    pub mirror: Option<BoundBackend>,
+}
+
+impl BoundHttpRule {
+    /// The rule.
+    pub fn rule(&self) -> &HttpRule {
+        &self.routes.http[self.index]
+    }
+
+    /// The matches this binding applies: `None` stands for "every request".
+    pub fn matches(&self) -> Vec<Option<&HttpMatch>> {
+        let rule = self.rule();
+        match self.only_match {
+            Some(k) => vec![rule.matches.get(k)],
+            None if rule.matches.is_empty() => vec![None],
+            None => rule.matches.iter().map(Some).collect(),
+        }
+    }
+}
+
+/// A TCP rule bound to a port.
+#[derive(Debug, Clone)]
+pub struct BoundTcpRule {
+    routes: Arc<RouteSet>,
+    index: usize,
+    /// The rule's backends, resolved for this port (same order).
+    pub backends: Vec<BoundBackend>,
+}
+
+impl BoundTcpRule {
+    /// The rule.
+    pub fn rule(&self) -> &TcpRule {
+        &self.routes.tcp[self.index]
+    }
+}
+
+/// A backend resolved for one port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BoundBackend {
     /// The cluster traffic goes to.
@@ -95,128 +293,326 @@ pub struct BoundBackend {
     pub resolution: Resolution,
 }
 
-/// Whether a destination names something that exists.
+/// Whether a backend names something that exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resolution {
     /// It does.
     Resolved,
-    /// The other Service does not exist.
+    /// The Service does not exist.
     NoService,
-    /// The other Service exists but has no such port.
+    /// The Service exists but has no such port.
     NoPort(u16),
 }
 
 impl ServiceBinding {
-    /// Binds every policy targeting `service`.
+    /// Binds every attachment on `service`.
     pub fn bind(index: &Index, service: &ObjectKey) -> ServiceBinding {
+        Self::bind_attachments(index, service, attachments(index, service))
+    }
+
+    /// Binds the given attachments (highest precedence first) on `service`.
+    pub fn bind_attachments(
+        index: &Index,
+        service: &ObjectKey,
+        attachments: Vec<Attachment>,
+    ) -> ServiceBinding {
         let svc = index.service(service);
-        let mut claimed: Vec<(u16, ObjectKey)> = Vec::new();
+        let mut claims: BTreeMap<u16, Claim> = BTreeMap::new();
         let mut binding = ServiceBinding::default();
-        for (key, entry) in index.policies_for(service) {
-            let Some(policy) = entry.effective() else {
-                continue;
-            };
+        let mut merged: BTreeMap<u16, Vec<(usize, Attachment)>> = BTreeMap::new();
+        for (order, attachment) in attachments.into_iter().enumerate() {
             let outcome = match svc {
-                None => Outcome::TargetNotFound {
-                    message: format!(
-                        "spec.targetRef.service: Service {service} does not exist: create it or fix the name"
-                    ),
-                },
-                Some(svc) => claim(svc, service, policy, key, &mut claimed),
+                None => Outcome::TargetNotFound(TargetProblem::NoService),
+                Some(svc) => claim(svc, order, &attachment, &mut claims),
             };
             let unresolved = svc.and_then(|svc| {
-                let routed: Vec<u16> = match policy.target.port {
+                let routed: Vec<u16> = match attachment.routes.target.port {
                     Some(p) => vec![p],
                     None => svc.ports.iter().map(|p| p.port).collect(),
                 };
-                first_unresolved(index, policy, &routed)
+                first_unresolved(index, &attachment.routes, &routed)
             });
-            let mut notes = Vec::new();
+            let mut mismatches = Vec::new();
             if let (Outcome::Active { ports }, Some(svc)) = (&outcome, svc) {
                 for port in ports {
-                    binding
-                        .ports
-                        .insert(*port, port_routes(index, policy, *port));
+                    merged
+                        .entry(*port)
+                        .or_default()
+                        .push((order, attachment.clone()));
                 }
-                notes = protocol_notes(svc, ports, policy);
+                mismatches = protocol_mismatches(svc, ports, &attachment.routes);
             }
-            binding.policies.push(PolicyBinding {
-                key: key.clone(),
-                policy: policy.clone(),
+            binding.attachments.push(AttachmentBinding {
+                source: attachment.source,
+                routes: attachment.routes,
                 outcome,
                 unresolved,
-                notes,
+                mismatches,
             });
+        }
+        for (port, active) in merged {
+            binding
+                .ports
+                .insert(port, port_routes(index, &active, port));
         }
         binding
     }
 
-    /// The routes governing `port`, if a policy governs it.
+    /// The routes governing `port`, if any attachment governs it.
     pub fn port(&self, port: u16) -> Option<&PortRoutes> {
         self.ports.get(&port)
     }
+
+    /// The outcome of one source's attachment.
+    pub fn attachment(&self, source: &SourceRef) -> Option<&AttachmentBinding> {
+        self.attachments.iter().find(|a| a.source == *source)
+    }
 }
 
-/// Which ports a policy gets, given what earlier policies claimed.
+/// The first attachment to claim a port: its position in precedence order, the source and
+/// how it shares.
+type Claim = (usize, SourceRef, Merge);
+
+/// Which ports an attachment gets, given what attachments of higher precedence claimed.
 fn claim(
     svc: &ServiceModel,
-    service: &ObjectKey,
-    policy: &Policy,
-    key: &ObjectKey,
-    claimed: &mut Vec<(u16, ObjectKey)>,
+    order: usize,
+    attachment: &Attachment,
+    claims: &mut BTreeMap<u16, Claim>,
 ) -> Outcome {
     let all: BTreeSet<u16> = svc.ports.iter().map(|p| p.port).collect();
-    if let Some(p) = policy.target.port.filter(|p| !all.contains(p)) {
-        return Outcome::TargetNotFound {
-            message: format!(
-                "spec.targetRef.port: Service {service} has no port {p} (it has {}): fix the port or omit it to cover all ports",
-                port_list(&all)
-            ),
-        };
+    if let Some(p) = attachment.routes.target.port.filter(|p| !all.contains(p)) {
+        return Outcome::TargetNotFound(TargetProblem::NoPort {
+            port: p,
+            ports: all,
+        });
     }
-    let ports: BTreeSet<u16> = match policy.target.port {
+    let ports: BTreeSet<u16> = match attachment.routes.target.port {
         Some(p) => BTreeSet::from([p]),
         None => all,
     };
-    let clash: Vec<&(u16, ObjectKey)> = claimed.iter().filter(|(p, _)| ports.contains(p)).collect();
-    if let Some((_, winner)) = clash.first() {
+    let shares = |merge: Merge| merge == Merge::Rules && attachment.merge == Merge::Rules;
+    let clash: Vec<(u16, &Claim)> = ports
+        .iter()
+        .filter_map(|p| claims.get(p).map(|claim| (*p, claim)))
+        .filter(|(_, (_, _, merge))| !shares(*merge))
+        .collect();
+    // The winner named is the attachment of highest precedence among those in the way.
+    if let Some((_, (_, winner, _))) = clash.iter().min_by_key(|(_, (at, _, _))| *at) {
         return Outcome::Conflicted {
             winner: winner.clone(),
             ports: clash.iter().map(|(p, _)| *p).collect(),
         };
     }
-    claimed.extend(ports.iter().map(|p| (*p, key.clone())));
+    for port in &ports {
+        claims
+            .entry(*port)
+            .or_insert_with(|| (order, attachment.source.clone(), attachment.merge));
+    }
     Outcome::Active { ports }
 }
 
-/// Where a policy's HTTP rules meet a TCP port, or its TCP rules an HTTP port: they do not
-/// apply there, and the user should know why.
-fn protocol_notes(svc: &ServiceModel, ports: &BTreeSet<u16>, policy: &Policy) -> Vec<String> {
-    let mut notes = Vec::new();
+/// Where HTTP rules meet a port that is not HTTP, or TCP rules one that is not TCP: they
+/// do not apply there, and the user should know why.
+fn protocol_mismatches(
+    svc: &ServiceModel,
+    ports: &BTreeSet<u16>,
+    routes: &RouteSet,
+) -> Vec<ProtocolMismatch> {
+    let mut out = Vec::new();
     for port in svc.ports.iter().filter(|p| ports.contains(&p.port)) {
         let (protocol, decided_by) = crate::protocol::decide(port);
-        let why = match decided_by {
-            crate::protocol::DecidedBy::AppProtocol => "by its appProtocol",
-            crate::protocol::DecidedBy::PortName => "by its name",
-            crate::protocol::DecidedBy::ServerFirstPort => "as a server-first port",
-            crate::protocol::DecidedBy::Detection => "by detection",
+        let mismatch = |rules| ProtocolMismatch {
+            port: port.port,
+            protocol,
+            decided_by,
+            rules,
         };
-        if !policy.http.is_empty() && !protocol.is_http() {
-            notes.push(format!(
-                "spec.http does not apply to port {} ({}, {why}): its connections follow spec.tcp, or go to the Service as a whole; set appProtocol: http on the port if it speaks HTTP",
-                port.port,
-                protocol.as_str()
-            ));
+        if !routes.http.is_empty() && !protocol.is_http() {
+            out.push(mismatch(RuleKind::Http));
         }
-        if !policy.tcp.is_empty() && !protocol.is_tcp() {
-            notes.push(format!(
-                "spec.tcp does not apply to port {} ({}, {why}): its requests follow spec.http",
-                port.port,
-                protocol.as_str()
-            ));
+        if !routes.tcp.is_empty() && !protocol.is_tcp() {
+            out.push(mismatch(RuleKind::Tcp));
         }
     }
-    notes
+    out
+}
+
+/// The routes of one port from its active attachments (in precedence order, with their
+/// position among all attachments).
+fn port_routes(index: &Index, active: &[(usize, Attachment)], port: u16) -> PortRoutes {
+    let governing = active[0].1.routes.clone();
+    let mut http: Vec<(MatchRank, usize, BoundHttpRule)> = Vec::new();
+    let mut tcp = Vec::new();
+    for (order, attachment) in active {
+        let routes = &attachment.routes;
+        let bind = |backends: &[crate::routing::WeightedBackend]| -> Vec<BoundBackend> {
+            backends
+                .iter()
+                .map(|b| resolve(index, &b.backend, b.weight, port))
+                .collect()
+        };
+        for (index_in_set, rule) in routes.http.iter().enumerate() {
+            let bound = |only_match| BoundHttpRule {
+                routes: routes.clone(),
+                index: index_in_set,
+                only_match,
+                backends: bind(&rule.backends),
+                mirror: rule
+                    .mirror
+                    .as_ref()
+                    .map(|m| resolve(index, &m.backend, m.percent, port)),
+            };
+            match attachment.merge {
+                Merge::Exclusive => http.push((MatchRank::default(), *order, bound(None))),
+                Merge::Rules if rule.matches.is_empty() => {
+                    http.push((MatchRank::of(None), *order, bound(None)))
+                }
+                Merge::Rules => {
+                    for (k, m) in rule.matches.iter().enumerate() {
+                        http.push((MatchRank::of(Some(m)), *order, bound(Some(k))));
+                    }
+                }
+            }
+        }
+        tcp.extend(
+            routes
+                .tcp
+                .iter()
+                .enumerate()
+                .map(|(index_in_set, rule)| BoundTcpRule {
+                    routes: routes.clone(),
+                    index: index_in_set,
+                    backends: bind(&rule.backends),
+                }),
+        );
+    }
+    // Stable: equal ranks keep attachment precedence, then the order written.
+    http.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    PortRoutes {
+        governing,
+        sources: active.iter().map(|(_, a)| a.source.clone()).collect(),
+        http: http.into_iter().map(|(_, _, rule)| rule).collect(),
+        tcp,
+    }
+}
+
+/// How specific a match is, for interleaving the rules of merging attachments (greater
+/// is tried first): Gateway API's order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct MatchRank {
+    /// An exact path (or a full gRPC method) beats any prefix.
+    exact_path: bool,
+    /// Then the longer prefix.
+    prefix_len: usize,
+    /// Then a method condition.
+    method: bool,
+    /// Then more header conditions.
+    headers: usize,
+    /// Then more query parameter conditions.
+    query_params: usize,
+}
+
+impl MatchRank {
+    /// The rank of a match (`None`: every request, the prefix `/`).
+    pub fn of(m: Option<&HttpMatch>) -> MatchRank {
+        let Some(m) = m else {
+            return MatchRank {
+                prefix_len: 1,
+                ..Default::default()
+            };
+        };
+        let (exact_path, prefix_len) = match &m.path {
+            None => (false, 1),
+            Some(PathMatch::Exact(_)) => (true, 0),
+            Some(PathMatch::Prefix(p)) => (false, p.len()),
+            Some(PathMatch::RegularExpression(_)) => (false, 0),
+            Some(PathMatch::Grpc {
+                service: Some(_),
+                method: Some(_),
+                regex: false,
+            }) => (true, 0),
+            Some(PathMatch::Grpc {
+                service: Some(s),
+                method: None,
+                regex: false,
+            }) => (false, s.len() + 1),
+            Some(PathMatch::Grpc { .. }) => (false, 0),
+        };
+        MatchRank {
+            exact_path,
+            prefix_len,
+            method: m.method.is_some(),
+            headers: m.headers.len(),
+            query_params: m.query_params.len(),
+        }
+    }
+}
+
+/// Resolves one backend for traffic to `routed` (a port of the attachment's target).
+fn resolve(index: &Index, backend: &Backend, weight: u32, routed: u16) -> BoundBackend {
+    let service = index.service(&backend.service);
+    let port = destination_port(service, backend.port, routed);
+    let resolution = match service {
+        None => Resolution::NoService,
+        Some(svc) if !svc.ports.iter().any(|p| p.port == port) => Resolution::NoPort(port),
+        Some(_) => Resolution::Resolved,
+    };
+    BoundBackend {
+        cluster: names::cluster_name(&backend.service, port, backend.subset.as_deref()),
+        weight,
+        resolution,
+    }
+}
+
+/// The port of a Service a backend means: the one given, the only one it has, or the same
+/// number as the port being routed.
+fn destination_port(service: Option<&ServiceModel>, given: Option<u16>, routed: u16) -> u16 {
+    if let Some(port) = given {
+        return port;
+    }
+    match service.map(|s| s.ports.as_slice()) {
+        Some([only]) => only.port,
+        _ => routed,
+    }
+}
+
+/// The first backend, over rules, backends and routed ports in order, that does not
+/// resolve.
+fn first_unresolved(index: &Index, routes: &RouteSet, routed: &[u16]) -> Option<Unresolved> {
+    let http = routes.http.iter().enumerate().flat_map(|(rule, r)| {
+        r.backends
+            .iter()
+            .enumerate()
+            .map(move |(backend, b)| (BackendAt::Http { rule, backend }, &b.backend))
+    });
+    let tcp = routes.tcp.iter().enumerate().flat_map(|(rule, r)| {
+        r.backends
+            .iter()
+            .enumerate()
+            .map(move |(backend, b)| (BackendAt::Tcp { rule, backend }, &b.backend))
+    });
+    let mirrors = routes.http.iter().enumerate().filter_map(|(rule, r)| {
+        let mirror = r.mirror.as_ref()?;
+        Some((BackendAt::Mirror { rule }, &mirror.backend))
+    });
+    for (at, backend) in http.chain(tcp).chain(mirrors) {
+        let unresolved = |resolution| Unresolved {
+            at,
+            service: backend.service.clone(),
+            resolution,
+        };
+        if index.service(&backend.service).is_none() {
+            return Some(unresolved(Resolution::NoService));
+        }
+        for port in routed {
+            let resolution = resolve(index, backend, 0, *port).resolution;
+            if resolution != Resolution::Resolved {
+                return Some(unresolved(resolution));
+            }
+        }
+    }
+    None
 }
 
 /// Ports for messages: `9080, 80`, or `no TCP ports`.
@@ -229,133 +625,4 @@ pub fn port_list(ports: &BTreeSet<u16>) -> String {
         .map(u16::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn port_routes(index: &Index, policy: &Arc<Policy>, port: u16) -> PortRoutes {
-    let bind = |backends: &[WeightedBackend]| -> Vec<BoundBackend> {
-        backends
-            .iter()
-            .map(|b| resolve(index, policy, port, &b.backend, b.weight))
-            .collect()
-    };
-    PortRoutes {
-        policy: policy.clone(),
-        http: policy.http.iter().map(|r| bind(&r.backends)).collect(),
-        tcp: policy.tcp.iter().map(|r| bind(&r.backends)).collect(),
-        mirrors: policy
-            .http
-            .iter()
-            .map(|r| {
-                let m = r.mirror.as_ref()?;
-                Some(resolve(index, policy, port, &m.backend, m.percent))
-            })
-            .collect(),
-    }
-}
-
-/// Resolves one destination for traffic to `port` of the policy's target.
-fn resolve(
-    index: &Index,
-    policy: &Policy,
-    port: u16,
-    backend: &BackendRef,
-    weight: u32,
-) -> BoundBackend {
-    let target = &policy.target.service;
-    let (cluster, resolution) = match backend {
-        BackendRef::Target => (
-            names::cluster_name(target, port, None),
-            Resolution::Resolved,
-        ),
-        BackendRef::Subset(subset) => (
-            names::cluster_name(target, port, Some(subset)),
-            Resolution::Resolved,
-        ),
-        BackendRef::Service {
-            service,
-            port: given,
-        } => {
-            let other = index.service(service);
-            let port = destination_port(other, *given, port);
-            let resolution = match other {
-                None => Resolution::NoService,
-                Some(svc) if !svc.ports.iter().any(|p| p.port == port) => Resolution::NoPort(port),
-                Some(_) => Resolution::Resolved,
-            };
-            (names::cluster_name(service, port, None), resolution)
-        }
-    };
-    BoundBackend {
-        cluster,
-        weight,
-        resolution,
-    }
-}
-
-/// The port of another Service a destination means: the one given, the only one it has, or
-/// the same number as the port being routed.
-fn destination_port(other: Option<&ServiceModel>, given: Option<u16>, routed: u16) -> u16 {
-    if let Some(port) = given {
-        return port;
-    }
-    match other.map(|s| s.ports.as_slice()) {
-        Some([only]) => only.port,
-        _ => routed,
-    }
-}
-
-/// The first destination, over rules, destinations and routed ports in order, that does
-/// not resolve.
-fn first_unresolved(index: &Index, policy: &Policy, routed: &[u16]) -> Option<Unresolved> {
-    let rules = policy
-        .http
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (format!("spec.http[{i}]"), &r.backends))
-        .chain(
-            policy
-                .tcp
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (format!("spec.tcp[{i}]"), &r.backends)),
-        );
-    let destinations = rules.flat_map(|(at, backends)| {
-        backends.iter().enumerate().map(move |(j, b)| {
-            (
-                format!("{at}.destinations[{j}]"),
-                &b.backend,
-                "its share of traffic fails with 503",
-            )
-        })
-    });
-    let mirrors = policy.http.iter().enumerate().filter_map(|(i, rule)| {
-        let mirror = rule.mirror.as_ref()?;
-        Some((
-            format!("spec.http[{i}].mirror"),
-            &mirror.backend,
-            "no copies are sent",
-        ))
-    });
-    for (field, backend, consequence) in destinations.chain(mirrors) {
-        let BackendRef::Service { service, .. } = backend else {
-            continue;
-        };
-        if index.service(service).is_none() {
-            return Some(Unresolved {
-                message: format!(
-                    "{field}.service: Service {service} does not exist, so {consequence}: create it or fix the name"
-                ),
-            });
-        }
-        for port in routed {
-            if let Resolution::NoPort(p) = resolve(index, policy, *port, backend, 0).resolution {
-                return Some(Unresolved {
-                    message: format!(
-                        "{field}.port: Service {service} has no port {p}: set port to one of its ports"
-                    ),
-                });
-            }
-        }
-    }
-    None
 }

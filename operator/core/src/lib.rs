@@ -1,15 +1,19 @@
 //! Weir's pure core. Data flow:
 //!
 //! ```text
-//! Event (apply/delete) -> Index (trimmed model, typed policies, dirty set)
-//!   -> ServiceBinding (per Service port: the governing policy, destinations resolved)
-//!   -> Translator (per-Service clusters, load assignments, virtual hosts)
-//!   -> SnapshotBuilder (per-profile snapshots with change lists, checked)
+//! Event (apply/delete) -> Index (trimmed model, each source parsed once into a RouteSet)
+//!   -> ServiceBinding (per Service port: the routes of every source merged by precedence,
+//!      backends resolved)
+//!   -> Translator (per-Service clusters, load assignments, virtual hosts; keeps bindings)
+//!   -> SnapshotBuilder (per-profile snapshots with change lists, checked; per-workload
+//!      inbound listeners over them)
 //!   -> ads (per-connection xDS state machines: requests and snapshots in, responses out)
+//! status: the bindings and the index's verdicts -> conditions per source
 //! ```
 //!
-//! plus policy parsing and status ([`policy`], [`status`]) and bootstrap generation
-//! ([`bootstrap`]). Nothing here does I/O: no Kubernetes client, no gRPC transport, no
+//! The route model ([`routing`]) is what every routing source ([`sources`]) parses into;
+//! [`conditions`] is the status vocabulary, [`status`] its builders; [`names`] the stable
+//! resource names; [`bootstrap`] the sidecar's bootstrap. Nothing here does I/O: no Kubernetes client, no gRPC transport, no
 //! sockets. The only outside types are Kubernetes objects (k8s-openapi) and Envoy messages
 //! (envoy-types, used for its message types only).
 #![deny(warnings)]
@@ -18,12 +22,15 @@
 pub mod ads;
 pub mod binding;
 pub mod bootstrap;
+pub mod conditions;
 pub mod identity;
 pub mod index;
-pub mod policy;
+pub mod names;
 pub mod protocol;
 pub mod resources;
+pub mod routing;
 pub mod snapshot;
+pub mod sources;
 pub mod status;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -211,7 +211,7 @@ impl SnapshotBuilder {
                 }
             }
             for listener in snapshot.of(ResourceType::Listener).values() {
-                let named = translate::listener::references(listener)
+                let named = translate::chain::references(listener)
                     .map_err(|e| problem(format!("listener {}: {e}", listener.name)))?;
                 for (what, name, map) in named
                     .clusters

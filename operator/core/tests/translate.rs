@@ -190,6 +190,15 @@ fn check_golden(file: &str, actual: &str) {
     assert!(expected == actual, "{file} differs from the translation; if the change is intended, rerun with UPDATE_GOLDEN=1 and review the diff");
 }
 
+/// Status of every policy from a translation of the whole index, as the operator's status
+/// pass reads it (after the translator's update).
+fn statuses(index: &mut Index) -> Vec<weir_core::status::PolicyStatus> {
+    index.mark_all_dirty();
+    let mut translator = weir_core::translate::Translator::new();
+    translator.update(index);
+    policy_statuses(index, &translator, AckSummary::default())
+}
+
 #[test]
 fn golden_explicit_and_transparent() {
     for (file, capture) in [
@@ -455,14 +464,11 @@ fn golden_protocols_in_both_modes_with_the_decisions() {
         let text = format!("{}\n{}", decisions.join("\n"), render(&snapshot));
         check_golden(file, &text);
     }
-    let statuses = policy_statuses(
-        &{
-            let mut index = Index::new();
-            apply(&mut index, protocols());
-            index
-        },
-        AckSummary::default(),
-    );
+    let statuses = statuses(&mut {
+        let mut index = Index::new();
+        apply(&mut index, protocols());
+        index
+    });
     for s in statuses {
         assert!(s.conditions[0].status && s.conditions[1].status, "{s:?}");
     }
@@ -602,7 +608,7 @@ fn the_older_of_two_policies_on_a_port_wins_and_the_other_is_conflicted() {
             with_created(older, 1_000_000),
         ],
     );
-    let statuses = policy_statuses(&index, AckSummary::default());
+    let statuses = statuses(&mut index);
     let aaa = statuses.iter().find(|s| s.name == "aaa").unwrap();
     assert_eq!(aaa.accepted().reason, Reason::Conflicted);
     assert!(
@@ -619,26 +625,26 @@ fn the_older_of_two_policies_on_a_port_wins_and_the_other_is_conflicted() {
 fn a_deleted_then_recreated_target_moves_resolved_refs_false_then_true() {
     let mut index = Index::new();
     apply(&mut index, bookinfo());
-    let resolved = |index: &Index| {
-        let s = policy_statuses(index, AckSummary::default())
+    let resolved = |index: &mut Index| {
+        let s = statuses(index)
             .into_iter()
             .find(|s| s.name == "reviews")
             .unwrap();
         (s.conditions[1].status, s.conditions[1].reason)
     };
-    assert_eq!(resolved(&index), (true, Reason::ResolvedRefs));
+    assert_eq!(resolved(&mut index), (true, Reason::ResolvedRefs));
     index.apply(Event::Delete(
         weir_core::Kind::Service,
         ObjectKey::new("default", "reviews"),
     ));
-    assert_eq!(resolved(&index), (false, Reason::TargetNotFound));
+    assert_eq!(resolved(&mut index), (false, Reason::TargetNotFound));
     index.apply(Event::apply(Object::Service(mk_service(
         "default",
         "reviews",
         "10.96.0.10",
         &[9080],
     ))));
-    assert_eq!(resolved(&index), (true, Reason::ResolvedRefs));
+    assert_eq!(resolved(&mut index), (true, Reason::ResolvedRefs));
 }
 
 #[test]
@@ -654,7 +660,7 @@ fn a_missing_backend_service_is_reported_with_its_field() {
         &mut index,
         vec![Object::TrafficPolicy(mk_policy("default", "ratings", spec))],
     );
-    let s = policy_statuses(&index, AckSummary::default())
+    let s = statuses(&mut index)
         .into_iter()
         .find(|s| s.name == "ratings")
         .unwrap();
@@ -687,7 +693,7 @@ fn an_invalid_edit_keeps_serving_the_last_valid_version() {
         changes.is_empty() && published.is_empty(),
         "nothing is pushed for an invalid edit: {changes:?}"
     );
-    let s = policy_statuses(&index, AckSummary::default())
+    let s = statuses(&mut index)
         .into_iter()
         .find(|s| s.name == "reviews")
         .unwrap();
@@ -737,7 +743,7 @@ fn http_rules_on_a_tcp_port_are_accepted_with_a_note_that_says_why_they_do_not_a
         &mut index,
         vec![Object::TrafficPolicy(mk_policy("shop", "db", spec))],
     );
-    let status = policy_statuses(&index, AckSummary::default())
+    let status = statuses(&mut index)
         .into_iter()
         .find(|s| s.name == "db")
         .unwrap();

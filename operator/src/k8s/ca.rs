@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use weir_api::CaSourceType;
 use weir_core::identity::{pem_blocks, CertInfo, CertificateAuthority};
-use weir_core::status::{CaProblem, Reason};
+use weir_core::status::{CaProblem, CaReadyReason};
 
 use super::status::FIELD_MANAGER;
 use crate::mesh_state::MeshState;
@@ -90,7 +90,7 @@ pub async fn run_source(
             },
             (CaSourceType::Provided, None) => {
                 state.identity.set_problem(CaProblem {
-                    reason: Reason::InvalidCa,
+                    reason: CaReadyReason::InvalidCa,
                     message: "MeshIdentity mesh: spec.ca.type is Provided but spec.ca.secretRef is missing: name the Secret (tls.crt, tls.key, ca.crt) that holds the CA".into(),
                 });
                 if configs.changed().await.is_err() {
@@ -161,7 +161,7 @@ impl SecretSource {
                         tracing::warn!(secret = self.display(), %err, "CA Secret watch failed; retrying");
                         if is_forbidden(&err) {
                             state.identity.set_problem(CaProblem {
-                                reason: Reason::CaNotFound,
+                                reason: CaReadyReason::CaNotFound,
                                 message: format!(
                                     "the operator may not read the Secret {}: grant ServiceAccount weir-system/weir-operator get, list and watch on it (a Role and RoleBinding in {})",
                                     self.display(), self.namespace
@@ -205,18 +205,18 @@ impl SecretSource {
             Some(secret) => match ca_from_secret(secret) {
                 Ok(ca) => state.identity.set_ca(ca),
                 Err(message) => state.identity.set_problem(CaProblem {
-                    reason: Reason::InvalidCa,
+                    reason: CaReadyReason::InvalidCa,
                     message: format!("Secret {}: {message}", self.display()),
                 }),
             },
             None => match &self.generate {
                 Some(trust_domain) if leading => self.create(api, state, trust_domain).await,
                 Some(_) => state.identity.set_problem(CaProblem {
-                    reason: Reason::CaNotFound,
+                    reason: CaReadyReason::CaNotFound,
                     message: format!("waiting for the leader to create the mesh CA in Secret {}", self.display()),
                 }),
                 None => state.identity.set_problem(CaProblem {
-                    reason: Reason::CaNotFound,
+                    reason: CaReadyReason::CaNotFound,
                     message: format!(
                         "the Secret {} named by MeshIdentity mesh spec.ca.secretRef does not exist: create it (tls.crt, tls.key, ca.crt; e.g. a cert-manager Certificate with isCA: true)",
                         self.display()
@@ -233,7 +233,7 @@ impl SecretSource {
             Ok(ca) => ca,
             Err(err) => {
                 state.identity.set_problem(CaProblem {
-                    reason: Reason::InvalidCa,
+                    reason: CaReadyReason::InvalidCa,
                     message: format!("cannot generate the mesh CA: {err}"),
                 });
                 return;
@@ -261,7 +261,7 @@ impl SecretSource {
             Err(err) => {
                 tracing::warn!(secret = self.display(), %err, "cannot store the mesh CA; retrying");
                 state.identity.set_problem(CaProblem {
-                    reason: Reason::CaNotFound,
+                    reason: CaReadyReason::CaNotFound,
                     message: format!("cannot create the Secret {}: {err}", self.display()),
                 });
             }

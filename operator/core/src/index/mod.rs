@@ -180,6 +180,10 @@ impl Index {
     /// Marks every Service dirty (for a full retranslation).
     pub fn mark_all_dirty(&mut self) {
         self.dirty.services = self.services.keys().cloned().collect();
+        // A policy's target that does not exist still has a binding (TargetNotFound).
+        self.dirty
+            .services
+            .extend(self.policies_by_target.keys().cloned());
     }
 
     /// Counts for memory accounting and status.

@@ -1,4 +1,4 @@
-//! TrafficPolicies: parsed once into a typed [`Policy`] (or rejected), with the last valid
+//! TrafficPolicies: parsed once into a [`RouteSet`] (or rejected), with the last valid
 //! version kept for serving, and linked to the Services they target and route to so that a
 //! change on either side dirties the right Services.
 
@@ -8,7 +8,8 @@ use std::sync::Arc;
 use weir_api::TrafficPolicy;
 
 use super::{unlink, Index, IndexKind, Kind, ObjectKey};
-use crate::policy::{Policy, Rejection};
+use crate::routing::RouteSet;
+use crate::sources::{traffic_policy, Rejection};
 
 /// A TrafficPolicy as the index keeps it: the latest spec's verdict and the last valid one.
 #[derive(Debug, Clone)]
@@ -18,9 +19,9 @@ pub struct PolicyEntry {
     /// `metadata.creationTimestamp`, for precedence between conflicting policies.
     pub created: Option<Time>,
     /// The verdict on the latest spec.
-    pub verdict: Result<Arc<Policy>, Rejection>,
+    pub verdict: Result<Arc<RouteSet>, Rejection>,
     /// The last spec that passed validation: what is served while the latest is invalid.
-    pub last_valid: Option<Arc<Policy>>,
+    pub last_valid: Option<Arc<RouteSet>>,
     /// Services the latest and the served spec target (index links, for O(1) removal).
     pub(super) targets: BTreeSet<ObjectKey>,
     /// Other Services the served spec routes to.
@@ -29,7 +30,7 @@ pub struct PolicyEntry {
 
 impl PolicyEntry {
     /// The policy translation uses, if any.
-    pub fn effective(&self) -> Option<&Arc<Policy>> {
+    pub fn effective(&self) -> Option<&Arc<RouteSet>> {
         self.verdict.as_ref().ok().or(self.last_valid.as_ref())
     }
 }
@@ -47,7 +48,7 @@ impl IndexKind for TrafficPolicy {
                 return;
             }
         }
-        let verdict = Policy::parse(&key.namespace, &tp.spec).map(Arc::new);
+        let verdict = traffic_policy::parse(&key.namespace, &tp.spec).map(Arc::new);
         let last_valid = match &verdict {
             Ok(valid) => Some(valid.clone()),
             Err(_) => index

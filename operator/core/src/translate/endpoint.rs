@@ -39,26 +39,6 @@ pub fn mesh_load_assignment<'a>(
     cluster: &str,
     endpoints: impl IntoIterator<Item = (&'a str, u16, bool, Option<&'a str>)>,
 ) -> ClusterLoadAssignment {
-    use envoy_types::pb::envoy::config::core::v3::Metadata;
-    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-    let meshed = || Metadata {
-        filter_metadata: [(
-            super::cluster::TRANSPORT_SOCKET_MATCH.to_string(),
-            Struct {
-                fields: [(
-                    super::cluster::TLS_MODE.to_string(),
-                    Value {
-                        kind: Some(Kind::StringValue(super::cluster::TLS_MODE_MESH.into())),
-                    },
-                )]
-                .into_iter()
-                .collect(),
-            },
-        )]
-        .into_iter()
-        .collect(),
-        ..Default::default()
-    };
     let mut by_zone: std::collections::BTreeMap<Option<&str>, Vec<LbEndpoint>> = Default::default();
     for (ip, port, with_sidecar, zone) in endpoints {
         by_zone.entry(zone).or_default().push(LbEndpoint {
@@ -66,7 +46,7 @@ pub fn mesh_load_assignment<'a>(
                 address: Some(socket_address(ip, port)),
                 ..Default::default()
             })),
-            metadata: with_sidecar.then(meshed),
+            metadata: with_sidecar.then(super::mtls::meshed_endpoint_metadata),
             ..Default::default()
         });
     }

@@ -1,26 +1,36 @@
 //! Translation from the index to Envoy resources. Pure and deterministic.
 //!
 //! ```text
-//! dirty Service --ServiceBinding::bind--> per port: protocol::decide, the governing routes
+//! dirty Service --ServiceBinding::bind--> per port: protocol::decide, the merged routes
+//!   (the binding is kept: status reads it)
 //!   --> clusters (EDS, or DNS for ExternalName; HTTP/2 upstream for http2/grpc)
 //!   --> load assignments (ready endpoints, per subset)
 //!   --> PortOutput: the HTTP virtual host (HTTP-family ports) and the TCP routes
 //!       (TCP-family ports), encoded once
-//! assemble(profile): PortOutputs --> listeners (filter chains by destination IP, port, SNI,
-//!                                    detected protocol) + route tables (one per port)
+//! assemble(profile): PortOutputs --outbound--> listeners (filter chains by destination IP,
+//!                                    port, SNI, detected protocol) + route tables (per port)
+//!                                --inbound--> the listener of a workload backing nothing
+//!                                    (per-workload ones: inbound::listener)
 //! ```
+//!
+//! Modules by direction: [`outbound`] (the caller's side: listeners, routes, shaping) and
+//! [`inbound`] (the server's side, per workload); shared by both: [`cluster`],
+//! [`endpoint`], [`chain`] (one builder per filter chain kind), [`mtls`],
+//! [`listener_filters`] and [`pb`].
 //!
 //! The [`Translator`] keeps, per Service, what it produced, and redoes only the Services the
 //! index marks dirty: an EndpointSlice change re-encodes that Service's load assignments and
 //! nothing else. Clusters and load assignments are shared by every proxy; listeners and route
 //! tables depend on the proxy's capture mode and are assembled from the per-port outputs.
 
+pub mod chain;
 pub mod cluster;
 pub mod endpoint;
-pub mod listener;
-pub mod names;
-pub mod route;
-pub mod shaping;
+pub mod inbound;
+pub mod listener_filters;
+pub mod mtls;
+pub mod outbound;
+pub mod pb;
 
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
@@ -35,9 +45,11 @@ use std::sync::Arc;
 use crate::binding::{BoundBackend, PortRoutes, Resolution, ServiceBinding};
 use crate::identity::SpiffeId;
 use crate::index::{Addressing, Index, ObjectKey, ServiceModel};
-use crate::policy::Upstream;
+use crate::names;
 use crate::protocol::{self, DecidedBy, Protocol};
 use crate::resources::Resource;
+use crate::routing::Upstream;
+use outbound::{listener, route, shaping};
 use weir_api::MtlsMode;
 
 /// How a proxy receives the application's traffic.
@@ -205,7 +217,7 @@ struct ClusterSlot {
     port: u16,
     /// For a subset, the pod labels that select its endpoints.
     subset_labels: Option<BTreeMap<String, String>>,
-    /// The governing policy's connection pool, outlier detection and load balancing.
+    /// The governing routes' connection pool, outlier detection and load balancing.
     upstream: Upstream,
 }
 
@@ -227,6 +239,8 @@ pub struct Translator {
     ports_generation: u64,
     /// The trust domain of the last update (inbound listeners check peers against it).
     trust_domain: String,
+    /// Per Service with attachments, the binding of the last translation (status reads it).
+    bindings: HashMap<ObjectKey, Arc<ServiceBinding>>,
 }
 
 /// A port's protocol as `/debug/config` shows it.
@@ -286,6 +300,16 @@ impl Translator {
         self.ports_generation
     }
 
+    /// The binding of a Service's attachments as of the last update (None: nothing attaches).
+    pub fn binding(&self, service: &ObjectKey) -> Option<&ServiceBinding> {
+        self.bindings.get(service).map(|b| b.as_ref())
+    }
+
+    /// The trust domain of the last update.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
     /// Whether some port's routes send traffic to the cluster.
     pub fn is_referenced(&self, cluster: &str) -> bool {
         self.referenced.contains_key(cluster)
@@ -322,8 +346,8 @@ impl Translator {
     fn translate_service(&mut self, index: &Index, key: &ObjectKey, changes: &mut Changes) {
         let old = self.services.remove(key).unwrap_or_default();
         let mut new = ServiceOutput::default();
+        let binding = ServiceBinding::bind(index, key);
         if let Some(svc) = index.service(key) {
-            let binding = ServiceBinding::bind(index, key);
             let bare_port = svc
                 .ports
                 .iter()
@@ -335,7 +359,7 @@ impl Translator {
                 let (protocol, decided_by) = protocol::decide(port);
                 new.ports.push(port.port);
                 let upstream = routes
-                    .map(|r| r.policy.upstream.clone())
+                    .map(|r| r.governing.upstream.clone())
                     .unwrap_or_default();
                 new.clusters.push(ClusterSlot {
                     name: names::cluster_name(key, port.port, None).into(),
@@ -344,7 +368,7 @@ impl Translator {
                     upstream: upstream.clone(),
                 });
                 for subset in routes
-                    .map(|r| r.policy.subsets.as_slice())
+                    .map(|r| r.governing.subsets.as_slice())
                     .unwrap_or_default()
                 {
                     new.clusters.push(ClusterSlot {
@@ -365,6 +389,11 @@ impl Translator {
                 .build(Some(port.port) == bare_port);
                 self.set_port_output((key.clone(), port.port), output, changes);
             }
+        }
+        if binding.attachments.is_empty() {
+            self.bindings.remove(key);
+        } else {
+            self.bindings.insert(key.clone(), Arc::new(binding));
         }
         // Drop what the Service no longer produces.
         let kept: BTreeSet<&Arc<str>> = new.clusters.iter().map(|c| &c.name).collect();
@@ -432,22 +461,23 @@ impl Translator {
             } else {
                 endpoints_of(index, key, &service_port.name, slot.subset_labels.as_ref())
             };
+            let pool = slot.upstream.pool.as_ref();
             let mut cluster = match &svc.addressing {
                 Addressing::ExternalName(host) => {
-                    cluster::dns_cluster(&slot.name, host, slot.port, protocol)
+                    cluster::dns_cluster(&slot.name, host, slot.port, protocol, pool)
                 }
-                _ => cluster::eds_cluster(&slot.name, protocol),
+                _ => cluster::eds_cluster(&slot.name, protocol, pool),
             };
-            shaping::shape_cluster(&mut cluster, &slot.upstream, protocol);
+            shaping::shape_cluster(&mut cluster, &slot.upstream);
             if !peers.is_empty() {
-                let mtls = cluster::UpstreamMtls {
+                let upstream_mtls = mtls::UpstreamMtls {
                     peer_ids: peers
                         .iter()
                         .map(|(ns, sa)| SpiffeId::new(trust_domain, ns, sa).to_string())
                         .collect(),
-                    alpn: cluster::mesh_alpn(protocol),
+                    alpn: mtls::mesh_alpn(protocol),
                 };
-                cluster = cluster::with_mtls(cluster, &mtls);
+                cluster = mtls::with_upstream_mtls(cluster, &upstream_mtls);
             }
             let resource = Resource::new(slot.name.clone(), &cluster);
             upsert(&mut self.clusters, resource, &mut changes.clusters);
@@ -525,12 +555,9 @@ impl PortOutputBuilder<'_> {
         let whole = names::cluster_name(self.key, self.port, None);
         let mut clusters: Vec<Arc<str>> = vec![whole.as_str().into()];
         let virtual_host = self.protocol.is_http().then(|| {
-            let bound = self.routes.map(|r| &r.http);
-            clusters.extend(resolved(bound.into_iter().flatten()));
-            let mirrors = self
-                .routes
-                .into_iter()
-                .flat_map(|r| r.mirrors.iter().flatten());
+            let rules = self.routes.into_iter().flat_map(|r| &r.http);
+            clusters.extend(resolved(rules.clone().map(|r| &r.backends)));
+            let mirrors = rules.filter_map(|r| r.mirror.as_ref());
             clusters.extend(
                 mirrors
                     .filter(|m| m.resolution == Resolution::Resolved)
@@ -539,8 +566,8 @@ impl PortOutputBuilder<'_> {
             self.virtual_host(owns_bare_names)
         });
         let tcp = self.protocol.is_tcp().then(|| {
-            let bound = self.routes.map(|r| &r.tcp);
-            clusters.extend(resolved(bound.into_iter().flatten()));
+            let rules = self.routes.into_iter().flat_map(|r| &r.tcp);
+            clusters.extend(resolved(rules.map(|r| &r.backends)));
             self.tcp(whole)
         });
         clusters.sort_unstable();
@@ -581,8 +608,8 @@ impl PortOutputBuilder<'_> {
         let mut by_sni = Vec::new();
         let mut default = vec![(whole, 100)];
         if let Some(routes) = self.routes {
-            for (rule, bound) in routes.policy.tcp.iter().zip(&routes.tcp) {
-                let split = weighted(bound);
+            for bound in &routes.tcp {
+                let (rule, split) = (bound.rule(), weighted(&bound.backends));
                 if rule.sni_hosts.is_empty() {
                     // The first rule without hosts takes every other connection.
                     default = split;
@@ -671,7 +698,11 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
                 ),
                 Resource::new(
                     names::INBOUND_LISTENER,
-                    &listener::transparent_inbound(profile.inbound, &translator.trust_domain),
+                    &inbound::listener(
+                        profile.inbound,
+                        &translator.trust_domain,
+                        &inbound::Workload::default(),
+                    ),
                 ),
             ];
             (listeners, routes)

@@ -2,12 +2,12 @@
 //! `loadBalancer`, `localRateLimit` and per-rule `fault` and `mirror` become in Envoy.
 //!
 //! ```text
-//! Policy.upstream   --shape_cluster-->  Cluster: circuit_breakers, outlier_detection,
-//!                                       lb_policy, connect_timeout, HTTP protocol options
-//! Policy.upstream   --hash_policies-->  RouteAction.hash_policy (every route of the port)
-//! HttpRoute.fault   --fault_filter_config--> Route.typed_per_filter_config[fault]
-//! HttpRoute.mirror  --mirror_policy-->  RouteAction.request_mirror_policies
-//! Policy.rate_limit --rate_limit_filter_config--> VirtualHost.typed_per_filter_config
+//! Upstream          --shape_cluster-->  Cluster: circuit_breakers, outlier_detection,
+//!                                       lb_policy, connect_timeout
+//! Upstream          --hash_policies-->  RouteAction.hash_policy (every route of the port)
+//! HttpRule.fault    --fault_filter_config--> Route.typed_per_filter_config[fault]
+//! HttpRule.mirror   --mirror_policy-->  RouteAction.request_mirror_policies
+//! RateLimit         --rate_limit_filter_config--> VirtualHost.typed_per_filter_config
 //! ```
 //!
 //! The outbound HTTP connection managers always carry the fault and local rate limit
@@ -21,8 +21,7 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, OutlierDetection,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, Http1ProtocolOptions, Http2ProtocolOptions,
-    HttpProtocolOptions as CommonHttpProtocolOptions, RoutingPriority, RuntimeFractionalPercent,
+    HeaderValue, HeaderValueOption, RoutingPriority, RuntimeFractionalPercent,
 };
 use envoy_types::pb::envoy::config::route::v3::{
     route_action::{
@@ -38,24 +37,14 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{
     fault_abort::ErrorType, FaultAbort, HttpFault,
 };
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_filter::ConfigType as HttpFilterConfig, HttpFilter,
-};
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-    http_protocol_options::{
-        explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
-    },
-    HttpProtocolOptions,
-};
-use envoy_types::pb::envoy::r#type::v3::{
-    fractional_percent::DenominatorType, FractionalPercent, Percent, TokenBucket,
-};
-use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+use envoy_types::pb::envoy::r#type::v3::{Percent, TokenBucket};
+use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 
-use super::route::pb_duration;
-use crate::policy::{AbortStatus, Balancer, Fault, HashKey, RateLimit, Upstream};
-use crate::protocol::Protocol;
+use crate::routing::{AbortStatus, Algorithm, Balancer, Fault, HashKey, RateLimit, Upstream};
+use crate::translate::chain::http_filter;
+use crate::translate::pb::{duration as pb_duration, percent, u32v};
 
 /// The fault filter's name: the key of per-route fault configurations.
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
@@ -66,29 +55,13 @@ pub const RATE_LIMITED_HEADER: &str = "x-weir-rate-limited";
 /// Stat prefix of the local rate limit filter (`<prefix>.http_local_rate_limit.rate_limited`).
 const RATE_LIMIT_STATS: &str = "weir_rate_limit";
 
-fn u32v(value: u32) -> UInt32Value {
-    UInt32Value { value }
-}
-
-fn percent(numerator: u32) -> FractionalPercent {
-    FractionalPercent {
-        numerator,
-        denominator: DenominatorType::Hundred as i32,
-    }
-}
-
 /// The filters before the router in every outbound HTTP connection manager: fault
 /// injection and local rate limiting, inactive until a route or virtual host configures
 /// them.
 pub fn outbound_http_filters() -> Vec<HttpFilter> {
-    let filter = |name: &str, config: Any| HttpFilter {
-        name: name.into(),
-        config_type: Some(HttpFilterConfig::TypedConfig(config)),
-        ..Default::default()
-    };
     vec![
-        filter(FAULT_FILTER, pack_any(HttpFault::default())),
-        filter(
+        http_filter(FAULT_FILTER, pack_any(HttpFault::default())),
+        http_filter(
             RATE_LIMIT_FILTER,
             pack_any(LocalRateLimit {
                 stat_prefix: RATE_LIMIT_STATS.into(),
@@ -98,9 +71,10 @@ pub fn outbound_http_filters() -> Vec<HttpFilter> {
     ]
 }
 
-/// Applies the policy's connection pool, outlier detection and load balancer to one of the
-/// target's clusters.
-pub fn shape_cluster(cluster: &mut Cluster, upstream: &Upstream, protocol: Protocol) {
+/// Applies the connection pool's limits, outlier detection and load balancer to one of the
+/// target's clusters (its HTTP protocol options come with the cluster: see
+/// [`crate::translate::cluster::http_protocol_options`]).
+pub fn shape_cluster(cluster: &mut Cluster, upstream: &Upstream) {
     if let Some(pool) = &upstream.pool {
         let budget = pool.retry_budget.map(|(budget, min)| RetryBudget {
             budget_percent: Some(Percent {
@@ -134,32 +108,6 @@ pub fn shape_cluster(cluster: &mut Cluster, upstream: &Upstream, protocol: Proto
         if let Some(timeout) = pool.connect_timeout {
             cluster.connect_timeout = Some(pb_duration(timeout));
         }
-        if (pool.idle_timeout.is_some() || pool.max_requests_per_connection.is_some())
-            && protocol.is_http()
-        {
-            let protocol_config = if protocol.is_http2_upstream() {
-                ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())
-            } else {
-                ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())
-            };
-            let options = HttpProtocolOptions {
-                common_http_protocol_options: Some(CommonHttpProtocolOptions {
-                    idle_timeout: pool.idle_timeout.map(pb_duration),
-                    max_requests_per_connection: pool.max_requests_per_connection.map(u32v),
-                    ..Default::default()
-                }),
-                upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                    ExplicitHttpConfig {
-                        protocol_config: Some(protocol_config),
-                    },
-                )),
-                ..Default::default()
-            };
-            cluster.typed_extension_protocol_options.insert(
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
-                pack_any(options),
-            );
-        }
     }
     if let Some(outlier) = &upstream.outlier {
         // Only what the policy asks for ejects: Envoy's defaults would also eject on 5
@@ -180,7 +128,7 @@ pub fn shape_cluster(cluster: &mut Cluster, upstream: &Upstream, protocol: Proto
         });
     }
     if let Some(balancer) = &upstream.balancer {
-        use weir_api::LoadBalancerAlgorithm as A;
+        use Algorithm as A;
         cluster.lb_policy = match balancer.algorithm {
             A::RoundRobin => LbPolicy::RoundRobin,
             A::LeastRequest => LbPolicy::LeastRequest,

@@ -1,24 +1,29 @@
-//! TrafficPolicy parsing: a spec in, a typed [`Policy`] or a [`Rejection`] out, once per
-//! spec change.
+//! TrafficPolicy as a routing source: a spec in, a [`RouteSet`] of the route model or a
+//! [`Rejection`] out, once per spec change.
 //!
 //! ```text
-//! TrafficPolicySpec --Policy::parse--> Policy (durations parsed, names normalised,
-//!                                             destinations as BackendRef)
-//!                                   \-> Rejection (reason, field, fix)
+//! TrafficPolicySpec --parse--> RouteSet (durations parsed, names normalised, every
+//!                                        destination a Backend naming its Service)
+//!                          \-> Rejection (reason, field, fix)
 //! ```
 //!
 //! Parsing checks what the API server cannot (regex syntax, subset references) plus the CEL
 //! rules again, because local mode has no API server. Everything downstream (the binding to
-//! Service ports, translation, status) reads the typed [`Policy`], never the raw spec. The
+//! Service ports, translation, status) reads the [`RouteSet`], never the raw spec; the
+//! CRD's enums are mapped to the model's here and nowhere else. The
 //! index keeps the last valid version of each policy so that an invalid edit never takes
 //! down routing that worked.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use weir_api::{HttpMethod, PathMatchType, RetryOn, StringMatchType, TrafficPolicySpec};
+use weir_api::{PathMatchType, StringMatchType, TrafficPolicySpec};
 
+use crate::conditions::AcceptedReason as Reason;
 use crate::index::ObjectKey;
-use crate::status::Reason;
+use crate::routing::{
+    AbortStatus, Algorithm, Backend, Balancer, Fault, HashKey, HeaderEdits, HttpMatch, HttpRule,
+    Method, Mirror, NamedMatch, Outlier, PathMatch, Pool, RateLimit, Retry, RetryOn, RouteSet,
+    Subset, Target, TcpRule, Upstream, ValueMatch, WeightedBackend,
+};
 
 /// Why a policy was rejected: a stable reason, the field at fault, and the fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,333 +42,47 @@ impl std::fmt::Display for Rejection {
     }
 }
 
-/// A TrafficPolicy that passed validation, in the form translation and status read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
-    /// The Service (in the policy's namespace) and optionally one port of it.
-    pub target: PolicyTarget,
-    /// Named groups of the target's pods.
-    pub subsets: Vec<Subset>,
-    /// Ordered HTTP routes; the first whose matches apply routes the request.
-    pub http: Vec<HttpRoute>,
-    /// Ordered TCP routes; the first that applies splits the connection.
-    pub tcp: Vec<TcpRoute>,
-    /// How calling proxies treat the target's backends (every cluster of the target).
-    pub upstream: Upstream,
-    /// A token bucket in each calling proxy, per Service port.
-    pub rate_limit: Option<RateLimit>,
-    /// Field paths that are accepted but not yet translated (and so ignored).
-    pub unsupported: Vec<String>,
-}
-
-/// Connection limits, ejection and load balancing toward the target's backends.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Upstream {
-    /// Circuit breaking and connection settings.
-    pub pool: Option<Pool>,
-    /// Ejection of failing backends.
-    pub outlier: Option<Outlier>,
-    /// Load balancing.
-    pub balancer: Option<Balancer>,
-}
-
-/// `spec.connectionPool`, durations parsed.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Pool {
-    /// Most connections.
-    pub max_connections: Option<u32>,
-    /// Most pending requests.
-    pub max_pending_requests: Option<u32>,
-    /// Most requests in flight.
-    pub max_requests: Option<u32>,
-    /// Most retries in flight.
-    pub max_retries: Option<u32>,
-    /// Requests per upstream connection.
-    pub max_requests_per_connection: Option<u32>,
-    /// Connection timeout.
-    pub connect_timeout: Option<Duration>,
-    /// Idle upstream connections are closed after this.
-    pub idle_timeout: Option<Duration>,
-    /// Retries as a share of requests in flight: (percent, minimum concurrency).
-    pub retry_budget: Option<(u32, Option<u32>)>,
-}
-
-/// `spec.outlierDetection`, durations parsed.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Outlier {
-    /// Consecutive 5xx that eject.
-    pub consecutive_errors: Option<u32>,
-    /// Consecutive 502/503/504 that eject.
-    pub consecutive_gateway_errors: Option<u32>,
-    /// Review interval.
-    pub interval: Option<Duration>,
-    /// First ejection's length.
-    pub base_ejection_time: Option<Duration>,
-    /// Most ejected, in percent.
-    pub max_ejection_percent: Option<u32>,
-}
-
-/// `spec.loadBalancer`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Balancer {
-    /// The algorithm.
-    pub algorithm: weir_api::LoadBalancerAlgorithm,
-    /// For RingHash and Maglev: the key.
-    pub hash: Option<HashKey>,
-}
-
-/// What consistent hashing hashes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    /// A header (name lower-cased).
-    Header(String),
-    /// A cookie, generated with this lifetime and path when absent (if a ttl is given).
-    Cookie {
-        /// Cookie name.
-        name: String,
-        /// Lifetime of a generated cookie.
-        ttl: Option<Duration>,
-        /// Path of a generated cookie.
-        path: Option<String>,
-    },
-    /// The caller's address.
-    SourceIp,
-    /// A query parameter.
-    QueryParameter(String),
-}
-
-/// `spec.localRateLimit`, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RateLimit {
-    /// Bucket size.
-    pub requests: u32,
-    /// Refill interval.
-    pub fill_interval: Duration,
-}
-
-/// Faults of one rule.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Fault {
-    /// (delay, percent).
-    pub delay: Option<(Duration, u32)>,
-    /// (status, percent).
-    pub abort: Option<(AbortStatus, u32)>,
-    /// Only requests with all these headers (names lower-cased).
-    pub headers: Vec<NamedMatch>,
-}
-
-/// What an abort fault answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AbortStatus {
-    /// An HTTP status.
-    Http(u16),
-    /// A gRPC status code.
-    Grpc(u32),
-}
-
-/// A rule's mirror.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mirror {
-    /// Where the copies go.
-    pub backend: BackendRef,
-    /// Share of requests copied, in percent.
-    pub percent: u32,
-}
-
-/// What a policy is attached to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyTarget {
-    /// The target Service.
-    pub service: ObjectKey,
-    /// One port of it; every port when `None`.
-    pub port: Option<u16>,
-}
-
-/// A named group of the target Service's pods.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subset {
-    /// The name destinations use.
-    pub name: String,
-    /// Pod labels that select the subset.
-    pub labels: BTreeMap<String, String>,
-}
-
-/// One HTTP routing rule.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HttpRoute {
-    /// The rule's name, or `rule-<i>`.
-    pub name: String,
-    /// Any of these applies the rule; empty means every request.
-    pub matches: Vec<HttpRouteMatch>,
-    /// Where matching requests go, by weight (in the order written, zero weights included).
-    pub backends: Vec<WeightedBackend>,
-    /// Whole-request timeout, retries included.
-    pub timeout: Option<Duration>,
-    /// Retries of failed attempts.
-    pub retry: Option<Retry>,
-    /// Request header changes.
-    pub request_headers: HeaderEdits,
-    /// Faults injected.
-    pub fault: Option<Fault>,
-    /// Where copies of the requests go.
-    pub mirror: Option<Mirror>,
-}
-
-/// One TCP routing rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpRoute {
-    /// The rule's name, or `tcp-<i>`.
-    pub name: String,
-    /// TLS server names it applies to (lower-cased); every connection when empty.
-    pub sni_hosts: Vec<String>,
-    /// Where the connections go, by weight.
-    pub backends: Vec<WeightedBackend>,
-}
-
-/// Conditions on one request; all must hold.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct HttpRouteMatch {
-    /// Condition on the path.
-    pub path: Option<PathMatch>,
-    /// Conditions on headers (names lower-cased).
-    pub headers: Vec<NamedMatch>,
-    /// Conditions on query parameters (names as written: they are case-sensitive).
-    pub query_params: Vec<NamedMatch>,
-    /// The method.
-    pub method: Option<HttpMethod>,
-}
-
-/// A condition on the request path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
-    /// The whole path.
-    Exact(String),
-    /// A prefix, on a segment boundary.
-    Prefix(String),
-    /// An RE2 regular expression over the whole path.
-    RegularExpression(String),
-    /// A gRPC method: the path `/<service>/<method>`, either part any when `None`.
-    Grpc {
-        /// The fully qualified service (or a regular expression for it).
-        service: Option<String>,
-        /// The method (or a regular expression for it).
-        method: Option<String>,
-        /// Whether the names are RE2 regular expressions.
-        regex: bool,
-    },
-}
-
-/// A condition on one named value (a header or a query parameter).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamedMatch {
-    /// The header or parameter name.
-    pub name: String,
-    /// How its value is compared.
-    pub value: ValueMatch,
-}
-
-/// How a value is compared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ValueMatch {
-    /// Equals.
-    Exact(String),
-    /// Starts with.
-    Prefix(String),
-    /// Matches the RE2 regular expression as a whole.
-    RegularExpression(String),
-    /// Is present, whatever its value.
-    Present,
-}
-
-/// A backend with its share of a rule's traffic.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WeightedBackend {
-    /// Where the traffic goes.
-    pub backend: BackendRef,
-    /// Share in percent (100 for a single destination without a weight).
-    pub weight: u32,
-}
-
-/// Where a destination points, before it is resolved against the index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendRef {
-    /// The target Service as a whole (neither `subset` nor `service`).
-    Target,
-    /// A subset of the target Service.
-    Subset(String),
-    /// Another Service, with the port when given.
-    Service {
-        /// The Service (the policy's namespace when none was given).
-        service: ObjectKey,
-        /// Its port; resolved against the Service when omitted.
-        port: Option<u16>,
-    },
-}
-
-/// Retries of failed attempts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retry {
-    /// Retries after the first attempt.
-    pub attempts: u32,
-    /// Time allowed for each attempt.
-    pub per_try_timeout: Option<Duration>,
-    /// What makes an attempt retriable; empty means the default set.
-    pub retry_on: Vec<RetryOn>,
-}
-
-/// Header changes; `set` and `add` names are lower-cased.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct HeaderEdits {
-    /// Replace or add.
-    pub set: Vec<(String, String)>,
-    /// Append or add.
-    pub add: Vec<(String, String)>,
-    /// Remove (names as written).
-    pub remove: Vec<String>,
-}
-
-impl Policy {
-    /// Checks a spec of a policy in `namespace` and types it. The first problem found is
-    /// reported, with every other one after it in the message.
-    pub fn parse(namespace: &str, spec: &TrafficPolicySpec) -> Result<Policy, Rejection> {
-        let mut problems = Problems::default();
-        if spec.target_ref.service.is_empty() {
+/// Checks a spec of a policy in `namespace` and types it. The first problem found is
+/// reported, with every other one after it in the message.
+pub fn parse(namespace: &str, spec: &TrafficPolicySpec) -> Result<RouteSet, Rejection> {
+    let mut problems = Problems::default();
+    if spec.target_ref.service.is_empty() {
+        problems.invalid(
+            "spec.targetRef.service",
+            "is empty: name the Service this policy applies to",
+        );
+    }
+    for (i, subset) in spec.subsets.iter().enumerate() {
+        if spec.subsets[..i].iter().any(|s| s.name == subset.name) {
             problems.invalid(
-                "spec.targetRef.service",
-                "is empty: name the Service this policy applies to",
+                &format!("spec.subsets[{i}].name"),
+                &format!(
+                    "subset {:?} is defined twice: give each subset its own name",
+                    subset.name
+                ),
             );
         }
-        for (i, subset) in spec.subsets.iter().enumerate() {
-            if spec.subsets[..i].iter().any(|s| s.name == subset.name) {
-                problems.invalid(
-                    &format!("spec.subsets[{i}].name"),
-                    &format!(
-                        "subset {:?} is defined twice: give each subset its own name",
-                        subset.name
-                    ),
-                );
-            }
-            if subset.labels.is_empty() {
-                problems.invalid(
-                    &format!("spec.subsets[{i}].labels"),
-                    "is empty: a subset selects pods by at least one label, e.g. version: v2",
-                );
-            }
+        if subset.labels.is_empty() {
+            problems.invalid(
+                &format!("spec.subsets[{i}].labels"),
+                "is empty: a subset selects pods by at least one label, e.g. version: v2",
+            );
         }
-        let http: Vec<HttpRoute> = spec
-            .http
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| parse_rule(namespace, spec, i, rule, &mut problems))
-            .collect();
-        let tcp: Vec<TcpRoute> = spec
-            .tcp
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| parse_tcp_rule(namespace, spec, i, rule, &mut problems))
-            .collect();
-        let upstream = parse_upstream(spec, &mut problems);
-        let rate_limit = spec.local_rate_limit.as_ref().and_then(|r| {
+    }
+    let http: Vec<HttpRule> = spec
+        .http
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| parse_rule(namespace, spec, i, rule, &mut problems))
+        .collect();
+    let tcp: Vec<TcpRule> = spec
+        .tcp
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| parse_tcp_rule(namespace, spec, i, rule, &mut problems))
+        .collect();
+    let upstream = parse_upstream(spec, &mut problems);
+    let rate_limit = spec.local_rate_limit.as_ref().and_then(|r| {
             let field = "spec.localRateLimit.fillInterval";
             let fill_interval = parse_duration(field, &r.fill_interval, &mut problems)?;
             if fill_interval < Duration::from_millis(50) {
@@ -377,51 +96,26 @@ impl Policy {
                 fill_interval,
             })
         });
-        problems.into_result()?;
-        Ok(Policy {
-            target: PolicyTarget {
-                service: ObjectKey::new(namespace, spec.target_ref.service.clone()),
-                port: spec.target_ref.port,
-            },
-            subsets: spec
-                .subsets
-                .iter()
-                .map(|s| Subset {
-                    name: s.name.clone(),
-                    labels: s.labels.clone(),
-                })
-                .collect(),
-            http,
-            tcp,
-            upstream,
-            rate_limit,
-            unsupported: unsupported_fields(spec),
-        })
-    }
-
-    /// The subset of this name.
-    pub fn subset(&self, name: &str) -> Option<&Subset> {
-        self.subsets.iter().find(|s| s.name == name)
-    }
-
-    /// Other Services the policy routes to.
-    pub fn backend_services(&self) -> BTreeSet<ObjectKey> {
-        let mirrors = self.http.iter().filter_map(|r| r.mirror.as_ref());
-        self.http
+    problems.into_result()?;
+    Ok(RouteSet {
+        target: Target {
+            service: ObjectKey::new(namespace, spec.target_ref.service.clone()),
+            port: spec.target_ref.port,
+        },
+        subsets: spec
+            .subsets
             .iter()
-            .flat_map(|r| r.backends.iter().map(|b| &b.backend))
-            .chain(
-                self.tcp
-                    .iter()
-                    .flat_map(|r| r.backends.iter().map(|b| &b.backend)),
-            )
-            .chain(mirrors.map(|m| &m.backend))
-            .filter_map(|b| match b {
-                BackendRef::Service { service, .. } => Some(service.clone()),
-                _ => None,
+            .map(|s| Subset {
+                name: s.name.clone(),
+                labels: s.labels.clone(),
             })
-            .collect()
-    }
+            .collect(),
+        http,
+        tcp,
+        upstream,
+        rate_limit,
+        unsupported: unsupported_fields(spec),
+    })
 }
 
 /// The problems found in one spec, in the order found.
@@ -460,7 +154,7 @@ fn parse_rule(
     i: usize,
     rule: &weir_api::HttpRule,
     problems: &mut Problems,
-) -> HttpRoute {
+) -> HttpRule {
     let at = format!("spec.http[{i}]");
     let backends = parse_backends(namespace, spec, &at, &rule.destinations, problems);
     let matches = rule
@@ -486,7 +180,7 @@ fn parse_rule(
                 .per_try_timeout
                 .as_ref()
                 .and_then(|t| parse_duration(&format!("{at}.retries.perTryTimeout"), t, problems)),
-            retry_on: r.retry_on.clone(),
+            retry_on: r.retry_on.iter().map(|c| retry_on(*c)).collect(),
         }
     });
     let request_headers = rule
@@ -529,7 +223,7 @@ fn parse_rule(
             percent: m.percent.unwrap_or(100).min(100),
         }
     });
-    HttpRoute {
+    HttpRule {
         name: rule.name.clone().unwrap_or_else(|| format!("rule-{i}")),
         matches,
         backends,
@@ -705,7 +399,7 @@ fn parse_upstream(spec: &TrafficPolicySpec, problems: &mut Problems) -> Upstream
             }
         };
         Balancer {
-            algorithm: lb.algorithm,
+            algorithm: algorithm(lb.algorithm),
             hash,
         }
     });
@@ -722,7 +416,7 @@ fn parse_tcp_rule(
     i: usize,
     rule: &weir_api::TcpRule,
     problems: &mut Problems,
-) -> TcpRoute {
+) -> TcpRule {
     let at = format!("spec.tcp[{i}]");
     let backends = parse_backends(namespace, spec, &at, &rule.destinations, problems);
     let sni_hosts = rule
@@ -749,7 +443,7 @@ fn parse_tcp_rule(
             host
         })
         .collect();
-    TcpRoute {
+    TcpRule {
         name: rule.name.clone().unwrap_or_else(|| format!("tcp-{i}")),
         sni_hosts,
         backends,
@@ -846,16 +540,26 @@ fn parse_destination(
             "is over 100: weights are percentages",
         );
     }
+    let target = || ObjectKey::new(namespace, spec.target_ref.service.clone());
     let backend = match (&dest.subset, &dest.service) {
-        (Some(subset), _) => BackendRef::Subset(subset.clone()),
-        (None, Some(service)) => BackendRef::Service {
+        (Some(subset), _) => Backend {
+            service: target(),
+            port: None,
+            subset: Some(subset.clone()),
+        },
+        (None, Some(service)) => Backend {
             service: ObjectKey::new(
                 dest.namespace.as_deref().unwrap_or(namespace),
                 service.clone(),
             ),
             port: dest.port,
+            subset: None,
         },
-        (None, None) => BackendRef::Target,
+        (None, None) => Backend {
+            service: target(),
+            port: None,
+            subset: None,
+        },
     };
     WeightedBackend {
         backend,
@@ -863,7 +567,7 @@ fn parse_destination(
     }
 }
 
-fn parse_match(at: &str, m: &weir_api::HttpMatch, problems: &mut Problems) -> HttpRouteMatch {
+fn parse_match(at: &str, m: &weir_api::HttpMatch, problems: &mut Problems) -> HttpMatch {
     let path = m.path.as_ref().map(|path| {
         let field = format!("{at}.path.value");
         match path.match_type {
@@ -911,11 +615,11 @@ fn parse_match(at: &str, m: &weir_api::HttpMatch, problems: &mut Problems) -> Ht
             ),
         })
         .collect();
-    HttpRouteMatch {
+    HttpMatch {
         path,
         headers,
         query_params,
-        method: m.method,
+        method: m.method.map(method),
     }
 }
 
@@ -1040,6 +744,53 @@ fn parse_duration(
     }
 }
 
+/// The CRD's method as the model's.
+fn method(m: weir_api::HttpMethod) -> Method {
+    use weir_api::HttpMethod as M;
+    match m {
+        M::Get => Method::Get,
+        M::Head => Method::Head,
+        M::Post => Method::Post,
+        M::Put => Method::Put,
+        M::Delete => Method::Delete,
+        M::Connect => Method::Connect,
+        M::Options => Method::Options,
+        M::Trace => Method::Trace,
+        M::Patch => Method::Patch,
+    }
+}
+
+/// The CRD's retry condition as the model's.
+fn retry_on(c: weir_api::RetryOn) -> RetryOn {
+    use weir_api::RetryOn as R;
+    match c {
+        R::FiveXx => RetryOn::FiveXx,
+        R::GatewayError => RetryOn::GatewayError,
+        R::Reset => RetryOn::Reset,
+        R::ConnectFailure => RetryOn::ConnectFailure,
+        R::RefusedStream => RetryOn::RefusedStream,
+        R::Retriable4xx => RetryOn::Retriable4xx,
+        R::EnvoyRateLimited => RetryOn::EnvoyRateLimited,
+        R::Cancelled => RetryOn::Cancelled,
+        R::DeadlineExceeded => RetryOn::DeadlineExceeded,
+        R::ResourceExhausted => RetryOn::ResourceExhausted,
+        R::Unavailable => RetryOn::Unavailable,
+        R::Internal => RetryOn::Internal,
+    }
+}
+
+/// The CRD's balancing algorithm as the model's.
+fn algorithm(a: weir_api::LoadBalancerAlgorithm) -> Algorithm {
+    use weir_api::LoadBalancerAlgorithm as A;
+    match a {
+        A::RoundRobin => Algorithm::RoundRobin,
+        A::LeastRequest => Algorithm::LeastRequest,
+        A::Random => Algorithm::Random,
+        A::RingHash => Algorithm::RingHash,
+        A::Maglev => Algorithm::Maglev,
+    }
+}
+
 /// Fields the API accepts that translation does not apply yet.
 fn unsupported_fields(spec: &TrafficPolicySpec) -> Vec<String> {
     spec.authorization
@@ -1055,12 +806,17 @@ mod tests {
     use crate::testing::{mk_policy_spec, mk_rule};
     use weir_api::{Destination, HttpMatch};
 
-    fn parse(spec: &TrafficPolicySpec) -> Result<Policy, Rejection> {
-        Policy::parse("default", spec)
+    fn parse(spec: &TrafficPolicySpec) -> Result<RouteSet, Rejection> {
+        super::parse("default", spec)
     }
 
     #[test]
     fn a_split_that_sums_to_100_is_accepted() {
+        let subset = |name: &str| Backend {
+            service: ObjectKey::new("default", "reviews"),
+            port: None,
+            subset: Some(name.into()),
+        };
         let spec = mk_policy_spec("reviews", &[("v1", 80), ("v2", 20)]);
         let policy = parse(&spec).unwrap();
         assert!(policy.unsupported.is_empty());
@@ -1068,11 +824,11 @@ mod tests {
             policy.http[0].backends,
             vec![
                 WeightedBackend {
-                    backend: BackendRef::Subset("v1".into()),
+                    backend: subset("v1"),
                     weight: 80
                 },
                 WeightedBackend {
-                    backend: BackendRef::Subset("v2".into()),
+                    backend: subset("v2"),
                     weight: 20
                 },
             ]
@@ -1212,9 +968,7 @@ mod tests {
         let policy = parse(&spec).unwrap();
         let mirror = policy.http[0].mirror.as_ref().unwrap();
         assert_eq!(mirror.percent, 25);
-        assert!(
-            matches!(&mirror.backend, BackendRef::Service { service, .. } if service.name == "reviews-shadow")
-        );
+        assert!(mirror.backend.service.name == "reviews-shadow" && mirror.backend.subset.is_none());
     }
 
     #[test]
@@ -1300,7 +1054,7 @@ mod tests {
         assert_eq!(policy.http[0].timeout, Some(Duration::from_secs(90)));
         assert_eq!(
             policy.backend_services(),
-            BTreeSet::from([ObjectKey::new("default", "ratings")])
+            std::collections::BTreeSet::from([ObjectKey::new("default", "ratings")])
         );
         assert_eq!(policy.http[1].name, "rule-1");
     }

@@ -13,13 +13,15 @@ use envoy_types::pb::envoy::config::route::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatcher, StringMatcher,
 };
-use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 
-use super::{names, shaping};
+use super::shaping;
 use crate::binding::{BoundBackend, PortRoutes, Resolution};
 use crate::index::ObjectKey;
-use crate::policy::{HeaderEdits, HttpRoute, HttpRouteMatch, NamedMatch, PathMatch, ValueMatch};
+use crate::names;
 use crate::protocol::Protocol;
+use crate::routing::{HeaderEdits, HttpMatch, HttpRule, NamedMatch, PathMatch, ValueMatch};
+use crate::translate::pb::{self, duration as pb_duration, NO_TIMEOUT};
 
 /// Retry conditions when a policy asks for retries without saying on what.
 const DEFAULT_RETRY_ON: &str = "5xx,connect-failure,refused-stream,reset";
@@ -27,63 +29,51 @@ const DEFAULT_RETRY_ON: &str = "5xx,connect-failure,refused-stream,reset";
 /// UNAVAILABLE server is retried too.
 const DEFAULT_GRPC_RETRY_ON: &str = "5xx,connect-failure,refused-stream,reset,unavailable";
 
-/// The virtual host of one Service port, with the routes of the policy governing it (if
-/// any) and a final route to the Service as a whole.
+/// The virtual host of one Service port, with the rules bound to it (if any) and a final
+/// route to the Service as a whole.
 pub fn virtual_host(
     svc: &ObjectKey,
     port: u16,
     cluster_ip: Option<&str>,
     bare_names: bool,
-    policy: Option<&PortRoutes>,
+    bound: Option<&PortRoutes>,
     protocol: Protocol,
 ) -> VirtualHost {
     let mut routes = Vec::new();
     let hash_policy =
-        shaping::hash_policies(policy.and_then(|p| p.policy.upstream.balancer.as_ref()));
-    if let Some(bound) = policy {
-        let rules = bound
-            .policy
-            .http
+        shaping::hash_policies(bound.and_then(|p| p.governing.upstream.balancer.as_ref()));
+    for bound_rule in bound.into_iter().flat_map(|b| &b.http) {
+        let (rule, mirror) = (bound_rule.rule(), &bound_rule.mirror);
+        let mut action = rule_action(rule, &bound_rule.backends, protocol);
+        action.hash_policy = hash_policy.clone();
+        // A mirror whose Service is missing is left out (status says so), so that no
+        // route names a cluster that is not served.
+        action.request_mirror_policies = mirror
             .iter()
-            .zip(&bound.http)
-            .zip(&bound.mirrors);
-        for ((rule, backends), mirror) in rules {
-            let mut action = rule_action(rule, backends, protocol);
-            action.hash_policy = hash_policy.clone();
-            // A mirror whose Service is missing is left out (status says so), so that no
-            // route names a cluster that is not served.
-            action.request_mirror_policies = mirror
-                .iter()
-                .filter(|m| m.resolution == Resolution::Resolved && m.weight > 0)
-                .map(|m| shaping::mirror_policy(m.cluster.clone(), m.weight))
-                .collect();
-            let faults: std::collections::HashMap<String, Any> = rule
-                .fault
-                .iter()
-                .map(|f| {
-                    let headers = f.headers.iter().map(header_matcher).collect();
-                    (
-                        shaping::FAULT_FILTER.to_string(),
-                        shaping::fault_filter_config(f, headers),
-                    )
-                })
-                .collect();
-            let matches: Vec<Option<&HttpRouteMatch>> = if rule.matches.is_empty() {
-                vec![None]
-            } else {
-                rule.matches.iter().map(Some).collect()
-            };
-            for m in matches {
-                routes.push(Route {
-                    name: rule.name.clone(),
-                    r#match: Some(route_match(m)),
-                    action: Some(Action::Route(action.clone())),
-                    request_headers_to_add: headers_to_add(&rule.request_headers),
-                    request_headers_to_remove: rule.request_headers.remove.clone(),
-                    typed_per_filter_config: faults.clone(),
-                    ..Default::default()
-                });
-            }
+            .filter(|m| m.resolution == Resolution::Resolved && m.weight > 0)
+            .map(|m| shaping::mirror_policy(m.cluster.clone(), m.weight))
+            .collect();
+        let faults: std::collections::HashMap<String, Any> = rule
+            .fault
+            .iter()
+            .map(|f| {
+                let headers = f.headers.iter().map(header_matcher).collect();
+                (
+                    shaping::FAULT_FILTER.to_string(),
+                    shaping::fault_filter_config(f, headers),
+                )
+            })
+            .collect();
+        for m in bound_rule.matches() {
+            routes.push(Route {
+                name: rule.name.clone(),
+                r#match: Some(route_match(m)),
+                action: Some(Action::Route(action.clone())),
+                request_headers_to_add: headers_to_add(&rule.request_headers),
+                request_headers_to_remove: rule.request_headers.remove.clone(),
+                typed_per_filter_config: faults.clone(),
+                ..Default::default()
+            });
         }
     }
     routes.push(Route {
@@ -102,7 +92,7 @@ pub fn virtual_host(
         })),
         ..Default::default()
     });
-    let rate_limit = policy.and_then(|p| p.policy.rate_limit.as_ref());
+    let rate_limit = bound.and_then(|p| p.governing.rate_limit.as_ref());
     VirtualHost {
         name: names::vhost_name(svc, port),
         domains: names::domains(svc, port, cluster_ip, bare_names),
@@ -126,26 +116,15 @@ pub fn route_configuration(name: &str, virtual_hosts: Vec<VirtualHost>) -> Route
         name: name.to_string(),
         virtual_hosts,
         // Clusters arrive over the same stream; never reject routes for a missing one.
-        validate_clusters: Some(envoy_types::pb::google::protobuf::BoolValue { value: false }),
+        validate_clusters: Some(pb::boolv(false)),
         ..Default::default()
     }
 }
 
-/// Envoy's default route timeout is 15s; a mesh should not cut long requests it was not asked
-/// to cut, so routes without a policy timeout have none.
-const NO_TIMEOUT: Duration = Duration {
-    seconds: 0,
-    nanos: 0,
-};
+// Envoy's default route timeout is 15s; a mesh should not cut long requests it was not
+// asked to cut, so routes without a rule timeout have none (NO_TIMEOUT).
 
-pub(super) fn pb_duration(d: std::time::Duration) -> Duration {
-    Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
-fn rule_action(rule: &HttpRoute, backends: &[BoundBackend], protocol: Protocol) -> RouteAction {
+fn rule_action(rule: &HttpRule, backends: &[BoundBackend], protocol: Protocol) -> RouteAction {
     // Unresolved backends keep their (missing) cluster: Envoy answers 503 for that share,
     // and status says BackendNotFound.
     let mut weighted: Vec<(String, u32)> = backends
@@ -198,7 +177,7 @@ fn rule_action(rule: &HttpRoute, backends: &[BoundBackend], protocol: Protocol) 
     }
 }
 
-fn route_match(m: Option<&HttpRouteMatch>) -> RouteMatch {
+fn route_match(m: Option<&HttpMatch>) -> RouteMatch {
     let Some(m) = m else {
         return RouteMatch {
             path_specifier: Some(PathSpecifier::Prefix("/".into())),

@@ -1,0 +1,430 @@
+//! The route model: what any routing source (TrafficPolicy today, Gateway API's HTTPRoute
+//! and GRPCRoute next) says about traffic to one Service, in one shape that owes nothing to
+//! the source's CRD.
+//!
+//! ```text
+//! TrafficPolicySpec --sources::traffic_policy::parse--> RouteSet ┐
+//! HTTPRoute / GRPCRoute (next) --sources::...----------> RouteSet ┴-> binding (merge per port)
+//!                                                                     -> translate -> Envoy
+//! ```
+//!
+//! A [`RouteSet`] holds ordered HTTP and TCP rules (matches, backends with weights,
+//! timeouts, retries, header edits, faults, mirrors), the pod groups (subsets) its backends
+//! may name, and the upstream settings (connection pool, outlier detection, balancing, rate
+//! limit) for the target's backends. Values are parsed and checked: durations are
+//! `Duration`s, names are normalised, every backend names its Service. Enums are the
+//! model's own, so a source's CRD can change without touching translation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::index::ObjectKey;
+
+/// What one source attaches to one Service, parsed and checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSet {
+    /// The Service and optionally one port of it.
+    pub target: Target,
+    /// Named groups of the target's pods that backends may name.
+    pub subsets: Vec<Subset>,
+    /// Ordered HTTP rules; the first whose matches apply routes the request.
+    pub http: Vec<HttpRule>,
+    /// Ordered TCP rules; the first that applies splits the connection.
+    pub tcp: Vec<TcpRule>,
+    /// How calling proxies treat the target's backends (every cluster of the target).
+    pub upstream: Upstream,
+    /// A token bucket in each calling proxy, per Service port.
+    pub rate_limit: Option<RateLimit>,
+    /// Field paths the source accepted but that are not translated (and so ignored).
+    pub unsupported: Vec<String>,
+}
+
+impl RouteSet {
+    /// The subset of this name.
+    pub fn subset(&self, name: &str) -> Option<&Subset> {
+        self.subsets.iter().find(|s| s.name == name)
+    }
+
+    /// Services other than the target that the rules send traffic (or copies) to.
+    pub fn backend_services(&self) -> BTreeSet<ObjectKey> {
+        let mirrors = self.http.iter().filter_map(|r| r.mirror.as_ref());
+        self.http
+            .iter()
+            .flat_map(|r| r.backends.iter().map(|b| &b.backend))
+            .chain(
+                self.tcp
+                    .iter()
+                    .flat_map(|r| r.backends.iter().map(|b| &b.backend)),
+            )
+            .chain(mirrors.map(|m| &m.backend))
+            .filter(|b| b.service != self.target.service)
+            .map(|b| b.service.clone())
+            .collect()
+    }
+}
+
+/// What a route set is attached to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The Service.
+    pub service: ObjectKey,
+    /// One port of it; every port when `None`.
+    pub port: Option<u16>,
+}
+
+/// A named group of the target Service's pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subset {
+    /// The name backends use.
+    pub name: String,
+    /// Pod labels that select the subset.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// One HTTP routing rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpRule {
+    /// The rule's name (the source's, or one it derives such as `rule-<i>`).
+    pub name: String,
+    /// Any of these applies the rule; empty means every request.
+    pub matches: Vec<HttpMatch>,
+    /// Where matching requests go, by weight (in the order written, zero weights included).
+    pub backends: Vec<WeightedBackend>,
+    /// Whole-request timeout, retries included.
+    pub timeout: Option<Duration>,
+    /// Retries of failed attempts.
+    pub retry: Option<Retry>,
+    /// Request header changes.
+    pub request_headers: HeaderEdits,
+    /// Faults injected.
+    pub fault: Option<Fault>,
+    /// Where copies of the requests go.
+    pub mirror: Option<Mirror>,
+}
+
+/// One TCP routing rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpRule {
+    /// The rule's name.
+    pub name: String,
+    /// TLS server names it applies to (lower-cased); every connection when empty.
+    pub sni_hosts: Vec<String>,
+    /// Where the connections go, by weight.
+    pub backends: Vec<WeightedBackend>,
+}
+
+/// Conditions on one request; all must hold.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HttpMatch {
+    /// Condition on the path.
+    pub path: Option<PathMatch>,
+    /// Conditions on headers (names lower-cased).
+    pub headers: Vec<NamedMatch>,
+    /// Conditions on query parameters (names as written: they are case-sensitive).
+    pub query_params: Vec<NamedMatch>,
+    /// The method.
+    pub method: Option<Method>,
+}
+
+/// An HTTP method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    /// GET.
+    Get,
+    /// HEAD.
+    Head,
+    /// POST.
+    Post,
+    /// PUT.
+    Put,
+    /// DELETE.
+    Delete,
+    /// CONNECT.
+    Connect,
+    /// OPTIONS.
+    Options,
+    /// TRACE.
+    Trace,
+    /// PATCH.
+    Patch,
+}
+
+impl Method {
+    /// The method as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Delete => "DELETE",
+            Method::Connect => "CONNECT",
+            Method::Options => "OPTIONS",
+            Method::Trace => "TRACE",
+            Method::Patch => "PATCH",
+        }
+    }
+}
+
+/// A condition on the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// The whole path.
+    Exact(String),
+    /// A prefix, on a segment boundary.
+    Prefix(String),
+    /// An RE2 regular expression over the whole path.
+    RegularExpression(String),
+    /// A gRPC method: the path `/<service>/<method>`, either part any when `None`.
+    Grpc {
+        /// The fully qualified service (or a regular expression for it).
+        service: Option<String>,
+        /// The method (or a regular expression for it).
+        method: Option<String>,
+        /// Whether the names are RE2 regular expressions.
+        regex: bool,
+    },
+}
+
+/// A condition on one named value (a header or a query parameter).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedMatch {
+    /// The header or parameter name.
+    pub name: String,
+    /// How its value is compared.
+    pub value: ValueMatch,
+}
+
+/// How a value is compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueMatch {
+    /// Equals.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Matches the RE2 regular expression as a whole.
+    RegularExpression(String),
+    /// Is present, whatever its value.
+    Present,
+}
+
+/// A backend with its share of a rule's traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightedBackend {
+    /// Where the traffic goes.
+    pub backend: Backend,
+    /// Share in percent (100 for a single backend without a weight).
+    pub weight: u32,
+}
+
+/// Where traffic goes, before it is resolved against the index: a Service (the target or
+/// another), optionally one port and one subset of its pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// The Service.
+    pub service: ObjectKey,
+    /// Its port; when omitted, the Service's only port, else the port being routed.
+    pub port: Option<u16>,
+    /// A subset of the target's pods (see [`RouteSet::subsets`]).
+    pub subset: Option<String>,
+}
+
+/// Retries of failed attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// Time allowed for each attempt.
+    pub per_try_timeout: Option<Duration>,
+    /// What makes an attempt retriable; empty means the default set.
+    pub retry_on: Vec<RetryOn>,
+}
+
+/// A condition that makes a failed attempt retriable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryOn {
+    /// Any 5xx answer (and connection failures).
+    FiveXx,
+    /// 502, 503, 504.
+    GatewayError,
+    /// The upstream reset the stream.
+    Reset,
+    /// The connection could not be made.
+    ConnectFailure,
+    /// HTTP/2 REFUSED_STREAM.
+    RefusedStream,
+    /// 409.
+    Retriable4xx,
+    /// A rate limit of Envoy's own.
+    EnvoyRateLimited,
+    /// gRPC CANCELLED.
+    Cancelled,
+    /// gRPC DEADLINE_EXCEEDED.
+    DeadlineExceeded,
+    /// gRPC RESOURCE_EXHAUSTED.
+    ResourceExhausted,
+    /// gRPC UNAVAILABLE.
+    Unavailable,
+    /// gRPC INTERNAL.
+    Internal,
+}
+
+impl RetryOn {
+    /// Envoy's name for the condition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryOn::FiveXx => "5xx",
+            RetryOn::GatewayError => "gateway-error",
+            RetryOn::Reset => "reset",
+            RetryOn::ConnectFailure => "connect-failure",
+            RetryOn::RefusedStream => "refused-stream",
+            RetryOn::Retriable4xx => "retriable-4xx",
+            RetryOn::EnvoyRateLimited => "envoy-ratelimited",
+            RetryOn::Cancelled => "cancelled",
+            RetryOn::DeadlineExceeded => "deadline-exceeded",
+            RetryOn::ResourceExhausted => "resource-exhausted",
+            RetryOn::Unavailable => "unavailable",
+            RetryOn::Internal => "internal",
+        }
+    }
+}
+
+/// Header changes; `set` and `add` names are lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderEdits {
+    /// Replace or add.
+    pub set: Vec<(String, String)>,
+    /// Append or add.
+    pub add: Vec<(String, String)>,
+    /// Remove (names as written).
+    pub remove: Vec<String>,
+}
+
+/// Faults of one rule.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fault {
+    /// (delay, percent).
+    pub delay: Option<(Duration, u32)>,
+    /// (status, percent).
+    pub abort: Option<(AbortStatus, u32)>,
+    /// Only requests with all these headers (names lower-cased).
+    pub headers: Vec<NamedMatch>,
+}
+
+/// What an abort fault answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortStatus {
+    /// An HTTP status.
+    Http(u16),
+    /// A gRPC status code.
+    Grpc(u32),
+}
+
+/// A rule's mirror.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    /// Where the copies go.
+    pub backend: Backend,
+    /// Share of requests copied, in percent.
+    pub percent: u32,
+}
+
+/// Connection limits, ejection and load balancing toward the target's backends.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Upstream {
+    /// Circuit breaking and connection settings.
+    pub pool: Option<Pool>,
+    /// Ejection of failing backends.
+    pub outlier: Option<Outlier>,
+    /// Load balancing.
+    pub balancer: Option<Balancer>,
+}
+
+/// Connection pool limits and timeouts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pool {
+    /// Most connections.
+    pub max_connections: Option<u32>,
+    /// Most pending requests.
+    pub max_pending_requests: Option<u32>,
+    /// Most requests in flight.
+    pub max_requests: Option<u32>,
+    /// Most retries in flight.
+    pub max_retries: Option<u32>,
+    /// Requests per upstream connection.
+    pub max_requests_per_connection: Option<u32>,
+    /// Connection timeout.
+    pub connect_timeout: Option<Duration>,
+    /// Idle upstream connections are closed after this.
+    pub idle_timeout: Option<Duration>,
+    /// Retries as a share of requests in flight: (percent, minimum concurrency).
+    pub retry_budget: Option<(u32, Option<u32>)>,
+}
+
+/// Ejection of failing backends.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outlier {
+    /// Consecutive 5xx that eject.
+    pub consecutive_errors: Option<u32>,
+    /// Consecutive 502/503/504 that eject.
+    pub consecutive_gateway_errors: Option<u32>,
+    /// Review interval.
+    pub interval: Option<Duration>,
+    /// First ejection's length.
+    pub base_ejection_time: Option<Duration>,
+    /// Most ejected, in percent.
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// How requests are spread over the backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balancer {
+    /// The algorithm.
+    pub algorithm: Algorithm,
+    /// For RingHash and Maglev: the key.
+    pub hash: Option<HashKey>,
+}
+
+/// A load balancing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Round robin (Envoy's default).
+    RoundRobin,
+    /// The backend with the fewest requests of two picked at random.
+    LeastRequest,
+    /// Random.
+    Random,
+    /// Consistent hashing on a ring.
+    RingHash,
+    /// Consistent hashing with Maglev's table.
+    Maglev,
+}
+
+/// What consistent hashing hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A header (name lower-cased).
+    Header(String),
+    /// A cookie, generated with this lifetime and path when absent (if a ttl is given).
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// Lifetime of a generated cookie.
+        ttl: Option<Duration>,
+        /// Path of a generated cookie.
+        path: Option<String>,
+    },
+    /// The caller's address.
+    SourceIp,
+    /// A query parameter.
+    QueryParameter(String),
+}
+
+/// A token bucket per calling proxy and Service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Bucket size.
+    pub requests: u32,
+    /// Refill interval.
+    pub fill_interval: Duration,
+}

@@ -1,0 +1,12 @@
+//! Routing sources: one module per resource kind that attaches routes to a Service, each
+//! parsing its spec into the route model ([`crate::routing::RouteSet`]) once per change and
+//! naming its own fields in what it rejects.
+//!
+//! ```text
+//! TrafficPolicy --traffic_policy::parse--> RouteSet | Rejection
+//! (HTTPRoute, GRPCRoute: next, into the same RouteSet)
+//! ```
+
+pub mod traffic_policy;
+
+pub use traffic_policy::Rejection;

@@ -1,0 +1,245 @@
+//! Filter chains, one builder per kind: every HTTP connection manager and every TCP proxy
+//! of every listener is made here, so what applies to all of them (authorization, access
+//! logs, stats, tracing) attaches in one place.
+//!
+//! ```text
+//! HttpChain::new(stat prefix, routes: RDS name | inline table)
+//!   .filter(..)* (before the router)  .normalize_path()  .forward_client_identity()
+//!   --build(name, match, TLS)--> FilterChain [http_connection_manager]
+//! TcpChain::new(stat prefix, weighted clusters)
+//!   --build(name, match, TLS)--> FilterChain [tcp_proxy]
+//! references(listener) <-- what the built chains name (clusters, route tables)
+//! ```
+
+use envoy_types::pb::envoy::config::core::v3::TransportSocket;
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter::ConfigType as FilterConfig, Filter, FilterChain, FilterChainMatch, Listener,
+};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{
+        CodecType, ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails,
+        UpgradeConfig,
+    },
+    http_filter::ConfigType as HttpFilterConfig,
+    HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    tcp_proxy::{weighted_cluster::ClusterWeight, ClusterSpecifier, WeightedCluster},
+    TcpProxy,
+};
+use envoy_types::pb::google::protobuf::Any;
+use envoy_types::util::pack_any;
+
+use super::pb;
+use super::WeightedClusters;
+
+/// The HTTP connection manager network filter.
+pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
+/// The TCP proxy network filter.
+pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+/// The router, last HTTP filter of every connection manager.
+pub const ROUTER: &str = "envoy.filters.http.router";
+
+/// Where a connection manager's routes come from.
+#[derive(Debug, Clone)]
+pub enum Routes {
+    /// The route table of this name, over ADS.
+    Rds(String),
+    /// A table given whole.
+    Inline(Box<RouteConfiguration>),
+}
+
+/// An HTTP filter with a typed config.
+pub fn http_filter(name: &str, config: Any) -> HttpFilter {
+    HttpFilter {
+        name: name.into(),
+        config_type: Some(HttpFilterConfig::TypedConfig(config)),
+        ..Default::default()
+    }
+}
+
+/// Builds the filter chain of one HTTP connection manager.
+#[derive(Debug, Clone)]
+pub struct HttpChain {
+    hcm: HttpConnectionManager,
+}
+
+impl HttpChain {
+    /// A connection manager that accepts HTTP/1.1 and HTTP/2 (and WebSocket upgrades) and
+    /// routes by `routes`.
+    pub fn new(stat_prefix: &str, routes: Routes) -> HttpChain {
+        let route_specifier = match routes {
+            Routes::Rds(name) => RouteSpecifier::Rds(Rds {
+                config_source: Some(pb::ads()),
+                route_config_name: name,
+            }),
+            Routes::Inline(table) => RouteSpecifier::RouteConfig(*table),
+        };
+        HttpChain {
+            hcm: HttpConnectionManager {
+                codec_type: CodecType::Auto as i32,
+                stat_prefix: stat_prefix.into(),
+                route_specifier: Some(route_specifier),
+                upgrade_configs: vec![UpgradeConfig {
+                    upgrade_type: "websocket".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Adds HTTP filters, in order, before the router.
+    pub fn filters(mut self, filters: impl IntoIterator<Item = HttpFilter>) -> HttpChain {
+        self.hcm.http_filters.extend(filters);
+        self
+    }
+
+    /// Normalizes paths (RFC 3986) before routing, so matches see one spelling.
+    pub fn normalize_path(mut self) -> HttpChain {
+        self.hcm.normalize_path = Some(pb::boolv(true));
+        self
+    }
+
+    /// Passes the verified caller's identity (URI SAN) to the application in
+    /// `x-forwarded-client-cert`, replacing whatever the caller sent.
+    pub fn forward_client_identity(mut self) -> HttpChain {
+        self.hcm.forward_client_cert_details = ForwardClientCertDetails::SanitizeSet as i32;
+        self.hcm.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
+            uri: true,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// The filter chain, with the router last.
+    pub fn build(
+        mut self,
+        name: &str,
+        matched: Option<FilterChainMatch>,
+        tls: Option<TransportSocket>,
+    ) -> FilterChain {
+        self.hcm
+            .http_filters
+            .push(http_filter(ROUTER, pack_any(Router::default())));
+        chain(
+            name,
+            matched,
+            tls,
+            HTTP_CONNECTION_MANAGER,
+            pack_any(self.hcm),
+        )
+    }
+}
+
+/// Builds the filter chain of one TCP proxy.
+#[derive(Debug, Clone)]
+pub struct TcpChain {
+    proxy: TcpProxy,
+}
+
+impl TcpChain {
+    /// A proxy that splits connections over `split` (one cluster: all of them).
+    pub fn new(stat_prefix: &str, split: &WeightedClusters) -> TcpChain {
+        let cluster_specifier = match split.as_slice() {
+            [(cluster, _)] => ClusterSpecifier::Cluster(cluster.clone()),
+            _ => ClusterSpecifier::WeightedClusters(WeightedCluster {
+                clusters: split
+                    .iter()
+                    .map(|(name, weight)| ClusterWeight {
+                        name: name.clone(),
+                        weight: *weight,
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        };
+        TcpChain {
+            proxy: TcpProxy {
+                stat_prefix: stat_prefix.into(),
+                cluster_specifier: Some(cluster_specifier),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// A proxy to one cluster.
+    pub fn to(stat_prefix: &str, cluster: &str) -> TcpChain {
+        TcpChain::new(stat_prefix, &vec![(cluster.to_string(), 100)])
+    }
+
+    /// The filter chain.
+    pub fn build(
+        self,
+        name: &str,
+        matched: Option<FilterChainMatch>,
+        tls: Option<TransportSocket>,
+    ) -> FilterChain {
+        chain(name, matched, tls, TCP_PROXY, pack_any(self.proxy))
+    }
+}
+
+fn chain(
+    name: &str,
+    matched: Option<FilterChainMatch>,
+    tls: Option<TransportSocket>,
+    filter: &str,
+    config: Any,
+) -> FilterChain {
+    FilterChain {
+        name: name.into(),
+        filter_chain_match: matched,
+        filters: vec![Filter {
+            name: filter.into(),
+            config_type: Some(FilterConfig::TypedConfig(config)),
+        }],
+        transport_socket: tls,
+        ..Default::default()
+    }
+}
+
+/// The clusters and route tables a listener names.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ListenerReferences {
+    /// Clusters of TCP proxy filters.
+    pub clusters: Vec<String>,
+    /// Route tables of HTTP connection managers (RDS).
+    pub route_tables: Vec<String>,
+}
+
+/// Reads what an encoded listener names, from the bytes that are served (so the check
+/// sees what Envoy will see).
+pub fn references(
+    listener: &crate::resources::Resource,
+) -> Result<ListenerReferences, prost::DecodeError> {
+    use prost::{Message, Name};
+    let listener = Listener::decode(listener.body.value.as_slice())?;
+    let mut out = ListenerReferences::default();
+    let chains = listener
+        .filter_chains
+        .iter()
+        .chain(listener.default_filter_chain.as_ref());
+    for filter in chains.flat_map(|c| &c.filters) {
+        let Some(FilterConfig::TypedConfig(any)) = &filter.config_type else {
+            continue;
+        };
+        if any.type_url == HttpConnectionManager::type_url() {
+            let hcm = HttpConnectionManager::decode(any.value.as_slice())?;
+            if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
+                out.route_tables.push(rds.route_config_name);
+            }
+        } else if any.type_url == TcpProxy::type_url() {
+            let tcp = TcpProxy::decode(any.value.as_slice())?;
+            match tcp.cluster_specifier {
+                Some(ClusterSpecifier::Cluster(name)) => out.clusters.push(name),
+                Some(ClusterSpecifier::WeightedClusters(w)) => {
+                    out.clusters.extend(w.clusters.into_iter().map(|c| c.name))
+                }
+                None => {}
+            }
+        }
+    }
+    Ok(out)
+}
