@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 use weir_core::ads::{Answer, Response};
 use weir_core::status::AckSummary;
@@ -111,7 +111,7 @@ pub struct ProxyHandle {
 impl ProxyHandle {
     /// Updates the record.
     pub fn update<R>(&self, f: impl FnOnce(&mut ProxyRecord) -> R) -> R {
-        f(&mut self.record.lock().expect("proxy record lock poisoned"))
+        f(&mut self.record.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -120,7 +120,7 @@ impl Drop for ProxyHandle {
         self.registry
             .proxies
             .lock()
-            .expect("registry lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
     }
 }
@@ -159,7 +159,7 @@ impl ProxyRegistry {
         }));
         self.proxies
             .lock()
-            .expect("registry lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(id, record.clone());
         ProxyHandle {
             id,
@@ -173,19 +173,22 @@ impl ProxyRegistry {
         let records: Vec<_> = self
             .proxies
             .lock()
-            .expect("registry lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
             .collect();
         records
             .iter()
-            .map(|r| r.lock().expect("proxy record lock poisoned").clone())
+            .map(|r| r.lock().unwrap_or_else(PoisonError::into_inner).clone())
             .collect()
     }
 
     /// Number of open streams.
     pub fn len(&self) -> usize {
-        self.proxies.lock().expect("registry lock poisoned").len()
+        self.proxies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// No open streams.
