@@ -5,8 +5,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::sync::Arc;
+use weir_core::views::config::{ConfigView, PortView, ServedResource, ServedType};
+use weir_core::views::proxies::ProxyView;
 use weir_core::ResourceType;
 
 use crate::mesh_state::MeshState;
@@ -58,29 +60,17 @@ async fn metrics(State(state): State<Arc<MeshState>>) -> Response {
 }
 
 async fn status(State(state): State<Arc<MeshState>>) -> Response {
-    Json(state.mesh_status()).into_response()
+    Json(state.mesh_status().view()).into_response()
 }
 
 async fn proxies(State(state): State<Arc<MeshState>>) -> Response {
-    Json(state.proxies.list()).into_response()
+    let proxies: Vec<ProxyView> = state.proxies.list().iter().map(|p| p.view()).collect();
+    Json(proxies).into_response()
 }
 
 #[derive(Deserialize)]
 struct ConfigQuery {
     node: String,
-}
-
-#[derive(Serialize)]
-struct ServedResource {
-    name: String,
-    version: String,
-    bytes: usize,
-}
-
-#[derive(Serialize)]
-struct ServedType {
-    version: String,
-    resources: Vec<ServedResource>,
 }
 
 /// What the node is served now: per type, every resource with its version and size, and
@@ -97,7 +87,7 @@ async fn config(State(state): State<Arc<MeshState>>, Query(q): Query<ConfigQuery
             .into_response();
     };
     let snapshot = state.current(proxy.profile);
-    let types: std::collections::BTreeMap<&str, ServedType> = ResourceType::ALL
+    let served = ResourceType::ALL
         .into_iter()
         .map(|t| {
             let resources = snapshot
@@ -109,21 +99,35 @@ async fn config(State(state): State<Arc<MeshState>>, Query(q): Query<ConfigQuery
                     bytes: r.body.value.len(),
                 })
                 .collect();
-            (
-                t.short(),
-                ServedType {
-                    version: snapshot.version_string(t),
-                    resources,
-                },
-            )
+            let version = snapshot.version_string(t);
+            (t.short().to_string(), ServedType { version, resources })
         })
         .collect();
-    Json(serde_json::json!({
-        "node": proxy.node,
-        "generation": snapshot.generation,
-        "proxy": proxy,
-        "served": types,
-        "ports": state.port_protocols(),
-    }))
+    let ports = state
+        .port_protocols()
+        .into_iter()
+        .map(|p| PortView {
+            service: p.service,
+            port: p.port,
+            protocol: p.protocol.as_str().to_string(),
+            decided_by: wire_name(&p.decided_by),
+        })
+        .collect();
+    Json(ConfigView {
+        node: proxy.node.clone(),
+        generation: snapshot.generation,
+        proxy: proxy.view(),
+        served,
+        ports,
+    })
     .into_response()
+}
+
+/// The string a unit enum serializes to, as the JSON wrote it before the views
+/// (`DecidedBy` has no `as_str`).
+fn wire_name(value: &impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }

@@ -11,14 +11,14 @@
 //! Changes that arrive close together are coalesced: the pipeline waits for a short quiet
 //! period, and never more than [`MAX_DELAY`] after the first change of a batch.
 
-use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use weir_core::identity::rfc3339;
 use weir_core::snapshot::Built;
-use weir_core::status::{ca_condition, policy_statuses, PolicyStatus};
+use weir_core::status::{ca_condition, policy_statuses, ConditionView, PolicyStatus};
+use weir_core::views::status::{MeshStatusView, ObjectCounts, PolicyStatusView};
 use weir_core::{Event, Index, ProxyProfile, Snapshot, SnapshotBuilder};
 
 use crate::identity::{Authority, ROTATION_GRACE};
@@ -32,15 +32,7 @@ pub const MAX_DELAY: Duration = Duration::from_millis(100);
 pub const QUIET: Duration = Duration::from_millis(10);
 
 /// A document a source could not load, as reported in status.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SourceError {
-    /// Where it came from (local mode: the file path).
-    pub source: String,
-    /// Which YAML document in the file (0-based), when known.
-    pub document: Option<usize>,
-    /// What is wrong.
-    pub message: String,
-}
+pub use weir_core::views::status::SourceError;
 
 /// The mesh model and what is built from it, behind one lock.
 struct Model {
@@ -314,8 +306,9 @@ impl MeshState {
         self.synced.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// The MeshStatus as served on `/status`.
-    pub fn mesh_status(&self) -> MeshStatusView {
+    /// The MeshStatus with typed conditions, for the status writer; [`MeshReport::view`] is
+    /// what `/status` serves.
+    pub fn mesh_status(&self) -> MeshReport {
         // One look at the proxies, so that the counts and Programmed agree.
         let proxies = self.proxies.list();
         let (policies, counts) = {
@@ -332,7 +325,7 @@ impl MeshState {
             .last_push
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        MeshStatusView {
+        MeshReport {
             status: weir_api::MeshStatusStatus {
                 proxies_connected: proxies.len() as u32,
                 proxies_in_sync: proxies.iter().filter(|p| p.in_sync()).count() as u32,
@@ -382,20 +375,59 @@ impl MeshState {
     }
 }
 
-/// `/status`: the MeshStatus status plus per-policy conditions and source errors.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MeshStatusView {
+/// The MeshStatus status plus per-policy conditions and source errors, with the core's typed
+/// conditions.
+#[derive(Debug, Clone)]
+pub struct MeshReport {
     /// What `kubectl get meshstatus` shows.
     pub status: weir_api::MeshStatusStatus,
     /// The mesh CA's condition (the status writer adds it to `status.conditions`).
-    pub ca: weir_core::status::ConditionView,
+    pub ca: ConditionView,
     /// Conditions of every policy.
     pub policies: Vec<PolicyStatus>,
     /// Documents the source could not load.
     pub source_errors: Vec<SourceError>,
     /// What the index holds.
     pub objects: weir_core::index::IndexCounts,
+}
+
+impl MeshReport {
+    /// The report as `/status` serves it.
+    pub fn view(self) -> MeshStatusView {
+        let objects = self.objects;
+        MeshStatusView {
+            status: self.status,
+            ca: condition_view(&self.ca),
+            policies: self
+                .policies
+                .iter()
+                .map(|p| PolicyStatusView {
+                    namespace: p.namespace.clone(),
+                    name: p.name.clone(),
+                    observed_generation: p.observed_generation,
+                    conditions: p.conditions.iter().map(condition_view).collect(),
+                })
+                .collect(),
+            source_errors: self.source_errors,
+            objects: ObjectCounts {
+                services: objects.services,
+                endpoint_slices: objects.endpoint_slices,
+                endpoints: objects.endpoints,
+                pods: objects.pods,
+                policies: objects.policies,
+            },
+        }
+    }
+}
+
+/// A condition as `/status` writes it.
+fn condition_view(c: &ConditionView) -> weir_core::views::status::ConditionView {
+    weir_core::views::status::ConditionView {
+        type_: c.type_.as_str().to_string(),
+        status: c.status,
+        reason: c.reason.as_str().to_string(),
+        message: c.message.clone(),
+    }
 }
 
 /// Feeds batches from a source into the mesh state, coalescing bursts. Marks the state synced

@@ -35,6 +35,7 @@ pub mod status;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod translate;
+pub mod views;
 pub mod yaml;
 
 pub use index::{Event, Index, Kind, Object, ObjectKey};

@@ -2,43 +2,17 @@
 //! stream owns its record (behind its own lock, so streams never contend); the registry only
 //! lists them for `/debug/proxies` and the mesh status.
 
-use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 use weir_core::ads::{Answer, Response};
 use weir_core::status::AckSummary;
+use weir_core::views::proxies::{ProxyView, TypeState};
 use weir_core::{PerType, ProxyProfile, ResourceType};
 
-/// Per-type state of one proxy.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct TypeState {
-    /// The proxy asked for this type.
-    pub subscribed: bool,
-    /// Version of the last response sent.
-    pub sent_version: Option<String>,
-    /// Nonce of the last response sent, until the proxy answers it.
-    pub pending_nonce: Option<String>,
-    /// Last version the proxy ACKed.
-    pub acked_version: Option<String>,
-    /// Envoy's message for the last NACK, cleared by the next ACK.
-    pub nack: Option<String>,
-    /// Responses sent.
-    pub pushes: u64,
-    /// Resources sent, all responses together.
-    pub resources_sent: u64,
-}
-
-impl TypeState {
-    /// Neither waiting for an answer nor rejected.
-    pub fn acked(&self) -> bool {
-        self.pending_nonce.is_none() && self.nack.is_none()
-    }
-}
-
 /// One connected proxy.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ProxyRecord {
     /// Envoy node id.
     pub node: String,
@@ -51,18 +25,17 @@ pub struct ProxyRecord {
     /// The service account whose certificate the proxy is served.
     pub service_account: String,
     /// Capture mode and profile.
-    #[serde(serialize_with = "profile_string")]
     pub profile: ProxyProfile,
     /// When the stream opened (seconds since the epoch).
     pub connected_at: u64,
     /// Snapshot generation last looked at.
     pub generation: u64,
-    /// Per type (cds, eds, lds, rds), the types the proxy asked for or was sent.
-    #[serde(serialize_with = "used_types")]
+    /// Per type (cds, eds, lds, rds), what the proxy was sent and answered.
     pub types: PerType<TypeState>,
 }
 
-fn profile_string<S: Serializer>(p: &ProxyProfile, s: S) -> Result<S::Ok, S::Error> {
+/// The profile as `/debug/proxies` writes it.
+fn profile_string(p: &ProxyProfile) -> String {
     let mut text = match p.capture {
         weir_core::Capture::Transparent => format!("transparent, inbound {}", p.inbound.as_str()),
         weir_core::Capture::Explicit { port } => format!("explicit:{port}"),
@@ -70,19 +43,31 @@ fn profile_string<S: Serializer>(p: &ProxyProfile, s: S) -> Result<S::Ok, S::Err
     if let Some(zone) = p.zone {
         text.push_str(&format!(", zone {zone}"));
     }
-    s.serialize_str(&text)
-}
-
-fn used_types<S: Serializer>(types: &PerType<TypeState>, s: S) -> Result<S::Ok, S::Error> {
-    let used: BTreeMap<&str, &TypeState> = types
-        .iter()
-        .filter(|(_, t)| t.subscribed || t.pushes > 0)
-        .map(|(t, state)| (t.short(), state))
-        .collect();
-    used.serialize(s)
+    text
 }
 
 impl ProxyRecord {
+    /// The record as `/debug/proxies` shows it: only the types the proxy asked for or was
+    /// sent.
+    pub fn view(&self) -> ProxyView {
+        ProxyView {
+            node: self.node.clone(),
+            protocol: self.protocol.to_string(),
+            namespace: self.namespace.clone(),
+            pod: self.pod.clone(),
+            service_account: self.service_account.clone(),
+            profile: profile_string(&self.profile),
+            connected_at: self.connected_at,
+            generation: self.generation,
+            types: self
+                .types
+                .iter()
+                .filter(|(_, t)| t.subscribed || t.pushes > 0)
+                .map(|(t, state)| (t.short().to_string(), state.clone()))
+                .collect(),
+        }
+    }
+
     /// Every subscribed type has ACKed its last response.
     pub fn in_sync(&self) -> bool {
         self.types
@@ -126,7 +111,7 @@ pub struct ProxyHandle {
 impl ProxyHandle {
     /// Updates the record.
     pub fn update<R>(&self, f: impl FnOnce(&mut ProxyRecord) -> R) -> R {
-        f(&mut self.record.lock().expect("proxy record lock poisoned"))
+        f(&mut self.record.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -135,7 +120,7 @@ impl Drop for ProxyHandle {
         self.registry
             .proxies
             .lock()
-            .expect("registry lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .remove(&self.id);
     }
 }
@@ -174,7 +159,7 @@ impl ProxyRegistry {
         }));
         self.proxies
             .lock()
-            .expect("registry lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(id, record.clone());
         ProxyHandle {
             id,
@@ -188,19 +173,22 @@ impl ProxyRegistry {
         let records: Vec<_> = self
             .proxies
             .lock()
-            .expect("registry lock poisoned")
+            .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
             .collect();
         records
             .iter()
-            .map(|r| r.lock().expect("proxy record lock poisoned").clone())
+            .map(|r| r.lock().unwrap_or_else(PoisonError::into_inner).clone())
             .collect()
     }
 
     /// Number of open streams.
     pub fn len(&self) -> usize {
-        self.proxies.lock().expect("registry lock poisoned").len()
+        self.proxies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// No open streams.

@@ -1,0 +1,153 @@
+//! `GET /debug/proxies`: every connected proxy, in connection order, with what it was sent
+//! and what it answered per resource type.
+//!
+//! ```json
+//! [
+//!   {
+//!     "node": "web-7d4f.shop", "protocol": "delta",
+//!     "namespace": "shop", "pod": "web-7d4f", "service_account": "storefront",
+//!     "profile": "transparent, inbound strict, zone eu-1",
+//!     "connected_at": 1796458506, "generation": 2,
+//!     "types": {
+//!       "cds": {"subscribed": true, "sent_version": "7823e8eb048825d7",
+//!         "pending_nonce": null, "acked_version": "dd2441ca65b6ac95",
+//!         "nack": "Invalid duration: ...", "pushes": 2, "resources_sent": 4},
+//!       "eds": {"subscribed": true, "sent_version": "8bc44648a3c4c24f",
+//!         "pending_nonce": null, "acked_version": "8bc44648a3c4c24f",
+//!         "nack": null, "pushes": 1, "resources_sent": 3}
+//!     }
+//!   }
+//! ]
+//! ```
+//!
+//! `protocol` is `sotw` or `delta`; `profile` is `explicit:PORT` or `transparent, inbound
+//! MODE`, then `, zone ZONE` when the pod has one. `types` holds, by short name (`cds`,
+//! `eds`, `lds`, `rds`, `sds`), the types the proxy asked for or was sent.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One connected proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyView {
+    /// Envoy node id.
+    pub node: String,
+    /// `sotw` or `delta`.
+    pub protocol: String,
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// The service account whose certificate the proxy is served.
+    pub service_account: String,
+    /// Capture mode and profile, e.g. `explicit:15001` or `transparent, inbound strict`.
+    pub profile: String,
+    /// When the stream opened (seconds since the epoch).
+    pub connected_at: u64,
+    /// Snapshot generation last looked at.
+    pub generation: u64,
+    /// By short type name, the types the proxy asked for or was sent.
+    pub types: BTreeMap<String, TypeState>,
+}
+
+/// What one proxy was sent of one type and what it answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TypeState {
+    /// The proxy asked for this type.
+    pub subscribed: bool,
+    /// Version of the last response sent.
+    pub sent_version: Option<String>,
+    /// Nonce of the last response sent, until the proxy answers it.
+    pub pending_nonce: Option<String>,
+    /// Last version the proxy ACKed.
+    pub acked_version: Option<String>,
+    /// Envoy's message for the last NACK, cleared by the next ACK.
+    pub nack: Option<String>,
+    /// Responses sent.
+    pub pushes: u64,
+    /// Resources sent, all responses together.
+    pub resources_sent: u64,
+}
+
+impl TypeState {
+    /// Neither waiting for an answer nor rejected.
+    pub fn acked(&self) -> bool {
+        self.pending_nonce.is_none() && self.nack.is_none()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::views::tests::{parses_as, round_trip};
+
+    /// A proxy with one NACKed and one pending type.
+    pub fn filled() -> ProxyView {
+        ProxyView {
+            node: "web-7d4f.shop".into(),
+            protocol: "sotw".into(),
+            namespace: "shop".into(),
+            pod: "web-7d4f".into(),
+            service_account: "storefront".into(),
+            profile: "transparent, inbound strict, zone eu-1".into(),
+            connected_at: 1_796_458_506,
+            generation: 7,
+            types: BTreeMap::from([
+                (
+                    "cds".to_string(),
+                    TypeState {
+                        subscribed: true,
+                        sent_version: Some("7823e8eb048825d7".into()),
+                        pending_nonce: None,
+                        acked_version: Some("dd2441ca65b6ac95".into()),
+                        nack: Some("Invalid duration".into()),
+                        pushes: 2,
+                        resources_sent: 4,
+                    },
+                ),
+                (
+                    "rds".to_string(),
+                    TypeState {
+                        subscribed: true,
+                        sent_version: Some("ec41b2eb0e0fe445".into()),
+                        pending_nonce: Some("3".into()),
+                        pushes: 1,
+                        resources_sent: 1,
+                        ..TypeState::default()
+                    },
+                ),
+            ]),
+        }
+    }
+
+    #[test]
+    fn a_filled_proxy_round_trips() {
+        round_trip(&vec![filled()]);
+        assert!(!filled().types["cds"].acked(), "NACKed");
+        assert!(!filled().types["rds"].acked(), "pending");
+    }
+
+    /// What `/debug/proxies` returned before the view types: a delta proxy that NACKed a
+    /// cluster, trimmed to two types.
+    const TODAY: &str = r#"[{
+        "node": "cap", "protocol": "delta", "namespace": "default", "pod": "cap",
+        "service_account": "default", "profile": "explicit:40971",
+        "connected_at": 1796458506, "generation": 2,
+        "types": {
+            "cds": {"subscribed": true, "sent_version": "7823e8eb048825d7", "pending_nonce": null,
+                "acked_version": "dd2441ca65b6ac95",
+                "nack": "Invalid duration: Expected positive duration: goo.gle/debugproto   \nseconds: -1\n",
+                "pushes": 2, "resources_sent": 4},
+            "eds": {"subscribed": true, "sent_version": "8bc44648a3c4c24f", "pending_nonce": null,
+                "acked_version": "8bc44648a3c4c24f", "nack": null, "pushes": 1, "resources_sent": 3}
+        }
+    }]"#;
+
+    #[test]
+    fn todays_document_parses() {
+        let proxies: Vec<ProxyView> = parses_as(TODAY);
+        assert_eq!(proxies[0].service_account, "default");
+        assert!(proxies[0].types["cds"].nack.is_some());
+        assert!(proxies[0].types["eds"].acked());
+    }
+}
