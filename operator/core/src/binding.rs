@@ -626,3 +626,209 @@ pub fn port_list(ports: &BTreeSet<u16>) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Object;
+    use crate::routing::{HttpMatch, PathMatch};
+    use crate::sources::traffic_policy;
+    use crate::testing::{mk_policy_spec, mk_service};
+    use crate::Event;
+
+    fn index_with_reviews() -> Index {
+        let mut index = Index::new();
+        index.apply(Event::apply(Object::Service(mk_service(
+            "default",
+            "reviews",
+            "10.0.0.1",
+            &[9080, 9090],
+        ))));
+        index
+    }
+
+    fn reviews() -> ObjectKey {
+        ObjectKey::new("default", "reviews")
+    }
+
+    /// A route set from a TrafficPolicy spec on `reviews`, with HTTP rules matching `paths`
+    /// (prefixes, or `=/x` for exact).
+    fn routes(port: Option<u16>, paths: &[&str]) -> Arc<RouteSet> {
+        let mut spec = mk_policy_spec("reviews", &[("v1", 100)]);
+        spec.target_ref.port = port;
+        let mut set = traffic_policy::parse("default", &spec).unwrap();
+        let rule = set.http[0].clone();
+        set.http = paths
+            .iter()
+            .map(|p| {
+                let mut rule = rule.clone();
+                rule.name = p.to_string();
+                rule.matches = vec![HttpMatch {
+                    path: Some(match p.strip_prefix('=') {
+                        Some(exact) => PathMatch::Exact(exact.into()),
+                        None => PathMatch::Prefix(p.to_string()),
+                    }),
+                    ..Default::default()
+                }];
+                rule
+            })
+            .collect();
+        Arc::new(set)
+    }
+
+    fn attach(name: &str, created: Option<i64>, merge: Merge, routes: Arc<RouteSet>) -> Attachment {
+        use k8s_openapi::jiff::Timestamp;
+        Attachment {
+            source: SourceRef::TrafficPolicy(ObjectKey::new("default", name)),
+            routes,
+            created: created.map(|s| Time(Timestamp::from_second(s).unwrap())),
+            merge,
+        }
+    }
+
+    fn bind(attachments: Vec<Attachment>) -> ServiceBinding {
+        let mut attachments = attachments;
+        attachments.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
+        ServiceBinding::bind_attachments(&index_with_reviews(), &reviews(), attachments)
+    }
+
+    fn rule_names(binding: &ServiceBinding, port: u16) -> Vec<String> {
+        binding.ports[&port]
+            .http
+            .iter()
+            .map(|r| r.rule().name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn of_two_exclusive_sources_on_a_port_the_older_governs_and_the_other_is_conflicted() {
+        let binding = bind(vec![
+            attach(
+                "newer",
+                Some(2_000),
+                Merge::Exclusive,
+                routes(Some(9080), &["/a"]),
+            ),
+            attach(
+                "older",
+                Some(1_000),
+                Merge::Exclusive,
+                routes(None, &["/b"]),
+            ),
+        ]);
+        let older = binding.attachment(&SourceRef::TrafficPolicy(ObjectKey::new(
+            "default", "older",
+        )));
+        assert_eq!(
+            older.unwrap().outcome,
+            Outcome::Active {
+                ports: BTreeSet::from([9080, 9090])
+            }
+        );
+        let newer = binding.attachment(&SourceRef::TrafficPolicy(ObjectKey::new(
+            "default", "newer",
+        )));
+        assert_eq!(
+            newer.unwrap().outcome,
+            Outcome::Conflicted {
+                winner: SourceRef::TrafficPolicy(ObjectKey::new("default", "older")),
+                ports: BTreeSet::from([9080])
+            }
+        );
+        assert_eq!(rule_names(&binding, 9080), ["/b"]);
+    }
+
+    #[test]
+    fn exclusive_sources_of_the_same_age_are_ordered_by_name() {
+        for created in [None, Some(1_000)] {
+            let binding = bind(vec![
+                attach("bbb", created, Merge::Exclusive, routes(None, &["/b"])),
+                attach("aaa", created, Merge::Exclusive, routes(None, &["/a"])),
+            ]);
+            assert_eq!(rule_names(&binding, 9080), ["/a"], "created {created:?}");
+            assert!(matches!(
+                binding.attachments[1].outcome,
+                Outcome::Conflicted { ref winner, .. } if winner.key().name == "aaa"
+            ));
+        }
+    }
+
+    #[test]
+    fn merging_sources_interleave_rules_by_match_precedence_then_age_then_name() {
+        let binding = bind(vec![
+            attach(
+                "b-newer",
+                Some(2_000),
+                Merge::Rules,
+                routes(None, &["/", "/api", "=/x"]),
+            ),
+            attach(
+                "a-older",
+                Some(1_000),
+                Merge::Rules,
+                routes(Some(9080), &["/api/v1", "/api"]),
+            ),
+            attach(
+                "c-same-age",
+                Some(2_000),
+                Merge::Rules,
+                routes(Some(9080), &["/api"]),
+            ),
+        ]);
+        assert!(binding
+            .attachments
+            .iter()
+            .all(|a| matches!(a.outcome, Outcome::Active { .. })));
+        // Exact first, then the longest prefix; equal prefixes by age, then by name.
+        assert_eq!(
+            rule_names(&binding, 9080),
+            ["=/x", "/api/v1", "/api", "/api", "/api", "/"]
+        );
+        let api_owners: Vec<String> = binding.ports[&9080]
+            .http
+            .iter()
+            .filter(|r| r.rule().name == "/api")
+            .map(|r| binding_owner(&binding, r))
+            .collect();
+        assert_eq!(api_owners, ["a-older", "b-newer", "c-same-age"]);
+        // Port 9090 has only the route that covers every port.
+        assert_eq!(rule_names(&binding, 9090), ["=/x", "/api", "/"]);
+    }
+
+    /// Which attachment a bound rule came from.
+    fn binding_owner(binding: &ServiceBinding, rule: &BoundHttpRule) -> String {
+        binding
+            .attachments
+            .iter()
+            .find(|a| Arc::ptr_eq(&a.routes, &rule.routes))
+            .map(|a| a.source.key().name.clone())
+            .unwrap()
+    }
+
+    #[test]
+    fn an_exclusive_and_a_merging_source_do_not_share_a_port() {
+        let binding = bind(vec![
+            attach(
+                "routes",
+                Some(1_000),
+                Merge::Rules,
+                routes(Some(9080), &["/r"]),
+            ),
+            attach(
+                "policy",
+                Some(2_000),
+                Merge::Exclusive,
+                routes(None, &["/p"]),
+            ),
+        ]);
+        assert_eq!(rule_names(&binding, 9080), ["/r"]);
+        assert!(!binding.ports.contains_key(&9090));
+        assert_eq!(
+            binding.attachments[1].outcome,
+            Outcome::Conflicted {
+                winner: SourceRef::TrafficPolicy(ObjectKey::new("default", "routes")),
+                ports: BTreeSet::from([9080])
+            }
+        );
+    }
+}
