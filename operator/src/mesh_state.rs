@@ -16,10 +16,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use weir_core::identity::rfc3339;
+use weir_core::index::Workload;
 use weir_core::snapshot::Built;
 use weir_core::status::{ca_condition, policy_statuses, ConditionView, PolicyStatus};
 use weir_core::views::status::{MeshStatusView, ObjectCounts, PolicyStatusView};
-use weir_core::{Event, Index, ProxyProfile, Snapshot, SnapshotBuilder};
+use weir_core::{Event, Index, ProxyProfile, Snapshot, SnapshotBuilder, TypeSnapshot};
 
 use crate::identity::{Authority, ROTATION_GRACE};
 use crate::metrics::Metrics;
@@ -33,6 +34,17 @@ pub const QUIET: Duration = Duration::from_millis(10);
 
 /// A document a source could not load, as reported in status.
 pub use weir_core::views::status::SourceError;
+
+/// What places a pod's proxy (see [`MeshState::placement`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The mTLS mode its sidecar accepts inbound.
+    pub mode: weir_api::MtlsMode,
+    /// Its zone, when its EndpointSlices say.
+    pub zone: Option<Arc<str>>,
+    /// The Services it backs.
+    pub workload: Workload,
+}
 
 /// The mesh model and what is built from it, behind one lock.
 struct Model {
@@ -57,8 +69,8 @@ pub struct MeshState {
     pub proxies: Arc<ProxyRegistry>,
     /// The mesh CA: workload certificates and the trust bundle.
     pub identity: Arc<Authority>,
-    /// Bumped when something that decides a pod's mTLS mode changed.
-    modes: watch::Sender<u64>,
+    /// Bumped when something that places a pod's proxy changed (see [`Placement`]).
+    placements: watch::Sender<u64>,
     /// The mesh's identity settings as last applied.
     identity_config: watch::Sender<IdentityConfig>,
 }
@@ -99,7 +111,7 @@ impl MeshState {
             identity: Arc::new(Authority::new(metrics.clone(), grace)),
             metrics,
             proxies: Arc::new(ProxyRegistry::default()),
-            modes: watch::channel(0).0,
+            placements: watch::channel(0).0,
             identity_config: watch::channel(IdentityConfig::default()).0,
         }
     }
@@ -111,7 +123,7 @@ impl MeshState {
     /// Applies a batch of events, translates, and publishes the snapshots that changed.
     pub fn apply(&self, events: Vec<Event>) {
         let started = Instant::now();
-        let (published, modes, config) = {
+        let (published, placements, config) = {
             let mut model = self.model();
             let Model { index, snapshots } = &mut *model;
             for event in events {
@@ -120,13 +132,13 @@ impl MeshState {
             let published = snapshots.update(index).1;
             (
                 published,
-                index.modes_generation(),
+                index.placement_generation(),
                 index.mesh_identity().clone(),
             )
         };
-        self.modes.send_if_modified(|current| {
-            let changed = *current != modes;
-            *current = modes;
+        self.placements.send_if_modified(|current| {
+            let changed = *current != placements;
+            *current = placements;
             changed
         });
         self.identity
@@ -143,19 +155,34 @@ impl MeshState {
         self.applied.send_modify(|n| *n += 1);
     }
 
-    /// Changes when a pod's mTLS mode may have changed.
-    pub fn modes(&self) -> watch::Receiver<u64> {
-        self.modes.subscribe()
+    /// Changes when a pod's placement (mTLS mode, zone, Services backed) may have changed.
+    pub fn placements(&self) -> watch::Receiver<u64> {
+        self.placements.subscribe()
     }
 
-    /// What a pod's proxy profile depends on: the mTLS mode its sidecar accepts inbound
-    /// and its zone (as its EndpointSlices say), read under one lock.
-    pub fn placement(
-        &self,
-        pod: &weir_core::ObjectKey,
-    ) -> (weir_api::MtlsMode, Option<std::sync::Arc<str>>) {
+    /// What places a pod's proxy: the mTLS mode its sidecar accepts inbound and its zone
+    /// (as its EndpointSlices say), which decide its profile, and the Services it backs,
+    /// which decide its inbound listener; read under one lock.
+    pub fn placement(&self, pod: &weir_core::ObjectKey) -> Placement {
         let model = self.model();
-        (model.index.mtls_mode(pod), model.index.pod_zone(pod))
+        Placement {
+            mode: model.index.mtls_mode(pod),
+            zone: model.index.pod_zone(pod),
+            workload: model.index.workload(pod),
+        }
+    }
+
+    /// The listeners a proxy of `profile` whose pod is `workload` serves over `base`, its
+    /// profile's listener snapshot (shared with the other streams of the same workload).
+    pub fn workload_listeners(
+        &self,
+        profile: ProxyProfile,
+        workload: &Workload,
+        base: &Arc<TypeSnapshot>,
+    ) -> Arc<TypeSnapshot> {
+        self.model()
+            .snapshots
+            .workload_listeners(profile, workload, base)
     }
 
     /// A pod's service account, when the pod is known.

@@ -21,9 +21,10 @@ use imbl::OrdMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::index::Index;
+use crate::index::{Index, Workload};
+use crate::names;
 use crate::resources::{PerType, Resource, ResourceType};
-use crate::translate::{self, Changes, ProxyProfile, Translator};
+use crate::translate::{self, Capture, Changes, ProxyProfile, Translator};
 
 /// Above this many changed resources of a type, a profile's map is rebuilt from the
 /// translator's instead of patched name by name.
@@ -62,6 +63,34 @@ impl TypeSnapshot {
     /// The version as sent on the wire.
     pub fn version_string(&self) -> String {
         format!("{:016x}", self.version)
+    }
+
+    /// This snapshot with `resources` put over it, for one stream or a group of streams
+    /// (a workload's inbound listener over its profile's): the same generation, so a
+    /// stream that follows the profile's generations keeps following them (the names put
+    /// over it count as changed in every generation); a stream that switches between two
+    /// derivations of one generation must compare them whole (`Connection::resync`).
+    pub fn with(&self, resources: impl IntoIterator<Item = Resource>) -> TypeSnapshot {
+        let mut out = self.clone();
+        let mut changed: Vec<Arc<str>> = self.changed.to_vec();
+        for r in resources {
+            if let Some(old) = out.resources.get(&r.name) {
+                out.version ^= old.fingerprint();
+            }
+            out.version ^= r.fingerprint();
+            if !changed.contains(&r.name) {
+                changed.push(r.name.clone());
+            }
+            out.resources.insert(r.name.clone(), r);
+        }
+        out.removed = self
+            .removed
+            .iter()
+            .filter(|n| !out.resources.contains_key(*n))
+            .cloned()
+            .collect();
+        out.changed = changed.into();
+        out
     }
 }
 
@@ -107,6 +136,10 @@ pub struct SnapshotBuilder {
     /// they provoke what valid input never produces, such as a NACK).
     #[cfg(feature = "testing")]
     overlay: BTreeMap<(ResourceType, Arc<str>), Resource>,
+    /// Per profile and workload, a listener snapshot with the workload's inbound listener
+    /// over the profile's, and the profile snapshot it was derived from: shared by every
+    /// stream of that profile and workload.
+    workloads: BTreeMap<(ProxyProfile, Workload), (Arc<TypeSnapshot>, Arc<TypeSnapshot>)>,
 }
 
 /// A snapshot that failed its consistency check.
@@ -166,6 +199,35 @@ impl SnapshotBuilder {
             },
         );
         snapshot
+    }
+
+    /// The listeners a proxy of `profile` whose pod is `workload` gets: `base` (its
+    /// profile's listener snapshot, as the stream last received it) with the workload's
+    /// own inbound listener over it. Shared by the streams of the same profile and
+    /// workload; `base` itself for a workload that backs nothing, or in explicit mode.
+    pub fn workload_listeners(
+        &mut self,
+        profile: ProxyProfile,
+        workload: &Workload,
+        base: &Arc<TypeSnapshot>,
+    ) -> Arc<TypeSnapshot> {
+        if workload.is_empty() || profile.capture != Capture::Transparent {
+            return base.clone();
+        }
+        let key = (profile, workload.clone());
+        if let Some((from, derived)) = self.workloads.get(&key) {
+            if Arc::ptr_eq(from, base) {
+                return derived.clone();
+            }
+        }
+        // Derivations no stream serves any more go: the map only holds one reference.
+        self.workloads
+            .retain(|_, (_, derived)| Arc::strong_count(derived) > 1);
+        let inbound =
+            translate::inbound::listener(profile.inbound, self.translator.trust_domain(), workload);
+        let derived = Arc::new(base.with([Resource::new(names::INBOUND_LISTENER, &inbound)]));
+        self.workloads.insert(key, (base.clone(), derived.clone()));
+        derived
     }
 
     /// Profiles in use.
@@ -609,4 +671,112 @@ fn check_load_assignments(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{Object, ObjectKey};
+    use crate::testing::{mk_meshed_pod, mk_service, mk_slice};
+    use crate::Event;
+    use weir_api::MtlsMode;
+
+    /// reviews backed by pod r1, ratings by r2 and r3.
+    fn index() -> Index {
+        let mut index = Index::new();
+        let objects = vec![
+            Object::Service(mk_service("default", "reviews", "10.0.0.1", &[9080])),
+            Object::Service(mk_service("default", "ratings", "10.0.0.2", &[9080])),
+            Object::Pod(mk_meshed_pod("default", "r1", "reviews", &[])),
+            Object::Pod(mk_meshed_pod("default", "r2", "ratings", &[])),
+            Object::Pod(mk_meshed_pod("default", "r3", "ratings", &[])),
+            Object::EndpointSlice(mk_slice(
+                "default",
+                "reviews-a",
+                "reviews",
+                "http",
+                9080,
+                &[("10.1.0.1", "r1")],
+            )),
+            Object::EndpointSlice(mk_slice(
+                "default",
+                "ratings-a",
+                "ratings",
+                "http",
+                9080,
+                &[("10.1.0.2", "r2"), ("10.1.0.3", "r3")],
+            )),
+        ];
+        for object in objects {
+            index.apply(Event::apply(object));
+        }
+        index
+    }
+
+    #[test]
+    fn pods_of_one_profile_that_back_different_services_get_their_own_inbound_listener() {
+        let mut index = index();
+        let mut builder = SnapshotBuilder::new();
+        builder.update(&mut index);
+        let profile = ProxyProfile::new(Capture::Transparent, MtlsMode::Strict);
+        let snapshot = builder.snapshot(profile);
+        let base = snapshot.types[ResourceType::Listener].clone();
+        let pod = |name: &str| index.workload(&ObjectKey::new("default", name));
+        let r1 = builder.workload_listeners(profile, &pod("r1"), &base);
+        let r2 = builder.workload_listeners(profile, &pod("r2"), &base);
+        let r3 = builder.workload_listeners(profile, &pod("r3"), &base);
+        let inbound = |t: &TypeSnapshot| t.resources[names::INBOUND_LISTENER].version;
+        let outbound = |t: &TypeSnapshot| t.resources[names::OUTBOUND_LISTENER].clone();
+        assert_ne!(
+            inbound(&r1),
+            inbound(&r2),
+            "different Services, different listeners"
+        );
+        assert_ne!(inbound(&r1), inbound(&base));
+        assert!(Arc::ptr_eq(&r2, &r3), "one workload, one shared derivation");
+        // Everything else is the profile's own encoding, shared.
+        for derived in [&r1, &r2] {
+            assert!(Arc::ptr_eq(&outbound(derived).body, &outbound(&base).body));
+            assert_eq!(derived.generation, base.generation);
+            assert_ne!(derived.version, base.version);
+        }
+        // A pod that backs nothing is served the profile's listeners as they are.
+        let lone = builder.workload_listeners(profile, &Workload::default(), &base);
+        assert!(Arc::ptr_eq(&lone, &base));
+        // The inbound listener names the Services the workload backs.
+        use envoy_types::pb::envoy::config::listener::v3::Listener;
+        use envoy_types::pb::google::protobuf::value::Kind;
+        use prost::Message;
+        let listener =
+            Listener::decode(r1.resources[names::INBOUND_LISTENER].body.value.as_slice()).unwrap();
+        let services = &listener.metadata.unwrap().filter_metadata["weir"].fields["services"];
+        let Some(Kind::ListValue(list)) = &services.kind else {
+            panic!("services is a list: {services:?}");
+        };
+        let named: Vec<_> = list.values.iter().map(|v| v.kind.clone()).collect();
+        assert_eq!(named, [Some(Kind::StringValue("default/reviews".into()))]);
+    }
+
+    #[test]
+    fn joining_a_service_moves_a_pods_placement() {
+        let mut index = index();
+        let before = index.placement_generation();
+        index.apply(Event::apply(Object::EndpointSlice(mk_slice(
+            "default",
+            "reviews-b",
+            "reviews",
+            "http",
+            9080,
+            &[("10.1.0.2", "r2")],
+        ))));
+        assert!(index.placement_generation() > before);
+        let services = index.workload(&ObjectKey::new("default", "r2")).services;
+        assert_eq!(
+            services.as_ref(),
+            [
+                ObjectKey::new("default", "ratings"),
+                ObjectKey::new("default", "reviews")
+            ]
+        );
+    }
 }

@@ -28,6 +28,8 @@ use tokio::sync::mpsc;
 use tonic::Status;
 use weir_core::ads::{self, Answer, Connection, DeltaConnection, SotwConnection};
 use weir_core::bootstrap::ProxyMeta;
+use weir_core::index::Workload;
+use weir_core::{ResourceType, TypeSnapshot};
 
 use crate::mesh_state::MeshState;
 use conn::{ConnInfo, XdsLimits};
@@ -301,20 +303,30 @@ async fn drive<C: Connection>(
             .or_else(|| meta.service_account.clone())
             .unwrap_or_else(|| "default".into()),
     };
-    let mut modes = state.modes();
-    // The profile follows the pod's mTLS mode and zone (both can change while connected).
+    let mut placements = state.placements();
+    // The profile follows the pod's mTLS mode and zone, the inbound listener the Services
+    // it backs (all can change while connected).
     let placed = |state: &MeshState| {
-        let (mode, pod_zone) = state.placement(&pod);
+        let placement = state.placement(&pod);
         let zone = match &meta.zone {
             Some(zone) => weir_core::Zone::new(zone),
-            None => pod_zone.and_then(|z| weir_core::Zone::new(&z)),
+            None => placement.zone.and_then(|z| weir_core::Zone::new(&z)),
         };
-        meta.profile(mode).in_zone(zone)
+        (
+            meta.profile(placement.mode).in_zone(zone),
+            placement.workload,
+        )
     };
-    let mut profile = placed(&state);
+    let (mut profile, mut workload) = placed(&state);
     let mut snapshots = state.subscribe(profile);
     let mut secrets = state.identity.subscribe(&meta.namespace, &service_account);
-    let mut view = stream_view(&snapshots.borrow_and_update(), &secrets.borrow_and_update());
+    let mut listeners = WorkloadListeners::default();
+    let mut view = listeners.view(
+        &state,
+        (profile, &workload),
+        &snapshots.borrow_and_update(),
+        &secrets.borrow_and_update(),
+    );
     let proxy = state
         .proxies
         .register(node.clone(), C::NAME, &meta, profile, &service_account);
@@ -374,24 +386,36 @@ async fn drive<C: Connection>(
                     break;
                 }
             }
-            changed = modes.changed() => {
+            changed = placements.changed() => {
                 if changed.is_err() {
                     break;
                 }
-                let now = placed(&state);
-                if now == profile {
+                let (now, now_serving) = placed(&state);
+                if now == profile && now_serving == workload {
                     continue;
                 }
-                // Another profile: its snapshots are not a continuation of the old ones.
-                profile = now;
-                snapshots = state.subscribe(profile);
+                // Another profile or workload: what it is served is not a continuation of
+                // what it had, so the next view is compared whole.
                 connection.resync();
-                io.proxy.update(|p| p.profile = profile);
-                tracing::info!(node, inbound = profile.inbound.as_str(), zone = ?profile.zone, "proxy's mTLS mode or zone changed");
+                if now_serving != workload {
+                    workload = now_serving;
+                    tracing::info!(node, services = workload.services.len(), "the Services the proxy's pod backs changed");
+                }
+                if now != profile {
+                    profile = now;
+                    snapshots = state.subscribe(profile);
+                    io.proxy.update(|p| p.profile = profile);
+                    tracing::info!(node, inbound = profile.inbound.as_str(), zone = ?profile.zone, "proxy's mTLS mode or zone changed");
+                }
             }
         }
         if next.is_none() {
-            view = stream_view(&snapshots.borrow_and_update(), &secrets.borrow_and_update());
+            view = listeners.view(
+                &state,
+                (profile, &workload),
+                &snapshots.borrow_and_update(),
+                &secrets.borrow_and_update(),
+            );
             io.proxy.update(|p| p.generation = view.generation);
             if io
                 .send::<C>(connection.handle_snapshot(&view))
@@ -406,15 +430,40 @@ async fn drive<C: Connection>(
     tracing::info!(node, protocol = C::NAME, "proxy disconnected");
 }
 
-/// What one stream serves: its profile's snapshot, with its own identity's secrets.
-fn stream_view(
-    profile: &Arc<weir_core::Snapshot>,
-    secrets: &Arc<weir_core::TypeSnapshot>,
-) -> weir_core::Snapshot {
-    let mut types = profile.types.clone();
-    types[weir_core::ResourceType::Secret] = secrets.clone();
-    weir_core::Snapshot {
-        generation: profile.generation,
-        types,
+/// The listeners one stream serves, derived from its profile's for its workload, kept until
+/// the profile's listeners or the workload change (endpoint and route churn reuse them
+/// without the model lock).
+#[derive(Default)]
+struct WorkloadListeners {
+    /// (the profile's listener snapshot, the workload, what the stream serves for them).
+    current: Option<(Arc<TypeSnapshot>, Workload, Arc<TypeSnapshot>)>,
+}
+
+impl WorkloadListeners {
+    /// What one stream serves: its profile's snapshot, with its workload's listeners and
+    /// its own identity's secrets over it.
+    fn view(
+        &mut self,
+        state: &MeshState,
+        (profile, workload): (weir_core::ProxyProfile, &Workload),
+        snapshot: &Arc<weir_core::Snapshot>,
+        secrets: &Arc<TypeSnapshot>,
+    ) -> weir_core::Snapshot {
+        let base = &snapshot.types[ResourceType::Listener];
+        let listeners = match &self.current {
+            Some((from, of, served)) if Arc::ptr_eq(from, base) && of == workload => served.clone(),
+            _ => {
+                let served = state.workload_listeners(profile, workload, base);
+                self.current = Some((base.clone(), workload.clone(), served.clone()));
+                served
+            }
+        };
+        let mut types = snapshot.types.clone();
+        types[ResourceType::Listener] = listeners;
+        types[ResourceType::Secret] = secrets.clone();
+        weir_core::Snapshot {
+            generation: snapshot.generation,
+            types,
+        }
     }
 }

@@ -4,6 +4,7 @@
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::{Index, IndexKind, Kind, ObjectKey};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// The label that ties a slice to its Service.
@@ -99,8 +100,18 @@ impl IndexKind for EndpointSlice {
                 .filter_map(|e| Some((e.pod.clone()?, e.zone.clone()?)))
                 .collect()
         };
-        if old.map(zones).unwrap_or_default() != zones(&model) {
-            index.modes_generation += 1;
+        // So do the Services a meshed pod backs (its inbound listener names them).
+        let meshed_pods = |m: &SliceModel| -> BTreeSet<ObjectKey> {
+            m.endpoints
+                .iter()
+                .filter_map(|e| e.pod.clone())
+                .filter(|p| index.pod(p).is_some_and(|p| p.meshed))
+                .collect()
+        };
+        if old.map(zones).unwrap_or_default() != zones(&model)
+            || old.map(meshed_pods).unwrap_or_default() != meshed_pods(&model)
+        {
+            index.placement_generation += 1;
         }
         unlink(index, &key);
         for pod in model.endpoints.iter().filter_map(|e| e.pod.clone()) {
@@ -119,9 +130,19 @@ impl IndexKind for EndpointSlice {
     }
 
     fn delete(index: &mut Index, key: &ObjectKey) {
-        if unlink(index, key).is_some_and(|old| old.endpoints.iter().any(|e| e.zone.is_some())) {
-            // Its pods' zones are unknown now.
-            index.modes_generation += 1;
+        let Some(old) = unlink(index, key) else {
+            return;
+        };
+        // Its pods' zones are unknown now, and its meshed pods back one Service less.
+        let placed = |e: &EndpointModel| {
+            e.zone.is_some()
+                || e.pod
+                    .as_ref()
+                    .and_then(|p| index.pod(p))
+                    .is_some_and(|p| p.meshed)
+        };
+        if old.endpoints.iter().any(placed) {
+            index.placement_generation += 1;
         }
     }
 

@@ -34,7 +34,7 @@ pub use endpoint_slice::{EndpointModel, SliceModel};
 pub use kind::{decode_document, Kind, Object, Scope, WatchMode};
 pub use mesh_identity::{IdentityConfig, MESH_IDENTITY_NAME};
 pub use namespace::{NamespaceModel, INJECT_LABEL};
-pub use pod::{PodModel, INJECTED_ANNOTATION, MTLS_MODE_KEY};
+pub use pod::{PodModel, Workload, INJECTED_ANNOTATION, MTLS_MODE_KEY};
 pub use service::{Addressing, ServiceModel, ServicePort};
 pub use traffic_policy::PolicyEntry;
 
@@ -125,9 +125,9 @@ pub struct Index {
     identities: BTreeMap<String, MeshIdentity>,
     identity: IdentityConfig,
     namespaces: BTreeMap<String, NamespaceModel>,
-    /// Bumps whenever a pod's mTLS mode may have changed (annotations, namespace labels,
-    /// the mesh default).
-    modes_generation: u64,
+    /// Bumps whenever what places a pod's proxy may have changed: its mTLS mode
+    /// (annotations, namespace labels, the mesh default), its zone, or the Services it backs.
+    placement_generation: u64,
     dirty: Dirty,
 }
 

@@ -28,7 +28,7 @@ impl IndexKind for Namespace {
         };
         let old = index.namespaces.insert(key.name.clone(), model.clone());
         if old.as_ref() != Some(&model) {
-            index.modes_generation += 1;
+            index.placement_generation += 1;
         }
         if old.map(|o| o.mtls_mode) != Some(model.mtls_mode) {
             // DISABLE changes whether peers speak mTLS to the namespace's pods.
@@ -38,7 +38,7 @@ impl IndexKind for Namespace {
 
     fn delete(index: &mut Index, key: &ObjectKey) {
         if index.namespaces.remove(&key.name).is_some() {
-            index.modes_generation += 1;
+            index.placement_generation += 1;
             index.dirty_namespace_endpoints(&key.name);
         }
     }
@@ -97,8 +97,9 @@ impl Index {
         self.dirty.endpoints.extend(services);
     }
 
-    /// Bumps whenever something that decides a pod's mTLS mode changes.
-    pub fn modes_generation(&self) -> u64 {
-        self.modes_generation
+    /// Bumps whenever something that places a pod's proxy changes: its mTLS mode, its zone,
+    /// the Services it backs.
+    pub fn placement_generation(&self) -> u64 {
+        self.placement_generation
     }
 }

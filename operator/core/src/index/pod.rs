@@ -54,7 +54,7 @@ impl IndexKind for Pod {
             index.release_labels(old.labels);
         }
         if mode_changed {
-            index.modes_generation += 1;
+            index.placement_generation += 1;
         }
         index.dirty_pod_services(&key);
     }
@@ -80,6 +80,12 @@ impl Index {
     /// A Pod.
     pub fn pod(&self, key: &ObjectKey) -> Option<&PodModel> {
         self.pods.get(key)
+    }
+
+    /// What a pod's inbound listener depends on beyond its profile: the Services whose
+    /// endpoints include it.
+    pub fn workload(&self, key: &ObjectKey) -> Workload {
+        Workload::new(self.services_by_pod.get(key).cloned().unwrap_or_default())
     }
 
     fn dirty_pod_services(&mut self, pod: &ObjectKey) {
@@ -186,5 +192,28 @@ mod tests {
             (model.service_account.as_ref(), model.meshed),
             ("default", false)
         );
+    }
+}
+
+/// What a pod's inbound listener depends on beyond its profile: the Services it backs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Workload {
+    /// The Services whose endpoints include the pod, sorted, distinct.
+    pub services: Arc<[ObjectKey]>,
+}
+
+impl Workload {
+    /// A workload backing `services` (any order, repeats allowed).
+    pub fn new(mut services: Vec<ObjectKey>) -> Workload {
+        services.sort_unstable();
+        services.dedup();
+        Workload {
+            services: services.into(),
+        }
+    }
+
+    /// Whether it backs no Service: its listener is the profile's own.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
     }
 }

@@ -22,7 +22,6 @@ use envoy_types::pb::envoy::config::route::v3::{
     RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
-use std::sync::Arc;
 use weir_api::MtlsMode;
 
 use super::chain::{HttpChain, Routes, TcpChain};
@@ -33,34 +32,11 @@ use super::listener_filters::{
 use super::mtls::{downstream_mtls, ALPN_HTTP, ALPN_TCP, INBOUND_HTTP_ALPN};
 use super::pb::NO_TIMEOUT;
 use crate::identity::SpiffeId;
-use crate::index::ObjectKey;
+pub use crate::index::Workload;
 use crate::names;
 
 /// The metadata namespace of what Weir tells about a listener.
 pub const METADATA_NAMESPACE: &str = "weir";
-
-/// What a pod's inbound listener depends on beyond its profile: the Services it backs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Workload {
-    /// The Services whose endpoints include the pod, sorted, distinct.
-    pub services: Arc<[ObjectKey]>,
-}
-
-impl Workload {
-    /// A workload backing `services` (any order, repeats allowed).
-    pub fn new(mut services: Vec<ObjectKey>) -> Workload {
-        services.sort_unstable();
-        services.dedup();
-        Workload {
-            services: services.into(),
-        }
-    }
-
-    /// Whether it backs no Service: its listener is the profile's own.
-    pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
-    }
-}
 
 /// The inbound listener of a workload with inbound mTLS `mode` in `trust_domain`.
 pub fn listener(mode: MtlsMode, trust_domain: &str, workload: &Workload) -> Listener {
