@@ -73,6 +73,9 @@ pub struct MeshState {
     placements: watch::Sender<u64>,
     /// The mesh's identity settings as last applied.
     identity_config: watch::Sender<IdentityConfig>,
+    /// Resources served over the translated snapshots (tests only).
+    #[cfg(feature = "testing")]
+    overlay: Mutex<weir_core::testing::Overlay>,
 }
 
 impl std::fmt::Debug for MeshState {
@@ -113,6 +116,8 @@ impl MeshState {
             proxies: Arc::new(ProxyRegistry::default()),
             placements: watch::channel(0).0,
             identity_config: watch::channel(IdentityConfig::default()).0,
+            #[cfg(feature = "testing")]
+            overlay: Mutex::default(),
         }
     }
 
@@ -218,19 +223,59 @@ impl MeshState {
         self.model().index.keys(kind)
     }
 
-    /// Serves a resource as given to every proxy, beside the translated ones. Tests only:
+    /// Serves a resource as given to every proxy, over the translated ones. Tests only:
     /// it bypasses translation and validation to provoke what valid input never does.
     #[cfg(feature = "testing")]
     pub fn insert_overlay(&self, t: weir_core::ResourceType, resource: weir_core::Resource) {
-        let published = self.model().snapshots.insert_overlay(t, resource);
-        self.publish(published);
+        self.overlay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(t, resource);
+        self.republish();
     }
 
     /// Stops serving a resource added by [`MeshState::insert_overlay`].
     #[cfg(feature = "testing")]
     pub fn remove_overlay(&self, t: weir_core::ResourceType, name: &str) {
-        let published = self.model().snapshots.remove_overlay(t, name);
+        let removed = self
+            .overlay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(t, name);
+        if removed {
+            self.republish();
+        }
+    }
+
+    /// Publishes every subscribed profile's current snapshot again (the overlay changed).
+    #[cfg(feature = "testing")]
+    fn republish(&self) {
+        let published = {
+            let mut model = self.model();
+            let profiles: Vec<ProxyProfile> = self
+                .senders
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keys()
+                .copied()
+                .collect();
+            profiles
+                .into_iter()
+                .map(|p| (p, Ok(model.snapshots.snapshot(p))))
+                .collect()
+        };
         self.publish(published);
+    }
+
+    /// A snapshot as served: with the test overlay over it, when there is one.
+    fn served(&self, snapshot: Arc<Snapshot>) -> Arc<Snapshot> {
+        #[cfg(feature = "testing")]
+        let snapshot = self
+            .overlay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .apply(&snapshot);
+        snapshot
     }
 
     fn publish(&self, published: Vec<Built>) {
@@ -240,7 +285,7 @@ impl MeshState {
         let senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
         for (profile, built) in published {
             let snapshot = match built {
-                Ok(snapshot) => snapshot,
+                Ok(snapshot) => self.served(snapshot),
                 Err(err) => {
                     // Never publish a snapshot that would leave Envoy waiting for a resource.
                     tracing::error!(%err, "snapshot held back");
@@ -269,7 +314,7 @@ impl MeshState {
         // Hold the index lock until the sender exists: a translation finishing in between
         // would otherwise publish to no one and leave this profile's channel stale.
         let mut model = self.model();
-        let snapshot = model.snapshots.snapshot(profile);
+        let snapshot = self.served(model.snapshots.snapshot(profile));
         let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
         let receiver = senders
             .entry(profile)

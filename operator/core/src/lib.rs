@@ -26,6 +26,7 @@ pub mod conditions;
 pub mod identity;
 pub mod index;
 pub mod names;
+pub mod object_key;
 pub mod protocol;
 pub mod resources;
 pub mod routing;

@@ -1,7 +1,7 @@
 //! Stable names: the contract between clusters, endpoints and routes, and what operators see
 //! in Envoy stats and the debug endpoints.
 
-use crate::index::ObjectKey;
+use crate::object_key::ObjectKey;
 
 /// The cluster DNS suffix.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::index::ObjectKey;
+use crate::object_key::ObjectKey;
 
 /// What one source attaches to one Service, parsed and checked.
 #[derive(Debug, Clone, PartialEq)]

@@ -132,10 +132,6 @@ struct ProfileState {
 pub struct SnapshotBuilder {
     translator: Translator,
     profiles: BTreeMap<ProxyProfile, ProfileState>,
-    /// Resources served to every profile as given, beside the translated ones (tests only:
-    /// they provoke what valid input never produces, such as a NACK).
-    #[cfg(feature = "testing")]
-    overlay: BTreeMap<(ResourceType, Arc<str>), Resource>,
     /// Per profile and workload, a listener snapshot with the workload's inbound listener
     /// over the profile's, and the profile snapshot it was derived from: shared by every
     /// stream of that profile and workload.
@@ -172,7 +168,7 @@ impl SnapshotBuilder {
         if changes.is_empty() {
             return (changes, Vec::new());
         }
-        let built = self.rebuild_all(&changes, &[]);
+        let built = self.rebuild_all(&changes);
         (changes, built)
     }
 
@@ -305,25 +301,21 @@ impl SnapshotBuilder {
         Ok(())
     }
 
-    fn rebuild_all(
-        &mut self,
-        changes: &Changes,
-        overlay_changed: &[(ResourceType, Arc<str>)],
-    ) -> Vec<Built> {
+    fn rebuild_all(&mut self, changes: &Changes) -> Vec<Built> {
         let profiles: Vec<ProxyProfile> = self.profiles.keys().copied().collect();
         profiles
             .into_iter()
             .filter_map(|profile| {
                 let previous = self.profiles.get(&profile)?.snapshot.clone();
-                let snapshot = self.rebuild(profile, changes, overlay_changed)?;
+                let snapshot = self.rebuild(profile, changes)?;
                 let checked = self.check_change(profile, Some(&previous), &snapshot);
                 Some((profile, checked.map(|()| snapshot)))
             })
             .collect()
     }
 
-    /// The whole CDS or EDS map of a profile: the translator's (shared in O(1)), the
-    /// profile's own clusters, and the test overlay.
+    /// The whole CDS or EDS map of a profile: the translator's (shared in O(1)) and the
+    /// profile's own clusters.
     fn shared_map(&self, t: ResourceType, profile: &ProxyProfile) -> ResourceMap {
         let mut map = match t {
             ResourceType::Cluster => self.translator.clusters().clone(),
@@ -341,30 +333,21 @@ impl SnapshotBuilder {
                 map.insert(r.name.clone(), r);
             }
         }
-        self.add_overlay(t, &mut map);
         map
     }
 
     /// The LDS and RDS maps of a profile, assembled from the translator's virtual hosts.
     fn assembled_maps(&self, profile: &ProxyProfile) -> (ResourceMap, ResourceMap) {
         let (listeners, routes) = translate::assemble(&self.translator, profile);
-        let mut maps = [listeners, routes].map(|rs| {
+        let [listeners, routes] = [listeners, routes].map(|rs| {
             rs.into_iter()
                 .map(|r| (r.name.clone(), r))
                 .collect::<ResourceMap>()
         });
-        self.add_overlay(ResourceType::Listener, &mut maps[0]);
-        self.add_overlay(ResourceType::Route, &mut maps[1]);
-        let [listeners, routes] = maps;
         (listeners, routes)
     }
 
-    fn rebuild(
-        &mut self,
-        profile: ProxyProfile,
-        changes: &Changes,
-        overlay_changed: &[(ResourceType, Arc<str>)],
-    ) -> Option<Arc<Snapshot>> {
+    fn rebuild(&mut self, profile: ProxyProfile, changes: &Changes) -> Option<Arc<Snapshot>> {
         let state = self.profiles.get(&profile)?;
         let old = state.snapshot.clone();
         let reassemble = self.translator.ports_generation() != state.ports_generation;
@@ -375,7 +358,6 @@ impl SnapshotBuilder {
             next.replace(ResourceType::Listener, listeners, &old);
             next.replace(ResourceType::Route, routes, &old);
         }
-        self.patch_overlay(overlay_changed, &mut next);
         let next = Arc::new(next.finish(&old)?);
         self.profiles.insert(
             profile,
@@ -425,10 +407,7 @@ impl SnapshotBuilder {
                 }
             }
             for name in removals {
-                match self.overlaid(t, name) {
-                    Some(r) => next.upsert(t, r),
-                    None => next.remove(t, name),
-                }
+                next.remove(t, name);
             }
         }
         // A zone profile's load assignment depends on its cluster's balancer too.
@@ -476,65 +455,6 @@ impl SnapshotBuilder {
             .and_then(|cla| translate::endpoint::prefer_zone(&cla, zone.as_str()))
             .map(|cla| Resource::new(r.name.clone(), &cla))
             .unwrap_or_else(|| r.clone())
-    }
-
-    /// Resources of the test overlay that were added or removed.
-    fn patch_overlay(&self, overlay_changed: &[(ResourceType, Arc<str>)], next: &mut NextSnapshot) {
-        for (t, name) in overlay_changed {
-            let translated = match t {
-                ResourceType::Cluster => self.translator.clusters().contains_key(name),
-                ResourceType::Endpoint => self.translator.endpoints().contains_key(name),
-                _ => false,
-            };
-            if !translated {
-                match self.overlaid(*t, name) {
-                    Some(r) => next.upsert(*t, r),
-                    None => next.remove(*t, name),
-                }
-            }
-        }
-    }
-
-    #[cfg(feature = "testing")]
-    fn add_overlay(&self, t: ResourceType, map: &mut ResourceMap) {
-        for ((rt, name), r) in &self.overlay {
-            if *rt == t {
-                map.entry(name.clone()).or_insert_with(|| r.clone());
-            }
-        }
-    }
-
-    #[cfg(not(feature = "testing"))]
-    fn add_overlay(&self, _: ResourceType, _: &mut ResourceMap) {}
-
-    #[cfg(feature = "testing")]
-    fn overlaid(&self, t: ResourceType, name: &Arc<str>) -> Option<Resource> {
-        self.overlay.get(&(t, name.clone())).cloned()
-    }
-
-    #[cfg(not(feature = "testing"))]
-    fn overlaid(&self, _: ResourceType, _: &Arc<str>) -> Option<Resource> {
-        None
-    }
-}
-
-#[cfg(feature = "testing")]
-impl SnapshotBuilder {
-    /// Serves `resource` to every profile as given, bypassing translation and validation
-    /// (tests only). Returns the changed snapshots.
-    pub fn insert_overlay(&mut self, t: ResourceType, resource: Resource) -> Vec<Built> {
-        let name = resource.name.clone();
-        self.overlay.insert((t, name.clone()), resource);
-        self.rebuild_all(&Changes::default(), &[(t, name)])
-    }
-
-    /// Stops serving a resource added by [`SnapshotBuilder::insert_overlay`].
-    pub fn remove_overlay(&mut self, t: ResourceType, name: &str) -> Vec<Built> {
-        let name: Arc<str> = name.into();
-        if self.overlay.remove(&(t, name.clone())).is_none() {
-            return Vec::new();
-        }
-        self.rebuild_all(&Changes::default(), &[(t, name)])
     }
 }
 

@@ -163,3 +163,57 @@ pub fn mk_policy(ns: &str, name: &str, spec: TrafficPolicySpec) -> TrafficPolicy
     tp.metadata.namespace = Some(ns.into());
     tp
 }
+
+/// Resources served to every proxy as given, over the translated snapshots: what valid
+/// input never produces (a resource Envoy rejects, to see a NACK handled). Applied where
+/// snapshots are published, outside the snapshot builder, so production code carries none
+/// of it.
+#[derive(Debug, Default)]
+pub struct Overlay {
+    resources:
+        std::collections::BTreeMap<(crate::ResourceType, std::sync::Arc<str>), crate::Resource>,
+    /// Bumped on every change of the overlay; shifts the generations it serves.
+    epoch: u64,
+}
+
+impl Overlay {
+    /// Serves `resource` over every snapshot.
+    pub fn insert(&mut self, t: crate::ResourceType, resource: crate::Resource) {
+        self.resources.insert((t, resource.name.clone()), resource);
+        self.epoch += 1;
+    }
+
+    /// Stops serving a resource; whether it was served.
+    pub fn remove(&mut self, t: crate::ResourceType, name: &str) -> bool {
+        let removed = self.resources.remove(&(t, name.into())).is_some();
+        self.epoch += u64::from(removed);
+        removed
+    }
+
+    /// `snapshot` with the overlay over it. Once the overlay was used, every generation is
+    /// shifted by its epoch, so that a stream sees any change of the overlay as a jump and
+    /// compares the whole type (an overlay resource gone is then a removal).
+    pub fn apply(
+        &self,
+        snapshot: &std::sync::Arc<crate::Snapshot>,
+    ) -> std::sync::Arc<crate::Snapshot> {
+        if self.epoch == 0 {
+            return snapshot.clone();
+        }
+        let shift = self.epoch << 32;
+        let types = crate::PerType::from_fn(|t| {
+            let over = self
+                .resources
+                .iter()
+                .filter(|((rt, _), _)| *rt == t)
+                .map(|(_, r)| r.clone());
+            let mut typed = snapshot.types[t].with(over);
+            typed.generation += shift;
+            std::sync::Arc::new(typed)
+        });
+        std::sync::Arc::new(crate::Snapshot {
+            generation: snapshot.generation + shift,
+            types,
+        })
+    }
+}

@@ -38,30 +38,7 @@ pub use pod::{PodModel, Workload, INJECTED_ANNOTATION, MTLS_MODE_KEY};
 pub use service::{Addressing, ServiceModel, ServicePort};
 pub use traffic_policy::PolicyEntry;
 
-/// Namespace and name of an object.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectKey {
-    /// Namespace (empty for cluster-scoped objects).
-    pub namespace: String,
-    /// Name.
-    pub name: String,
-}
-
-impl ObjectKey {
-    /// A key from its parts.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        ObjectKey {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for ObjectKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::object_key::ObjectKey;
 
 /// A change to the mesh's inputs.
 #[derive(Debug, Clone)]

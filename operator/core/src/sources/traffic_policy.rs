@@ -18,7 +18,7 @@ use std::time::Duration;
 use weir_api::{PathMatchType, StringMatchType, TrafficPolicySpec};
 
 use crate::conditions::AcceptedReason as Reason;
-use crate::index::ObjectKey;
+use crate::object_key::ObjectKey;
 use crate::routing::{
     AbortStatus, Algorithm, Backend, Balancer, Fault, HashKey, HeaderEdits, HttpMatch, HttpRule,
     Method, Mirror, NamedMatch, Outlier, PathMatch, Pool, RateLimit, Retry, RetryOn, RouteSet,

@@ -33,7 +33,7 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 
 use super::pb;
-use super::WeightedClusters;
+use super::port::WeightedClusters;
 
 /// The HTTP connection manager network filter.
 pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";

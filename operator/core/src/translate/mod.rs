@@ -31,6 +31,7 @@ pub mod listener_filters;
 pub mod mtls;
 pub mod outbound;
 pub mod pb;
+pub mod port;
 
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
@@ -50,6 +51,7 @@ use crate::protocol::{self, DecidedBy, Protocol};
 use crate::resources::Resource;
 use crate::routing::Upstream;
 use outbound::{listener, route, shaping};
+pub use port::{PortOutput, PortTcp, PortVirtualHost, WeightedClusters};
 use weir_api::MtlsMode;
 
 /// How a proxy receives the application's traffic.
@@ -163,52 +165,6 @@ impl Changes {
             && !self.ports_changed
     }
 }
-
-/// What one Service port contributes to listeners and route tables.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortOutput {
-    /// The port's protocol.
-    pub protocol: Protocol,
-    /// The rule that decided it.
-    pub decided_by: DecidedBy,
-    /// The Service's ClusterIP, when it has one: transparent mode matches it.
-    pub cluster_ip: Option<String>,
-    /// The HTTP virtual host (HTTP-family and undeclared ports).
-    pub virtual_host: Option<PortVirtualHost>,
-    /// The TCP routes (TCP-family and undeclared ports).
-    pub tcp: Option<PortTcp>,
-    /// Clusters this port's routes send traffic to that must exist (destinations that do
-    /// not resolve are left out: their 503 is deliberate and reported in status).
-    pub clusters: Vec<Arc<str>>,
-}
-
-/// One Service port's virtual host, encoded once when the Service changes, in the two forms
-/// route tables need: with port-qualified names only, and with the bare names too (explicit
-/// mode gives bare names to one port per Service; transparent mode to every port, since each
-/// port has its own table). Route tables are assembled by concatenating these bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortVirtualHost {
-    /// Encoded `VirtualHost` with port-qualified domains.
-    pub qualified: Vec<u8>,
-    /// Encoded `VirtualHost` with the bare names as well.
-    pub with_bare_names: Vec<u8>,
-    /// Whether explicit mode gives the bare names to this port (port 80, else the lowest).
-    pub owns_bare_names: bool,
-}
-
-/// A port's TCP routes: connections split over weighted clusters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortTcp {
-    /// Routes for TLS connections naming one of the hosts (SNI), in order.
-    pub by_sni: Vec<(Vec<String>, WeightedClusters)>,
-    /// Where every other connection goes.
-    pub default: WeightedClusters,
-    /// Every name of the Service (for SNI routing of connections to other addresses).
-    pub hostnames: Vec<String>,
-}
-
-/// Clusters with their weights; one with weight 100 is a plain cluster.
-pub type WeightedClusters = Vec<(String, u32)>;
 
 /// One cluster a Service produces.
 #[derive(Debug, Clone)]

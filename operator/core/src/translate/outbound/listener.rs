@@ -32,7 +32,7 @@ use crate::translate::listener_filters::{
     http_inspector_on, original_dst, tls_inspector_on, DETECTION_TIMEOUT, OUTBOUND_CAPTURE_PORT,
 };
 use crate::translate::pb::u32v;
-use crate::translate::{PortOutput, WeightedClusters};
+use crate::translate::port::{PortOutput, WeightedClusters};
 
 /// The explicit-mode listener.
 pub fn explicit_outbound(port: u16) -> Listener {
