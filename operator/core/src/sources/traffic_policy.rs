@@ -301,10 +301,34 @@ fn parse_fault(at: &str, f: &weir_api::FaultInjection, problems: &mut Problems) 
 }
 
 fn parse_upstream(spec: &TrafficPolicySpec, problems: &mut Problems) -> Upstream {
-    let duration = |field: &str, d: &Option<weir_api::Duration>, problems: &mut Problems| {
-        d.as_ref().and_then(|d| parse_duration(field, d, problems))
-    };
-    let pool = spec.connection_pool.as_ref().map(|p| Pool {
+    Upstream {
+        pool: spec
+            .connection_pool
+            .as_ref()
+            .map(|p| parse_pool(p, problems)),
+        outlier: spec
+            .outlier_detection
+            .as_ref()
+            .map(|o| parse_outlier(o, problems)),
+        balancer: spec
+            .load_balancer
+            .as_ref()
+            .map(|lb| parse_balancer(lb, problems)),
+    }
+}
+
+/// An optional duration at `field`.
+fn optional_duration(
+    field: &str,
+    d: &Option<weir_api::Duration>,
+    problems: &mut Problems,
+) -> Option<Duration> {
+    d.as_ref().and_then(|d| parse_duration(field, d, problems))
+}
+
+fn parse_pool(p: &weir_api::ConnectionPool, problems: &mut Problems) -> Pool {
+    let duration = optional_duration;
+    Pool {
         max_connections: p.max_connections,
         max_pending_requests: p.max_pending_requests,
         max_requests: p.max_requests,
@@ -325,88 +349,93 @@ fn parse_upstream(spec: &TrafficPolicySpec, problems: &mut Problems) -> Upstream
             }
             (b.percent.min(100), b.min_retry_concurrency)
         }),
-    });
-    let outlier = spec.outlier_detection.as_ref().map(|o| {
-        if o.consecutive_errors.is_none() && o.consecutive_gateway_errors.is_none() {
-            problems.invalid(
+    }
+}
+
+fn parse_outlier(o: &weir_api::OutlierDetection, problems: &mut Problems) -> Outlier {
+    let duration = optional_duration;
+    if o.consecutive_errors.is_none() && o.consecutive_gateway_errors.is_none() {
+        problems.invalid(
                 "spec.outlierDetection",
                 "ejects nothing: set consecutiveErrors (any 5xx), consecutiveGatewayErrors (502, 503, 504), or both",
             );
+    }
+    Outlier {
+        consecutive_errors: o.consecutive_errors,
+        consecutive_gateway_errors: o.consecutive_gateway_errors,
+        interval: duration("spec.outlierDetection.interval", &o.interval, problems),
+        base_ejection_time: duration(
+            "spec.outlierDetection.baseEjectionTime",
+            &o.base_ejection_time,
+            problems,
+        ),
+        max_ejection_percent: o.max_ejection_percent.map(|p| p.min(100)),
+    }
+}
+
+fn parse_balancer(lb: &weir_api::LoadBalancer, problems: &mut Problems) -> Balancer {
+    let duration = optional_duration;
+    use weir_api::LoadBalancerAlgorithm::{Maglev, RingHash};
+    let hashing = matches!(lb.algorithm, RingHash | Maglev);
+    let field = "spec.loadBalancer.consistentHash";
+    let hash = match (&lb.consistent_hash, hashing) {
+        (None, true) => {
+            problems.invalid(field, "is missing: RingHash and Maglev hash each request by a header, cookie, sourceIp or queryParameter; set one");
+            None
         }
-        Outlier {
-            consecutive_errors: o.consecutive_errors,
-            consecutive_gateway_errors: o.consecutive_gateway_errors,
-            interval: duration("spec.outlierDetection.interval", &o.interval, problems),
-            base_ejection_time: duration(
-                "spec.outlierDetection.baseEjectionTime",
-                &o.base_ejection_time,
-                problems,
-            ),
-            max_ejection_percent: o.max_ejection_percent.map(|p| p.min(100)),
+        (Some(_), false) => {
+            problems.invalid(field, "is set but the algorithm does not hash: use RingHash or Maglev, or remove consistentHash");
+            None
         }
-    });
-    let balancer = spec.load_balancer.as_ref().map(|lb| {
-        use weir_api::LoadBalancerAlgorithm::{Maglev, RingHash};
-        let hashing = matches!(lb.algorithm, RingHash | Maglev);
-        let field = "spec.loadBalancer.consistentHash";
-        let hash = match (&lb.consistent_hash, hashing) {
-            (None, true) => {
-                problems.invalid(field, "is missing: RingHash and Maglev hash each request by a header, cookie, sourceIp or queryParameter; set one");
-                None
+        (None, false) => None,
+        (Some(h), true) => {
+            let mut keys = Vec::new();
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            };
+            if let Some(header) = &h.header {
+                if !token(header) {
+                    problems.invalid(&format!("{field}.header"), &format!("{header:?} is not a header name: use letters, digits and !#$%&'*+-.^_`|~ only, e.g. x-user"));
+                }
+                keys.push(HashKey::Header(header.to_ascii_lowercase()));
             }
-            (Some(_), false) => {
-                problems.invalid(field, "is set but the algorithm does not hash: use RingHash or Maglev, or remove consistentHash");
-                None
+            if let Some(cookie) = &h.cookie {
+                if !token(&cookie.name) {
+                    problems.invalid(&format!("{field}.cookie.name"), &format!("{:?} is not a cookie name: use letters, digits and !#$%&'*+-.^_`|~ only", cookie.name));
+                }
+                if let Some(path) = cookie.path.as_deref().filter(|p| {
+                    !p.starts_with('/') || p.bytes().any(|b| !(0x21..=0x7e).contains(&b))
+                }) {
+                    problems.invalid(&format!("{field}.cookie.path"), &format!("{path:?} is not a cookie path: start with / and use visible ASCII only"));
+                }
             }
-            (None, false) => None,
-            (Some(h), true) => {
-                let mut keys = Vec::new();
-                let token = |s: &str| {
-                    !s.is_empty()
-                        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-                };
-                if let Some(header) = &h.header {
-                    if !token(header) {
-                        problems.invalid(&format!("{field}.header"), &format!("{header:?} is not a header name: use letters, digits and !#$%&'*+-.^_`|~ only, e.g. x-user"));
-                    }
-                    keys.push(HashKey::Header(header.to_ascii_lowercase()));
-                }
-                if let Some(cookie) = &h.cookie {
-                    if !token(&cookie.name) {
-                        problems.invalid(&format!("{field}.cookie.name"), &format!("{:?} is not a cookie name: use letters, digits and !#$%&'*+-.^_`|~ only", cookie.name));
-                    }
-                    if let Some(path) = cookie.path.as_deref().filter(|p| !p.starts_with('/') || p.bytes().any(|b| !(0x21..=0x7e).contains(&b))) {
-                        problems.invalid(&format!("{field}.cookie.path"), &format!("{path:?} is not a cookie path: start with / and use visible ASCII only"));
-                    }
-                }
-                if let Some(cookie) = &h.cookie {
-                    keys.push(HashKey::Cookie {
-                        name: cookie.name.clone(),
-                        ttl: duration(&format!("{field}.cookie.ttl"), &cookie.ttl, problems),
-                        path: cookie.path.clone(),
-                    });
-                }
-                if h.source_ip == Some(true) {
-                    keys.push(HashKey::SourceIp);
-                }
-                if let Some(q) = &h.query_parameter {
-                    keys.push(HashKey::QueryParameter(q.clone()));
-                }
-                if keys.len() != 1 {
-                    problems.invalid(field, "hash by exactly one of header, cookie, sourceIp or queryParameter");
-                }
-                keys.into_iter().next()
+            if let Some(cookie) = &h.cookie {
+                keys.push(HashKey::Cookie {
+                    name: cookie.name.clone(),
+                    ttl: duration(&format!("{field}.cookie.ttl"), &cookie.ttl, problems),
+                    path: cookie.path.clone(),
+                });
             }
-        };
-        Balancer {
-            algorithm: algorithm(lb.algorithm),
-            hash,
+            if h.source_ip == Some(true) {
+                keys.push(HashKey::SourceIp);
+            }
+            if let Some(q) = &h.query_parameter {
+                keys.push(HashKey::QueryParameter(q.clone()));
+            }
+            if keys.len() != 1 {
+                problems.invalid(
+                    field,
+                    "hash by exactly one of header, cookie, sourceIp or queryParameter",
+                );
+            }
+            keys.into_iter().next()
         }
-    });
-    Upstream {
-        pool,
-        outlier,
-        balancer,
+    };
+    Balancer {
+        algorithm: algorithm(lb.algorithm),
+        hash,
     }
 }
 
