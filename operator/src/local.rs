@@ -79,9 +79,42 @@ impl DirSource {
     /// that a large directory is never held as objects all at once (the index takes each
     /// batch and keeps only its models).
     pub fn scan_with(&mut self, emit: &mut dyn FnMut(Vec<Event>)) -> Vec<SourceError> {
-        let mut paths = Vec::new();
         let mut errors = Vec::new();
-        collect_yaml(&self.dir, &mut paths, &mut errors);
+        let mut items = self.survey(&mut errors);
+        // What is left in `self.files` are the files that went away. With none gone and
+        // none changed, every object is as it was (the common case of a rescan).
+        if self.files.is_empty() && !items.iter().any(|i| matches!(i, Item::Changed(..))) {
+            self.files = items
+                .into_iter()
+                .filter_map(|i| match i {
+                    Item::Kept(path, state) => Some((path, state)),
+                    Item::Changed(..) => None,
+                })
+                .collect();
+        } else {
+            // From the last file to the first: a later file's definition of an object
+            // wins, so the first definition met is the one kept. Changed files are parsed
+            // a few at a time, on every core, and their new objects handed over at once.
+            let mut walk = Walk::new(&self.current);
+            let chunk = 2 * std::thread::available_parallelism().map_or(1, |n| n.get());
+            items.reverse();
+            let mut items = items.into_iter().peekable();
+            while items.peek().is_some() {
+                emit(walk.group(items.by_ref().take(chunk).collect()));
+            }
+            let Walk { claimed, files, .. } = walk.finish(&self.current, emit);
+            self.current = claimed;
+            self.files = files;
+        }
+        errors.extend(self.files.values().flat_map(|f| f.errors.iter().cloned()));
+        errors
+    }
+
+    /// Which files under the directory changed since the last scan (read, hashed), and
+    /// which did not (their state moves out of `self.files`; what stays there went away).
+    fn survey(&mut self, errors: &mut Vec<SourceError>) -> Vec<Item> {
+        let mut paths = Vec::new();
+        collect_yaml(&self.dir, &mut paths, errors);
         let mut items: Vec<Item> = Vec::with_capacity(paths.len());
         for path in paths {
             let stamp = std::fs::metadata(&path)
@@ -118,121 +151,144 @@ impl DirSource {
                 old => items.push(Item::Changed(path, text, (content_hash, stamp), old)),
             }
         }
-        // What is left in `self.files` are the files that went away. With none gone and
-        // none changed, every object is as it was (the common case of a rescan).
-        let vanished = !self.files.is_empty();
-        if !vanished && !items.iter().any(|i| matches!(i, Item::Changed(..))) {
-            self.files = items
-                .into_iter()
-                .filter_map(|i| match i {
-                    Item::Kept(path, state) => Some((path, state)),
-                    Item::Changed(..) => None,
-                })
-                .collect();
-            errors.extend(self.files.values().flat_map(|f| f.errors.iter().cloned()));
-            return errors;
-        }
+        items
+    }
+}
 
-        // From the last file to the first: a later file's definition of an object wins, so
-        // the first definition met is the one kept. Changed files are parsed a few at a
-        // time, on every core, and their new objects handed over at once.
-        let mut claimed: HashMap<(Kind, ObjectKey), u64> = HashMap::default();
-        let mut files = BTreeMap::new();
-        // Objects of unchanged files that now win (their other definition went away).
-        let mut reread: BTreeMap<PathBuf, Vec<Entry>> = BTreeMap::new();
-        let chunk = 2 * std::thread::available_parallelism().map_or(1, |n| n.get());
-        items.reverse();
-        let mut items = items.into_iter().peekable();
-        while items.peek().is_some() {
-            let group: Vec<Item> = items.by_ref().take(chunk).collect();
-            let (kept, changed): (Vec<_>, Vec<_>) = group
-                .into_iter()
-                .enumerate()
-                .partition(|(_, i)| matches!(i, Item::Kept(..)));
-            let changed: Vec<(usize, ToParse)> = changed
-                .into_iter()
-                .filter_map(|(at, i)| match i {
-                    Item::Changed(path, text, stamp, old) => Some((at, (path, text, stamp, old))),
-                    Item::Kept(..) => None,
-                })
-                .collect();
-            let order: Vec<usize> = changed.iter().map(|(at, _)| *at).collect();
-            let parsed = parse_all(changed.into_iter().map(|(_, c)| c).collect());
-            let mut walk: Vec<(usize, Walked)> = kept
-                .into_iter()
-                .filter_map(|(at, i)| match i {
-                    Item::Kept(path, state) => Some((at, Walked::Kept(path, state))),
-                    Item::Changed(..) => None,
-                })
-                .chain(
-                    order
-                        .into_iter()
-                        .zip(parsed)
-                        .map(|(at, p)| (at, Walked::Parsed(p))),
-                )
-                .collect();
-            walk.sort_by_key(|(at, _)| *at);
-            let mut batch = Vec::new();
-            for (_, walked) in walk {
-                let (path, state) = match walked {
-                    Walked::Kept(path, state) => {
-                        for (id, hash) in &state.entries {
-                            if self.claim(&mut claimed, &path, id, *hash) {
-                                reread
-                                    .entry(path.clone())
-                                    .or_default()
-                                    .push((id.clone(), *hash));
-                            }
-                        }
-                        (path, state)
-                    }
-                    Walked::Parsed((path, (content_hash, stamp), old, (objects, file_errors))) => {
-                        for e in &file_errors {
-                            tracing::warn!(
-                                file = e.source,
-                                document = e.document,
-                                "{}; keeping the file's last good version",
-                                e.message
-                            );
-                        }
-                        let entries = if file_errors.is_empty() {
-                            let entries: Vec<Entry> =
-                                objects.iter().map(|l| (l.object.id(), l.hash)).collect();
-                            for loaded in objects {
-                                let id = loaded.object.id();
-                                if self.claim(&mut claimed, &path, &id, loaded.hash) {
-                                    batch.push(Event::apply(loaded.object));
-                                }
-                            }
-                            entries
-                        } else {
-                            let entries = old.map(|o| o.entries).unwrap_or_default();
-                            for (id, hash) in &entries {
-                                if self.claim(&mut claimed, &path, id, *hash) {
-                                    reread
-                                        .entry(path.clone())
-                                        .or_default()
-                                        .push((id.clone(), *hash));
-                                }
-                            }
-                            entries
-                        };
-                        let state = FileState {
-                            stamp,
-                            content_hash,
-                            entries,
-                            errors: file_errors,
-                        };
-                        (path, state)
-                    }
-                };
-                files.insert(path, state);
-            }
-            emit(batch);
+/// One walk over the files of a scan, last to first: which file's definition of each
+/// object wins, the events for the index, and the files' new states.
+struct Walk<'a> {
+    /// Each object's content hash as the index last heard it.
+    current: &'a HashMap<(Kind, ObjectKey), u64>,
+    /// Each object's winning definition so far.
+    claimed: HashMap<(Kind, ObjectKey), u64>,
+    /// Objects of unchanged files that now win (their other definition went away): read
+    /// again at the end.
+    reread: BTreeMap<PathBuf, Vec<Entry>>,
+    /// The files' states after the scan.
+    files: BTreeMap<PathBuf, FileState>,
+}
+
+impl<'a> Walk<'a> {
+    fn new(current: &'a HashMap<(Kind, ObjectKey), u64>) -> Self {
+        Walk {
+            current,
+            claimed: HashMap::default(),
+            reread: BTreeMap::new(),
+            files: BTreeMap::new(),
         }
+    }
+
+    /// Walks a group of files (in walk order): parses the changed ones on every core and
+    /// returns the events of their objects that win.
+    fn group(&mut self, group: Vec<Item>) -> Vec<Event> {
+        let (kept, changed): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .enumerate()
+            .partition(|(_, i)| matches!(i, Item::Kept(..)));
+        let changed: Vec<(usize, ToParse)> = changed
+            .into_iter()
+            .filter_map(|(at, i)| match i {
+                Item::Changed(path, text, stamp, old) => Some((at, (path, text, stamp, old))),
+                Item::Kept(..) => None,
+            })
+            .collect();
+        let order: Vec<usize> = changed.iter().map(|(at, _)| *at).collect();
+        let parsed = parse_all(changed.into_iter().map(|(_, c)| c).collect());
+        let mut walk: Vec<(usize, Walked)> = kept
+            .into_iter()
+            .filter_map(|(at, i)| match i {
+                Item::Kept(path, state) => Some((at, Walked::Kept(path, state))),
+                Item::Changed(..) => None,
+            })
+            .chain(
+                order
+                    .into_iter()
+                    .zip(parsed)
+                    .map(|(at, p)| (at, Walked::Parsed(p))),
+            )
+            .collect();
+        walk.sort_by_key(|(at, _)| *at);
+        let mut batch = Vec::new();
+        for (_, walked) in walk {
+            let (path, state) = match walked {
+                Walked::Kept(path, state) => {
+                    self.claim_unread(&path, &state.entries);
+                    (path, state)
+                }
+                Walked::Parsed(parsed) => self.parsed(parsed, &mut batch),
+            };
+            self.files.insert(path, state);
+        }
+        batch
+    }
+
+    /// A parsed file: its objects that win go to `batch`; a file that failed to parse
+    /// keeps its last good objects.
+    fn parsed(
+        &mut self,
+        (path, (content_hash, stamp), old, (objects, errors)): (
+            PathBuf,
+            Stamped,
+            Option<FileState>,
+            Parsed,
+        ),
+        batch: &mut Vec<Event>,
+    ) -> (PathBuf, FileState) {
+        for e in &errors {
+            tracing::warn!(
+                file = e.source,
+                document = e.document,
+                "{}; keeping the file's last good version",
+                e.message
+            );
+        }
+        let entries = if errors.is_empty() {
+            let entries: Vec<Entry> = objects.iter().map(|l| (l.object.id(), l.hash)).collect();
+            for loaded in objects {
+                let id = loaded.object.id();
+                if self.claim(&path, &id, loaded.hash) {
+                    batch.push(Event::apply(loaded.object));
+                }
+            }
+            entries
+        } else {
+            let entries = old.map(|o| o.entries).unwrap_or_default();
+            self.claim_unread(&path, &entries);
+            entries
+        };
+        let state = FileState {
+            stamp,
+            content_hash,
+            entries,
+            errors,
+        };
+        (path, state)
+    }
+
+    /// Claims the objects of a file that is not read now; those that win and changed since
+    /// the index heard of them are read again at the end.
+    fn claim_unread(&mut self, path: &Path, entries: &[Entry]) {
+        for (id, hash) in entries {
+            if self.claim(path, id, *hash) {
+                self.reread
+                    .entry(path.to_path_buf())
+                    .or_default()
+                    .push((id.clone(), *hash));
+            }
+        }
+    }
+
+    /// Ends the walk: the objects to read again, and deletions for what no file defines any
+    /// more, go out in a last batch.
+    fn finish(
+        mut self,
+        previous: &HashMap<(Kind, ObjectKey), u64>,
+        emit: &mut dyn FnMut(Vec<Event>),
+    ) -> Self {
         // Rare: an unchanged file's object takes over from a definition that went away.
         let mut batch = Vec::new();
-        for (path, ids) in reread {
+        for (path, ids) in std::mem::take(&mut self.reread) {
             let objects = read_bounded(&path)
                 .map(|text| parse_file(&path, &text).0)
                 .unwrap_or_default();
@@ -244,34 +300,24 @@ impl DirSource {
                 }
             }
         }
-        for ((kind, key), _) in self
-            .current
+        for ((kind, key), _) in previous
             .iter()
-            .filter(|(id, _)| !claimed.contains_key(*id))
+            .filter(|(id, _)| !self.claimed.contains_key(*id))
         {
             batch.push(Event::Delete(*kind, key.clone()));
         }
         emit(batch);
-        self.current = claimed;
-        self.files = files;
-        errors.extend(self.files.values().flat_map(|f| f.errors.iter().cloned()));
-        errors
+        self
     }
 
     /// Records that `path` defines `id` (unless a later file did): whether it is new or
     /// changed since the index last heard of it.
-    fn claim(
-        &self,
-        claimed: &mut HashMap<(Kind, ObjectKey), u64>,
-        path: &Path,
-        id: &(Kind, ObjectKey),
-        hash: u64,
-    ) -> bool {
-        if claimed.contains_key(id) {
+    fn claim(&mut self, path: &Path, id: &(Kind, ObjectKey), hash: u64) -> bool {
+        if self.claimed.contains_key(id) {
             tracing::warn!(file = %path.display(), object = %id.1, "object defined twice; the later file wins");
             return false;
         }
-        claimed.insert(id.clone(), hash);
+        self.claimed.insert(id.clone(), hash);
         self.current.get(id) != Some(&hash)
     }
 }
