@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 use weir_core::identity::{renewal_at, secrets, CertificateAuthority, IssuedCert, SpiffeId};
+use weir_core::mesh;
 use weir_core::snapshot::{ResourceMap, TypeSnapshot};
 use weir_core::status::CaProblem;
 
@@ -97,8 +98,8 @@ impl Authority {
                 rotation: None,
                 problem: None,
                 links: Vec::new(),
-                trust_domain: "cluster.local".into(),
-                ttl: Duration::from_secs(24 * 3600),
+                trust_domain: mesh::DEFAULT_TRUST_DOMAIN.into(),
+                ttl: mesh::DEFAULT_WORKLOAD_CERT_TTL,
                 workloads: HashMap::new(),
             }),
             metrics,

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use weir_core::bootstrap::{bootstrap_yaml, BootstrapParams, ProxyMeta, XdsProtocol, XdsTlsFiles};
+use weir_core::mesh;
 use weir_core::Capture;
 use weir_operator::k8s::leader::LeaseSettings;
 use weir_operator::k8s::KubeOptions;
@@ -48,7 +49,7 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:15090", env = "WEIR_ADMIN_ADDR")]
         admin_addr: SocketAddr,
         /// Namespace of the leader Lease (the operator's own namespace).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "weir-system")]
+        #[arg(long, env = "POD_NAMESPACE", default_value = mesh::MESH_NAMESPACE)]
         namespace: String,
         /// This replica's identity in the Lease (its pod name).
         #[arg(long, env = "POD_NAME")]
@@ -132,10 +133,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CaptureArg::Explicit)]
         capture: CaptureArg,
         /// Outbound listener port in explicit mode.
-        #[arg(long, default_value_t = 15001)]
+        #[arg(long, default_value_t = mesh::OUTBOUND_CAPTURE_PORT)]
         outbound_port: u16,
         /// Envoy admin port (bound to 127.0.0.1).
-        #[arg(long, default_value_t = 15000)]
+        #[arg(long, default_value_t = mesh::ENVOY_ADMIN_PORT)]
         admin_port: u16,
         /// The workload's service account (used when the operator does not authenticate
         /// proxies; an authenticated proxy's comes from its token).

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use weir_core::mesh::MESH_NAMESPACE;
 
 use crate::{free_port, scratch_dir, workspace_root};
 
@@ -639,7 +640,7 @@ pub fn test_lease(identity: &str) -> weir_operator::k8s::leader::LeaseSettings {
         lease_duration: Duration::from_secs(2),
         renew_deadline: Duration::from_millis(1500),
         retry_period: Duration::from_millis(200),
-        ..weir_operator::k8s::leader::LeaseSettings::new("weir-system", identity)
+        ..weir_operator::k8s::leader::LeaseSettings::new(MESH_NAMESPACE, identity)
     }
 }
 
@@ -665,7 +666,7 @@ pub fn spawn_operator(
     let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let log = std::fs::File::create(log_dir.join(format!("operator-{identity}.log")))?;
     let child = tokio::process::Command::new(bin)
-        .args(["run", "--namespace", "weir-system", "--identity", identity])
+        .args(["run", "--namespace", MESH_NAMESPACE, "--identity", identity])
         .args([
             "--lease-duration",
             "2s",

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use weir_core::identity::{CertificateAuthority, SpiffeId};
+use weir_core::mesh::{INBOUND_CAPTURE_PORT, MTLS_MODE_KEY};
 use weir_core::testing::{mk_meshed_pod, mk_service, mk_slice};
 use weir_tests::netns::*;
 use weir_tests::{scratch_dir, to_yaml, write_file};
@@ -180,7 +181,10 @@ fn sidecars_speak_mutual_tls_strict_refuses_plaintext_and_permissive_accepts_bot
         captured.len()
     );
     assert_eq!(
-        net.envoy_stat_in(server, "listener.0.0.0.0_15006.ssl.connection_error"),
+        net.envoy_stat_in(
+            server,
+            &format!("listener.0.0.0.0_{INBOUND_CAPTURE_PORT}.ssl.connection_error")
+        ),
         0
     );
 
@@ -224,7 +228,7 @@ fn sidecars_speak_mutual_tls_strict_refuses_plaintext_and_permissive_accepts_bot
 
     // (b) PERMISSIVE for the server pod: the plain client gets through, the mesh client still
     // speaks mTLS.
-    write_mesh(&dir, &server_ip, &[("weir.dev/mtls-mode", "PERMISSIVE")]);
+    write_mesh(&dir, &server_ip, &[(MTLS_MODE_KEY, "PERMISSIVE")]);
     net.wait_for("PERMISSIVE to admit a plain client", || {
         net.get(Side::Peer, &format!("http://{server_ip}:8080/")) == "200 api HTTP/1.1"
     });

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Once;
 use std::time::{Duration, Instant};
+use weir_core::mesh::MESH_NAMESPACE;
 use weir_core::testing;
 use weir_e2e::Kubectl;
 use weir_operator::k8s::KubeOptions;
@@ -52,7 +53,7 @@ fn service_account_kubeconfig(
     sa: &str,
     server: Option<&str>,
 ) -> Result<std::path::PathBuf> {
-    let token = cluster.token("weir-system", sa, None)?;
+    let token = cluster.token(MESH_NAMESPACE, sa, None)?;
     cluster.token_kubeconfig(&format!("{sa}-{}", std::process::id()), &token, server)
 }
 
@@ -148,7 +149,7 @@ async fn wait_condition(
 fn lease_holder(cluster: &Cluster) -> Option<String> {
     let lease = get(
         cluster,
-        &["get", "lease", "weir-operator", "-n", "weir-system"],
+        &["get", "lease", "weir-operator", "-n", MESH_NAMESPACE],
     )?;
     lease["spec"]["holderIdentity"].as_str().map(str::to_string)
 }
@@ -169,7 +170,7 @@ fn the_install_and_the_api_contract_hold_on_a_real_api_server() -> Result<()> {
                 "get",
                 "pods",
                 "-n",
-                "weir-system",
+                MESH_NAMESPACE,
                 "-l",
                 "app.kubernetes.io/component=operator",
             ],
@@ -492,7 +493,7 @@ async fn a_missing_rbac_rule_is_refused_by_the_api_server_and_counted() -> Resul
             "serviceaccount",
             "weir-operator-minus",
             "-n",
-            "weir-system",
+            MESH_NAMESPACE,
         ])
         .ok();
     apply(
@@ -500,14 +501,14 @@ async fn a_missing_rbac_rule_is_refused_by_the_api_server_and_counted() -> Resul
         &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": "weir-operator-minus-status"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weir-operator-minus-status"},
-        "subjects": [{"kind": "ServiceAccount", "name": "weir-operator-minus", "namespace": "weir-system"}]}),
+        "subjects": [{"kind": "ServiceAccount", "name": "weir-operator-minus", "namespace": MESH_NAMESPACE}]}),
     )?;
     apply(
         cluster,
         &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "weir-operator-minus-lease", "namespace": "weir-system"},
+        "metadata": {"name": "weir-operator-minus-lease", "namespace": MESH_NAMESPACE},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "weir-operator-leader-election"},
-        "subjects": [{"kind": "ServiceAccount", "name": "weir-operator-minus", "namespace": "weir-system"}]}),
+        "subjects": [{"kind": "ServiceAccount", "name": "weir-operator-minus", "namespace": MESH_NAMESPACE}]}),
     )?;
 
     let ns = "rbac";
@@ -621,7 +622,7 @@ async fn only_the_leader_writes_a_lost_lease_stops_writes_and_a_stop_hands_over(
         println!("takeover after a graceful stop: {takeover:?} (lease 2 s)");
         apply(cluster, &mk_policy(ns, "canary", split_spec("ratings")))?;
         wait_condition(cluster, ns, "canary", "ResolvedRefs", "False", "TargetNotFound").await?;
-        let lease = cluster.kubectl_json(&["get", "lease", "weir-operator", "-n", "weir-system"])?;
+        let lease = cluster.kubectl_json(&["get", "lease", "weir-operator", "-n", MESH_NAMESPACE])?;
         assert_eq!(lease["spec"]["holderIdentity"], "weir-b");
 
         // Someone else takes the Lease and keeps it: b stops writing at once.
@@ -629,7 +630,7 @@ async fn only_the_leader_writes_a_lost_lease_stops_writes_and_a_stop_hands_over(
             // MicroTime: the API server wants exactly six fractional digits.
             let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
             let patch = json!({"spec": {"holderIdentity": "intruder", "renewTime": now, "leaseDurationSeconds": 60}});
-            cluster.kubectl(&["patch", "lease", "weir-operator", "-n", "weir-system", "--type=merge", "-p", &patch.to_string()])
+            cluster.kubectl(&["patch", "lease", "weir-operator", "-n", MESH_NAMESPACE, "--type=merge", "-p", &patch.to_string()])
         };
         intruder(cluster)?;
         let mut leading = b.leading.clone();
@@ -646,7 +647,7 @@ async fn only_the_leader_writes_a_lost_lease_stops_writes_and_a_stop_hands_over(
     .await;
     b.stop().await;
     // Leave the Lease free for the next test.
-    let _ = cluster.kubectl(&["delete", "lease", "weir-operator", "-n", "weir-system"]);
+    let _ = cluster.kubectl(&["delete", "lease", "weir-operator", "-n", MESH_NAMESPACE]);
     clean_namespace(cluster, ns);
     result
 }

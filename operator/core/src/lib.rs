@@ -20,6 +20,7 @@ pub mod binding;
 pub mod bootstrap;
 pub mod identity;
 pub mod index;
+pub mod mesh;
 pub mod policy;
 pub mod protocol;
 pub mod resources;

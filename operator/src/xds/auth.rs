@@ -20,11 +20,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tonic::Status;
+use weir_core::mesh::TOKEN_AUDIENCE;
 
 use crate::mesh_state::MeshState;
 
-/// The audience a proxy's token is made for.
-pub const AUDIENCE: &str = "weir";
 /// Reviews are cached at most this long (a token that expires earlier, until it does).
 const CACHE_FOR: Duration = Duration::from_secs(300);
 
@@ -181,7 +180,7 @@ impl TokenReviewer {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
-                audiences: Some(vec![AUDIENCE.to_string()]),
+                audiences: Some(vec![TOKEN_AUDIENCE.to_string()]),
             },
             ..Default::default()
         };

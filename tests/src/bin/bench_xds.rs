@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use weir_core::mesh::OUTBOUND_CAPTURE_PORT;
 use weir_core::ResourceType;
 use weir_tests::*;
 
@@ -133,7 +134,7 @@ async fn delta_client(i: usize, channel: tonic::transport::Channel, shared: &Sha
     first.node = Some(xds_client::explicit_node(
         "default",
         &format!("bench-{i}"),
-        15001,
+        OUTBOUND_CAPTURE_PORT,
     ));
     tx.send(first).await?;
     tx.send(req(ResourceType::Listener, vec![], String::new()))
@@ -196,7 +197,7 @@ async fn sotw_client(i: usize, channel: tonic::transport::Channel, shared: &Shar
     first.node = Some(xds_client::explicit_node(
         "default",
         &format!("bench-{i}"),
-        15001,
+        OUTBOUND_CAPTURE_PORT,
     ));
     tx.send(first).await?;
     tx.send(req(
