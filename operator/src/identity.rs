@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 use weir_core::identity::{renewal_at, secrets, CertificateAuthority, IssuedCert, SpiffeId};
@@ -110,7 +110,7 @@ impl Authority {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// The trust domain and certificate lifetime; a new trust domain re-issues everything.

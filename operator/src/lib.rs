@@ -16,6 +16,7 @@ pub mod k8s;
 pub mod local;
 pub mod mesh_state;
 pub mod metrics;
+pub mod sync;
 pub mod xds;
 
 use std::net::SocketAddr;
