@@ -16,7 +16,7 @@ use weir_core::Capture;
 use weir_operator::k8s::leader::LeaseSettings;
 use weir_operator::k8s::KubeOptions;
 use weir_operator::xds::conn::XdsLimits;
-use weir_operator::{ControlPlane, Options, Source};
+use weir_operator::{ControlPlane, Options, Source, ALLOCATOR_ENV};
 
 // glibc malloc spends much of a full translation consolidating chunks; mimalloc halves it.
 #[cfg(not(feature = "dhat-heap"))]
@@ -200,8 +200,39 @@ enum CaptureArg {
     Transparent,
 }
 
+fn main() -> Result<()> {
+    with_allocator_env();
+    run()
+}
+
+/// Re-executes this binary, same arguments and environment, with the settings of
+/// [`ALLOCATOR_ENV`] it lacks: mimalloc reads them only at process start, and the operator
+/// should hold the same memory however it is started (`weir-operator local` from a shell,
+/// a benchmark, the Deployment). The new process has them all and goes on; so does this
+/// one when the exec fails. Runs before any thread is started.
+fn with_allocator_env() {
+    use std::os::unix::process::CommandExt;
+    let missing: Vec<(&str, &str)> = ALLOCATOR_ENV
+        .into_iter()
+        .filter(|(name, _)| std::env::var_os(name).is_none())
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    let err = command.args(args).envs(missing).exec();
+    eprintln!("weir-operator: cannot re-execute with the allocator settings: {err}");
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run {

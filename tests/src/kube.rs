@@ -682,7 +682,6 @@ pub fn spawn_operator(
             &xds.to_string(),
         ])
         .env("KUBECONFIG", kubeconfig)
-        .envs(crate::weir_operator_allocator_env())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)

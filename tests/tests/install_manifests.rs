@@ -103,8 +103,9 @@ fn the_operator_install_is_consistent_and_hardened() -> Result<()> {
     let container = &pod["containers"][0];
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
-    // The allocator settings the memory benchmarks were measured with.
-    for (name, value) in weir_tests::weir_operator_allocator_env() {
+    // The allocator settings the binary gives itself: set here, the pod starts without
+    // re-executing it.
+    for (name, value) in weir_operator::ALLOCATOR_ENV {
         assert!(
             container["env"]
                 .as_array()

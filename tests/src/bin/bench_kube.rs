@@ -151,7 +151,6 @@ async fn main() -> Result<()> {
             &admin,
         ])
         .env("RUST_LOG", "warn")
-        .envs(weir_operator_allocator_env())
         .kill_on_drop(true)
         .spawn()
         .context("starting weir-operator local")?;

@@ -406,7 +406,8 @@ async fn main() -> Result<()> {
         format!("127.0.0.1:{}", free_port()).parse()?,
     );
     // The operator in its own process (the release binary, local mode), so that its memory
-    // and CPU are read apart from the clients'. The allocator settings are the Deployment's.
+    // and CPU are read apart from the clients'. Started as users start it: the binary sets
+    // its allocator settings itself.
     let mut operator = tokio::process::Command::new(workspace_binary("weir-operator")?)
         .args(["local", "--dir"])
         .arg(&dir)
@@ -417,7 +418,6 @@ async fn main() -> Result<()> {
             &admin.to_string(),
         ])
         .env("RUST_LOG", "warn")
-        .envs(weir_operator_allocator_env())
         .kill_on_drop(true)
         .spawn()
         .context("starting weir-operator")?;
