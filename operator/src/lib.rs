@@ -7,8 +7,6 @@
 //!                                            admin (HTTP) reads the MeshState
 //! k8s::leader (Lease) --> k8s::status writes policy conditions and MeshStatus (leader only)
 //! ```
-#![deny(warnings)]
-#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod identity;

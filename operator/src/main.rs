@@ -3,8 +3,6 @@
 //! - `run`: the operator in a cluster (or against the cluster in KUBECONFIG).
 //! - `local --dir DIR`: runs without a cluster, on a directory of YAML manifests.
 //! - `bootstrap ...`: prints an Envoy bootstrap for one workload.
-#![deny(warnings)]
-#![forbid(unsafe_code)]
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
