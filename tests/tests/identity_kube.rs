@@ -16,34 +16,17 @@
 use anyhow::{Context, Result};
 use base64::Engine;
 use serde_json::{json, Value};
-use std::sync::Once;
 use std::time::{Duration, SystemTime};
 use weir_core::identity::{CertInfo, CertificateAuthority};
 use weir_core::mesh::{
     CA_SECRET, INJECT_KEY, MESH_NAMESPACE, ROOT_CA_CONFIGMAP, ROOT_CERT_KEY, WEBHOOK_CONFIGURATION,
     WEBHOOK_TLS_SECRET,
 };
-use weir_e2e::Kubectl;
-use weir_operator::k8s::KubeOptions;
-use weir_operator::{ControlPlane, Options, Source};
-use weir_tests::kube::{can_run, client_from, Cluster};
+use weir_operator::{ControlPlane, Options};
+use weir_tests::kube::{
+    can_run, client_from, installed, loopback_options, operator_slot, start_operator_on, Cluster,
+};
 use weir_tests::xds_client;
-
-static OPERATORS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn installed() -> &'static Cluster {
-    static INSTALL: Once = Once::new();
-    let cluster = Cluster::shared();
-    INSTALL.call_once(|| {
-        let k = Kubectl {
-            program: cluster.bin.join("kubectl"),
-            kubeconfig: Some(cluster.admin.clone()),
-        };
-        weir_e2e::install_crds(&k).expect("kubectl apply -f crds/");
-        weir_e2e::install_config(&k).expect("kubectl apply -k config/");
-    });
-    cluster
-}
 
 /// The operator in this process as ServiceAccount weir-system/weir-operator: proxies
 /// authenticated, xDS over TLS for 127.0.0.1, the webhook's certificate managed, 1 s
@@ -52,24 +35,14 @@ async fn start_operator(cluster: &Cluster, identity: &str) -> Result<ControlPlan
     let token = cluster.token(MESH_NAMESPACE, "weir-operator", None)?;
     let kubeconfig =
         cluster.token_kubeconfig(&format!("{identity}-{}", std::process::id()), &token, None)?;
-    let options = KubeOptions {
-        client: client_from(&kubeconfig).await?,
-        lease: weir_tests::kube::test_lease(identity),
-    };
-    let any = "127.0.0.1:0".parse()?;
     let plane_options = Options {
         xds_names: vec!["127.0.0.1".into()],
         authenticate: true,
         manage_webhook_cert: true,
         rotation_grace: Duration::from_secs(1),
-        ..Options::new(any, any)
+        ..loopback_options()
     };
-    Ok(ControlPlane::start(Source::Kube(options), plane_options).await?)
-}
-
-fn apply(cluster: &Cluster, object: &Value) -> Result<()> {
-    cluster.kubectl_stdin(&["apply", "-f", "-"], &object.to_string())?;
-    Ok(())
+    start_operator_on(client_from(&kubeconfig).await?, identity, plane_options).await
 }
 
 /// A key of a Secret or ConfigMap, decoded.
@@ -124,7 +97,7 @@ async fn the_mesh_ca_is_created_once_shared_published_and_replaced() -> Result<(
         return Ok(());
     }
     let cluster = installed();
-    let _slot = OPERATORS.lock().await;
+    let _slot = operator_slot().await;
     let _ = cluster.kubectl(&[
         "delete",
         "secret",
@@ -176,9 +149,7 @@ async fn the_mesh_ca_is_created_once_shared_published_and_replaced() -> Result<(
 
         // Its root reaches meshed namespaces, the webhook's caBundle, and the webhook gets a
         // serving certificate from it.
-        apply(
-            cluster,
-            &json!({"apiVersion": "v1", "kind": "Namespace",
+        cluster.apply(&json!({"apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": "ca-meshed", "labels": {INJECT_KEY: "enabled"}}}),
         )?;
         poll(cluster, "weir-root-ca in the meshed namespace", || {
@@ -220,9 +191,7 @@ async fn the_mesh_ca_is_created_once_shared_published_and_replaced() -> Result<(
         // rotation: the new root reaches the namespaces, and the new CA issues.
         let provided = CertificateAuthority::generate("cluster.local", SystemTime::now())?;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        apply(
-            cluster,
-            &json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        cluster.apply(&json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                 "metadata": {"name": "mesh-ca", "namespace": MESH_NAMESPACE},
                 "data": {"tls.crt": b64(&provided.cert_pem), "tls.key": b64(provided.key().pem()),
                     "ca.crt": b64(&provided.roots_pem)}}),
@@ -231,7 +200,7 @@ async fn the_mesh_ca_is_created_once_shared_published_and_replaced() -> Result<(
             json!({"apiVersion": "weir.dev/v1alpha1", "kind": "MeshIdentity", "metadata": {"name": "mesh"},
                 "spec": {"ca": {"type": "Provided", "secretRef": {"name": secret, "namespace": MESH_NAMESPACE}}}})
         };
-        apply(cluster, &mesh_identity("mesh-ca"))?;
+        cluster.apply(&mesh_identity("mesh-ca"))?;
         poll(cluster, "the Provided CA issuing", || {
             (issuing(&c).as_deref() == Some(&provided.cert_pem)).then_some(())
         })
@@ -245,7 +214,7 @@ async fn the_mesh_ca_is_created_once_shared_published_and_replaced() -> Result<(
         .await?;
 
         // A Provided Secret that does not exist: reported, and the CA in force keeps issuing.
-        apply(cluster, &mesh_identity("absent-ca"))?;
+        cluster.apply(&mesh_identity("absent-ca"))?;
         let problem = poll(cluster, "CAReady=False", || {
             ca_ready(cluster).filter(|c| c["status"] == "False")
         })
@@ -318,14 +287,12 @@ async fn proxies_prove_their_pod_with_a_token_and_everything_else_is_refused() -
         return Ok(());
     }
     let cluster = installed();
-    let _slot = OPERATORS.lock().await;
+    let _slot = operator_slot().await;
     let ns = "authn";
     let _ = cluster.kubectl(&["create", "namespace", ns]);
     let _ = cluster.kubectl(&["create", "serviceaccount", "web", "-n", ns]);
     for pod in ["web-1", "web-2", "web-3"] {
-        apply(
-            cluster,
-            &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": ns},
+        cluster.apply(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": ns},
                 "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "shop/web:1"}]}}),
         )?;
     }
