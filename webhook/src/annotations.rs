@@ -8,24 +8,10 @@ use crate::capture::{parse_cidrs, parse_ports, Cidr};
 
 use weir_core::mesh::{
     CONCURRENCY_ANNOTATION, EXCLUDE_INBOUND_PORTS_ANNOTATION, EXCLUDE_OUTBOUND_CIDRS_ANNOTATION,
-    EXCLUDE_OUTBOUND_PORTS_ANNOTATION, INJECTED_ANNOTATION, INJECT_KEY, KEY_PREFIX,
-    LOG_LEVEL_ANNOTATION, PROXY_CPU_ANNOTATION, PROXY_CPU_LIMIT_ANNOTATION,
+    EXCLUDE_OUTBOUND_PORTS_ANNOTATION, INJECTED_ANNOTATION, INJECTOR_ANNOTATIONS, INJECT_KEY,
+    KEY_PREFIX, LOG_LEVEL_ANNOTATION, PROXY_CPU_ANNOTATION, PROXY_CPU_LIMIT_ANNOTATION,
     PROXY_MEMORY_ANNOTATION, PROXY_MEMORY_LIMIT_ANNOTATION,
 };
-
-const KNOWN: [&str; 11] = [
-    INJECT_KEY,
-    INJECTED_ANNOTATION,
-    PROXY_CPU_ANNOTATION,
-    PROXY_MEMORY_ANNOTATION,
-    PROXY_CPU_LIMIT_ANNOTATION,
-    PROXY_MEMORY_LIMIT_ANNOTATION,
-    LOG_LEVEL_ANNOTATION,
-    CONCURRENCY_ANNOTATION,
-    EXCLUDE_INBOUND_PORTS_ANNOTATION,
-    EXCLUDE_OUTBOUND_PORTS_ANNOTATION,
-    EXCLUDE_OUTBOUND_CIDRS_ANNOTATION,
-];
 
 const LOG_LEVELS: [&str; 7] = [
     "trace", "debug", "info", "warning", "error", "critical", "off",
@@ -137,7 +123,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Overrides, Vec<String>)
             },
             _ => warnings.push(format!(
                 "annotation {key} is not a Weir annotation and is ignored (known: {})",
-                KNOWN.join(", ")
+                INJECTOR_ANNOTATIONS.join(", ")
             )),
         }
     }

@@ -64,6 +64,20 @@ pub const EXCLUDE_INBOUND_PORTS_ANNOTATION: &str = "weir.dev/exclude-inbound-por
 pub const EXCLUDE_OUTBOUND_PORTS_ANNOTATION: &str = "weir.dev/exclude-outbound-ports";
 /// Pod annotation: outbound destination CIDRs not captured.
 pub const EXCLUDE_OUTBOUND_CIDRS_ANNOTATION: &str = "weir.dev/exclude-outbound-cidrs";
+/// The pod annotations the injector reads or writes.
+pub const INJECTOR_ANNOTATIONS: [&str; 11] = [
+    INJECT_KEY,
+    INJECTED_ANNOTATION,
+    PROXY_CPU_ANNOTATION,
+    PROXY_MEMORY_ANNOTATION,
+    PROXY_CPU_LIMIT_ANNOTATION,
+    PROXY_MEMORY_LIMIT_ANNOTATION,
+    LOG_LEVEL_ANNOTATION,
+    CONCURRENCY_ANNOTATION,
+    EXCLUDE_INBOUND_PORTS_ANNOTATION,
+    EXCLUDE_OUTBOUND_PORTS_ANNOTATION,
+    EXCLUDE_OUTBOUND_CIDRS_ANNOTATION,
+];
 
 // Install: namespaces and the objects the operator keeps.
 
@@ -166,20 +180,7 @@ mod tests {
 
     #[test]
     fn keys_have_the_prefix() {
-        for key in [
-            INJECT_KEY,
-            INJECTED_ANNOTATION,
-            MTLS_MODE_KEY,
-            PROXY_CPU_ANNOTATION,
-            PROXY_MEMORY_ANNOTATION,
-            PROXY_CPU_LIMIT_ANNOTATION,
-            PROXY_MEMORY_LIMIT_ANNOTATION,
-            LOG_LEVEL_ANNOTATION,
-            CONCURRENCY_ANNOTATION,
-            EXCLUDE_INBOUND_PORTS_ANNOTATION,
-            EXCLUDE_OUTBOUND_PORTS_ANNOTATION,
-            EXCLUDE_OUTBOUND_CIDRS_ANNOTATION,
-        ] {
+        for key in INJECTOR_ANNOTATIONS.into_iter().chain([MTLS_MODE_KEY]) {
             assert!(key.starts_with(KEY_PREFIX), "{key}");
         }
     }
