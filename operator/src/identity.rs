@@ -495,15 +495,17 @@ mod tests {
             rx.borrow().resources.is_empty(),
             "no CA yet: nothing to serve"
         );
-        authority
-            .set_ca(CertificateAuthority::generate("cluster.local", SystemTime::now()).unwrap());
+        authority.set_ca(
+            CertificateAuthority::generate(mesh::DEFAULT_TRUST_DOMAIN, SystemTime::now()).unwrap(),
+        );
         let first = rx.borrow_and_update().clone();
         let info = CertInfo::parse(&cert_of(&first)).unwrap();
         assert_eq!(info.uris, ["spiffe://cluster.local/ns/shop/sa/cart"]);
         assert_eq!(bundle_of(&first), 1);
 
-        authority
-            .set_ca(CertificateAuthority::generate("cluster.local", SystemTime::now()).unwrap());
+        authority.set_ca(
+            CertificateAuthority::generate(mesh::DEFAULT_TRUST_DOMAIN, SystemTime::now()).unwrap(),
+        );
         let propagating = rx.borrow_and_update().clone();
         assert_eq!(
             bundle_of(&propagating),
@@ -539,9 +541,10 @@ mod tests {
     #[tokio::test]
     async fn renewal_is_due_around_half_life_and_unwatched_workloads_are_forgotten() {
         let authority = Authority::new(Arc::new(Metrics::new()), ROTATION_GRACE);
-        authority.set_config("cluster.local", Duration::from_secs(100));
-        authority
-            .set_ca(CertificateAuthority::generate("cluster.local", SystemTime::now()).unwrap());
+        authority.set_config(mesh::DEFAULT_TRUST_DOMAIN, Duration::from_secs(100));
+        authority.set_ca(
+            CertificateAuthority::generate(mesh::DEFAULT_TRUST_DOMAIN, SystemTime::now()).unwrap(),
+        );
         let rx = authority.subscribe("shop", "cart");
         let next = authority.tick(SystemTime::now()).unwrap();
         let in_secs = next

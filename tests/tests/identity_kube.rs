@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
 use weir_core::identity::{CertInfo, CertificateAuthority};
 use weir_core::mesh::{
-    CA_SECRET, INJECT_KEY, MESH_NAMESPACE, ROOT_CA_CONFIGMAP, ROOT_CERT_KEY, WEBHOOK_CONFIGURATION,
-    WEBHOOK_TLS_SECRET,
+    CA_SECRET, DEFAULT_TRUST_DOMAIN, INJECT_KEY, MESH_NAMESPACE, ROOT_CA_CONFIGMAP, ROOT_CERT_KEY,
+    WEBHOOK_CONFIGURATION, WEBHOOK_TLS_SECRET,
 };
 use weir_operator::{ControlPlane, Options};
 use weir_tests::kube::{
@@ -189,7 +189,7 @@ async fn the_mesh_ca_is_created_once_shared_published_and_replaced() -> Result<(
 
         // A Provided CA (cert-manager's shape, in the Secret the Role names) takes over by
         // rotation: the new root reaches the namespaces, and the new CA issues.
-        let provided = CertificateAuthority::generate("cluster.local", SystemTime::now())?;
+        let provided = CertificateAuthority::generate(DEFAULT_TRUST_DOMAIN, SystemTime::now())?;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         cluster.apply(&json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                 "metadata": {"name": "mesh-ca", "namespace": MESH_NAMESPACE},
