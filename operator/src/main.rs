@@ -41,10 +41,10 @@ enum Command {
     /// Run the operator against the Kubernetes API (in-cluster config, or KUBECONFIG).
     Run {
         /// Address for ADS (gRPC).
-        #[arg(long, default_value = "0.0.0.0:15010", env = "WEIR_XDS_ADDR")]
+        #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], mesh::XDS_PORT)), env = "WEIR_XDS_ADDR")]
         xds_addr: SocketAddr,
         /// Address for the admin HTTP server (probes, metrics, status).
-        #[arg(long, default_value = "0.0.0.0:15090", env = "WEIR_ADMIN_ADDR")]
+        #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], mesh::OPERATOR_ADMIN_PORT)), env = "WEIR_ADMIN_ADDR")]
         admin_addr: SocketAddr,
         /// Namespace of the leader Lease (the operator's own namespace).
         #[arg(long, env = "POD_NAMESPACE", default_value = mesh::MESH_NAMESPACE)]
@@ -90,10 +90,10 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
         /// Address for ADS (gRPC).
-        #[arg(long, default_value = "127.0.0.1:15010", env = "WEIR_XDS_ADDR")]
+        #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], mesh::XDS_PORT)), env = "WEIR_XDS_ADDR")]
         xds_addr: SocketAddr,
         /// Address for the admin HTTP server.
-        #[arg(long, default_value = "127.0.0.1:15090", env = "WEIR_ADMIN_ADDR")]
+        #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], mesh::OPERATOR_ADMIN_PORT)), env = "WEIR_ADMIN_ADDR")]
         admin_addr: SocketAddr,
         /// Serve xDS over TLS, with a certificate from the mesh CA for this name (repeat
         /// for several; DNS names or IP addresses). Plaintext when not given.
@@ -122,7 +122,7 @@ enum Command {
         #[arg(long)]
         pod: String,
         /// The operator's xDS address, host:port.
-        #[arg(long, default_value = "127.0.0.1:15010")]
+        #[arg(long, default_value_t = format!("127.0.0.1:{}", mesh::XDS_PORT))]
         xds_addr: String,
         /// ADS variant.
         #[arg(long, value_enum, default_value_t = Protocol::Delta)]

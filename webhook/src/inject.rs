@@ -26,7 +26,7 @@ use weir_core::bootstrap::{
 use weir_core::mesh::{
     ENVOY_ADMIN_PORT, EXCLUDE_INBOUND_PORTS_ANNOTATION, GRPC_PROBE_PORTS, INJECTED_ANNOTATION,
     INJECT_KEY, MESH_NAMESPACE, PROBE_PORT, PROMETHEUS_PORT, PROXY_READY_PATH, PROXY_UID,
-    ROOT_CA_CONFIGMAP, ROOT_CERT_KEY, TOKEN_AUDIENCE,
+    ROOT_CA_CONFIGMAP, ROOT_CERT_KEY, TOKEN_AUDIENCE, XDS_PORT,
 };
 use weir_core::Capture;
 
@@ -84,7 +84,7 @@ impl Default for MeshConfig {
         MeshConfig {
             proxy_image: "envoyproxy/envoy:v1.40.0".into(),
             init_image: format!("ghcr.io/weir-mesh/weir-init:{}", env!("CARGO_PKG_VERSION")),
-            xds_address: "weir.weir-system.svc:15010".into(),
+            xds_address: format!("weir.{MESH_NAMESPACE}.svc:{XDS_PORT}"),
             native_sidecars: true,
             cpu: "100m".into(),
             memory: "128Mi".into(),

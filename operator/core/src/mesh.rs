@@ -35,6 +35,14 @@ pub const PROXY_READY_PATH: &str = "/healthz/ready";
 /// Envoy's uid and gid in the sidecar: its own traffic is never captured (it would loop).
 pub const PROXY_UID: u32 = 1337;
 
+// The control plane's ports.
+
+/// The operator's xDS (ADS over gRPC) port.
+pub const XDS_PORT: u16 = 15010;
+/// The operator's admin HTTP port (probes, metrics, status). The same number as the
+/// sidecar's [`PROMETHEUS_PORT`], on another process.
+pub const OPERATOR_ADMIN_PORT: u16 = 15090;
+
 // Labels and annotations.
 
 /// Prefix of every Weir label and annotation key.
