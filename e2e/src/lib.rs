@@ -12,8 +12,6 @@
 //! meshstatus_columns  kubectl get meshstatus: the `mesh` row with its columns and counts
 //! cleanup             samples, config/, crds/ (always)
 //! ```
-#![deny(warnings)]
-#![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;

@@ -10,10 +10,9 @@
 //!
 //! The operator image must be reachable by the cluster: `make e2e` builds it and loads it
 //! into kind when the cluster is a kind cluster.
-#![deny(warnings)]
-#![forbid(unsafe_code)]
 
 use anyhow::{bail, Result};
+use weir_core::mesh::MESH_NAMESPACE;
 use weir_e2e::*;
 
 fn run(k: &Kubectl) -> Result<()> {
@@ -23,14 +22,14 @@ fn run(k: &Kubectl) -> Result<()> {
     install_config(k)?;
     k.run(&[
         "-n",
-        "weir-system",
+        MESH_NAMESPACE,
         "rollout",
         "status",
         "deployment/weir-operator",
         "--timeout=180s",
     ])?;
     let holder = eventually("a leader", || {
-        let lease = k.json(&["-n", "weir-system", "get", "lease", "weir-operator"])?;
+        let lease = k.json(&["-n", MESH_NAMESPACE, "get", "lease", "weir-operator"])?;
         Ok(lease["spec"]["holderIdentity"]
             .as_str()
             .filter(|h| !h.is_empty())
@@ -38,7 +37,7 @@ fn run(k: &Kubectl) -> Result<()> {
     })?;
     let pods = k.run(&[
         "-n",
-        "weir-system",
+        MESH_NAMESPACE,
         "get",
         "pods",
         "-l",
@@ -64,7 +63,7 @@ fn main() {
         eprintln!("FAILED: {err:#}");
         if let Ok(logs) = k.run(&[
             "-n",
-            "weir-system",
+            MESH_NAMESPACE,
             "logs",
             "deployment/weir-operator",
             "--tail=50",

@@ -20,10 +20,11 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 use weir_core::identity::{renewal_at, secrets, CertificateAuthority, IssuedCert, SpiffeId};
+use weir_core::mesh;
 use weir_core::snapshot::{ResourceMap, TypeSnapshot};
 use weir_core::status::CaProblem;
 
@@ -97,8 +98,8 @@ impl Authority {
                 rotation: None,
                 problem: None,
                 links: Vec::new(),
-                trust_domain: "cluster.local".into(),
-                ttl: Duration::from_secs(24 * 3600),
+                trust_domain: mesh::DEFAULT_TRUST_DOMAIN.into(),
+                ttl: mesh::DEFAULT_WORKLOAD_CERT_TTL,
                 workloads: HashMap::new(),
             }),
             metrics,
@@ -109,7 +110,7 @@ impl Authority {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// The trust domain and certificate lifetime; a new trust domain re-issues everything.
@@ -494,15 +495,17 @@ mod tests {
             rx.borrow().resources.is_empty(),
             "no CA yet: nothing to serve"
         );
-        authority
-            .set_ca(CertificateAuthority::generate("cluster.local", SystemTime::now()).unwrap());
+        authority.set_ca(
+            CertificateAuthority::generate(mesh::DEFAULT_TRUST_DOMAIN, SystemTime::now()).unwrap(),
+        );
         let first = rx.borrow_and_update().clone();
         let info = CertInfo::parse(&cert_of(&first)).unwrap();
         assert_eq!(info.uris, ["spiffe://cluster.local/ns/shop/sa/cart"]);
         assert_eq!(bundle_of(&first), 1);
 
-        authority
-            .set_ca(CertificateAuthority::generate("cluster.local", SystemTime::now()).unwrap());
+        authority.set_ca(
+            CertificateAuthority::generate(mesh::DEFAULT_TRUST_DOMAIN, SystemTime::now()).unwrap(),
+        );
         let propagating = rx.borrow_and_update().clone();
         assert_eq!(
             bundle_of(&propagating),
@@ -538,9 +541,10 @@ mod tests {
     #[tokio::test]
     async fn renewal_is_due_around_half_life_and_unwatched_workloads_are_forgotten() {
         let authority = Authority::new(Arc::new(Metrics::new()), ROTATION_GRACE);
-        authority.set_config("cluster.local", Duration::from_secs(100));
-        authority
-            .set_ca(CertificateAuthority::generate("cluster.local", SystemTime::now()).unwrap());
+        authority.set_config(mesh::DEFAULT_TRUST_DOMAIN, Duration::from_secs(100));
+        authority.set_ca(
+            CertificateAuthority::generate(mesh::DEFAULT_TRUST_DOMAIN, SystemTime::now()).unwrap(),
+        );
         let rx = authority.subscribe("shop", "cart");
         let next = authority.tick(SystemTime::now()).unwrap();
         let in_secs = next

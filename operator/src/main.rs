@@ -3,19 +3,18 @@
 //! - `run`: the operator in a cluster (or against the cluster in KUBECONFIG).
 //! - `local --dir DIR`: runs without a cluster, on a directory of YAML manifests.
 //! - `bootstrap ...`: prints an Envoy bootstrap for one workload.
-#![deny(warnings)]
-#![forbid(unsafe_code)]
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use weir_core::bootstrap::{bootstrap_yaml, BootstrapParams, ProxyMeta, XdsProtocol, XdsTlsFiles};
+use weir_core::mesh;
 use weir_core::Capture;
 use weir_operator::k8s::leader::LeaseSettings;
 use weir_operator::k8s::KubeOptions;
 use weir_operator::xds::conn::XdsLimits;
-use weir_operator::{ControlPlane, Options, Source};
+use weir_operator::{ControlPlane, Options, Source, ALLOCATOR_ENV};
 
 // glibc malloc spends much of a full translation consolidating chunks; mimalloc halves it.
 #[cfg(not(feature = "dhat-heap"))]
@@ -42,13 +41,13 @@ enum Command {
     /// Run the operator against the Kubernetes API (in-cluster config, or KUBECONFIG).
     Run {
         /// Address for ADS (gRPC).
-        #[arg(long, default_value = "0.0.0.0:15010", env = "WEIR_XDS_ADDR")]
+        #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], mesh::XDS_PORT)), env = "WEIR_XDS_ADDR")]
         xds_addr: SocketAddr,
         /// Address for the admin HTTP server (probes, metrics, status).
-        #[arg(long, default_value = "0.0.0.0:15090", env = "WEIR_ADMIN_ADDR")]
+        #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], mesh::OPERATOR_ADMIN_PORT)), env = "WEIR_ADMIN_ADDR")]
         admin_addr: SocketAddr,
         /// Namespace of the leader Lease (the operator's own namespace).
-        #[arg(long, env = "POD_NAMESPACE", default_value = "weir-system")]
+        #[arg(long, env = "POD_NAMESPACE", default_value = mesh::MESH_NAMESPACE)]
         namespace: String,
         /// This replica's identity in the Lease (its pod name).
         #[arg(long, env = "POD_NAME")]
@@ -91,10 +90,10 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
         /// Address for ADS (gRPC).
-        #[arg(long, default_value = "127.0.0.1:15010", env = "WEIR_XDS_ADDR")]
+        #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], mesh::XDS_PORT)), env = "WEIR_XDS_ADDR")]
         xds_addr: SocketAddr,
         /// Address for the admin HTTP server.
-        #[arg(long, default_value = "127.0.0.1:15090", env = "WEIR_ADMIN_ADDR")]
+        #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], mesh::OPERATOR_ADMIN_PORT)), env = "WEIR_ADMIN_ADDR")]
         admin_addr: SocketAddr,
         /// Serve xDS over TLS, with a certificate from the mesh CA for this name (repeat
         /// for several; DNS names or IP addresses). Plaintext when not given.
@@ -123,7 +122,7 @@ enum Command {
         #[arg(long)]
         pod: String,
         /// The operator's xDS address, host:port.
-        #[arg(long, default_value = "127.0.0.1:15010")]
+        #[arg(long, default_value_t = format!("127.0.0.1:{}", mesh::XDS_PORT))]
         xds_addr: String,
         /// ADS variant.
         #[arg(long, value_enum, default_value_t = Protocol::Delta)]
@@ -132,10 +131,10 @@ enum Command {
         #[arg(long, value_enum, default_value_t = CaptureArg::Explicit)]
         capture: CaptureArg,
         /// Outbound listener port in explicit mode.
-        #[arg(long, default_value_t = 15001)]
+        #[arg(long, default_value_t = mesh::OUTBOUND_CAPTURE_PORT)]
         outbound_port: u16,
         /// Envoy admin port (bound to 127.0.0.1).
-        #[arg(long, default_value_t = 15000)]
+        #[arg(long, default_value_t = mesh::ENVOY_ADMIN_PORT)]
         admin_port: u16,
         /// The workload's service account (used when the operator does not authenticate
         /// proxies; an authenticated proxy's comes from its token).
@@ -199,8 +198,39 @@ enum CaptureArg {
     Transparent,
 }
 
+fn main() -> Result<()> {
+    with_allocator_env();
+    run()
+}
+
+/// Re-executes this binary, same arguments and environment, with the settings of
+/// [`ALLOCATOR_ENV`] it lacks: mimalloc reads them only at process start, and the operator
+/// should hold the same memory however it is started (`weir-operator local` from a shell,
+/// a benchmark, the Deployment). The new process has them all and goes on; so does this
+/// one when the exec fails. Runs before any thread is started.
+fn with_allocator_env() {
+    use std::os::unix::process::CommandExt;
+    let missing: Vec<(&str, &str)> = ALLOCATOR_ENV
+        .into_iter()
+        .filter(|(name, _)| std::env::var_os(name).is_none())
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(exe);
+    if let Some(arg0) = args.next() {
+        command.arg0(arg0);
+    }
+    let err = command.args(args).envs(missing).exec();
+    eprintln!("weir-operator: cannot re-execute with the allocator settings: {err}");
+}
+
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn run() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run {

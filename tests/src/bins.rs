@@ -65,15 +65,6 @@ pub fn free_port() -> u16 {
         .expect("no free port")
 }
 
-/// The allocator settings config/operator/deployment.yaml gives the operator (checked by
-/// install_manifests.rs), for benchmarks that run it as its own process.
-pub fn weir_operator_allocator_env() -> [(&'static str, &'static str); 2] {
-    [
-        ("MIMALLOC_PURGE_DELAY", "0"),
-        ("MIMALLOC_ARENA_EAGER_COMMIT", "0"),
-    ]
-}
-
 /// Appends benchmark figures (JSON objects: run, measure, goal, figure, unit) to
 /// `target/bench/results.jsonl`, which `weir-bench-report` turns into the table and plots.
 pub fn append_results(lines: &[serde_json::Value]) -> anyhow::Result<()> {

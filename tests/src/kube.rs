@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use weir_core::mesh::MESH_NAMESPACE;
 
 use crate::{free_port, scratch_dir, workspace_root};
 
@@ -461,6 +462,20 @@ impl Cluster {
         Ok(serde_json::from_str(&self.kubectl(&all)?)?)
     }
 
+    /// `kubectl apply` of one object.
+    pub fn apply(&self, object: &serde_json::Value) -> Result<()> {
+        self.kubectl_stdin(&["apply", "-f", "-"], &object.to_string())?;
+        Ok(())
+    }
+
+    /// The e2e scenarios' kubectl, as the cluster's admin.
+    pub fn kubectl_client(&self) -> weir_e2e::Kubectl {
+        weir_e2e::Kubectl {
+            program: self.bin.join("kubectl"),
+            kubeconfig: Some(self.admin.clone()),
+        }
+    }
+
     /// A token for a ServiceAccount from the TokenRequest API.
     pub fn token(
         &self,
@@ -633,13 +648,52 @@ fn ecdsa_der_to_raw(der: &[u8]) -> Result<Vec<u8>> {
     Ok(raw)
 }
 
+/// One operator in this process at a time (they share the Lease and write the same
+/// statuses); held across awaits.
+pub async fn operator_slot() -> tokio::sync::MutexGuard<'static, ()> {
+    static OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    OPERATOR.lock().await
+}
+
+/// The shared cluster with the CRDs and config/ installed (once per test binary).
+pub fn installed() -> &'static Cluster {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    let cluster = Cluster::shared();
+    INSTALL.call_once(|| {
+        let k = cluster.kubectl_client();
+        weir_e2e::install_crds(&k).expect("kubectl apply -f crds/");
+        weir_e2e::install_config(&k).expect("kubectl apply -k config/");
+    });
+    cluster
+}
+
+/// A control plane in this process on the Kubernetes API of `client`, with [`test_lease`]
+/// leases as `identity`.
+pub async fn start_operator_on(
+    client: kube::Client,
+    identity: &str,
+    options: weir_operator::Options,
+) -> Result<weir_operator::ControlPlane> {
+    let source = weir_operator::Source::Kube(weir_operator::k8s::KubeOptions {
+        client,
+        lease: test_lease(identity),
+    });
+    Ok(weir_operator::ControlPlane::start(source, options).await?)
+}
+
+/// Options with both addresses on 127.0.0.1, ports chosen by the system.
+pub fn loopback_options() -> weir_operator::Options {
+    let any = "127.0.0.1:0".parse().expect("an address");
+    weir_operator::Options::new(any, any)
+}
+
 /// Lease settings for tests: 2 s leases, so takeovers happen within the test's patience.
 pub fn test_lease(identity: &str) -> weir_operator::k8s::leader::LeaseSettings {
     weir_operator::k8s::leader::LeaseSettings {
         lease_duration: Duration::from_secs(2),
         renew_deadline: Duration::from_millis(1500),
         retry_period: Duration::from_millis(200),
-        ..weir_operator::k8s::leader::LeaseSettings::new("weir-system", identity)
+        ..weir_operator::k8s::leader::LeaseSettings::new(MESH_NAMESPACE, identity)
     }
 }
 
@@ -665,7 +719,7 @@ pub fn spawn_operator(
     let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
     let log = std::fs::File::create(log_dir.join(format!("operator-{identity}.log")))?;
     let child = tokio::process::Command::new(bin)
-        .args(["run", "--namespace", "weir-system", "--identity", identity])
+        .args(["run", "--namespace", MESH_NAMESPACE, "--identity", identity])
         .args([
             "--lease-duration",
             "2s",
@@ -681,7 +735,6 @@ pub fn spawn_operator(
             &xds.to_string(),
         ])
         .env("KUBECONFIG", kubeconfig)
-        .envs(crate::weir_operator_allocator_env())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)

@@ -12,8 +12,6 @@
 //!   faults a real one cannot produce;
 //! - [`kube`]: a real API server and its helpers; [`xds_client`]: a raw ADS client over TLS,
 //!   for credentials Envoy cannot be made to send.
-#![deny(warnings)]
-#![forbid(unsafe_code)]
 
 pub mod apps;
 pub mod backend;

@@ -147,6 +147,24 @@ pub fn split_policy_yaml(name: &str, service: &str, split: &[(&str, u32)]) -> St
     to_yaml(&[mk_policy("default", name, mk_policy_spec(service, split))])
 }
 
+/// A [`http_service`] as JSON, for an API server.
+pub fn service_json(ns: &str, name: &str, cluster_ip: &str, port: u16) -> serde_json::Value {
+    to_json(&http_service(ns, name, cluster_ip, port))
+}
+
+/// A TrafficPolicy as JSON; `spec` is JSON so that tests can also write what the typed spec
+/// cannot hold.
+pub fn policy_json(ns: &str, name: &str, spec: serde_json::Value) -> serde_json::Value {
+    let mut policy = to_json(&mk_policy(ns, name, Default::default()));
+    policy["spec"] = spec;
+    policy
+}
+
+/// A 90/10 split of `target` between subsets v1 and v2, as JSON.
+pub fn split_spec_json(target: &str) -> serde_json::Value {
+    to_json(&mk_policy_spec(target, &[("v1", 90), ("v2", 10)]))
+}
+
 /// Writes `text` to `dir/name` atomically (write then rename), as editors and
 /// `kubectl`-style tools do, so the watcher never reads half a file.
 pub fn write_file(dir: &Path, name: &str, text: &str) -> Result<()> {

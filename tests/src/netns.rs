@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use weir_core::mesh::{ENVOY_ADMIN_PORT, PROBE_PORT, PROXY_READY_PATH, PROXY_UID, ROOT_CERT_KEY};
 
 /// The pod's address.
 pub const POD_IP: &str = "10.200.0.2";
@@ -432,7 +433,7 @@ impl Net {
         let (ca_mount, token_mount) = (mounts.join("ca"), mounts.join("tokens"));
         std::fs::create_dir_all(&ca_mount).expect("ca mount");
         std::fs::create_dir_all(&token_mount).expect("token mount");
-        std::fs::copy(ca_dir.join("ca.crt"), ca_mount.join("root-cert.pem")).expect("root");
+        std::fs::copy(ca_dir.join("ca.crt"), ca_mount.join(ROOT_CERT_KEY)).expect("root");
         std::fs::write(token_mount.join("token"), "local-mode-token").expect("token");
         let spec = injected.spec.expect("spec");
         let containers = spec.init_containers.unwrap_or_default();
@@ -459,11 +460,12 @@ impl Net {
         init_cmd.extend(init_args.iter().map(String::as_str));
         run(&init_cmd);
         let envoy = envoy.to_string_lossy().into_owned();
+        let proxy_gid = PROXY_UID.to_string();
         let log = mounts.join("envoy.log").to_string_lossy().into_owned();
         let mut envoy_cmd = vec![
             "setpriv",
             "--regid",
-            "1337",
+            proxy_gid.as_str(),
             "--clear-groups",
             envoy.as_str(),
         ];
@@ -471,8 +473,11 @@ impl Net {
         envoy_cmd.extend(["--log-path", log.as_str()]);
         self.spawn(side, &envoy_cmd);
         self.wait_for(&format!("{name}'s sidecar to be ready"), || {
-            self.get(side, "http://127.0.0.1:15021/healthz/ready")
-                .starts_with("200")
+            self.get(
+                side,
+                &format!("http://127.0.0.1:{PROBE_PORT}{PROXY_READY_PATH}"),
+            )
+            .starts_with("200")
         });
     }
 
@@ -510,7 +515,7 @@ impl Net {
         self.spawn(side, &full);
     }
 
-    /// The value of one Envoy stat in the pod (its admin port is 15000), 0 when absent.
+    /// The value of one Envoy stat in the pod (from its admin port), 0 when absent.
     pub fn envoy_stat(&self, name: &str) -> u64 {
         self.envoy_stat_in(Side::Pod, name)
     }
@@ -520,7 +525,7 @@ impl Net {
         let text = self.get(
             side,
             &format!(
-                "http://127.0.0.1:15000/stats?filter=^{}$",
+                "http://127.0.0.1:{ENVOY_ADMIN_PORT}/stats?filter=^{}$",
                 crate::envoy::regex_escape(name)
             ),
         );

@@ -7,6 +7,23 @@ use std::time::{Duration, Instant};
 /// How long any single wait may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// Waits until the condition `fetch` returns (a status condition as JSON, e.g. of a
+/// TrafficPolicy) has `status` and `reason`, within [`DEADLINE`]; returns its message.
+/// `what` names the condition, e.g. `shop/reviews Accepted`.
+pub async fn wait_condition(
+    what: &str,
+    status: &str,
+    reason: &str,
+    fetch: impl Fn() -> Option<serde_json::Value>,
+) -> Result<String> {
+    eventually(&format!("{what}={status} ({reason})"), DEADLINE, || async {
+        let c = fetch()?;
+        (c["status"] == status && c["reason"] == reason)
+            .then(|| c["message"].as_str().unwrap_or_default().to_string())
+    })
+    .await
+}
+
 /// Polls `check` until it returns `Some`, or fails after `within` with `what`.
 pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T>
 where

@@ -3,6 +3,7 @@
 //! network. Listeners on 15001 and 15006 stand in for Envoy: this proves the capture and its
 //! exclusions independently of Envoy (the sidecar test runs the real thing).
 
+use weir_core::mesh::{INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, PROBE_PORT, PROXY_UID};
 use weir_tests::netns::*;
 
 #[test]
@@ -17,9 +18,9 @@ fn weir_init_captures_outbound_and_inbound_tcp_except_what_it_must_not() {
     net.serve(Side::Peer, 7000, "direct-7000");
     net.serve(Side::Peer, 7001, "direct-7001");
     // The pod: stand-ins for Envoy's listeners, and a probe port.
-    net.serve(Side::Pod, 15001, "captured-outbound");
-    net.serve(Side::Pod, 15006, "captured-inbound");
-    net.serve(Side::Pod, 15021, "probe-port");
+    net.serve(Side::Pod, OUTBOUND_CAPTURE_PORT, "captured-outbound");
+    net.serve(Side::Pod, INBOUND_CAPTURE_PORT, "captured-inbound");
+    net.serve(Side::Pod, PROBE_PORT, "probe-port");
 
     // Before weir-init: nothing is captured.
     assert_eq!(net.ask(Side::Pod, None, PEER_IP, 7000), "direct-7000");
@@ -38,7 +39,9 @@ fn weir_init_captures_outbound_and_inbound_tcp_except_what_it_must_not() {
     ]);
     let rules = run(&["ip", "netns", "exec", &pod, "iptables-save", "-t", "nat"]);
     assert!(
-        rules.contains("-A WEIR_OUTPUT -m owner --uid-owner 1337 -j RETURN"),
+        rules.contains(&format!(
+            "-A WEIR_OUTPUT -m owner --uid-owner {PROXY_UID} -j RETURN"
+        )),
         "{rules}"
     );
 
@@ -49,12 +52,15 @@ fn weir_init_captures_outbound_and_inbound_tcp_except_what_it_must_not() {
         "captured-outbound"
     );
     // Envoy's own traffic (uid 1337) goes out as it is: no loop.
-    assert_eq!(net.ask(Side::Pod, Some(1337), PEER_IP, 7000), "direct-7000");
+    assert_eq!(
+        net.ask(Side::Pod, Some(PROXY_UID), PEER_IP, 7000),
+        "direct-7000"
+    );
     // An excluded outbound port goes out as it is.
     assert_eq!(net.ask(Side::Pod, None, PEER_IP, 7001), "direct-7001");
     // Inbound is captured, except the probe port.
     assert_eq!(net.ask(Side::Peer, None, POD_IP, 8080), "captured-inbound");
-    assert_eq!(net.ask(Side::Peer, None, POD_IP, 15021), "probe-port");
+    assert_eq!(net.ask(Side::Peer, None, POD_IP, PROBE_PORT), "probe-port");
 
     // A restarted pod runs weir-init again in the same namespace: no stacked jumps, and
     // capture still works.
@@ -81,5 +87,8 @@ fn weir_init_captures_outbound_and_inbound_tcp_except_what_it_must_not() {
         "{rules}"
     );
     assert_eq!(net.ask(Side::Pod, None, PEER_IP, 7000), "captured-outbound");
-    assert_eq!(net.ask(Side::Pod, Some(1337), PEER_IP, 7000), "direct-7000");
+    assert_eq!(
+        net.ask(Side::Pod, Some(PROXY_UID), PEER_IP, 7000),
+        "direct-7000"
+    );
 }

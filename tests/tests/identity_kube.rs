@@ -16,56 +16,33 @@
 use anyhow::{Context, Result};
 use base64::Engine;
 use serde_json::{json, Value};
-use std::sync::Once;
 use std::time::{Duration, SystemTime};
 use weir_core::identity::{CertInfo, CertificateAuthority};
-use weir_e2e::Kubectl;
-use weir_operator::k8s::KubeOptions;
-use weir_operator::{ControlPlane, Options, Source};
-use weir_tests::kube::{can_run, client_from, Cluster};
+use weir_core::mesh::{
+    CA_SECRET, DEFAULT_TRUST_DOMAIN, INJECT_KEY, MESH_NAMESPACE, ROOT_CA_CONFIGMAP, ROOT_CERT_KEY,
+    WEBHOOK_CONFIGURATION, WEBHOOK_TLS_SECRET,
+};
+use weir_operator::{ControlPlane, Options};
+use weir_tests::kube::{
+    can_run, client_from, installed, loopback_options, operator_slot, start_operator_on, Cluster,
+};
 use weir_tests::xds_client;
-
-static OPERATORS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn installed() -> &'static Cluster {
-    static INSTALL: Once = Once::new();
-    let cluster = Cluster::shared();
-    INSTALL.call_once(|| {
-        let k = Kubectl {
-            program: cluster.bin.join("kubectl"),
-            kubeconfig: Some(cluster.admin.clone()),
-        };
-        weir_e2e::install_crds(&k).expect("kubectl apply -f crds/");
-        weir_e2e::install_config(&k).expect("kubectl apply -k config/");
-    });
-    cluster
-}
 
 /// The operator in this process as ServiceAccount weir-system/weir-operator: proxies
 /// authenticated, xDS over TLS for 127.0.0.1, the webhook's certificate managed, 1 s
 /// rotation steps.
 async fn start_operator(cluster: &Cluster, identity: &str) -> Result<ControlPlane> {
-    let token = cluster.token("weir-system", "weir-operator", None)?;
+    let token = cluster.token(MESH_NAMESPACE, "weir-operator", None)?;
     let kubeconfig =
         cluster.token_kubeconfig(&format!("{identity}-{}", std::process::id()), &token, None)?;
-    let options = KubeOptions {
-        client: client_from(&kubeconfig).await?,
-        lease: weir_tests::kube::test_lease(identity),
-    };
-    let any = "127.0.0.1:0".parse()?;
     let plane_options = Options {
         xds_names: vec!["127.0.0.1".into()],
         authenticate: true,
         manage_webhook_cert: true,
         rotation_grace: Duration::from_secs(1),
-        ..Options::new(any, any)
+        ..loopback_options()
     };
-    Ok(ControlPlane::start(Source::Kube(options), plane_options).await?)
-}
-
-fn apply(cluster: &Cluster, object: &Value) -> Result<()> {
-    cluster.kubectl_stdin(&["apply", "-f", "-"], &object.to_string())?;
-    Ok(())
+    start_operator_on(client_from(&kubeconfig).await?, identity, plane_options).await
 }
 
 /// A key of a Secret or ConfigMap, decoded.
@@ -120,13 +97,13 @@ async fn the_mesh_ca_is_created_once_shared_published_and_replaced() -> Result<(
         return Ok(());
     }
     let cluster = installed();
-    let _slot = OPERATORS.lock().await;
+    let _slot = operator_slot().await;
     let _ = cluster.kubectl(&[
         "delete",
         "secret",
-        "weir-ca",
+        CA_SECRET,
         "-n",
-        "weir-system",
+        MESH_NAMESPACE,
         "--ignore-not-found",
     ]);
     let _ = cluster.kubectl(&["delete", "meshidentity", "mesh", "--ignore-not-found"]);
@@ -138,12 +115,12 @@ async fn the_mesh_ca_is_created_once_shared_published_and_replaced() -> Result<(
     );
     let (a, b) = (a?, b?);
     let secret_cert = poll(cluster, "the CA Secret", || {
-        data(cluster, "secret", "weir-system", "weir-ca", "tls.crt")
+        data(cluster, "secret", MESH_NAMESPACE, CA_SECRET, "tls.crt")
     })
     .await?;
-    let secret = cluster.kubectl_json(&["get", "secret", "weir-ca", "-n", "weir-system"])?;
+    let secret = cluster.kubectl_json(&["get", "secret", CA_SECRET, "-n", MESH_NAMESPACE])?;
     assert_eq!(secret["type"], "kubernetes.io/tls");
-    let root = data(cluster, "secret", "weir-system", "weir-ca", "ca.crt").context("ca.crt")?;
+    let root = data(cluster, "secret", MESH_NAMESPACE, CA_SECRET, "ca.crt").context("ca.crt")?;
     assert_eq!(root, secret_cert, "a generated CA is its own root");
     assert!(CertInfo::parse(&secret_cert).context("parses")?.is_ca);
     poll(
@@ -167,18 +144,16 @@ async fn the_mesh_ca_is_created_once_shared_published_and_replaced() -> Result<(
             (issuing(&c).as_deref() == Some(&secret_cert)).then_some(())
         })
         .await?;
-        let again = cluster.kubectl_json(&["get", "secret", "weir-ca", "-n", "weir-system"])?;
+        let again = cluster.kubectl_json(&["get", "secret", CA_SECRET, "-n", MESH_NAMESPACE])?;
         assert_eq!(again["metadata"]["uid"], uid, "created once, never replaced");
 
         // Its root reaches meshed namespaces, the webhook's caBundle, and the webhook gets a
         // serving certificate from it.
-        apply(
-            cluster,
-            &json!({"apiVersion": "v1", "kind": "Namespace",
-                "metadata": {"name": "ca-meshed", "labels": {"weir.dev/inject": "enabled"}}}),
+        cluster.apply(&json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "ca-meshed", "labels": {INJECT_KEY: "enabled"}}}),
         )?;
         poll(cluster, "weir-root-ca in the meshed namespace", || {
-            (data(cluster, "configmap", "ca-meshed", "weir-root-ca", "root-cert.pem")? == root)
+            (data(cluster, "configmap", "ca-meshed", ROOT_CA_CONFIGMAP, ROOT_CERT_KEY)? == root)
                 .then_some(())
         })
         .await?;
@@ -191,7 +166,7 @@ async fn the_mesh_ca_is_created_once_shared_published_and_replaced() -> Result<(
         ])?;
         poll(cluster, "the webhook's caBundle", || {
             let config =
-                cluster.kubectl_json(&["get", "mutatingwebhookconfiguration", "weir-sidecar-injector"]).ok()?;
+                cluster.kubectl_json(&["get", "mutatingwebhookconfiguration", WEBHOOK_CONFIGURATION]).ok()?;
             let hooks = config["webhooks"].as_array()?;
             hooks
                 .iter()
@@ -204,7 +179,7 @@ async fn the_mesh_ca_is_created_once_shared_published_and_replaced() -> Result<(
         })
         .await?;
         let webhook_cert = poll(cluster, "the webhook's serving certificate", || {
-            data(cluster, "secret", "weir-system", "weir-webhook-tls", "tls.crt")
+            data(cluster, "secret", MESH_NAMESPACE, WEBHOOK_TLS_SECRET, "tls.crt")
         })
         .await?;
         verify_server(&webhook_cert, &root, "weir-webhook.weir-system.svc")?;
@@ -214,34 +189,32 @@ async fn the_mesh_ca_is_created_once_shared_published_and_replaced() -> Result<(
 
         // A Provided CA (cert-manager's shape, in the Secret the Role names) takes over by
         // rotation: the new root reaches the namespaces, and the new CA issues.
-        let provided = CertificateAuthority::generate("cluster.local", SystemTime::now())?;
+        let provided = CertificateAuthority::generate(DEFAULT_TRUST_DOMAIN, SystemTime::now())?;
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-        apply(
-            cluster,
-            &json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-                "metadata": {"name": "mesh-ca", "namespace": "weir-system"},
+        cluster.apply(&json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                "metadata": {"name": "mesh-ca", "namespace": MESH_NAMESPACE},
                 "data": {"tls.crt": b64(&provided.cert_pem), "tls.key": b64(provided.key().pem()),
                     "ca.crt": b64(&provided.roots_pem)}}),
         )?;
         let mesh_identity = |secret: &str| {
             json!({"apiVersion": "weir.dev/v1alpha1", "kind": "MeshIdentity", "metadata": {"name": "mesh"},
-                "spec": {"ca": {"type": "Provided", "secretRef": {"name": secret, "namespace": "weir-system"}}}})
+                "spec": {"ca": {"type": "Provided", "secretRef": {"name": secret, "namespace": MESH_NAMESPACE}}}})
         };
-        apply(cluster, &mesh_identity("mesh-ca"))?;
+        cluster.apply(&mesh_identity("mesh-ca"))?;
         poll(cluster, "the Provided CA issuing", || {
             (issuing(&c).as_deref() == Some(&provided.cert_pem)).then_some(())
         })
         .await?;
         // (The old root stays beside it for a while: kubelets refresh mounted files late.)
         poll(cluster, "the Provided root in the meshed namespace", || {
-            data(cluster, "configmap", "ca-meshed", "weir-root-ca", "root-cert.pem")?
+            data(cluster, "configmap", "ca-meshed", ROOT_CA_CONFIGMAP, ROOT_CERT_KEY)?
                 .contains(provided.roots_pem.trim())
                 .then_some(())
         })
         .await?;
 
         // A Provided Secret that does not exist: reported, and the CA in force keeps issuing.
-        apply(cluster, &mesh_identity("absent-ca"))?;
+        cluster.apply(&mesh_identity("absent-ca"))?;
         let problem = poll(cluster, "CAReady=False", || {
             ca_ready(cluster).filter(|c| c["status"] == "False")
         })
@@ -314,14 +287,12 @@ async fn proxies_prove_their_pod_with_a_token_and_everything_else_is_refused() -
         return Ok(());
     }
     let cluster = installed();
-    let _slot = OPERATORS.lock().await;
+    let _slot = operator_slot().await;
     let ns = "authn";
     let _ = cluster.kubectl(&["create", "namespace", ns]);
     let _ = cluster.kubectl(&["create", "serviceaccount", "web", "-n", ns]);
     for pod in ["web-1", "web-2", "web-3"] {
-        apply(
-            cluster,
-            &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": ns},
+        cluster.apply(&json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": ns},
                 "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "shop/web:1"}]}}),
         )?;
     }
@@ -342,7 +313,7 @@ async fn proxies_prove_their_pod_with_a_token_and_everything_else_is_refused() -
         // A real Envoy with the injected kind of bootstrap: TLS verified against the mesh
         // root, the pod's TokenRequest token from a file.
         let files = weir_tests::scratch_dir("authn-envoy");
-        std::fs::write(files.join("root-cert.pem"), &root)?;
+        std::fs::write(files.join(ROOT_CERT_KEY), &root)?;
         std::fs::write(
             files.join("token"),
             cluster.pod_token(ns, "web", "web-1", "weir")?,
@@ -363,7 +334,7 @@ async fn proxies_prove_their_pod_with_a_token_and_everything_else_is_refused() -
             admin_port: weir_tests::free_port(),
             sidecar: None,
             xds_tls: Some(weir_core::bootstrap::XdsTlsFiles {
-                root_cert: files.join("root-cert.pem").to_string_lossy().into_owned(),
+                root_cert: files.join(ROOT_CERT_KEY).to_string_lossy().into_owned(),
                 token: files.join("token").to_string_lossy().into_owned(),
             }),
         };

@@ -4,6 +4,7 @@
 //! expanded node id and its pod's service account, and its probe listener reports it ready.
 
 use std::process::Stdio;
+use weir_core::mesh::{PROXY_READY_PATH, ROOT_CERT_KEY};
 use weir_tests::*;
 use weir_webhook::inject::{inject, MeshConfig};
 
@@ -32,7 +33,7 @@ async fn the_injected_proxy_starts_connects_and_reports_ready() -> anyhow::Resul
     let mounts = scratch_dir("injected-mounts");
     std::fs::copy(
         mesh.ca_dir.as_ref().expect("TLS mesh").join("ca.crt"),
-        mounts.join("root-cert.pem"),
+        mounts.join(ROOT_CERT_KEY),
     )?;
     std::fs::write(mounts.join("token"), "a-projected-token")?;
     let mounts = mounts.to_string_lossy().into_owned();
@@ -86,7 +87,7 @@ async fn the_injected_proxy_starts_connects_and_reports_ready() -> anyhow::Resul
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
-    let ready_url = format!("http://127.0.0.1:{probes}/healthz/ready");
+    let ready_url = format!("http://127.0.0.1:{probes}{PROXY_READY_PATH}");
     let status = eventually("the probe listener to answer ready", DEADLINE, || async {
         let resp = reqwest::get(&ready_url).await.ok()?;
         (resp.status() == 200).then_some(resp.status())

@@ -7,6 +7,7 @@
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::path::Path;
+use weir_core::mesh::{MESH_NAMESPACE, WEBHOOK_CONFIGURATION, WEBHOOK_TLS_SECRET};
 use weir_tests::{workspace_binary, workspace_root};
 
 fn load(path: &Path) -> Result<Vec<Value>> {
@@ -90,7 +91,7 @@ fn the_operator_install_is_consistent_and_hardened() -> Result<()> {
         .filter(|o| o["kind"] != "Namespace" && !o["kind"].as_str().unwrap().starts_with("Cluster"))
     {
         assert_eq!(
-            o["metadata"]["namespace"], "weir-system",
+            o["metadata"]["namespace"], MESH_NAMESPACE,
             "{:?}",
             o["metadata"]["name"]
         );
@@ -102,8 +103,9 @@ fn the_operator_install_is_consistent_and_hardened() -> Result<()> {
     let container = &pod["containers"][0];
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
-    // The allocator settings the memory benchmarks were measured with.
-    for (name, value) in weir_tests::weir_operator_allocator_env() {
+    // The allocator settings the binary gives itself: set here, the pod starts without
+    // re-executing it.
+    for (name, value) in weir_operator::ALLOCATOR_ENV {
         assert!(
             container["env"]
                 .as_array()
@@ -116,7 +118,7 @@ fn the_operator_install_is_consistent_and_hardened() -> Result<()> {
     for binding in ["ClusterRoleBinding", "RoleBinding"] {
         let b = objects.iter().find(|o| o["kind"] == binding).unwrap();
         assert_eq!(b["subjects"][0]["name"], "weir-operator");
-        assert_eq!(b["subjects"][0]["namespace"], "weir-system");
+        assert_eq!(b["subjects"][0]["namespace"], MESH_NAMESPACE);
     }
 
     // Proxies injected with the defaults reach this Service.
@@ -161,19 +163,19 @@ fn the_webhook_install_points_at_its_service_and_certificate() -> Result<()> {
     let config = find(
         &objects,
         "MutatingWebhookConfiguration",
-        "weir-sidecar-injector",
+        WEBHOOK_CONFIGURATION,
     );
     for webhook in config["webhooks"].as_array().unwrap() {
         let svc = &webhook["clientConfig"]["service"];
         assert_eq!(svc["name"], "weir-webhook");
-        assert_eq!(svc["namespace"], "weir-system");
+        assert_eq!(svc["namespace"], MESH_NAMESPACE);
         assert_eq!(svc["port"], service["spec"]["ports"][0]["port"]);
         assert_eq!(webhook["failurePolicy"], "Fail");
     }
     let pod = &deployment["spec"]["template"]["spec"];
     assert_eq!(
         pod["volumes"][0]["secret"]["secretName"],
-        "weir-webhook-tls"
+        WEBHOOK_TLS_SECRET
     );
     let args: Vec<&str> = pod["containers"][0]["args"]
         .as_array()

@@ -1,6 +1,7 @@
 //! Against a real kube-apiserver (built from Go modules, see `tests/k8s/`).
 
 use anyhow::Result;
+use weir_core::mesh::{INJECTED_ANNOTATION, INJECT_KEY, TOKEN_AUDIENCE, WEBHOOK_CONFIGURATION};
 use weir_tests::kube::{can_run, Cluster};
 
 #[test]
@@ -11,7 +12,7 @@ fn token_request_and_token_review_work_for_the_weir_audience() -> Result<()> {
     let cluster = Cluster::shared();
     cluster.kubectl(&["create", "namespace", "tokens"])?;
     cluster.kubectl(&["create", "serviceaccount", "app", "-n", "tokens"])?;
-    let token = cluster.token("tokens", "app", Some("weir"))?;
+    let token = cluster.token("tokens", "app", Some(TOKEN_AUDIENCE))?;
     let review = |audience: &str| -> Result<serde_json::Value> {
         let body = serde_json::json!({
             "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
@@ -20,7 +21,7 @@ fn token_request_and_token_review_work_for_the_weir_audience() -> Result<()> {
         let out = cluster.kubectl_stdin(&["create", "-f", "-", "-o", "json"], &body.to_string())?;
         Ok(serde_json::from_str(&out)?)
     };
-    let ok = review("weir")?;
+    let ok = review(TOKEN_AUDIENCE)?;
     assert_eq!(ok["status"]["authenticated"], true, "{ok}");
     assert_eq!(
         ok["status"]["user"]["username"],
@@ -106,7 +107,12 @@ async fn the_shipped_webhook_configuration_injects_through_the_api_server() -> R
     }
     cluster.kubectl_stdin(&["apply", "-f", "-"], &config.to_string())?;
     cluster.kubectl(&["create", "namespace", "meshed"])?;
-    cluster.kubectl(&["label", "namespace", "meshed", "weir.dev/inject=enabled"])?;
+    cluster.kubectl(&[
+        "label",
+        "namespace",
+        "meshed",
+        &format!("{INJECT_KEY}=enabled"),
+    ])?;
     cluster.kubectl(&["create", "namespace", "plain"])?;
     for ns in ["meshed", "plain"] {
         cluster.poll(&format!("{ns}'s default ServiceAccount"), || {
@@ -130,7 +136,7 @@ async fn the_shipped_webhook_configuration_injects_through_the_api_server() -> R
         ["annotations"]
         .clone();
     assert!(
-        annotations["weir.dev/injected"].is_string(),
+        annotations[INJECTED_ANNOTATION].is_string(),
         "{annotations}"
     );
     cluster.kubectl_stdin(
@@ -143,11 +149,7 @@ async fn the_shipped_webhook_configuration_injects_through_the_api_server() -> R
     );
     cluster.kubectl_stdin(
         &["create", "-f", "-"],
-        &pod(
-            "plain",
-            "opted-in",
-            serde_json::json!({"weir.dev/inject": "true"}),
-        ),
+        &pod("plain", "opted-in", serde_json::json!({INJECT_KEY: "true"})),
     )?;
     assert!(
         injected(cluster, "plain", "opted-in")?,
@@ -173,7 +175,7 @@ async fn the_shipped_webhook_configuration_injects_through_the_api_server() -> R
     cluster.kubectl(&[
         "delete",
         "mutatingwebhookconfiguration",
-        "weir-sidecar-injector",
+        WEBHOOK_CONFIGURATION,
     ])?;
     Ok(())
 }

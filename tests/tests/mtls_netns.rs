@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use weir_core::identity::{CertificateAuthority, SpiffeId};
+use weir_core::mesh::{DEFAULT_TRUST_DOMAIN, INBOUND_CAPTURE_PORT, MTLS_MODE_KEY};
 use weir_core::testing::{mk_meshed_pod, mk_service, mk_slice};
 use weir_tests::netns::*;
 use weir_tests::{scratch_dir, to_yaml, write_file};
@@ -100,7 +101,7 @@ fn start(net: &mut Net, dir: &Path, ca_dir: &Path, extra: &[&str]) -> Side {
 /// client's SPIFFE ID from `issuer`, and the mesh root to check the server against.
 fn client_files(name: &str, issuer: &CertificateAuthority, mesh_root: &str) -> String {
     let dir = scratch_dir(name);
-    let id = SpiffeId::new("cluster.local", "shop", "web");
+    let id = SpiffeId::new(DEFAULT_TRUST_DOMAIN, "shop", "web");
     let cert = issuer
         .issue_workload(&id, Duration::from_secs(3600), SystemTime::now())
         .unwrap();
@@ -180,7 +181,10 @@ fn sidecars_speak_mutual_tls_strict_refuses_plaintext_and_permissive_accepts_bot
         captured.len()
     );
     assert_eq!(
-        net.envoy_stat_in(server, "listener.0.0.0.0_15006.ssl.connection_error"),
+        net.envoy_stat_in(
+            server,
+            &format!("listener.0.0.0.0_{INBOUND_CAPTURE_PORT}.ssl.connection_error")
+        ),
         0
     );
 
@@ -207,7 +211,7 @@ fn sidecars_speak_mutual_tls_strict_refuses_plaintext_and_permissive_accepts_bot
         None,
     )
     .unwrap();
-    let other_ca = CertificateAuthority::generate("cluster.local", SystemTime::now()).unwrap();
+    let other_ca = CertificateAuthority::generate(DEFAULT_TRUST_DOMAIN, SystemTime::now()).unwrap();
     let addr = format!("{server_ip}:8080");
     let rogue = client_files("mtls-rogue", &other_ca, &mesh_root);
     let refused = net.testapp(Side::Peer, &["call", "mtls", &addr, &rogue]);
@@ -224,7 +228,7 @@ fn sidecars_speak_mutual_tls_strict_refuses_plaintext_and_permissive_accepts_bot
 
     // (b) PERMISSIVE for the server pod: the plain client gets through, the mesh client still
     // speaks mTLS.
-    write_mesh(&dir, &server_ip, &[("weir.dev/mtls-mode", "PERMISSIVE")]);
+    write_mesh(&dir, &server_ip, &[(MTLS_MODE_KEY, "PERMISSIVE")]);
     net.wait_for("PERMISSIVE to admit a plain client", || {
         net.get(Side::Peer, &format!("http://{server_ip}:8080/")) == "200 api HTTP/1.1"
     });
@@ -327,7 +331,7 @@ fn renewals_and_a_ca_rotation_under_load_fail_no_request() {
     // A CA rotation: the files replaced as cert-manager would (key and root, then the
     // certificate that makes the set complete).
     let before_rotation = issued();
-    let new_ca = CertificateAuthority::generate("cluster.local", SystemTime::now()).unwrap();
+    let new_ca = CertificateAuthority::generate(DEFAULT_TRUST_DOMAIN, SystemTime::now()).unwrap();
     let old_root = std::fs::read_to_string(ca_dir.join("ca.crt")).unwrap();
     write_file(&ca_dir, "tls.key", new_ca.key().pem()).unwrap();
     write_file(&ca_dir, "ca.crt", &new_ca.roots_pem).unwrap();

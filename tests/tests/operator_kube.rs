@@ -10,40 +10,15 @@
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::sync::Once;
 use std::time::{Duration, Instant};
+use weir_core::mesh::MESH_NAMESPACE;
 use weir_core::testing;
-use weir_e2e::Kubectl;
-use weir_operator::k8s::KubeOptions;
-use weir_operator::{ControlPlane, Options, Source};
-use weir_tests::kube::{can_run, client_from, Cluster, CuttableProxy};
-use weir_tests::{eventually, http_service, to_json, DEADLINE};
-
-/// One operator at a time (held across awaits, so an async mutex).
-static OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-async fn operator_slot() -> tokio::sync::MutexGuard<'static, ()> {
-    OPERATOR.lock().await
-}
-
-/// The cluster with the CRDs and config/ installed (once per test binary).
-fn installed() -> &'static Cluster {
-    static INSTALL: Once = Once::new();
-    let cluster = Cluster::shared();
-    INSTALL.call_once(|| {
-        let k = kubectl(cluster);
-        weir_e2e::install_crds(&k).expect("kubectl apply -f crds/");
-        weir_e2e::install_config(&k).expect("kubectl apply -k config/");
-    });
-    cluster
-}
-
-fn kubectl(cluster: &Cluster) -> Kubectl {
-    Kubectl {
-        program: cluster.bin.join("kubectl"),
-        kubeconfig: Some(cluster.admin.clone()),
-    }
-}
+use weir_operator::ControlPlane;
+use weir_tests::kube::{
+    can_run, client_from, installed, loopback_options, operator_slot, start_operator_on, Cluster,
+    CuttableProxy,
+};
+use weir_tests::{eventually, policy_json, service_json, split_spec_json, to_json, DEADLINE};
 
 /// A kubeconfig for ServiceAccount `sa` of weir-system (a TokenRequest token), optionally
 /// through `server` (a proxy).
@@ -52,7 +27,7 @@ fn service_account_kubeconfig(
     sa: &str,
     server: Option<&str>,
 ) -> Result<std::path::PathBuf> {
-    let token = cluster.token("weir-system", sa, None)?;
+    let token = cluster.token(MESH_NAMESPACE, sa, None)?;
     cluster.token_kubeconfig(&format!("{sa}-{}", std::process::id()), &token, server)
 }
 
@@ -64,12 +39,12 @@ async fn start_operator(
     server: Option<&str>,
 ) -> Result<ControlPlane> {
     let kubeconfig = service_account_kubeconfig(cluster, sa, server)?;
-    let options = KubeOptions {
-        client: client_from(&kubeconfig).await?,
-        lease: weir_tests::kube::test_lease(identity),
-    };
-    let any = "127.0.0.1:0".parse()?;
-    Ok(ControlPlane::start(Source::Kube(options), Options::new(any, any)).await?)
+    start_operator_on(
+        client_from(&kubeconfig).await?,
+        identity,
+        loopback_options(),
+    )
+    .await
 }
 
 async fn wait_leading(plane: &ControlPlane) -> Result<()> {
@@ -80,16 +55,8 @@ async fn wait_leading(plane: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
-fn apply(cluster: &Cluster, object: &Value) -> Result<()> {
-    cluster.kubectl_stdin(&["apply", "-f", "-"], &object.to_string())?;
-    Ok(())
-}
-
 fn namespace(cluster: &Cluster, name: &str) -> Result<()> {
-    apply(
-        cluster,
-        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
-    )
+    cluster.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}))
 }
 
 /// Deletes a test's policies now (MeshStatus counts every namespace's) and its namespace
@@ -97,21 +64,6 @@ fn namespace(cluster: &Cluster, name: &str) -> Result<()> {
 fn clean_namespace(cluster: &Cluster, ns: &str) {
     let _ = cluster.kubectl(&["delete", "trafficpolicy", "--all", "-n", ns, "--wait=true"]);
     let _ = cluster.kubectl(&["delete", "namespace", ns, "--wait=false"]);
-}
-
-fn mk_service(ns: &str, name: &str, ip: &str, port: u16) -> Value {
-    to_json(&http_service(ns, name, ip, port))
-}
-
-fn mk_policy(ns: &str, name: &str, spec: Value) -> Value {
-    let mut policy = to_json(&testing::mk_policy(ns, name, Default::default()));
-    policy["spec"] = spec;
-    policy
-}
-
-/// A 90/10 split of `target` between subsets v1 and v2.
-fn split_spec(target: &str) -> Value {
-    to_json(&testing::mk_policy_spec(target, &[("v1", 90), ("v2", 10)]))
 }
 
 fn get(cluster: &Cluster, args: &[&str]) -> Option<Value> {
@@ -133,22 +85,16 @@ async fn wait_condition(
     status: &str,
     reason: &str,
 ) -> Result<String> {
-    eventually(
-        &format!("{ns}/{policy} {type_}={status} ({reason})"),
-        DEADLINE,
-        || async {
-            let c = condition(cluster, ns, policy, type_)?;
-            (c["status"] == status && c["reason"] == reason)
-                .then(|| c["message"].as_str().unwrap_or_default().to_string())
-        },
-    )
+    weir_tests::wait_condition(&format!("{ns}/{policy} {type_}"), status, reason, || {
+        condition(cluster, ns, policy, type_)
+    })
     .await
 }
 
 fn lease_holder(cluster: &Cluster) -> Option<String> {
     let lease = get(
         cluster,
-        &["get", "lease", "weir-operator", "-n", "weir-system"],
+        &["get", "lease", "weir-operator", "-n", MESH_NAMESPACE],
     )?;
     lease["spec"]["holderIdentity"].as_str().map(str::to_string)
 }
@@ -169,7 +115,7 @@ fn the_install_and_the_api_contract_hold_on_a_real_api_server() -> Result<()> {
                 "get",
                 "pods",
                 "-n",
-                "weir-system",
+                MESH_NAMESPACE,
                 "-l",
                 "app.kubernetes.io/component=operator",
             ],
@@ -289,7 +235,7 @@ fn the_install_and_the_api_contract_hold_on_a_real_api_server() -> Result<()> {
         ),
     ];
     for (what, spec, message) in cases {
-        let policy = mk_policy("default", "cel-check", spec);
+        let policy = policy_json("default", "cel-check", spec);
         match cluster.kubectl_stdin(
             &["apply", "--dry-run=server", "-f", "-"],
             &policy.to_string(),
@@ -301,10 +247,11 @@ fn the_install_and_the_api_contract_hold_on_a_real_api_server() -> Result<()> {
 
     // Printer columns, as the README shows them.
     namespace(cluster, "columns")?;
-    apply(
-        cluster,
-        &mk_policy("columns", "reviews", split_spec("reviews")),
-    )?;
+    cluster.apply(&policy_json(
+        "columns",
+        "reviews",
+        split_spec_json("reviews"),
+    ))?;
     let table = cluster.kubectl(&["get", "trafficpolicy", "-n", "columns"])?;
     let header: Vec<&str> = table
         .lines()
@@ -331,7 +278,7 @@ async fn the_e2e_scenarios_pass_with_the_operator_running_as_its_service_account
     let plane = start_operator(cluster, "weir-operator", "weir-e2e", None).await?;
     wait_leading(&plane).await?;
     assert_eq!(lease_holder(cluster).as_deref(), Some("weir-e2e"));
-    let k = kubectl(cluster);
+    let k = cluster.kubectl_client();
     let scenarios = tokio::task::spawn_blocking(move || -> Result<String> {
         weir_e2e::samples_accepted(&k)?;
         weir_e2e::cel_refuses_weights(&k)?;
@@ -368,7 +315,7 @@ async fn the_e2e_scenarios_pass_with_the_operator_running_as_its_service_account
         Ok(table)
     });
     plane.stop().await;
-    weir_e2e::cleanup_samples(&kubectl(cluster));
+    weir_e2e::cleanup_samples(&cluster.kubectl_client());
     let table = result?;
     println!("{table}");
     // A graceful stop gives the Lease up.
@@ -385,12 +332,12 @@ async fn policy_conditions_reach_the_api_with_reasons_fields_and_events() -> Res
     let _slot = operator_slot().await;
     let ns = "conditions";
     namespace(cluster, ns)?;
-    apply(cluster, &mk_service(ns, "reviews", "10.96.10.10", 9080))?;
-    apply(cluster, &mk_service(ns, "ratings", "10.96.10.11", 9080))?;
+    cluster.apply(&service_json(ns, "reviews", "10.96.10.10", 9080))?;
+    cluster.apply(&service_json(ns, "ratings", "10.96.10.11", 9080))?;
     let plane = start_operator(cluster, "weir-operator", "weir-conditions", None).await?;
     wait_leading(&plane).await?;
     let result = async {
-        apply(cluster, &mk_policy(ns, "canary", split_spec("reviews")))?;
+        cluster.apply(&policy_json(ns, "canary", split_spec_json("reviews")))?;
         wait_condition(cluster, ns, "canary", "Accepted", "True", "Accepted").await?;
         wait_condition(cluster, ns, "canary", "ResolvedRefs", "True", "ResolvedRefs").await?;
         let programmed = wait_condition(cluster, ns, "canary", "Programmed", "False", "NoProxies").await?;
@@ -406,7 +353,7 @@ async fn policy_conditions_reach_the_api_with_reasons_fields_and_events() -> Res
             ("grpc-name", json!({"targetRef": {"service": "ratings"}, "http": [{"matches": [{"grpc": {"service": "shop/v1"}}], "destinations": [{}]}]}), "InvalidField", "spec.http[0].matches[0].grpc.service"),
         ];
         for (name, spec, reason, field) in cases {
-            apply(cluster, &mk_policy(ns, name, spec))?;
+            cluster.apply(&policy_json(ns, name, spec))?;
             let message = wait_condition(cluster, ns, name, "Accepted", "False", reason).await?;
             assert!(message.contains(field), "{name}: {message}");
             let event = eventually(&format!("a Warning Event for {name}"), DEADLINE, || async {
@@ -421,7 +368,7 @@ async fn policy_conditions_reach_the_api_with_reasons_fields_and_events() -> Res
         }
 
         // Unresolved references: a destination Service that does not exist.
-        apply(cluster, &mk_policy(ns, "backend", json!({"targetRef": {"service": "ratings"}, "http": [{"destinations": [{"service": "ratings-v9"}]}]})))?;
+        cluster.apply(&policy_json(ns, "backend", json!({"targetRef": {"service": "ratings"}, "http": [{"destinations": [{"service": "ratings-v9"}]}]})))?;
         let message = wait_condition(cluster, ns, "backend", "ResolvedRefs", "False", "BackendNotFound").await?;
         assert!(message.contains("spec.http[0].destinations[0].service"), "{message}");
 
@@ -429,16 +376,16 @@ async fn policy_conditions_reach_the_api_with_reasons_fields_and_events() -> Res
         cluster.kubectl(&["delete", "service", "reviews", "-n", ns])?;
         let message = wait_condition(cluster, ns, "canary", "ResolvedRefs", "False", "TargetNotFound").await?;
         assert!(message.contains(&format!("{ns}/reviews")), "{message}");
-        apply(cluster, &mk_service(ns, "reviews", "10.96.10.10", 9080))?;
+        cluster.apply(&service_json(ns, "reviews", "10.96.10.10", 9080))?;
         wait_condition(cluster, ns, "canary", "ResolvedRefs", "True", "ResolvedRefs").await?;
 
         // An edit that keeps Accepted=True keeps its lastTransitionTime, at generation 2.
         let since = accepted["lastTransitionTime"].as_str().unwrap_or_default().to_string();
         weir_tests::kube::next_second_after(&since).await;
-        let mut spec = split_spec("reviews");
+        let mut spec = split_spec_json("reviews");
         spec["http"][0]["destinations"][0]["weight"] = json!(50);
         spec["http"][0]["destinations"][1]["weight"] = json!(50);
-        apply(cluster, &mk_policy(ns, "canary", spec))?;
+        cluster.apply(&policy_json(ns, "canary", spec))?;
         let after = eventually("canary's status at generation 2", DEADLINE, || async {
             condition(cluster, ns, "canary", "Accepted").filter(|c| c["observedGeneration"] == 2)
         })
@@ -448,7 +395,7 @@ async fn policy_conditions_reach_the_api_with_reasons_fields_and_events() -> Res
         // Of two policies on one port the older wins, whatever their names.
         let first = cluster.kubectl_json(&["get", "trafficpolicy", "canary", "-n", ns])?;
         weir_tests::kube::next_second_after(first["metadata"]["creationTimestamp"].as_str().unwrap_or_default()).await;
-        apply(cluster, &mk_policy(ns, "aa-second", split_spec("reviews")))?;
+        cluster.apply(&policy_json(ns, "aa-second", split_spec_json("reviews")))?;
         let message = wait_condition(cluster, ns, "aa-second", "Accepted", "False", "Conflicted").await?;
         assert!(message.contains(&format!("{ns}/canary")) && message.contains("9080"), "{message}");
         cluster.kubectl(&["delete", "trafficpolicy", "canary", "-n", ns])?;
@@ -485,35 +432,31 @@ async fn a_missing_rbac_rule_is_refused_by_the_api_server_and_counted() -> Resul
         "the shipped role grants trafficpolicies/status"
     );
     role["metadata"]["name"] = json!("weir-operator-minus-status");
-    apply(cluster, &role)?;
+    cluster.apply(&role)?;
     cluster
         .kubectl(&[
             "create",
             "serviceaccount",
             "weir-operator-minus",
             "-n",
-            "weir-system",
+            MESH_NAMESPACE,
         ])
         .ok();
-    apply(
-        cluster,
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+    cluster.apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": "weir-operator-minus-status"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weir-operator-minus-status"},
-        "subjects": [{"kind": "ServiceAccount", "name": "weir-operator-minus", "namespace": "weir-system"}]}),
+        "subjects": [{"kind": "ServiceAccount", "name": "weir-operator-minus", "namespace": MESH_NAMESPACE}]}),
     )?;
-    apply(
-        cluster,
-        &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "weir-operator-minus-lease", "namespace": "weir-system"},
+    cluster.apply(&json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "weir-operator-minus-lease", "namespace": MESH_NAMESPACE},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "weir-operator-leader-election"},
-        "subjects": [{"kind": "ServiceAccount", "name": "weir-operator-minus", "namespace": "weir-system"}]}),
+        "subjects": [{"kind": "ServiceAccount", "name": "weir-operator-minus", "namespace": MESH_NAMESPACE}]}),
     )?;
 
     let ns = "rbac";
     namespace(cluster, ns)?;
-    apply(cluster, &mk_service(ns, "reviews", "10.96.11.10", 9080))?;
-    apply(cluster, &mk_policy(ns, "canary", split_spec("reviews")))?;
+    cluster.apply(&service_json(ns, "reviews", "10.96.11.10", 9080))?;
+    cluster.apply(&policy_json(ns, "canary", split_spec_json("reviews")))?;
     let plane = start_operator(cluster, "weir-operator-minus", "weir-rbac", None).await?;
     let result = async {
         wait_leading(&plane).await?;
@@ -566,7 +509,7 @@ async fn mesh_status_is_written_at_most_once_a_second_under_a_burst_of_500_polic
         let before = plane.state.metrics.mesh_status_writes.get();
         let started = Instant::now();
         let items: Vec<Value> = (0..500)
-            .map(|i| mk_policy(ns, &format!("p{i:03}"), split_spec(&format!("svc{i}"))))
+            .map(|i| policy_json(ns, &format!("p{i:03}"), split_spec_json(&format!("svc{i}"))))
             .collect();
         let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
         cluster.kubectl_stdin(&["apply", "-f", "-"], &list.to_string())?;
@@ -601,13 +544,13 @@ async fn only_the_leader_writes_a_lost_lease_stops_writes_and_a_stop_hands_over(
     let _slot = operator_slot().await;
     let ns = "leaders";
     namespace(cluster, ns)?;
-    apply(cluster, &mk_service(ns, "reviews", "10.96.12.10", 9080))?;
+    cluster.apply(&service_json(ns, "reviews", "10.96.12.10", 9080))?;
     let a = start_operator(cluster, "weir-operator", "weir-a", None).await?;
     wait_leading(&a).await?;
     let b = start_operator(cluster, "weir-operator", "weir-b", None).await?;
     let result = async {
         eventually("b synced", DEADLINE, || async { b.state.is_synced().then_some(()) }).await?;
-        apply(cluster, &mk_policy(ns, "canary", split_spec("reviews")))?;
+        cluster.apply(&policy_json(ns, "canary", split_spec_json("reviews")))?;
         wait_condition(cluster, ns, "canary", "Accepted", "True", "Accepted").await?;
         assert!(*a.leading.borrow() && !*b.leading.borrow());
         assert!(a.state.metrics.status_writes.get() > 0);
@@ -619,9 +562,9 @@ async fn only_the_leader_writes_a_lost_lease_stops_writes_and_a_stop_hands_over(
         wait_leading(&b).await?;
         let takeover = stopped.elapsed();
         println!("takeover after a graceful stop: {takeover:?} (lease 2 s)");
-        apply(cluster, &mk_policy(ns, "canary", split_spec("ratings")))?;
+        cluster.apply(&policy_json(ns, "canary", split_spec_json("ratings")))?;
         wait_condition(cluster, ns, "canary", "ResolvedRefs", "False", "TargetNotFound").await?;
-        let lease = cluster.kubectl_json(&["get", "lease", "weir-operator", "-n", "weir-system"])?;
+        let lease = cluster.kubectl_json(&["get", "lease", "weir-operator", "-n", MESH_NAMESPACE])?;
         assert_eq!(lease["spec"]["holderIdentity"], "weir-b");
 
         // Someone else takes the Lease and keeps it: b stops writing at once.
@@ -629,7 +572,7 @@ async fn only_the_leader_writes_a_lost_lease_stops_writes_and_a_stop_hands_over(
             // MicroTime: the API server wants exactly six fractional digits.
             let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now());
             let patch = json!({"spec": {"holderIdentity": "intruder", "renewTime": now, "leaseDurationSeconds": 60}});
-            cluster.kubectl(&["patch", "lease", "weir-operator", "-n", "weir-system", "--type=merge", "-p", &patch.to_string()])
+            cluster.kubectl(&["patch", "lease", "weir-operator", "-n", MESH_NAMESPACE, "--type=merge", "-p", &patch.to_string()])
         };
         intruder(cluster)?;
         let mut leading = b.leading.clone();
@@ -637,7 +580,7 @@ async fn only_the_leader_writes_a_lost_lease_stops_writes_and_a_stop_hands_over(
             .await
             .context("b kept leading after losing the Lease")??;
         let writes = b.state.metrics.status_writes.get();
-        apply(cluster, &mk_policy(ns, "canary", split_spec("reviews")))?;
+        cluster.apply(&policy_json(ns, "canary", split_spec_json("reviews")))?;
         // An absence has to be observed over time: two seconds with changes to write.
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(b.state.metrics.status_writes.get(), writes, "status written after the Lease was lost");
@@ -646,7 +589,7 @@ async fn only_the_leader_writes_a_lost_lease_stops_writes_and_a_stop_hands_over(
     .await;
     b.stop().await;
     // Leave the Lease free for the next test.
-    let _ = cluster.kubectl(&["delete", "lease", "weir-operator", "-n", "weir-system"]);
+    let _ = cluster.kubectl(&["delete", "lease", "weir-operator", "-n", MESH_NAMESPACE]);
     clean_namespace(cluster, ns);
     result
 }
@@ -671,8 +614,8 @@ async fn operator_processes_elect_one_leader_survive_a_kill_and_release_on_sigte
     let _slot = operator_slot().await;
     let ns = "processes";
     namespace(cluster, ns)?;
-    apply(cluster, &mk_service(ns, "reviews", "10.96.13.10", 9080))?;
-    apply(cluster, &mk_policy(ns, "canary", split_spec("reviews")))?;
+    cluster.apply(&service_json(ns, "reviews", "10.96.13.10", 9080))?;
+    cluster.apply(&policy_json(ns, "canary", split_spec_json("reviews")))?;
     let result = async {
         let mut a = spawn_operator(cluster, "weir-pa")?;
         eventually("weir-pa leads", DEADLINE, || async {
@@ -698,7 +641,7 @@ async fn operator_processes_elect_one_leader_survive_a_kill_and_release_on_sigte
             "takeover after SIGKILL: {:?} (lease duration 2 s)",
             killed.elapsed()
         );
-        apply(cluster, &mk_policy(ns, "canary", split_spec("details")))?;
+        cluster.apply(&policy_json(ns, "canary", split_spec_json("details")))?;
         wait_condition(
             cluster,
             ns,
@@ -737,8 +680,8 @@ async fn an_api_server_restart_and_etcd_compaction_end_in_a_relist_that_catches_
     let _slot = operator_slot().await;
     let ns = "relist";
     namespace(cluster, ns)?;
-    apply(cluster, &mk_service(ns, "reviews", "10.96.14.10", 9080))?;
-    apply(cluster, &mk_service(ns, "ratings", "10.96.14.11", 9080))?;
+    cluster.apply(&service_json(ns, "reviews", "10.96.14.10", 9080))?;
+    cluster.apply(&service_json(ns, "ratings", "10.96.14.11", 9080))?;
     let proxy = CuttableProxy::start(cluster.addr).await?;
     let server = format!("https://{}", proxy.addr);
     let plane = start_operator(cluster, "weir-operator", "weir-relist", Some(&server)).await?;
@@ -763,13 +706,15 @@ async fn an_api_server_restart_and_etcd_compaction_end_in_a_relist_that_catches_
         // resourceVersion: its watches must end in 410 Gone and a relist.
         proxy.cut();
         cluster.kubectl(&["delete", "service", "ratings", "-n", ns])?;
-        apply(cluster, &mk_service(ns, "details", "10.96.14.12", 9080))?;
+        cluster.apply(&service_json(ns, "details", "10.96.14.12", 9080))?;
         cluster.restart_apiserver()?;
         for i in 0..3 {
-            apply(
-                cluster,
-                &mk_service(ns, &format!("churn{i}"), &format!("10.96.14.2{i}"), 9080),
-            )?;
+            cluster.apply(&service_json(
+                ns,
+                &format!("churn{i}"),
+                &format!("10.96.14.2{i}"),
+                9080,
+            ))?;
             cluster.kubectl(&["delete", "service", &format!("churn{i}"), "-n", ns])?;
         }
         cluster.compact_etcd()?;
@@ -805,7 +750,7 @@ async fn ready_means_the_initial_state_is_translated() -> Result<()> {
     namespace(cluster, ns)?;
     let items: Vec<Value> = (0..1000)
         .map(|i| {
-            mk_service(
+            service_json(
                 ns,
                 &format!("svc{i}"),
                 &format!("10.96.{}.{}", 100 + i / 250, i % 250 + 1),
@@ -860,16 +805,12 @@ async fn from_pods_through_the_endpointslice_controller_to_envoy_routing_by_poli
     )
     .await?;
     // A Service with a selector, and its pods as a kubelet would report them.
-    apply(
-        cluster,
-        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": ns},
+    cluster.apply(&json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": ns},
         "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": "http"}]}}),
     )?;
     for (version, ip) in [("v1", "198.18.0.2"), ("v2", "198.18.0.3")] {
         let name = format!("reviews-{version}");
-        apply(
-            cluster,
-            &json!({"apiVersion": "v1", "kind": "Pod",
+        cluster.apply(&json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": ns, "labels": {"app": "reviews", "version": version}},
             "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": "shop/reviews:1",
                 "ports": [{"name": "http", "containerPort": port}]}]}}),
@@ -907,7 +848,7 @@ async fn from_pods_through_the_endpointslice_controller_to_envoy_routing_by_poli
             testing::mk_policy_spec("reviews", &[("v1", w1), ("v2", w2)]),
         ))
     };
-    apply(cluster, &policy(0, 100))?;
+    cluster.apply(&policy(0, 100))?;
 
     let plane = start_operator(cluster, "weir-operator", "weir-chain", None).await?;
     let result = async {
@@ -926,7 +867,7 @@ async fn from_pods_through_the_endpointslice_controller_to_envoy_routing_by_poli
             "{message}"
         );
         // An edit through the API reaches the same Envoy.
-        apply(cluster, &policy(100, 0))?;
+        cluster.apply(&policy(100, 0))?;
         envoy.wait_all_on("reviews.chain", "reviews-v1").await?;
         // Without a policy the Service round-robins over both pods; one that stops being
         // ready (its kubelet says so) leaves the rotation, through the EndpointSlice

@@ -13,6 +13,7 @@
 //! (h) an address outside the mesh passes through untouched.
 
 use std::collections::BTreeMap;
+use weir_core::mesh::OUTBOUND_CAPTURE_PORT;
 use weir_tests::netns::*;
 use weir_tests::{pod_endpoint_yaml, scratch_dir, service_with_ports, to_yaml, write_file};
 
@@ -299,9 +300,11 @@ fn every_protocol_an_application_speaks_passes_its_sidecar() {
         net.ask(Side::Pod, None, "10.96.0.29", 3306),
         "mysql-greeting"
     );
-    let sniff_timeouts = net
-        .envoy_stat("listener.0.0.0.0_15001.downstream_listener_filter_remote_close")
-        + net.envoy_stat("listener.0.0.0.0_15001.downstream_pre_cx_timeout");
+    let sniff_timeouts = net.envoy_stat(&format!(
+        "listener.0.0.0.0_{OUTBOUND_CAPTURE_PORT}.downstream_listener_filter_remote_close"
+    )) + net.envoy_stat(&format!(
+        "listener.0.0.0.0_{OUTBOUND_CAPTURE_PORT}.downstream_pre_cx_timeout"
+    ));
     println!("listener filter timeouts (the banner port): {sniff_timeouts}");
 
     // (h) Outside the mesh: untouched.

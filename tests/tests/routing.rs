@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 use weir_core::bootstrap::XdsProtocol;
+use weir_core::mesh::{PROMETHEUS_PATH, PROXY_READY_PATH};
 use weir_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +292,7 @@ async fn the_sidecar_probe_listener_forwards_app_probes_and_reports_readiness() 
     let envoy = Envoy::start_sidecar("probes", mesh.plane.xds_addr, sidecar).await?;
     let client = reqwest::Client::new();
     let ready = client
-        .get(format!("http://127.0.0.1:{probe_port}/healthz/ready"))
+        .get(format!("http://127.0.0.1:{probe_port}{PROXY_READY_PATH}"))
         .send()
         .await?;
     assert_eq!(
@@ -328,7 +329,7 @@ async fn the_sidecar_probe_listener_forwards_app_probes_and_reports_readiness() 
     );
     let metrics = client
         .get(format!(
-            "http://127.0.0.1:{prometheus_port}/stats/prometheus"
+            "http://127.0.0.1:{prometheus_port}{PROMETHEUS_PATH}"
         ))
         .send()
         .await?

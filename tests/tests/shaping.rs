@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use weir_core::bootstrap::XdsProtocol;
+use weir_core::mesh::RATE_LIMITED_HEADER;
 use weir_tests::*;
 
 /// A TrafficPolicy named after its target; `spec` is YAML under `spec:` (indented by 2).
@@ -399,7 +400,7 @@ async fn a_local_rate_limit_allows_its_bucket_then_answers_429() -> Result<()> {
     .await?;
     let mut answers = Vec::new();
     for _ in 0..12 {
-        answers.push(get(&envoy, "limited:8080", "/", &[], "x-weir-rate-limited").await?);
+        answers.push(get(&envoy, "limited:8080", "/", &[], RATE_LIMITED_HEADER).await?);
     }
     let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
     assert_eq!(statuses[..5], [200; 5], "{statuses:?}");

@@ -9,6 +9,7 @@
 //! (c) Envoy's own connections are not captured again (else nothing would route at all).
 
 use std::collections::BTreeMap;
+use weir_core::mesh::{ENVOY_ADMIN_PORT, INBOUND_CAPTURE_PORT};
 use weir_tests::netns::*;
 use weir_tests::{endpoint_yaml, scratch_dir, service_yaml, write_file};
 
@@ -102,7 +103,9 @@ fn an_injected_sidecar_captures_and_routes_the_applications_traffic() {
     );
     let outbound = net.get(
         Side::Pod,
-        "http://127.0.0.1:15000/stats?filter=^http.outbound_9080.downstream_rq_total$",
+        &format!(
+            "http://127.0.0.1:{ENVOY_ADMIN_PORT}/stats?filter=^http.outbound_9080.downstream_rq_total$"
+        ),
     );
     assert!(
         outbound.starts_with("200 http.outbound_9080.downstream_rq_total:"),
@@ -116,7 +119,7 @@ fn an_injected_sidecar_captures_and_routes_the_applications_traffic() {
     );
     let inbound = net.get(
         Side::Pod,
-        "http://127.0.0.1:15000/stats?filter=^listener.0.0.0.0_15006.downstream_cx_total$",
+        &format!("http://127.0.0.1:{ENVOY_ADMIN_PORT}/stats?filter=^listener.0.0.0.0_{INBOUND_CAPTURE_PORT}.downstream_cx_total$"),
     );
     let count: u64 = inbound
         .rsplit(' ')

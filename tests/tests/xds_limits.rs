@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use weir_core::mesh::OUTBOUND_CAPTURE_PORT;
 use weir_core::ResourceType;
 use weir_tests::*;
 
@@ -55,7 +56,11 @@ async fn open_stream(
         .await?;
     let (tx, rx) = mpsc::channel(4);
     tx.send(DeltaDiscoveryRequest {
-        node: Some(weir_tests::xds_client::explicit_node("default", id, 15001)),
+        node: Some(weir_tests::xds_client::explicit_node(
+            "default",
+            id,
+            OUTBOUND_CAPTURE_PORT,
+        )),
         type_url: ResourceType::Cluster.type_url().to_string(),
         ..Default::default()
     })

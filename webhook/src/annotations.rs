@@ -6,42 +6,12 @@ use std::collections::BTreeMap;
 
 use crate::capture::{parse_cidrs, parse_ports, Cidr};
 
-/// Opt in or out of injection.
-pub const INJECT: &str = "weir.dev/inject";
-/// Written by the injector: the version that injected the pod.
-pub const INJECTED: &str = "weir.dev/injected";
-/// Proxy CPU request.
-pub const PROXY_CPU: &str = "weir.dev/proxy-cpu";
-/// Proxy memory request.
-pub const PROXY_MEMORY: &str = "weir.dev/proxy-memory";
-/// Proxy CPU limit.
-pub const PROXY_CPU_LIMIT: &str = "weir.dev/proxy-cpu-limit";
-/// Proxy memory limit.
-pub const PROXY_MEMORY_LIMIT: &str = "weir.dev/proxy-memory-limit";
-/// Envoy log level.
-pub const LOG_LEVEL: &str = "weir.dev/log-level";
-/// Envoy worker threads (0: one per core).
-pub const CONCURRENCY: &str = "weir.dev/concurrency";
-/// Inbound ports not captured.
-pub const EXCLUDE_INBOUND_PORTS: &str = "weir.dev/exclude-inbound-ports";
-/// Outbound ports not captured.
-pub const EXCLUDE_OUTBOUND_PORTS: &str = "weir.dev/exclude-outbound-ports";
-/// Outbound CIDRs not captured.
-pub const EXCLUDE_OUTBOUND_CIDRS: &str = "weir.dev/exclude-outbound-cidrs";
-
-const KNOWN: [&str; 11] = [
-    INJECT,
-    INJECTED,
-    PROXY_CPU,
-    PROXY_MEMORY,
-    PROXY_CPU_LIMIT,
-    PROXY_MEMORY_LIMIT,
-    LOG_LEVEL,
-    CONCURRENCY,
-    EXCLUDE_INBOUND_PORTS,
-    EXCLUDE_OUTBOUND_PORTS,
-    EXCLUDE_OUTBOUND_CIDRS,
-];
+use weir_core::mesh::{
+    CONCURRENCY_ANNOTATION, EXCLUDE_INBOUND_PORTS_ANNOTATION, EXCLUDE_OUTBOUND_CIDRS_ANNOTATION,
+    EXCLUDE_OUTBOUND_PORTS_ANNOTATION, INJECTED_ANNOTATION, INJECTOR_ANNOTATIONS, INJECT_KEY,
+    KEY_PREFIX, LOG_LEVEL_ANNOTATION, PROXY_CPU_ANNOTATION, PROXY_CPU_LIMIT_ANNOTATION,
+    PROXY_MEMORY_ANNOTATION, PROXY_MEMORY_LIMIT_ANNOTATION,
+};
 
 const LOG_LEVELS: [&str; 7] = [
     "trace", "debug", "info", "warning", "error", "critical", "off",
@@ -81,22 +51,25 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Overrides, Vec<String>)
     };
     for (key, value) in annotations
         .iter()
-        .filter(|(k, _)| k.starts_with("weir.dev/"))
+        .filter(|(k, _)| k.starts_with(KEY_PREFIX))
     {
         let v = value.trim();
         match key.as_str() {
-            INJECT => match v {
+            INJECT_KEY => match v {
                 "true" => o.inject = Some(true),
                 "false" => o.inject = Some(false),
                 _ => warnings.push(bad(key, value, "\"true\" or \"false\"")),
             },
-            INJECTED => {}
-            PROXY_CPU | PROXY_CPU_LIMIT | PROXY_MEMORY | PROXY_MEMORY_LIMIT => {
+            INJECTED_ANNOTATION => {}
+            PROXY_CPU_ANNOTATION
+            | PROXY_CPU_LIMIT_ANNOTATION
+            | PROXY_MEMORY_ANNOTATION
+            | PROXY_MEMORY_LIMIT_ANNOTATION => {
                 if is_quantity(v) {
                     let slot = match key.as_str() {
-                        PROXY_CPU => &mut o.cpu,
-                        PROXY_CPU_LIMIT => &mut o.cpu_limit,
-                        PROXY_MEMORY => &mut o.memory,
+                        PROXY_CPU_ANNOTATION => &mut o.cpu,
+                        PROXY_CPU_LIMIT_ANNOTATION => &mut o.cpu_limit,
+                        PROXY_MEMORY_ANNOTATION => &mut o.memory,
                         _ => &mut o.memory_limit,
                     };
                     *slot = Some(v.to_string());
@@ -108,7 +81,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Overrides, Vec<String>)
                     ));
                 }
             }
-            LOG_LEVEL => {
+            LOG_LEVEL_ANNOTATION => {
                 if LOG_LEVELS.contains(&v) {
                     o.log_level = Some(v.to_string());
                 } else {
@@ -119,7 +92,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Overrides, Vec<String>)
                     ));
                 }
             }
-            CONCURRENCY => match v.parse::<u32>() {
+            CONCURRENCY_ANNOTATION => match v.parse::<u32>() {
                 Ok(n) if n <= 256 => o.concurrency = Some(n),
                 _ => warnings.push(bad(
                     key,
@@ -127,16 +100,20 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Overrides, Vec<String>)
                     "a whole number from 0 (one worker per core) to 256",
                 )),
             },
-            EXCLUDE_INBOUND_PORTS | EXCLUDE_OUTBOUND_PORTS => match parse_ports("ports", v) {
-                Ok(ports) if key == EXCLUDE_INBOUND_PORTS => o.exclude_inbound_ports = ports,
-                Ok(ports) => o.exclude_outbound_ports = ports,
-                Err(_) => warnings.push(bad(
-                    key,
-                    value,
-                    "comma-separated port numbers such as 5432,6379",
-                )),
-            },
-            EXCLUDE_OUTBOUND_CIDRS => match parse_cidrs("cidrs", v) {
+            EXCLUDE_INBOUND_PORTS_ANNOTATION | EXCLUDE_OUTBOUND_PORTS_ANNOTATION => {
+                match parse_ports("ports", v) {
+                    Ok(ports) if key == EXCLUDE_INBOUND_PORTS_ANNOTATION => {
+                        o.exclude_inbound_ports = ports
+                    }
+                    Ok(ports) => o.exclude_outbound_ports = ports,
+                    Err(_) => warnings.push(bad(
+                        key,
+                        value,
+                        "comma-separated port numbers such as 5432,6379",
+                    )),
+                }
+            }
+            EXCLUDE_OUTBOUND_CIDRS_ANNOTATION => match parse_cidrs("cidrs", v) {
                 Ok(cidrs) => o.exclude_outbound_cidrs = cidrs,
                 Err(_) => warnings.push(bad(
                     key,
@@ -146,7 +123,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Overrides, Vec<String>)
             },
             _ => warnings.push(format!(
                 "annotation {key} is not a Weir annotation and is ignored (known: {})",
-                KNOWN.join(", ")
+                INJECTOR_ANNOTATIONS.join(", ")
             )),
         }
     }
@@ -176,10 +153,13 @@ mod tests {
     #[test]
     fn good_values_are_taken() {
         let (o, w) = parse(&BTreeMap::from([
-            (PROXY_CPU.to_string(), "250m".to_string()),
-            (PROXY_MEMORY_LIMIT.to_string(), "1Gi".to_string()),
-            (CONCURRENCY.to_string(), "4".to_string()),
-            (EXCLUDE_OUTBOUND_CIDRS.to_string(), "10.0.0.0/8".to_string()),
+            (PROXY_CPU_ANNOTATION.to_string(), "250m".to_string()),
+            (PROXY_MEMORY_LIMIT_ANNOTATION.to_string(), "1Gi".to_string()),
+            (CONCURRENCY_ANNOTATION.to_string(), "4".to_string()),
+            (
+                EXCLUDE_OUTBOUND_CIDRS_ANNOTATION.to_string(),
+                "10.0.0.0/8".to_string(),
+            ),
             ("other.io/x".to_string(), "whatever".to_string()),
         ]));
         assert!(w.is_empty(), "{w:?}");
@@ -192,11 +172,11 @@ mod tests {
     #[test]
     fn bad_values_warn_and_name_the_annotation() {
         for (key, value) in [
-            (PROXY_CPU, "lots"),
-            (LOG_LEVEL, "loud"),
-            (CONCURRENCY, "-1"),
-            (EXCLUDE_INBOUND_PORTS, "http"),
-            (INJECT, "yes"),
+            (PROXY_CPU_ANNOTATION, "lots"),
+            (LOG_LEVEL_ANNOTATION, "loud"),
+            (CONCURRENCY_ANNOTATION, "-1"),
+            (EXCLUDE_INBOUND_PORTS_ANNOTATION, "http"),
+            (INJECT_KEY, "yes"),
         ] {
             let (o, w) = parse_one(key, value);
             assert_eq!(o, Overrides::default(), "{key}");

@@ -11,19 +11,10 @@
 
 use std::net::Ipv4Addr;
 
-/// Envoy's uid; its own traffic must never be captured again (it would loop).
-pub const PROXY_UID: u32 = 1337;
-/// Where outbound traffic is redirected.
-pub const OUTBOUND_PORT: u16 = 15001;
-/// Where inbound traffic is redirected.
-pub const INBOUND_PORT: u16 = 15006;
-/// Plaintext port on which Envoy serves rewritten application probes.
-pub const PROBE_PORT: u16 = 15021;
-/// Envoy's Prometheus port.
-pub const PROMETHEUS_PORT: u16 = 15090;
-/// Ports on which Envoy serves rewritten gRPC probes, one per application port probed
-/// (the kubelet's gRPC health check carries no path to tell two of them apart).
-pub const GRPC_PROBE_PORTS: std::ops::RangeInclusive<u16> = 15030..=15039;
+use weir_core::mesh::{
+    GRPC_PROBE_PORTS, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, PROBE_PORT, PROMETHEUS_PORT,
+    PROXY_UID,
+};
 
 /// An IPv4 CIDR such as `10.0.0.0/8`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,8 +114,8 @@ impl Default for CaptureConfig {
     fn default() -> Self {
         CaptureConfig {
             proxy_uid: PROXY_UID,
-            outbound_port: OUTBOUND_PORT,
-            inbound_port: INBOUND_PORT,
+            outbound_port: OUTBOUND_CAPTURE_PORT,
+            inbound_port: INBOUND_CAPTURE_PORT,
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
@@ -227,14 +218,19 @@ mod tests {
     #[test]
     fn exclusions_appear_once_and_sorted() {
         let config = CaptureConfig {
-            exclude_inbound_ports: parse_ports("x", "8080, 15021,8080").unwrap(),
+            exclude_inbound_ports: parse_ports("x", &format!("8080, {PROBE_PORT},8080")).unwrap(),
             exclude_outbound_ports: parse_ports("x", "5432,3306").unwrap(),
             exclude_outbound_cidrs: parse_cidrs("x", "10.0.0.0/8, 169.254.169.254").unwrap(),
             ..Default::default()
         };
         let rules = iptables_rules(&config, "");
         assert_eq!(rules.matches("--dport 8080 -j RETURN").count(), 1);
-        assert_eq!(rules.matches("--dport 15021 -j RETURN").count(), 1);
+        assert_eq!(
+            rules
+                .matches(&format!("--dport {PROBE_PORT} -j RETURN"))
+                .count(),
+            1
+        );
         assert!(rules.find("--dport 3306").unwrap() < rules.find("--dport 5432").unwrap());
         assert!(rules.contains("-A WEIR_OUTPUT -d 169.254.169.254/32 -j RETURN"));
         assert!(rules.contains("-A WEIR_OUTPUT -d 10.0.0.0/8 -j RETURN"));

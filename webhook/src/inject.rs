@@ -21,38 +21,35 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 use weir_core::bootstrap::{
     bootstrap, BootstrapParams, GrpcProbeRoute, ProbeRoute, ProxyMeta, SidecarListeners,
-    XdsProtocol, XdsTlsFiles, PROXY_READY_PATH,
+    XdsProtocol, XdsTlsFiles,
+};
+use weir_core::mesh::{
+    ENVOY_ADMIN_PORT, EXCLUDE_INBOUND_PORTS_ANNOTATION, GRPC_PROBE_PORTS, INJECTED_ANNOTATION,
+    INJECT_KEY, MESH_NAMESPACE, PROBE_PORT, PROMETHEUS_PORT, PROXY_READY_PATH, PROXY_UID,
+    ROOT_CA_CONFIGMAP, ROOT_CERT_KEY, TOKEN_AUDIENCE, XDS_PORT,
 };
 use weir_core::Capture;
 
 use crate::annotations::{self, Overrides};
-use crate::capture::{GRPC_PROBE_PORTS, PROBE_PORT, PROMETHEUS_PORT, PROXY_UID};
 
 /// Name of the sidecar container.
 pub const PROXY_CONTAINER: &str = "weir-proxy";
 /// Name of the traffic-capture init container.
 pub const INIT_CONTAINER: &str = "weir-init";
-/// Namespace label that opts a namespace in.
-pub const NAMESPACE_LABEL: &str = "weir.dev/inject";
 /// Namespaces never injected.
 pub const NEVER_INJECTED: [&str; 4] = [
     "kube-system",
     "kube-public",
     "kube-node-lease",
-    "weir-system",
+    MESH_NAMESPACE,
 ];
-/// Envoy's admin port, on 127.0.0.1 only.
-pub const ADMIN_PORT: u16 = 15000;
 /// Where the projected service account token is mounted.
 pub const TOKEN_DIR: &str = "/var/run/secrets/weir/tokens";
-/// Where the mesh root CA is mounted.
+/// Where the mesh root CA is mounted (the ConfigMap weir-root-ca; its key
+/// [`ROOT_CERT_KEY`] is the file name).
 pub const CA_DIR: &str = "/var/run/secrets/weir/ca";
-/// The root certificate file in [`CA_DIR`] (a key of the ConfigMap weir-root-ca).
-pub const ROOT_CERT_FILE: &str = "root-cert.pem";
 /// The token file in [`TOKEN_DIR`].
 pub const TOKEN_FILE: &str = "token";
-/// Audience of the projected token the proxy presents to the operator.
-pub const TOKEN_AUDIENCE: &str = "weir";
 
 /// Mesh-wide injection settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +84,7 @@ impl Default for MeshConfig {
         MeshConfig {
             proxy_image: "envoyproxy/envoy:v1.40.0".into(),
             init_image: format!("ghcr.io/weir-mesh/weir-init:{}", env!("CARGO_PKG_VERSION")),
-            xds_address: "weir.weir-system.svc:15010".into(),
+            xds_address: format!("weir.{MESH_NAMESPACE}.svc:{XDS_PORT}"),
             native_sidecars: true,
             cpu: "100m".into(),
             memory: "128Mi".into(),
@@ -120,11 +117,11 @@ impl std::fmt::Display for Skip {
         match self {
             Skip::ProtectedNamespace(ns) => write!(f, "namespace {ns} is never injected"),
             Skip::HostNetwork => f.write_str("pods with hostNetwork are not injected"),
-            Skip::OptedOut => write!(f, "the pod opts out ({}: \"false\")", annotations::INJECT),
+            Skip::OptedOut => write!(f, "the pod opts out ({}: \"false\")", INJECT_KEY),
             Skip::NotOptedIn => write!(
                 f,
-                "neither the namespace (label {NAMESPACE_LABEL}=enabled) nor the pod ({}: \"true\") opts in",
-                annotations::INJECT
+                "neither the namespace (label {INJECT_KEY}=enabled) nor the pod ({}: \"true\") opts in",
+                INJECT_KEY
             ),
             Skip::AlreadyInjected => f.write_str("the pod is injected already"),
         }
@@ -163,20 +160,18 @@ pub fn decide(
                 .any(|c| c.name == name)
         })
     };
-    if annotations.is_some_and(|a| a.contains_key(annotations::INJECTED)) || has(PROXY_CONTAINER) {
+    if annotations.is_some_and(|a| a.contains_key(INJECTED_ANNOTATION)) || has(PROXY_CONTAINER) {
         return Err(Skip::AlreadyInjected);
     }
     match annotations
-        .and_then(|a| a.get(annotations::INJECT))
+        .and_then(|a| a.get(INJECT_KEY))
         .map(String::as_str)
     {
         Some("false") => Err(Skip::OptedOut),
         Some("true") => Ok(()),
         _ => match namespace_labels {
             None => Ok(()),
-            Some(labels) if labels.get(NAMESPACE_LABEL).map(String::as_str) == Some("enabled") => {
-                Ok(())
-            }
+            Some(labels) if labels.get(INJECT_KEY).map(String::as_str) == Some("enabled") => Ok(()),
             Some(_) => Err(Skip::NotOptedIn),
         },
     }
@@ -220,7 +215,7 @@ pub fn inject(pod: &Pod, namespace: &str, config: &MeshConfig) -> Injection {
     spec.volumes.get_or_insert_with(Vec::new).extend(volumes());
 
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    annotations.insert(annotations::INJECTED.into(), config.version.clone());
+    annotations.insert(INJECTED_ANNOTATION.into(), config.version.clone());
     if let Some(name) = default_container {
         // `kubectl logs` and `exec` go to the application, not the proxy.
         annotations
@@ -254,7 +249,7 @@ fn rewrite_probes(
                 continue;
             };
             if get.scheme.as_deref() == Some("HTTPS") {
-                warnings.push(format!("container {name}: the HTTPS {kind} probe is left as it is; under strict mTLS it needs its port excluded ({})", annotations::EXCLUDE_INBOUND_PORTS));
+                warnings.push(format!("container {name}: the HTTPS {kind} probe is left as it is; under strict mTLS it needs its port excluded ({})", EXCLUDE_INBOUND_PORTS_ANNOTATION));
                 continue;
             }
             let app_port = match &get.port {
@@ -367,7 +362,7 @@ fn proxy_container(
         },
         xds_address: config.xds_address.clone(),
         protocol: XdsProtocol::Delta,
-        admin_port: ADMIN_PORT,
+        admin_port: ENVOY_ADMIN_PORT,
         sidecar: Some(SidecarListeners {
             probe_port: PROBE_PORT,
             prometheus_port: PROMETHEUS_PORT,
@@ -377,7 +372,7 @@ fn proxy_container(
         // The operator is verified against the mesh root; the proxy proves its pod with the
         // projected token, which Envoy re-reads when it reconnects.
         xds_tls: Some(XdsTlsFiles {
-            root_cert: format!("{CA_DIR}/{ROOT_CERT_FILE}"),
+            root_cert: format!("{CA_DIR}/{ROOT_CERT_KEY}"),
             token: format!("{TOKEN_DIR}/{TOKEN_FILE}"),
         }),
     };
@@ -495,7 +490,7 @@ fn proxy_container(
                 ..Default::default()
             },
             VolumeMount {
-                name: "weir-root-ca".into(),
+                name: ROOT_CA_CONFIGMAP.into(),
                 mount_path: CA_DIR.into(),
                 read_only: Some(true),
                 ..Default::default()
@@ -585,11 +580,11 @@ fn volumes() -> Vec<Volume> {
             ..Default::default()
         },
         Volume {
-            name: "weir-root-ca".into(),
+            name: ROOT_CA_CONFIGMAP.into(),
             projected: Some(ProjectedVolumeSource {
                 sources: Some(vec![VolumeProjection {
                     config_map: Some(ConfigMapProjection {
-                        name: "weir-root-ca".into(),
+                        name: ROOT_CA_CONFIGMAP.into(),
                         // The operator keeps this ConfigMap in meshed namespaces. The proxy
                         // cannot verify the operator without it, so the kubelet holds the
                         // pod until it exists rather than start a proxy that cannot connect.

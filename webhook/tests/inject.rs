@@ -3,6 +3,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use weir_core::mesh::{INJECT_KEY, MESH_NAMESPACE};
 use weir_webhook::inject::{decide, inject, patch, MeshConfig, Skip};
 use weir_webhook::manifests::inject_manifests;
 
@@ -91,14 +92,14 @@ fn an_injected_pod_is_not_injected_again() {
 
 #[test]
 fn selection_follows_namespace_label_and_pod_annotation() {
-    let enabled = BTreeMap::from([("weir.dev/inject".to_string(), "enabled".to_string())]);
+    let enabled = BTreeMap::from([(INJECT_KEY.to_string(), "enabled".to_string())]);
     let none = BTreeMap::new();
     let plain = pod(POD);
     assert_eq!(decide(&plain, "shop", Some(&enabled)), Ok(()));
     assert_eq!(decide(&plain, "shop", Some(&none)), Err(Skip::NotOptedIn));
     let mut opted_in = plain.clone();
     opted_in.metadata.annotations = Some(BTreeMap::from([(
-        "weir.dev/inject".to_string(),
+        INJECT_KEY.to_string(),
         "true".to_string(),
     )]));
     assert_eq!(decide(&opted_in, "shop", Some(&none)), Ok(()));
@@ -107,8 +108,8 @@ fn selection_follows_namespace_label_and_pod_annotation() {
         Err(Skip::ProtectedNamespace("kube-system".into()))
     );
     assert_eq!(
-        decide(&opted_in, "weir-system", None),
-        Err(Skip::ProtectedNamespace("weir-system".into()))
+        decide(&opted_in, MESH_NAMESPACE, None),
+        Err(Skip::ProtectedNamespace(MESH_NAMESPACE.into()))
     );
 }
 

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
+use weir_core::mesh::INJECT_KEY;
 use weir_webhook::inject::MeshConfig;
 
 struct Server {
@@ -189,7 +190,7 @@ async fn admission_reviews_over_https() {
 
     // An opted-out Pod: allowed, untouched.
     let mut opted_out = pod_json(0);
-    opted_out["metadata"]["annotations"] = json!({"weir.dev/inject": "false"});
+    opted_out["metadata"]["annotations"] = json!({INJECT_KEY: "false"});
     let (code, response) = server.review(&review_of(opted_out, ("", "v1", "Pod"), false));
     assert_eq!(
         (code, &response["response"]["allowed"]),

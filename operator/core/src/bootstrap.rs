@@ -8,6 +8,7 @@
 use envoy_types::pb::google::protobuf::{value::Kind, Struct};
 use serde_json::{json, Value};
 
+use crate::mesh;
 use crate::translate::{Capture, ProxyProfile};
 
 /// Name of the static cluster that reaches the operator.
@@ -157,8 +158,7 @@ pub struct ProbeRoute {
     pub app_path: String,
 }
 
-/// Path on the probe port that says whether Envoy itself is ready.
-pub const PROXY_READY_PATH: &str = "/healthz/ready";
+pub use crate::mesh::PROXY_READY_PATH;
 
 /// Why parameters cannot make a bootstrap.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -237,7 +237,7 @@ fn xds_service(params: &BootstrapParams) -> Result<Value, BootstrapError> {
             "stat_prefix": XDS_CLUSTER,
             "channel_credentials": {"ssl_credentials": {"root_certs": {"filename": tls.root_cert}}},
             "call_credentials": [{"from_plugin": {
-                "name": "envoy.grpc_credentials.file_based_metadata",
+                "name": mesh::FILE_BASED_METADATA,
                 "typed_config": {
                     "@type": "type.googleapis.com/envoy.config.grpc_credential.v3.FileBasedMetadataConfig",
                     "secret_data": {"filename": tls.token},
@@ -245,7 +245,7 @@ fn xds_service(params: &BootstrapParams) -> Result<Value, BootstrapError> {
                     "header_prefix": "Bearer ",
                 },
             }}],
-            "credentials_factory_name": "envoy.grpc_credentials.file_based_metadata",
+            "credentials_factory_name": mesh::FILE_BASED_METADATA,
         },
         "retry_policy": {"retry_back_off": {"base_interval": "0.2s", "max_interval": "2s"}},
     }))
@@ -279,7 +279,7 @@ fn static_resources(params: &BootstrapParams) -> Result<Value, BootstrapError> {
             let cluster = format!("probe-grpc-{}", grpc.app_port);
             let mut upstream = static_cluster(&cluster, grpc.app_port);
             upstream["typed_extension_protocol_options"] = json!({
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                (mesh::HTTP_PROTOCOL_OPTIONS): {
                     "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                     "explicit_http_config": {"http2_protocol_options": {}},
                 },
@@ -297,9 +297,9 @@ fn static_resources(params: &BootstrapParams) -> Result<Value, BootstrapError> {
             "prometheus",
             sidecar.prometheus_port,
             vec![route(
-                "/stats/prometheus",
+                mesh::PROMETHEUS_PATH,
                 ADMIN_CLUSTER,
-                "/stats/prometheus",
+                mesh::PROMETHEUS_PATH,
             )],
         ));
     }
@@ -332,13 +332,13 @@ fn http_listener(name: &str, port: u16, routes: Vec<Value>) -> Value {
         "name": name,
         "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
         "filter_chains": [{"filters": [{
-            "name": "envoy.filters.network.http_connection_manager",
+            "name": mesh::HTTP_CONNECTION_MANAGER,
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
                 "stat_prefix": name,
                 "route_config": {"virtual_hosts": [{"name": name, "domains": ["*"], "routes": routes}]},
                 "http_filters": [{
-                    "name": "envoy.filters.http.router",
+                    "name": mesh::ROUTER_FILTER,
                     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
                 }],
             },
@@ -371,7 +371,7 @@ pub fn xds_cluster(address: &str) -> Result<Value, BootstrapError> {
         "type": discovery,
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            (mesh::HTTP_PROTOCOL_OPTIONS): {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {
                     "http2_protocol_options": {

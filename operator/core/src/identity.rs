@@ -62,7 +62,9 @@ impl SpiffeId {
     /// Parses `spiffe://<td>/ns/<ns>/sa/<sa>`.
     pub fn parse(uri: &str) -> Result<SpiffeId, IdentityError> {
         let bad = || IdentityError::BadSpiffeId(uri.to_string());
-        let rest = uri.strip_prefix("spiffe://").ok_or_else(bad)?;
+        let rest = uri
+            .strip_prefix(crate::mesh::SPIFFE_PREFIX)
+            .ok_or_else(bad)?;
         let (trust_domain, path) = rest.split_once('/').ok_or_else(bad)?;
         let parts: Vec<&str> = path.split('/').collect();
         match parts.as_slice() {
@@ -77,7 +79,7 @@ impl SpiffeId {
 
     /// The URI of every identity in a trust domain, for prefix matching.
     pub fn trust_domain_prefix(trust_domain: &str) -> String {
-        format!("spiffe://{trust_domain}/")
+        format!("{}{trust_domain}/", crate::mesh::SPIFFE_PREFIX)
     }
 }
 

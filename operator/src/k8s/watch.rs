@@ -22,7 +22,7 @@ use kube::runtime::utils::{Backoff, ResetTimerBackoff};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use weir_api::TrafficPolicyStatus;
 use weir_core::index::WatchMode;
@@ -108,7 +108,7 @@ impl ObservedPolicies {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, ObservedPolicy>> {
-        self.policies.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.policies)
     }
 }
 
@@ -139,7 +139,7 @@ struct DecodeErrors(Mutex<BTreeMap<(Kind, ObjectKey), SourceError>>);
 
 impl DecodeErrors {
     fn set(&self, state: &MeshState, id: (Kind, ObjectKey), error: Option<SourceError>) {
-        let mut errors = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut errors = crate::sync::lock(&self.0);
         let changed = match error {
             Some(e) => errors.insert(id, e.clone()).as_ref() != Some(&e),
             None => errors.remove(&id).is_some(),
@@ -324,11 +324,7 @@ impl WatchContext {
 
     /// Records that this kind was listed; whether that completes the initial state.
     fn completes_listing(&self) -> bool {
-        let mut listed = self
-            .shared
-            .listed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut listed = crate::sync::lock(&self.shared.listed);
         let completes = listed.insert(self.kind) && listed.len() == Kind::ALL.len();
         if completes {
             tracing::info!("every kind listed");

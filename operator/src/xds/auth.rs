@@ -17,14 +17,13 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::PostParams;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::Status;
+use weir_core::mesh::TOKEN_AUDIENCE;
 
 use crate::mesh_state::MeshState;
 
-/// The audience a proxy's token is made for.
-pub const AUDIENCE: &str = "weir";
 /// Reviews are cached at most this long (a token that expires earlier, until it does).
 const CACHE_FOR: Duration = Duration::from_secs(300);
 
@@ -151,7 +150,7 @@ impl TokenReviewer {
             h.finish()
         };
         let cached = {
-            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut cache = crate::sync::lock(&self.cache);
             let now = Instant::now();
             cache.retain(|_, (_, until)| *until > now);
             cache.get(&key).map(|(v, _)| v.clone())
@@ -163,10 +162,7 @@ impl TokenReviewer {
                 // A review that failed for a passing reason is not remembered.
                 if !matches!(verdict, Err(Refusal::ReviewFailed(_))) {
                     let until = Instant::now() + token_lifetime(token).min(CACHE_FOR);
-                    self.cache
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(key, (verdict.clone(), until));
+                    crate::sync::lock(&self.cache).insert(key, (verdict.clone(), until));
                 }
                 verdict
             }
@@ -181,7 +177,7 @@ impl TokenReviewer {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_string()),
-                audiences: Some(vec![AUDIENCE.to_string()]),
+                audiences: Some(vec![TOKEN_AUDIENCE.to_string()]),
             },
             ..Default::default()
         };

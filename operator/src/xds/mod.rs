@@ -29,6 +29,7 @@ use tonic::Status;
 use weir_core::ads::{self, Answer, Connection, DeltaConnection, SotwConnection};
 use weir_core::bootstrap::ProxyMeta;
 use weir_core::index::Workload;
+use weir_core::mesh::ADS_SERVICE;
 use weir_core::{ResourceType, TypeSnapshot};
 
 use crate::mesh_state::MeshState;
@@ -38,9 +39,6 @@ use proxies::ProxyHandle;
 
 /// Responses buffered per stream before the stream waits for the proxy to read.
 const RESPONSE_BUFFER: usize = 4;
-
-/// The gRPC service name Envoy calls.
-const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 
 /// The ADS service.
 #[derive(Debug, Clone)]
@@ -76,7 +74,7 @@ impl AdsService {
 }
 
 impl tonic::server::NamedService for AdsService {
-    const NAME: &'static str = SERVICE;
+    const NAME: &'static str = ADS_SERVICE;
 }
 
 impl tonic::codegen::Service<http::Request<tonic::body::Body>> for AdsService {
@@ -96,7 +94,7 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for AdsService {
                 "StreamAggregatedResources" => inner.open::<SotwConnection>(request).await,
                 "DeltaAggregatedResources" => inner.open::<DeltaConnection>(request).await,
                 other => Status::unimplemented(format!(
-                    "{SERVICE} has no method {other:?}: Weir serves aggregated (ADS) streams only"
+                    "{ADS_SERVICE} has no method {other:?}: Weir serves aggregated (ADS) streams only"
                 ))
                 .into_http(),
             })

@@ -55,10 +55,7 @@ struct Resolver {
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        crate::sync::read(&self.current).clone()
     }
 }
 
@@ -85,11 +82,7 @@ impl XdsTls {
 
     /// Whether a certificate is installed (handshakes fail until one is).
     pub fn ready(&self) -> bool {
-        self.resolver
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
+        crate::sync::read(&self.resolver.current).is_some()
     }
 
     /// Issues the serving certificate and renews it at half-life and at every change of
@@ -100,12 +93,7 @@ impl XdsTls {
             let renew_in = match authority.issue_server(&self.names, SERVING_CERT_TTL) {
                 Some(cert) => match certified_key(&cert.chain_pem, cert.key.pem()) {
                     Ok(key) => {
-                        *self
-                            .resolver
-                            .current
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                            Some(Arc::new(key));
+                        *crate::sync::write(&self.resolver.current) = Some(Arc::new(key));
                         tracing::info!(names = ?self.names, "xDS serving certificate issued");
                         let life = cert
                             .not_after

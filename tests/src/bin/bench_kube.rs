@@ -14,6 +14,7 @@
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::time::{Duration, Instant};
+use weir_core::mesh::INJECTED_ANNOTATION;
 use weir_tests::fake_api::FakeApi;
 use weir_tests::*;
 
@@ -44,7 +45,7 @@ async fn main() -> Result<()> {
                 objects.push(json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": pod, "namespace": ns,
                     "labels": {"app": name, "version": version, "pod-template-hash": "7d4f9c8b5"},
-                    "annotations": {"weir.dev/injected": "0.1.0"}},
+                    "annotations": {INJECTED_ANNOTATION: "0.1.0"}},
                 "spec": {"containers": [{"name": "app", "image": "registry.example/app:1.2.3",
                     "ports": [{"containerPort": 8080}]}], "nodeName": format!("node{}", n % 100)},
                 "status": {"phase": "Running", "podIP": format!("10.{}.{}.{}", 128 + n / 65536, (n / 256) % 256, n % 256)}}));
@@ -150,7 +151,6 @@ async fn main() -> Result<()> {
             &admin,
         ])
         .env("RUST_LOG", "warn")
-        .envs(weir_operator_allocator_env())
         .kill_on_drop(true)
         .spawn()
         .context("starting weir-operator local")?;

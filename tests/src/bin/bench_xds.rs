@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use weir_core::mesh::OUTBOUND_CAPTURE_PORT;
 use weir_core::ResourceType;
 use weir_tests::*;
 
@@ -133,7 +134,7 @@ async fn delta_client(i: usize, channel: tonic::transport::Channel, shared: &Sha
     first.node = Some(xds_client::explicit_node(
         "default",
         &format!("bench-{i}"),
-        15001,
+        OUTBOUND_CAPTURE_PORT,
     ));
     tx.send(first).await?;
     tx.send(req(ResourceType::Listener, vec![], String::new()))
@@ -196,7 +197,7 @@ async fn sotw_client(i: usize, channel: tonic::transport::Channel, shared: &Shar
     first.node = Some(xds_client::explicit_node(
         "default",
         &format!("bench-{i}"),
-        15001,
+        OUTBOUND_CAPTURE_PORT,
     ));
     tx.send(first).await?;
     tx.send(req(
@@ -405,7 +406,8 @@ async fn main() -> Result<()> {
         format!("127.0.0.1:{}", free_port()).parse()?,
     );
     // The operator in its own process (the release binary, local mode), so that its memory
-    // and CPU are read apart from the clients'. The allocator settings are the Deployment's.
+    // and CPU are read apart from the clients'. Started as users start it: the binary sets
+    // its allocator settings itself.
     let mut operator = tokio::process::Command::new(workspace_binary("weir-operator")?)
         .args(["local", "--dir"])
         .arg(&dir)
@@ -416,7 +418,6 @@ async fn main() -> Result<()> {
             &admin.to_string(),
         ])
         .env("RUST_LOG", "warn")
-        .envs(weir_operator_allocator_env())
         .kill_on_drop(true)
         .spawn()
         .context("starting weir-operator")?;

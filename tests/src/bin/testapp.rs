@@ -12,13 +12,12 @@
 //!                                                   offers): `<status> <body line>`
 //! ```
 //! Errors print `ERR <why>` and exit 0, so a test can compare outputs.
-#![deny(warnings)]
-#![forbid(unsafe_code)]
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use weir_core::mesh::ALPN_HTTP;
 use weir_tests::apps;
 
 #[derive(Parser)]
@@ -106,7 +105,7 @@ async fn main() -> Result<()> {
                     let read = |f: &str| std::fs::read_to_string(dir.join(f));
                     match (read("cert.pem"), read("key.pem"), read("ca.pem")) {
                         (Ok(cert), Ok(key), Ok(ca)) => {
-                            apps::call_mtls_http(addr, &cert, &key, &ca, &["weir-http", "http/1.1"])
+                            apps::call_mtls_http(addr, &cert, &key, &ca, &[ALPN_HTTP, "http/1.1"])
                                 .await
                         }
                         _ => Err(anyhow::anyhow!("{arg} needs cert.pem, key.pem and ca.pem")),

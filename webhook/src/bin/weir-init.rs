@@ -1,13 +1,12 @@
 //! `weir-init`: the init container that makes a pod's TCP traffic go through its Envoy
 //! sidecar. It programs the pod's `nat` table with one `iptables-restore` call and exits.
 //! Needs only NET_ADMIN and NET_RAW. `--dry-run` prints the rules instead.
-#![deny(warnings)]
-#![forbid(unsafe_code)]
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use std::io::Write;
 use std::process::{Command, Stdio};
+use weir_core::mesh;
 use weir_webhook::capture::{self, iptables_rules, CaptureConfig};
 
 #[derive(Parser)]
@@ -21,13 +20,13 @@ struct Args {
     #[arg(long)]
     dry_run: bool,
     /// Envoy's uid and gid; their traffic is never captured.
-    #[arg(long, default_value_t = capture::PROXY_UID)]
+    #[arg(long, default_value_t = mesh::PROXY_UID)]
     proxy_uid: u32,
     /// Port of Envoy's outbound listener.
-    #[arg(long, default_value_t = capture::OUTBOUND_PORT)]
+    #[arg(long, default_value_t = mesh::OUTBOUND_CAPTURE_PORT)]
     outbound_port: u16,
     /// Port of Envoy's inbound listener.
-    #[arg(long, default_value_t = capture::INBOUND_PORT)]
+    #[arg(long, default_value_t = mesh::INBOUND_CAPTURE_PORT)]
     inbound_port: u16,
     /// Inbound ports not to capture, comma-separated.
     #[arg(long, default_value = "")]

@@ -10,21 +10,39 @@ use weir_api::{MeshIdentity, TrafficPolicy};
 
 use super::ObjectKey;
 
-/// A kind the index understands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    /// core/v1 Service.
-    Service,
-    /// discovery.k8s.io/v1 EndpointSlice.
-    EndpointSlice,
-    /// core/v1 Pod.
-    Pod,
-    /// weir.dev/v1alpha1 TrafficPolicy.
-    TrafficPolicy,
-    /// weir.dev/v1alpha1 MeshIdentity.
-    MeshIdentity,
-    /// core/v1 Namespace.
-    Namespace,
+/// Declares [`Kind`] and [`Kind::ALL`] from one list of variants, so that a variant cannot
+/// be added without being in `ALL` (every `match` below must then handle it too).
+macro_rules! kinds {
+    ($(#[$meta:meta])* pub enum Kind { $($(#[$variant_meta:meta])* $variant:ident,)+ }) => {
+        $(#[$meta])*
+        pub enum Kind {
+            $($(#[$variant_meta])* $variant,)+
+        }
+
+        impl Kind {
+            /// Every kind, in the order sources list them (the order of declaration).
+            pub const ALL: [Kind; [$(Kind::$variant),+].len()] = [$(Kind::$variant),+];
+        }
+    };
+}
+
+kinds! {
+    /// A kind the index understands.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum Kind {
+        /// core/v1 Service.
+        Service,
+        /// discovery.k8s.io/v1 EndpointSlice.
+        EndpointSlice,
+        /// core/v1 Pod.
+        Pod,
+        /// weir.dev/v1alpha1 TrafficPolicy.
+        TrafficPolicy,
+        /// weir.dev/v1alpha1 MeshIdentity.
+        MeshIdentity,
+        /// core/v1 Namespace.
+        Namespace,
+    }
 }
 
 /// Whether objects of a kind live in a namespace.
@@ -64,16 +82,6 @@ pub enum Object {
 }
 
 impl Kind {
-    /// Every kind, in the order sources list them.
-    pub const ALL: [Kind; 6] = [
-        Kind::Service,
-        Kind::EndpointSlice,
-        Kind::Pod,
-        Kind::TrafficPolicy,
-        Kind::MeshIdentity,
-        Kind::Namespace,
-    ];
-
     /// `apiVersion` as written in manifests.
     pub fn api_version(self) -> &'static str {
         match self {

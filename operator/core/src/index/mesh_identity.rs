@@ -33,9 +33,9 @@ pub const MAX_WORKLOAD_TTL: Duration = Duration::from_secs(720 * 3600);
 impl Default for IdentityConfig {
     fn default() -> Self {
         IdentityConfig {
-            trust_domain: "cluster.local".into(),
+            trust_domain: crate::mesh::DEFAULT_TRUST_DOMAIN.into(),
             ca: CaSource::default(),
-            workload_ttl: Duration::from_secs(24 * 3600),
+            workload_ttl: crate::mesh::DEFAULT_WORKLOAD_CERT_TTL,
             mtls_mode: MtlsMode::Strict,
             problem: None,
         }

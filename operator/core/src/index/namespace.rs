@@ -6,8 +6,7 @@ use weir_api::MtlsMode;
 
 use super::{pod::MTLS_MODE_KEY, Index, IndexKind, Kind, ObjectKey};
 
-/// The namespace label that opts its pods into injection.
-pub const INJECT_LABEL: &str = "weir.dev/inject";
+pub use crate::mesh::INJECT_KEY as INJECT_LABEL;
 
 /// What the index keeps of a Namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]

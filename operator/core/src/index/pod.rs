@@ -9,10 +9,7 @@ use weir_api::MtlsMode;
 
 use super::{Index, IndexKind, Kind, ObjectKey};
 
-/// Annotation the injector puts on every pod it injected.
-pub const INJECTED_ANNOTATION: &str = "weir.dev/injected";
-/// Pod annotation (or namespace label) that overrides the mesh's mTLS mode.
-pub const MTLS_MODE_KEY: &str = "weir.dev/mtls-mode";
+pub use crate::mesh::{INJECTED_ANNOTATION, MTLS_MODE_KEY};
 
 /// What the index keeps of a Pod.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,12 +35,7 @@ use envoy_types::util::pack_any;
 use super::pb;
 use super::port::WeightedClusters;
 
-/// The HTTP connection manager network filter.
-pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
-/// The TCP proxy network filter.
-pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
-/// The router, last HTTP filter of every connection manager.
-pub const ROUTER: &str = "envoy.filters.http.router";
+use crate::mesh::{HTTP_CONNECTION_MANAGER, ROUTER_FILTER, TCP_PROXY};
 
 /// Where a connection manager's routes come from.
 #[derive(Debug, Clone)]
@@ -123,7 +118,7 @@ impl HttpChain {
     ) -> FilterChain {
         self.hcm
             .http_filters
-            .push(http_filter(ROUTER, pack_any(Router::default())));
+            .push(http_filter(ROUTER_FILTER, pack_any(Router::default())));
         chain(
             name,
             matched,

@@ -28,8 +28,7 @@ use super::{endpoint, pb};
 use crate::protocol::Protocol;
 use crate::routing::Pool;
 
-/// The key of HTTP protocol options in a cluster's typed extension options.
-pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+use crate::mesh::HTTP_PROTOCOL_OPTIONS;
 
 /// Connect timeout for mesh clusters when no policy sets one.
 const CONNECT_TIMEOUT: Duration = pb::seconds(1);

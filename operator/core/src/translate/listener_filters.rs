@@ -16,17 +16,8 @@ use envoy_types::util::pack_any;
 
 use super::pb;
 
-/// Port iptables sends outbound traffic to.
-pub const OUTBOUND_CAPTURE_PORT: u16 = 15001;
-/// Port iptables sends inbound traffic to.
-pub const INBOUND_CAPTURE_PORT: u16 = 15006;
-
-/// The original destination listener filter.
-pub const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
-/// The TLS inspector listener filter.
-pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
-/// The HTTP inspector listener filter.
-pub const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+use crate::mesh::{HTTP_INSPECTOR_FILTER, ORIGINAL_DST_FILTER, TLS_INSPECTOR_FILTER};
+pub use crate::mesh::{INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT};
 
 /// How long the inspectors wait for a client's first bytes before the connection is
 /// treated as TCP (a server-first protocol on an undeclared port waits this long once).
@@ -35,7 +26,7 @@ pub const DETECTION_TIMEOUT: Duration = pb::seconds(1);
 /// Restores the connection's original destination (transparent mode).
 pub fn original_dst() -> ListenerFilter {
     ListenerFilter {
-        name: ORIGINAL_DST.into(),
+        name: ORIGINAL_DST_FILTER.into(),
         config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(OriginalDst {}))),
         ..Default::default()
     }
@@ -44,7 +35,7 @@ pub fn original_dst() -> ListenerFilter {
 /// The TLS inspector on every connection.
 pub fn tls_inspector() -> ListenerFilter {
     ListenerFilter {
-        name: TLS_INSPECTOR.into(),
+        name: TLS_INSPECTOR_FILTER.into(),
         config_type: Some(ListenerFilterConfig::TypedConfig(pack_any(
             TlsInspector::default(),
         ))),
@@ -54,12 +45,20 @@ pub fn tls_inspector() -> ListenerFilter {
 
 /// The TLS inspector for connections to `ports` only (sorted, distinct).
 pub fn tls_inspector_on(ports: &[u16]) -> ListenerFilter {
-    inspector(TLS_INSPECTOR, pack_any(TlsInspector::default()), ports)
+    inspector(
+        TLS_INSPECTOR_FILTER,
+        pack_any(TlsInspector::default()),
+        ports,
+    )
 }
 
 /// The HTTP inspector for connections to `ports` only (sorted, distinct).
 pub fn http_inspector_on(ports: &[u16]) -> ListenerFilter {
-    inspector(HTTP_INSPECTOR, pack_any(HttpInspector::default()), ports)
+    inspector(
+        HTTP_INSPECTOR_FILTER,
+        pack_any(HttpInspector::default()),
+        ports,
+    )
 }
 
 /// A listener filter that runs only for connections to `ports` (sorted, distinct).

@@ -27,22 +27,11 @@ use super::pb::{self, ads};
 use crate::identity::secrets;
 use crate::protocol::Protocol;
 
-/// The endpoint metadata key Envoy matches transport sockets on.
-pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
-/// The metadata field that marks an endpoint with a sidecar.
-pub const TLS_MODE: &str = "tlsMode";
-/// Its value.
-pub const TLS_MODE_MESH: &str = "weir";
-/// ALPN of mesh mTLS carrying HTTP (the receiving sidecar terminates it into HTTP and
-/// passes the caller's identity on); distinct from any application's own ALPN.
-pub const ALPN_HTTP: &str = "weir-http";
-/// ALPN of mesh mTLS carrying anything else (proxied as bytes).
-pub const ALPN_TCP: &str = "weir-tcp";
+pub use crate::mesh::{ALPN_HTTP, ALPN_TCP, TLS_MODE, TLS_MODE_MESH, TRANSPORT_SOCKET_MATCH};
 /// The ALPN a server sidecar selects from on mesh HTTP: the standard names, so that the
 /// negotiated protocol tells its HTTP codec which version follows.
 pub const INBOUND_HTTP_ALPN: &[&str] = &["h2", "http/1.1"];
-/// Envoy's TLS transport socket.
-pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
+use crate::mesh::TLS_TRANSPORT_SOCKET;
 
 /// The ALPN a client sidecar offers for a port's protocol: the mesh's, then (for HTTP)
 /// the standard name of the HTTP version it speaks, which the server selects.

@@ -46,12 +46,7 @@ use crate::routing::{AbortStatus, Algorithm, Balancer, Fault, HashKey, RateLimit
 use crate::translate::chain::http_filter;
 use crate::translate::pb::{duration as pb_duration, percent, u32v};
 
-/// The fault filter's name: the key of per-route fault configurations.
-pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
-/// The local rate limit filter's name: the key of per-virtual-host bucket configurations.
-pub const RATE_LIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
-/// Header on answers refused by a local rate limit.
-pub const RATE_LIMITED_HEADER: &str = "x-weir-rate-limited";
+pub use crate::mesh::{FAULT_FILTER, RATE_LIMITED_HEADER, RATE_LIMIT_FILTER};
 /// Stat prefix of the local rate limit filter (`<prefix>.http_local_rate_limit.rate_limited`).
 const RATE_LIMIT_STATS: &str = "weir_rate_limit";
 
