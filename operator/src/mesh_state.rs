@@ -12,7 +12,7 @@
 //! period, and never more than [`MAX_DELAY`] after the first change of a batch.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, watch};
 use weir_core::identity::rfc3339;
@@ -122,7 +122,7 @@ impl MeshState {
     }
 
     fn model(&self) -> std::sync::MutexGuard<'_, Model> {
-        self.model.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.model)
     }
 
     /// Applies a batch of events, translates, and publishes the snapshots that changed.
@@ -227,21 +227,14 @@ impl MeshState {
     /// it bypasses translation and validation to provoke what valid input never does.
     #[cfg(feature = "testing")]
     pub fn insert_overlay(&self, t: weir_core::ResourceType, resource: weir_core::Resource) {
-        self.overlay
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(t, resource);
+        crate::sync::lock(&self.overlay).insert(t, resource);
         self.republish();
     }
 
     /// Stops serving a resource added by [`MeshState::insert_overlay`].
     #[cfg(feature = "testing")]
     pub fn remove_overlay(&self, t: weir_core::ResourceType, name: &str) {
-        let removed = self
-            .overlay
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(t, name);
+        let removed = crate::sync::lock(&self.overlay).remove(t, name);
         if removed {
             self.republish();
         }
@@ -252,13 +245,8 @@ impl MeshState {
     fn republish(&self) {
         let published = {
             let mut model = self.model();
-            let profiles: Vec<ProxyProfile> = self
-                .senders
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .keys()
-                .copied()
-                .collect();
+            let profiles: Vec<ProxyProfile> =
+                crate::sync::lock(&self.senders).keys().copied().collect();
             profiles
                 .into_iter()
                 .map(|p| (p, Ok(model.snapshots.snapshot(p))))
@@ -270,11 +258,7 @@ impl MeshState {
     /// A snapshot as served: with the test overlay over it, when there is one.
     fn served(&self, snapshot: Arc<Snapshot>) -> Arc<Snapshot> {
         #[cfg(feature = "testing")]
-        let snapshot = self
-            .overlay
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .apply(&snapshot);
+        let snapshot = crate::sync::lock(&self.overlay).apply(&snapshot);
         snapshot
     }
 
@@ -282,7 +266,7 @@ impl MeshState {
         if published.is_empty() {
             return;
         }
-        let senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        let senders = crate::sync::lock(&self.senders);
         for (profile, built) in published {
             let snapshot = match built {
                 Ok(snapshot) => self.served(snapshot),
@@ -315,7 +299,7 @@ impl MeshState {
         // would otherwise publish to no one and leave this profile's channel stale.
         let mut model = self.model();
         let snapshot = self.served(model.snapshots.snapshot(profile));
-        let mut senders = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut senders = crate::sync::lock(&self.senders);
         let receiver = senders
             .entry(profile)
             .or_insert_with(|| watch::channel(snapshot).0)
@@ -350,19 +334,13 @@ impl MeshState {
 
     /// Records that something was sent to a proxy.
     pub fn note_push(&self) {
-        *self
-            .last_push
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(SystemTime::now());
+        *crate::sync::lock(&self.last_push) = Some(SystemTime::now());
     }
 
     /// Replaces the source's load errors.
     pub fn set_source_errors(&self, errors: Vec<SourceError>) {
         self.metrics.source_errors.set(errors.len() as i64);
-        *self
-            .source_errors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = errors;
+        *crate::sync::lock(&self.source_errors) = errors;
     }
 
     /// The source has sent its initial state to `tx`: the state counts as synced (ready)
@@ -393,10 +371,7 @@ impl MeshState {
             (policies, model.index.counts())
         };
         let rejected: Vec<_> = policies.iter().filter(|p| !p.accepted().status).collect();
-        let last_push = *self
-            .last_push
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let last_push = *crate::sync::lock(&self.last_push);
         MeshReport {
             status: weir_api::MeshStatusStatus {
                 proxies_connected: proxies.len() as u32,
@@ -437,11 +412,7 @@ impl MeshState {
                 SystemTime::now(),
             ),
             policies,
-            source_errors: self
-                .source_errors
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
+            source_errors: crate::sync::lock(&self.source_errors).clone(),
             objects: counts,
         }
     }

@@ -21,6 +21,7 @@ pub mod ads;
 pub mod binding;
 pub mod bootstrap;
 pub mod conditions;
+mod hash_map;
 pub mod identity;
 pub mod index;
 pub mod mesh;
@@ -40,9 +41,6 @@ pub mod yaml;
 
 pub use index::{Event, Index, Kind, Object, ObjectKey};
 
-/// Hash maps keyed by object names: ahash is several times faster than SipHash on these
-/// keys and still randomly seeded, so names chosen by users cannot force collisions.
-pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 pub use resources::{PerType, Resource, ResourceType};
 pub use snapshot::{Snapshot, SnapshotBuilder, TypeSnapshot};
 pub use translate::{Capture, ProxyProfile, Zone};

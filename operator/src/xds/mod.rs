@@ -283,51 +283,29 @@ async fn drive<C: Connection>(
             return;
         }
     };
-    let pod = weir_core::ObjectKey::new(meta.namespace.clone(), meta.pod.clone());
-    let service_account = match &identity {
-        auth::StreamIdentity::Verified(proxy) => {
-            if proxy.namespace != meta.namespace || proxy.pod != meta.pod {
-                let refusal = auth::Refusal::MetadataMismatch(format!(
-                    "the token is pod {}/{}'s, the node metadata says {}/{}",
-                    proxy.namespace, proxy.pod, meta.namespace, meta.pod
-                ));
-                let _ = tx.send(Outgoing::End(refuse(&state, &refusal))).await;
-                return;
-            }
-            proxy.service_account.clone()
+    let service_account = match service_account(&state, &identity, &meta) {
+        Ok(service_account) => service_account,
+        Err(status) => {
+            let _ = tx.send(Outgoing::End(status)).await;
+            return;
         }
-        auth::StreamIdentity::Unverified => state
-            .pod_service_account(&pod)
-            .or_else(|| meta.service_account.clone())
-            .unwrap_or_else(|| "default".into()),
     };
     let mut placements = state.placements();
-    // The profile follows the pod's mTLS mode and zone, the inbound listener the Services
-    // it backs (all can change while connected).
-    let placed = |state: &MeshState| {
-        let placement = state.placement(&pod);
-        let zone = match &meta.zone {
-            Some(zone) => weir_core::Zone::new(zone),
-            None => placement.zone.and_then(|z| weir_core::Zone::new(&z)),
-        };
-        (
-            meta.profile(placement.mode).in_zone(zone),
-            placement.workload,
-        )
-    };
-    let (mut profile, mut workload) = placed(&state);
-    let mut snapshots = state.subscribe(profile);
+    let mut serving = Serving::new(&state, &meta);
+    let mut snapshots = state.subscribe(serving.profile);
     let mut secrets = state.identity.subscribe(&meta.namespace, &service_account);
-    let mut listeners = WorkloadListeners::default();
-    let mut view = listeners.view(
+    let mut view = serving.view(
         &state,
-        (profile, &workload),
         &snapshots.borrow_and_update(),
         &secrets.borrow_and_update(),
     );
-    let proxy = state
-        .proxies
-        .register(node.clone(), C::NAME, &meta, profile, &service_account);
+    let proxy = state.proxies.register(
+        node.clone(),
+        C::NAME,
+        &meta,
+        serving.profile,
+        &service_account,
+    );
     state.metrics.connected_proxies.inc();
     tracing::info!(
         node,
@@ -388,29 +366,23 @@ async fn drive<C: Connection>(
                 if changed.is_err() {
                     break;
                 }
-                let (now, now_serving) = placed(&state);
-                if now == profile && now_serving == workload {
-                    continue;
-                }
-                // Another profile or workload: what it is served is not a continuation of
-                // what it had, so the next view is compared whole.
-                connection.resync();
-                if now_serving != workload {
-                    workload = now_serving;
-                    tracing::info!(node, services = workload.services.len(), "the Services the proxy's pod backs changed");
-                }
-                if now != profile {
-                    profile = now;
-                    snapshots = state.subscribe(profile);
-                    io.proxy.update(|p| p.profile = profile);
-                    tracing::info!(node, inbound = profile.inbound.as_str(), zone = ?profile.zone, "proxy's mTLS mode or zone changed");
+                match serving.replace(&state, &meta) {
+                    Moved::Nowhere => continue,
+                    // What it is served now is not a continuation of what it had, so the
+                    // next view is compared whole.
+                    Moved::Workload => connection.resync(),
+                    Moved::Profile => {
+                        connection.resync();
+                        let profile = serving.profile;
+                        snapshots = state.subscribe(profile);
+                        io.proxy.update(|p| p.profile = profile);
+                    }
                 }
             }
         }
         if next.is_none() {
-            view = listeners.view(
+            view = serving.view(
                 &state,
-                (profile, &workload),
                 &snapshots.borrow_and_update(),
                 &secrets.borrow_and_update(),
             );
@@ -428,31 +400,119 @@ async fn drive<C: Connection>(
     tracing::info!(node, protocol = C::NAME, "proxy disconnected");
 }
 
-/// The listeners one stream serves, derived from its profile's for its workload, kept until
-/// the profile's listeners or the workload change (endpoint and route churn reuse them
-/// without the model lock).
-#[derive(Default)]
-struct WorkloadListeners {
-    /// (the profile's listener snapshot, the workload, what the stream serves for them).
-    current: Option<(Arc<TypeSnapshot>, Workload, Arc<TypeSnapshot>)>,
+/// The service account a stream serves certificates for: the verified token's (which must
+/// be the pod's the node metadata names), else, without token authentication, the pod's
+/// as the index knows it, the metadata's, or `default`.
+fn service_account(
+    state: &MeshState,
+    identity: &auth::StreamIdentity,
+    meta: &ProxyMeta,
+) -> Result<String, Status> {
+    match identity {
+        auth::StreamIdentity::Verified(proxy) => {
+            if proxy.namespace != meta.namespace || proxy.pod != meta.pod {
+                let refusal = auth::Refusal::MetadataMismatch(format!(
+                    "the token is pod {}/{}'s, the node metadata says {}/{}",
+                    proxy.namespace, proxy.pod, meta.namespace, meta.pod
+                ));
+                return Err(refuse(state, &refusal));
+            }
+            Ok(proxy.service_account.clone())
+        }
+        auth::StreamIdentity::Unverified => {
+            let pod = weir_core::ObjectKey::new(meta.namespace.clone(), meta.pod.clone());
+            Ok(state
+                .pod_service_account(&pod)
+                .or_else(|| meta.service_account.clone())
+                .unwrap_or_else(|| "default".into()))
+        }
+    }
 }
 
-impl WorkloadListeners {
-    /// What one stream serves: its profile's snapshot, with its workload's listeners and
+/// What one stream serves beyond its identity: the profile its pod's mTLS mode and zone
+/// decide, and the inbound listener of the Services it backs (all can change while it is
+/// connected). The listeners derived for the workload are kept until the profile's
+/// listeners or the workload change, so endpoint and route churn reuse them without the
+/// model lock.
+struct Serving {
+    pod: weir_core::ObjectKey,
+    profile: weir_core::ProxyProfile,
+    workload: Workload,
+    /// (the profile's listener snapshot, the workload, what the stream serves for them).
+    listeners: Option<(Arc<TypeSnapshot>, Workload, Arc<TypeSnapshot>)>,
+}
+
+/// How a stream's placement moved.
+enum Moved {
+    /// It did not.
+    Nowhere,
+    /// The Services its pod backs changed.
+    Workload,
+    /// Its profile changed (and maybe the workload): subscribe to the new one.
+    Profile,
+}
+
+impl Serving {
+    fn new(state: &MeshState, meta: &ProxyMeta) -> Serving {
+        let pod = weir_core::ObjectKey::new(meta.namespace.clone(), meta.pod.clone());
+        let (profile, workload) = Self::placed(state, &pod, meta);
+        Serving {
+            pod,
+            profile,
+            workload,
+            listeners: None,
+        }
+    }
+
+    fn placed(
+        state: &MeshState,
+        pod: &weir_core::ObjectKey,
+        meta: &ProxyMeta,
+    ) -> (weir_core::ProxyProfile, Workload) {
+        let placement = state.placement(pod);
+        let zone = match &meta.zone {
+            Some(zone) => weir_core::Zone::new(zone),
+            None => placement.zone.and_then(|z| weir_core::Zone::new(&z)),
+        };
+        let profile = meta.profile(placement.mode).in_zone(zone);
+        (profile, placement.workload)
+    }
+
+    /// Reads the pod's placement again.
+    fn replace(&mut self, state: &MeshState, meta: &ProxyMeta) -> Moved {
+        let (profile, workload) = Self::placed(state, &self.pod, meta);
+        let moved = if profile != self.profile {
+            tracing::info!(pod = %self.pod, inbound = profile.inbound.as_str(), zone = ?profile.zone, "proxy's mTLS mode or zone changed");
+            Moved::Profile
+        } else if workload != self.workload {
+            Moved::Workload
+        } else {
+            return Moved::Nowhere;
+        };
+        if workload != self.workload {
+            tracing::info!(pod = %self.pod, services = workload.services.len(), "the Services the proxy's pod backs changed");
+        }
+        self.profile = profile;
+        self.workload = workload;
+        moved
+    }
+
+    /// What the stream serves: its profile's snapshot, with its workload's listeners and
     /// its own identity's secrets over it.
     fn view(
         &mut self,
         state: &MeshState,
-        (profile, workload): (weir_core::ProxyProfile, &Workload),
         snapshot: &Arc<weir_core::Snapshot>,
         secrets: &Arc<TypeSnapshot>,
     ) -> weir_core::Snapshot {
         let base = &snapshot.types[ResourceType::Listener];
-        let listeners = match &self.current {
-            Some((from, of, served)) if Arc::ptr_eq(from, base) && of == workload => served.clone(),
+        let listeners = match &self.listeners {
+            Some((from, of, served)) if Arc::ptr_eq(from, base) && *of == self.workload => {
+                served.clone()
+            }
             _ => {
-                let served = state.workload_listeners(profile, workload, base);
-                self.current = Some((base.clone(), workload.clone(), served.clone()));
+                let served = state.workload_listeners(self.profile, &self.workload, base);
+                self.listeners = Some((base.clone(), self.workload.clone(), served.clone()));
                 served
             }
         };

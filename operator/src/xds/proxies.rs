@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use weir_core::ads::{Answer, Response};
 use weir_core::status::AckSummary;
@@ -111,17 +111,13 @@ pub struct ProxyHandle {
 impl ProxyHandle {
     /// Updates the record.
     pub fn update<R>(&self, f: impl FnOnce(&mut ProxyRecord) -> R) -> R {
-        f(&mut self.record.lock().unwrap_or_else(PoisonError::into_inner))
+        f(&mut crate::sync::lock(&self.record))
     }
 }
 
 impl Drop for ProxyHandle {
     fn drop(&mut self) {
-        self.registry
-            .proxies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.id);
+        crate::sync::lock(&self.registry.proxies).remove(&self.id);
     }
 }
 
@@ -157,10 +153,7 @@ impl ProxyRegistry {
             generation: 0,
             types: PerType::default(),
         }));
-        self.proxies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, record.clone());
+        crate::sync::lock(&self.proxies).insert(id, record.clone());
         ProxyHandle {
             id,
             record,
@@ -170,25 +163,16 @@ impl ProxyRegistry {
 
     /// A copy of every record, in connection order.
     pub fn list(&self) -> Vec<ProxyRecord> {
-        let records: Vec<_> = self
-            .proxies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
+        let records: Vec<_> = crate::sync::lock(&self.proxies).values().cloned().collect();
         records
             .iter()
-            .map(|r| r.lock().unwrap_or_else(PoisonError::into_inner).clone())
+            .map(|r| crate::sync::lock(r).clone())
             .collect()
     }
 
     /// Number of open streams.
     pub fn len(&self) -> usize {
-        self.proxies
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        crate::sync::lock(&self.proxies).len()
     }
 
     /// No open streams.

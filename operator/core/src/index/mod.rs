@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use weir_api::{MeshIdentity, TrafficPolicy};
 
-use crate::HashMap;
+use crate::hash_map::HashMap;
 
 pub use endpoint_slice::{EndpointModel, SliceModel};
 pub use kind::{decode_document, Kind, Object, Scope, WatchMode};

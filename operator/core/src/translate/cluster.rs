@@ -76,8 +76,12 @@ pub fn dns_cluster(
     )
 }
 
-fn with_protocol(mut cluster: Cluster, protocol: Protocol, pool: Option<&Pool>) -> Cluster {
-    if let Some(options) = http_protocol_options(protocol, pool) {
+fn with_protocol(cluster: Cluster, protocol: Protocol, pool: Option<&Pool>) -> Cluster {
+    with_http_options(cluster, UpstreamHttp::Port(protocol), pool)
+}
+
+fn with_http_options(mut cluster: Cluster, upstream: UpstreamHttp, pool: Option<&Pool>) -> Cluster {
+    if let Some(options) = http_protocol_options(upstream, pool) {
         cluster
             .typed_extension_protocol_options
             .insert(HTTP_PROTOCOL_OPTIONS.into(), pack_any(options));
@@ -85,13 +89,38 @@ fn with_protocol(mut cluster: Cluster, protocol: Protocol, pool: Option<&Pool>) 
     cluster
 }
 
-/// How a cluster speaks HTTP to its backends: HTTP/2 (h2c) for http2 and gRPC ports,
-/// HTTP/1.1 otherwise, with the pool's idle timeout and requests per connection. `None`
-/// where Envoy's defaults are it (HTTP/1.1 without pool settings, or not HTTP).
+/// What a cluster speaks to its backends over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamHttp {
+    /// What the Service port's protocol says: HTTP/2 (h2c) for http2 and gRPC, else
+    /// HTTP/1.1.
+    Port(Protocol),
+    /// The version the caller spoke (inbound, to the application).
+    LikeDownstream,
+}
+
+/// A cluster's HTTP protocol options, the one place they are built: the upstream HTTP
+/// version, with the pool's idle timeout and requests per connection (HTTP ports only).
+/// `None` where Envoy's defaults are it (HTTP/1.1 without pool settings, or not HTTP).
 pub fn http_protocol_options(
-    protocol: Protocol,
+    upstream: UpstreamHttp,
     pool: Option<&Pool>,
 ) -> Option<HttpProtocolOptions> {
+    let protocol = match upstream {
+        UpstreamHttp::Port(protocol) => protocol,
+        UpstreamHttp::LikeDownstream => {
+            return Some(HttpProtocolOptions {
+                upstream_protocol_options: Some(
+                    UpstreamProtocolOptions::UseDownstreamProtocolConfig(UseDownstreamHttpConfig {
+                        http_protocol_options: Some(Http1ProtocolOptions::default()),
+                        http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                        ..Default::default()
+                    }),
+                ),
+                ..Default::default()
+            })
+        }
+    };
     let common = pool
         .filter(|p| p.idle_timeout.is_some() || p.max_requests_per_connection.is_some())
         .filter(|_| protocol.is_http())
@@ -135,19 +164,9 @@ pub fn original_dst_cluster(name: &str) -> Cluster {
 /// An original-destination cluster for HTTP that speaks to the application in the
 /// protocol the caller used (inbound, after mTLS termination).
 pub fn original_dst_http_cluster(name: &str) -> Cluster {
-    let mut cluster = original_dst_cluster(name);
-    let options = HttpProtocolOptions {
-        upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
-            UseDownstreamHttpConfig {
-                http_protocol_options: Some(Http1ProtocolOptions::default()),
-                http2_protocol_options: Some(Http2ProtocolOptions::default()),
-                ..Default::default()
-            },
-        )),
-        ..Default::default()
-    };
-    cluster
-        .typed_extension_protocol_options
-        .insert(HTTP_PROTOCOL_OPTIONS.into(), pack_any(options));
-    cluster
+    with_http_options(
+        original_dst_cluster(name),
+        UpstreamHttp::LikeDownstream,
+        None,
+    )
 }

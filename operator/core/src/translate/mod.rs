@@ -40,7 +40,7 @@ use prost::{Message, Name};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::HashMap;
+use crate::hash_map::HashMap;
 use std::sync::Arc;
 
 use crate::binding::{BoundBackend, PortRoutes, Resolution, ServiceBinding};
