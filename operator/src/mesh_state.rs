@@ -20,7 +20,9 @@ use weir_core::index::Workload;
 use weir_core::snapshot::Built;
 use weir_core::status::{ca_condition, policy_statuses, ConditionView, PolicyStatus};
 use weir_core::views::status::{MeshStatusView, ObjectCounts, PolicyStatusView};
-use weir_core::{Event, Index, ProxyProfile, Snapshot, SnapshotBuilder, TypeSnapshot};
+use weir_core::{
+    Event, Index, ProxyProfile, Snapshot, SnapshotBuilder, TypeSnapshot, WorkloadListeners,
+};
 
 use crate::identity::{Authority, ROTATION_GRACE};
 use crate::metrics::Metrics;
@@ -46,6 +48,23 @@ pub struct Placement {
     pub workload: Workload,
 }
 
+/// The pods whose placement a batch may have changed, numbered by batch: a receiver that
+/// skipped a batch (it saw `batch - 2` or older) cannot know whose changed.
+#[derive(Debug, Clone, Default)]
+pub struct Placements {
+    /// The batch's number (counting batches that changed some placement).
+    pub batch: u64,
+    /// Whose placement it may have changed.
+    pub changes: Arc<weir_core::index::PlacementChanges>,
+}
+
+impl Placements {
+    /// Whether `pod`'s placement may have changed since the receiver saw batch `seen`.
+    pub fn moved(&self, seen: u64, pod: &weir_core::ObjectKey) -> bool {
+        self.batch > seen + 1 || (self.batch > seen && self.changes.affects(pod))
+    }
+}
+
 /// The mesh model and what is built from it, behind one lock.
 struct Model {
     index: Index,
@@ -69,8 +88,10 @@ pub struct MeshState {
     pub proxies: Arc<ProxyRegistry>,
     /// The mesh CA: workload certificates and the trust bundle.
     pub identity: Arc<Authority>,
-    /// Bumped when something that places a pod's proxy changed (see [`Placement`]).
-    placements: watch::Sender<u64>,
+    /// The pods whose placement (see [`Placement`]) the last batch may have changed.
+    placements: watch::Sender<Placements>,
+    /// The listeners each workload is served (derived per stream, without the model lock).
+    workload_listeners: Mutex<WorkloadListeners>,
     /// The mesh's identity settings as last applied.
     identity_config: watch::Sender<IdentityConfig>,
     /// Resources served over the translated snapshots (tests only).
@@ -114,7 +135,10 @@ impl MeshState {
             identity: Arc::new(Authority::new(metrics.clone(), grace)),
             metrics,
             proxies: Arc::new(ProxyRegistry::default()),
-            placements: watch::channel(0).0,
+            placements: watch::channel(Placements::default()).0,
+            workload_listeners: Mutex::new(WorkloadListeners::new(
+                weir_core::mesh::DEFAULT_TRUST_DOMAIN,
+            )),
             identity_config: watch::channel(IdentityConfig::default()).0,
             #[cfg(feature = "testing")]
             overlay: Mutex::default(),
@@ -137,15 +161,17 @@ impl MeshState {
             let published = snapshots.update(index).1;
             (
                 published,
-                index.placement_generation(),
+                index.take_placement_changes(),
                 index.mesh_identity().clone(),
             )
         };
-        self.placements.send_if_modified(|current| {
-            let changed = *current != placements;
-            *current = placements;
-            changed
-        });
+        crate::sync::lock(&self.workload_listeners).set_trust_domain(&config.trust_domain);
+        if !placements.is_empty() {
+            self.placements.send_modify(|current| {
+                current.batch += 1;
+                current.changes = Arc::new(placements);
+            });
+        }
         self.identity
             .set_config(&config.trust_domain, config.workload_ttl);
         self.identity_config.send_if_modified(|current| {
@@ -161,7 +187,7 @@ impl MeshState {
     }
 
     /// Changes when a pod's placement (mTLS mode, zone, Services backed) may have changed.
-    pub fn placements(&self) -> watch::Receiver<u64> {
+    pub fn placements(&self) -> watch::Receiver<Placements> {
         self.placements.subscribe()
     }
 
@@ -185,9 +211,7 @@ impl MeshState {
         workload: &Workload,
         base: &Arc<TypeSnapshot>,
     ) -> Arc<TypeSnapshot> {
-        self.model()
-            .snapshots
-            .workload_listeners(profile, workload, base)
+        crate::sync::lock(&self.workload_listeners).get(profile, workload, base)
     }
 
     /// A pod's service account, when the pod is known.
@@ -502,5 +526,30 @@ pub async fn run_pipeline(state: Arc<MeshState>, mut rx: mpsc::Receiver<Vec<Even
                 .store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::info!("initial state translated; ready");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_re_reads_its_placement_when_its_pod_moved_or_it_missed_a_batch() {
+        let pod = weir_core::ObjectKey::new("default", "api-0");
+        let other = weir_core::ObjectKey::new("default", "web-0");
+        let batch = |n, pods: &[&weir_core::ObjectKey], all| Placements {
+            batch: n,
+            changes: Arc::new(weir_core::index::PlacementChanges {
+                all,
+                pods: pods.iter().map(|p| (*p).clone()).collect(),
+            }),
+        };
+        assert!(batch(4, &[&pod], false).moved(3, &pod));
+        assert!(!batch(4, &[&other], false).moved(3, &pod));
+        assert!(batch(4, &[], true).moved(3, &pod));
+        // Batch 4 was skipped: whose placement it changed is unknown.
+        assert!(batch(5, &[&other], false).moved(3, &pod));
+        // Already seen.
+        assert!(!batch(4, &[&pod], false).moved(4, &pod));
     }
 }

@@ -42,5 +42,5 @@ pub mod yaml;
 pub use index::{Event, Index, Kind, Object, ObjectKey};
 
 pub use resources::{PerType, Resource, ResourceType};
-pub use snapshot::{Snapshot, SnapshotBuilder, TypeSnapshot};
+pub use snapshot::{Snapshot, SnapshotBuilder, TypeSnapshot, WorkloadListeners};
 pub use translate::{Capture, ProxyProfile, Zone};

@@ -132,10 +132,6 @@ struct ProfileState {
 pub struct SnapshotBuilder {
     translator: Translator,
     profiles: BTreeMap<ProxyProfile, ProfileState>,
-    /// Per profile and workload, a listener snapshot with the workload's inbound listener
-    /// over the profile's, and the profile snapshot it was derived from: shared by every
-    /// stream of that profile and workload.
-    workloads: BTreeMap<(ProxyProfile, Workload), (Arc<TypeSnapshot>, Arc<TypeSnapshot>)>,
 }
 
 /// A snapshot that failed its consistency check.
@@ -195,35 +191,6 @@ impl SnapshotBuilder {
             },
         );
         snapshot
-    }
-
-    /// The listeners a proxy of `profile` whose pod is `workload` gets: `base` (its
-    /// profile's listener snapshot, as the stream last received it) with the workload's
-    /// own inbound listener over it. Shared by the streams of the same profile and
-    /// workload; `base` itself for a workload that backs nothing, or in explicit mode.
-    pub fn workload_listeners(
-        &mut self,
-        profile: ProxyProfile,
-        workload: &Workload,
-        base: &Arc<TypeSnapshot>,
-    ) -> Arc<TypeSnapshot> {
-        if workload.is_empty() || profile.capture != Capture::Transparent {
-            return base.clone();
-        }
-        let key = (profile, workload.clone());
-        if let Some((from, derived)) = self.workloads.get(&key) {
-            if Arc::ptr_eq(from, base) {
-                return derived.clone();
-            }
-        }
-        // Derivations no stream serves any more go: the map only holds one reference.
-        self.workloads
-            .retain(|_, (_, derived)| Arc::strong_count(derived) > 1);
-        let inbound =
-            translate::inbound::listener(profile.inbound, self.translator.trust_domain(), workload);
-        let derived = Arc::new(base.with([Resource::new(names::INBOUND_LISTENER, &inbound)]));
-        self.workloads.insert(key, (base.clone(), derived.clone()));
-        derived
     }
 
     /// Profiles in use.
@@ -458,6 +425,89 @@ impl SnapshotBuilder {
     }
 }
 
+/// The listeners each workload's proxies are served: their profile's listener snapshot
+/// with the workload's own inbound listener over it, shared by every stream of the same
+/// profile and workload. Kept apart from the [`SnapshotBuilder`] (and its lock): a stream
+/// derives its listeners from the snapshot it holds, whenever that snapshot's listeners or
+/// its workload change, without waiting for a translation.
+#[derive(Debug, Default)]
+pub struct WorkloadListeners {
+    /// The trust domain inbound listeners check peers against.
+    trust_domain: String,
+    /// Per profile, the newest listener generation derivations were asked for.
+    newest: BTreeMap<ProxyProfile, u64>,
+    /// Per profile and workload: the listener snapshot derived from, and the derivation.
+    entries: BTreeMap<(ProxyProfile, Workload), (Arc<TypeSnapshot>, Arc<TypeSnapshot>)>,
+    /// How many entries were left after the last pruning.
+    kept: usize,
+}
+
+impl WorkloadListeners {
+    /// An empty cache for `trust_domain`.
+    pub fn new(trust_domain: &str) -> WorkloadListeners {
+        WorkloadListeners {
+            trust_domain: trust_domain.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// The mesh's trust domain changed: every derivation goes.
+    pub fn set_trust_domain(&mut self, trust_domain: &str) {
+        if self.trust_domain != trust_domain {
+            *self = WorkloadListeners::new(trust_domain);
+        }
+    }
+
+    /// The listeners a proxy of `profile` whose pod is `workload` gets over `base` (its
+    /// profile's listener snapshot, as the stream holds it): `base` itself for a workload
+    /// that backs nothing, or in explicit mode.
+    pub fn get(
+        &mut self,
+        profile: ProxyProfile,
+        workload: &Workload,
+        base: &Arc<TypeSnapshot>,
+    ) -> Arc<TypeSnapshot> {
+        if workload.is_empty() || profile.capture != Capture::Transparent {
+            return base.clone();
+        }
+        let newest = self.newest.entry(profile).or_default();
+        if base.generation > *newest {
+            *newest = base.generation;
+            // Derivations of this profile's older listeners that no stream serves go: they
+            // would keep old listeners alive.
+            self.entries
+                .retain(|(p, _), (_, derived)| *p != profile || Arc::strong_count(derived) > 1);
+        }
+        let key = (profile, workload.clone());
+        if let Some((from, derived)) = self.entries.get(&key) {
+            if Arc::ptr_eq(from, base) {
+                return derived.clone();
+            }
+        }
+        // Workloads that went away: checked whenever the map has doubled, so the work
+        // stays linear.
+        if self.entries.len() >= (2 * self.kept).max(64) {
+            self.entries
+                .retain(|_, (_, derived)| Arc::strong_count(derived) > 1);
+            self.kept = self.entries.len();
+        }
+        let inbound = translate::inbound::listener(profile.inbound, &self.trust_domain, workload);
+        let derived = Arc::new(base.with([Resource::new(names::INBOUND_LISTENER, &inbound)]));
+        self.entries.insert(key, (base.clone(), derived.clone()));
+        derived
+    }
+
+    /// How many derivations are kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// A snapshot being built from the previous one: its maps and what changed, per type.
 struct NextSnapshot {
     maps: PerType<ResourceMap>,
@@ -642,9 +692,10 @@ mod tests {
         let snapshot = builder.snapshot(profile);
         let base = snapshot.types[ResourceType::Listener].clone();
         let pod = |name: &str| index.workload(&ObjectKey::new("default", name));
-        let r1 = builder.workload_listeners(profile, &pod("r1"), &base);
-        let r2 = builder.workload_listeners(profile, &pod("r2"), &base);
-        let r3 = builder.workload_listeners(profile, &pod("r3"), &base);
+        let mut workloads = WorkloadListeners::new(builder.translator().trust_domain());
+        let r1 = workloads.get(profile, &pod("r1"), &base);
+        let r2 = workloads.get(profile, &pod("r2"), &base);
+        let r3 = workloads.get(profile, &pod("r3"), &base);
         let inbound = |t: &TypeSnapshot| t.resources[names::INBOUND_LISTENER].version;
         let outbound = |t: &TypeSnapshot| t.resources[names::OUTBOUND_LISTENER].clone();
         assert_ne!(
@@ -661,7 +712,7 @@ mod tests {
             assert_ne!(derived.version, base.version);
         }
         // A pod that backs nothing is served the profile's listeners as they are.
-        let lone = builder.workload_listeners(profile, &Workload::default(), &base);
+        let lone = workloads.get(profile, &Workload::default(), &base);
         assert!(Arc::ptr_eq(&lone, &base));
         // The inbound listener names the Services the workload backs.
         use envoy_types::pb::envoy::config::listener::v3::Listener;
@@ -678,9 +729,34 @@ mod tests {
     }
 
     #[test]
+    fn derivations_of_older_listeners_that_no_stream_serves_are_dropped() {
+        let mut index = index();
+        let mut builder = SnapshotBuilder::new();
+        builder.update(&mut index);
+        let profile = ProxyProfile::new(Capture::Transparent, MtlsMode::Strict);
+        let base = builder.snapshot(profile).types[ResourceType::Listener].clone();
+        let mut workloads = WorkloadListeners::new(builder.translator().trust_domain());
+        let pod = |name: &str| index.workload(&ObjectKey::new("default", name));
+        let held = workloads.get(profile, &pod("r1"), &base);
+        drop(workloads.get(profile, &pod("r2"), &base));
+        assert_eq!(workloads.len(), 2);
+        // The profile's listeners change: r2's old derivation (no stream holds it) goes,
+        // r1's (held) stays until its stream moves on.
+        let mut newer = (*base).clone();
+        newer.generation += 1;
+        let newer = Arc::new(newer);
+        let again = workloads.get(profile, &pod("r1"), &newer);
+        assert_eq!(workloads.len(), 1);
+        assert!(!Arc::ptr_eq(&again, &held));
+        // A new trust domain drops everything.
+        workloads.set_trust_domain("example.org");
+        assert!(workloads.is_empty());
+    }
+
+    #[test]
     fn joining_a_service_moves_a_pods_placement() {
         let mut index = index();
-        let before = index.placement_generation();
+        index.take_placement_changes();
         index.apply(Event::apply(Object::EndpointSlice(mk_slice(
             "default",
             "reviews-b",
@@ -689,8 +765,11 @@ mod tests {
             9080,
             &[("10.1.0.2", "r2")],
         ))));
-        assert!(index.placement_generation() > before);
-        let services = index.workload(&ObjectKey::new("default", "r2")).services;
+        let changes = index.take_placement_changes();
+        let r2 = ObjectKey::new("default", "r2");
+        assert!(changes.affects(&r2) && !changes.all, "{changes:?}");
+        assert!(!changes.affects(&ObjectKey::new("default", "r1")));
+        let services = index.workload(&r2).services;
         assert_eq!(
             services.as_ref(),
             [

@@ -291,6 +291,7 @@ async fn drive<C: Connection>(
         }
     };
     let mut placements = state.placements();
+    let mut placements_seen = placements.borrow_and_update().batch;
     let mut serving = Serving::new(&state, &meta);
     let mut snapshots = state.subscribe(serving.profile);
     let mut secrets = state.identity.subscribe(&meta.namespace, &service_account);
@@ -365,6 +366,12 @@ async fn drive<C: Connection>(
             changed = placements.changed() => {
                 if changed.is_err() {
                     break;
+                }
+                let now = placements.borrow_and_update().clone();
+                let moved = now.moved(placements_seen, &serving.pod);
+                placements_seen = now.batch;
+                if !moved {
+                    continue;
                 }
                 match serving.replace(&state, &meta) {
                     Moved::Nowhere => continue,

@@ -93,26 +93,21 @@ impl IndexKind for EndpointSlice {
         if old == Some(&model) {
             return;
         }
-        // A pod's zone decides its proxy's profile: say so when one changes.
-        let zones = |m: &SliceModel| -> Vec<(ObjectKey, Arc<str>)> {
+        // A pod's zone decides its proxy's profile, and the Services it backs its inbound
+        // listener: say whose changed.
+        let placed = |m: &SliceModel| -> BTreeSet<(ObjectKey, ObjectKey, Option<Arc<str>>)> {
             m.endpoints
                 .iter()
-                .filter_map(|e| Some((e.pod.clone()?, e.zone.clone()?)))
+                .filter_map(|e| Some((e.pod.clone()?, m.service.clone(), e.zone.clone())))
                 .collect()
         };
-        // So do the Services a meshed pod backs (its inbound listener names them).
-        let meshed_pods = |m: &SliceModel| -> BTreeSet<ObjectKey> {
-            m.endpoints
-                .iter()
-                .filter_map(|e| e.pod.clone())
-                .filter(|p| index.pod(p).is_some_and(|p| p.meshed))
-                .collect()
-        };
-        if old.map(zones).unwrap_or_default() != zones(&model)
-            || old.map(meshed_pods).unwrap_or_default() != meshed_pods(&model)
-        {
-            index.placement_generation += 1;
-        }
+        let before = old.map(placed).unwrap_or_default();
+        let after = placed(&model);
+        index.placement_changes.pods.extend(
+            before
+                .symmetric_difference(&after)
+                .map(|(pod, _, _)| pod.clone()),
+        );
         unlink(index, &key);
         for pod in model.endpoints.iter().filter_map(|e| e.pod.clone()) {
             let services = index.services_by_pod.entry(pod).or_default();
@@ -133,17 +128,11 @@ impl IndexKind for EndpointSlice {
         let Some(old) = unlink(index, key) else {
             return;
         };
-        // Its pods' zones are unknown now, and its meshed pods back one Service less.
-        let placed = |e: &EndpointModel| {
-            e.zone.is_some()
-                || e.pod
-                    .as_ref()
-                    .and_then(|p| index.pod(p))
-                    .is_some_and(|p| p.meshed)
-        };
-        if old.endpoints.iter().any(placed) {
-            index.placement_generation += 1;
-        }
+        // Its pods' zones are unknown now, and they back one Service less.
+        index
+            .placement_changes
+            .pods
+            .extend(old.endpoints.iter().filter_map(|e| e.pod.clone()));
     }
 
     fn keys(index: &Index) -> Vec<ObjectKey> {

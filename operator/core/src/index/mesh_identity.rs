@@ -128,6 +128,6 @@ impl Index {
             self.mark_all_dirty();
         }
         self.identity = config;
-        self.placement_generation += 1;
+        self.placement_changes.all = true;
     }
 }

@@ -40,6 +40,27 @@ pub use traffic_policy::PolicyEntry;
 
 pub use crate::object_key::ObjectKey;
 
+/// Which pods' placement (mTLS mode, zone, the Services they back) may have changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlacementChanges {
+    /// Every pod's (a namespace or the mesh defaults changed).
+    pub all: bool,
+    /// These pods'.
+    pub pods: BTreeSet<ObjectKey>,
+}
+
+impl PlacementChanges {
+    /// Whether the pod's placement may have changed.
+    pub fn affects(&self, pod: &ObjectKey) -> bool {
+        self.all || self.pods.contains(pod)
+    }
+
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.pods.is_empty()
+    }
+}
+
 /// A change to the mesh's inputs.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -102,9 +123,10 @@ pub struct Index {
     identities: BTreeMap<String, MeshIdentity>,
     identity: IdentityConfig,
     namespaces: BTreeMap<String, NamespaceModel>,
-    /// Bumps whenever what places a pod's proxy may have changed: its mTLS mode
-    /// (annotations, namespace labels, the mesh default), its zone, or the Services it backs.
-    placement_generation: u64,
+    /// Pods whose placement may have changed since the last take: their mTLS mode
+    /// (annotations, namespace labels, the mesh default), their zone, or the Services they
+    /// back.
+    placement_changes: PlacementChanges,
     dirty: Dirty,
 }
 

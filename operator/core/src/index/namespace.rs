@@ -27,7 +27,7 @@ impl IndexKind for Namespace {
         };
         let old = index.namespaces.insert(key.name.clone(), model.clone());
         if old.as_ref() != Some(&model) {
-            index.placement_generation += 1;
+            index.placement_changes.all = true;
         }
         if old.map(|o| o.mtls_mode) != Some(model.mtls_mode) {
             // DISABLE changes whether peers speak mTLS to the namespace's pods.
@@ -37,7 +37,7 @@ impl IndexKind for Namespace {
 
     fn delete(index: &mut Index, key: &ObjectKey) {
         if index.namespaces.remove(&key.name).is_some() {
-            index.placement_generation += 1;
+            index.placement_changes.all = true;
             index.dirty_namespace_endpoints(&key.name);
         }
     }
@@ -96,9 +96,9 @@ impl Index {
         self.dirty.endpoints.extend(services);
     }
 
-    /// Bumps whenever something that places a pod's proxy changes: its mTLS mode, its zone,
-    /// the Services it backs.
-    pub fn placement_generation(&self) -> u64 {
-        self.placement_generation
+    /// The pods whose placement (mTLS mode, zone, Services backed) may have changed since
+    /// the last call.
+    pub fn take_placement_changes(&mut self) -> super::PlacementChanges {
+        std::mem::take(&mut self.placement_changes)
     }
 }

@@ -51,7 +51,7 @@ impl IndexKind for Pod {
             index.release_labels(old.labels);
         }
         if mode_changed {
-            index.placement_generation += 1;
+            index.placement_changes.pods.insert(key.clone());
         }
         index.dirty_pod_services(&key);
     }
