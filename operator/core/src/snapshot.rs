@@ -6,6 +6,9 @@
 //!   --SnapshotBuilder::update--> per profile: TypeSnapshot per resource type
 //!                                (only the types that changed get a new one)
 //!   --check--> published, or held back with the reason
+//! a stream's (profile snapshot, workload) --WorkloadListeners::get--> its listeners: the
+//!   profile's with the workload's inbound listener over them (TypeSnapshot::with), shared
+//!   by the streams of one profile and workload
 //! ```
 //!
 //! Maps are persistent (`imbl`), so a new generation shares everything it did not change

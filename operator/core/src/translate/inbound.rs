@@ -12,7 +12,7 @@
 //! The listener depends on the profile (mTLS mode), the trust domain and the [`Workload`]:
 //! the Services the pod backs, named in the listener's metadata. A profile's snapshot holds
 //! the listener of a workload that backs nothing; each stream serves its own workload's
-//! listener over it (see `SnapshotBuilder::workload_listeners`), shared by every pod of the
+//! listener over it (see `snapshot::WorkloadListeners`), shared by every pod of the
 //! same profile and workload. Inbound authorization and telemetry attach here, per workload.
 
 use envoy_types::pb::envoy::config::core::v3::{Metadata, TrafficDirection};
