@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use crate::manifests::{endpoint_yaml, service_yaml, split_policy_yaml, write_file};
-use crate::{eventually, scratch_dir, Backend, Behavior, DEADLINE};
+use crate::{eventually, scratch_dir, until_ready, Backend, Behavior, DEADLINE};
 
 /// Fetches JSON from the operator's admin server.
 pub async fn admin_json(admin: SocketAddr, path: &str) -> Result<serde_json::Value> {
@@ -90,12 +90,7 @@ impl Mesh {
         let plane =
             weir_operator::ControlPlane::start(weir_operator::Source::Dir(dir.clone()), options)
                 .await?;
-        let admin = plane.admin_addr;
-        eventually("the operator to be ready", DEADLINE, || async move {
-            let resp = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
-            resp.status().is_success().then_some(())
-        })
-        .await?;
+        until_ready(plane.admin_addr).await?;
         Ok(Mesh {
             dir,
             plane,

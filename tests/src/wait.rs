@@ -24,6 +24,15 @@ pub async fn wait_condition(
     .await
 }
 
+/// Waits until the operator whose admin server is at `admin` says it is ready.
+pub async fn until_ready(admin: std::net::SocketAddr) -> Result<()> {
+    eventually("the operator to be ready", DEADLINE, || async move {
+        let resp = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
+        resp.status().is_success().then_some(())
+    })
+    .await
+}
+
 /// Polls `check` until it returns `Some`, or fails after `within` with `what`.
 pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T>
 where

@@ -122,12 +122,7 @@ async fn a_pod_that_joins_a_service_gets_its_own_inbound_listener_on_its_open_st
     let plane =
         weir_operator::ControlPlane::start(weir_operator::Source::Dir(dir.clone()), options)
             .await?;
-    let admin = plane.admin_addr;
-    eventually("the operator to be ready", DEADLINE, || async move {
-        let resp = reqwest::get(format!("http://{admin}/readyz")).await.ok()?;
-        resp.status().is_success().then_some(())
-    })
-    .await?;
+    until_ready(plane.admin_addr).await?;
 
     let mut api = Sidecar::connect(plane.xds_addr, "api-0").await?;
     let mut web = Sidecar::connect(plane.xds_addr, "web-0").await?;

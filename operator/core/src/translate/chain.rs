@@ -15,7 +15,10 @@ use envoy_types::pb::envoy::config::core::v3::TransportSocket;
 use envoy_types::pb::envoy::config::listener::v3::{
     filter::ConfigType as FilterConfig, Filter, FilterChain, FilterChainMatch, Listener,
 };
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{
+    route::Action, route_action::ClusterSpecifier as RouteCluster, route_match::PathSpecifier,
+    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+};
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{
@@ -44,6 +47,29 @@ pub enum Routes {
     Rds(String),
     /// A table given whole.
     Inline(Box<RouteConfiguration>),
+}
+
+/// A virtual host `name` that sends every request, whatever its Host, to `cluster`,
+/// without a timeout.
+pub fn catch_all_virtual_host(name: &str, cluster: &str) -> VirtualHost {
+    VirtualHost {
+        name: name.into(),
+        domains: vec!["*".into()],
+        routes: vec![Route {
+            name: name.into(),
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            action: Some(Action::Route(RouteAction {
+                cluster_specifier: Some(RouteCluster::Cluster(cluster.into())),
+                timeout: Some(pb::NO_TIMEOUT),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
 }
 
 /// An HTTP filter with a typed config.

@@ -17,20 +17,16 @@
 
 use envoy_types::pb::envoy::config::core::v3::{Metadata, TrafficDirection};
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
-use envoy_types::pb::envoy::config::route::v3::{
-    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier, Route, RouteAction,
-    RouteConfiguration, RouteMatch, VirtualHost,
-};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use weir_api::MtlsMode;
 
-use super::chain::{HttpChain, Routes, TcpChain};
+use super::chain::{catch_all_virtual_host, HttpChain, Routes, TcpChain};
 use super::endpoint::socket_address;
 use super::listener_filters::{
     original_dst, tls_inspector, DETECTION_TIMEOUT, INBOUND_CAPTURE_PORT,
 };
 use super::mtls::{downstream_mtls, ALPN_HTTP, ALPN_TCP, INBOUND_HTTP_ALPN};
-use super::pb::NO_TIMEOUT;
 use crate::identity::SpiffeId;
 pub use crate::index::Workload;
 use crate::names;
@@ -127,26 +123,10 @@ fn http_chain(
 ) -> FilterChain {
     let route = RouteConfiguration {
         name: "inbound".into(),
-        virtual_hosts: vec![VirtualHost {
-            name: "inbound".into(),
-            domains: vec!["*".into()],
-            routes: vec![Route {
-                name: "inbound".into(),
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(PathSpecifier::Prefix("/".into())),
-                    ..Default::default()
-                }),
-                action: Some(Action::Route(RouteAction {
-                    cluster_specifier: Some(ClusterSpecifier::Cluster(
-                        names::INBOUND_PASSTHROUGH_HTTP_CLUSTER.into(),
-                    )),
-                    timeout: Some(NO_TIMEOUT),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }],
+        virtual_hosts: vec![catch_all_virtual_host(
+            "inbound",
+            names::INBOUND_PASSTHROUGH_HTTP_CLUSTER,
+        )],
         ..Default::default()
     };
     HttpChain::new("inbound_http", Routes::Inline(Box::new(route)))

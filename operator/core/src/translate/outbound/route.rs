@@ -21,6 +21,7 @@ use crate::index::ObjectKey;
 use crate::names;
 use crate::protocol::Protocol;
 use crate::routing::{HeaderEdits, HttpMatch, HttpRule, NamedMatch, PathMatch, ValueMatch};
+use crate::translate::chain::catch_all_virtual_host;
 use crate::translate::pb::{self, duration as pb_duration, NO_TIMEOUT};
 
 /// Retry conditions when a policy asks for retries without saying on what.
@@ -272,26 +273,7 @@ fn regex_escape(literal: &str) -> String {
 /// The last virtual host of a transparent-mode route table: requests to a mesh address
 /// whose Host names no Service go on to their original destination, untouched.
 pub fn passthrough_virtual_host() -> VirtualHost {
-    VirtualHost {
-        name: "passthrough".into(),
-        domains: vec!["*".into()],
-        routes: vec![Route {
-            name: "passthrough".into(),
-            r#match: Some(RouteMatch {
-                path_specifier: Some(PathSpecifier::Prefix("/".into())),
-                ..Default::default()
-            }),
-            action: Some(Action::Route(RouteAction {
-                cluster_specifier: Some(ClusterSpecifier::Cluster(
-                    names::PASSTHROUGH_CLUSTER.into(),
-                )),
-                timeout: Some(NO_TIMEOUT),
-                ..Default::default()
-            })),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    catch_all_virtual_host("passthrough", names::PASSTHROUGH_CLUSTER)
 }
 
 /// A condition on one header.
