@@ -32,7 +32,7 @@ use weir_core::index::Workload;
 use weir_core::mesh::ADS_SERVICE;
 use weir_core::{ResourceType, TypeSnapshot};
 
-use crate::mesh_state::MeshState;
+use crate::mesh_state::{MeshState, Placements};
 use conn::{ConnInfo, XdsLimits};
 use grpc::{Outgoing, RequestStream, ResponseBody};
 use proxies::ProxyHandle;
@@ -291,8 +291,7 @@ async fn drive<C: Connection>(
         }
     };
     let mut placements = state.placements();
-    let mut placements_seen = placements.borrow_and_update().batch;
-    let mut serving = Serving::new(&state, &meta);
+    let mut serving = Serving::new(&state, &meta, placements.borrow_and_update().batch);
     let mut snapshots = state.subscribe(serving.profile);
     let mut secrets = state.identity.subscribe(&meta.namespace, &service_account);
     let mut view = serving.view(
@@ -368,12 +367,7 @@ async fn drive<C: Connection>(
                     break;
                 }
                 let now = placements.borrow_and_update().clone();
-                let moved = now.moved(placements_seen, &serving.pod);
-                placements_seen = now.batch;
-                if !moved {
-                    continue;
-                }
-                match serving.replace(&state, &meta) {
+                match serving.replace(&state, &meta, &now) {
                     Moved::Nowhere => continue,
                     // What it is served now is not a continuation of what it had, so the
                     // next view is compared whole.
@@ -443,6 +437,8 @@ fn service_account(
 /// model lock.
 struct Serving {
     pod: weir_core::ObjectKey,
+    /// The last placement batch seen.
+    seen: u64,
     profile: weir_core::ProxyProfile,
     workload: Workload,
     /// (the profile's listener snapshot, the workload, what the stream serves for them).
@@ -460,11 +456,13 @@ enum Moved {
 }
 
 impl Serving {
-    fn new(state: &MeshState, meta: &ProxyMeta) -> Serving {
+    /// The placement of `meta`'s pod, read after placement batch `seen`.
+    fn new(state: &MeshState, meta: &ProxyMeta, seen: u64) -> Serving {
         let pod = weir_core::ObjectKey::new(meta.namespace.clone(), meta.pod.clone());
         let (profile, workload) = Self::placed(state, &pod, meta);
         Serving {
             pod,
+            seen,
             profile,
             workload,
             listeners: None,
@@ -485,8 +483,13 @@ impl Serving {
         (profile, placement.workload)
     }
 
-    /// Reads the pod's placement again.
-    fn replace(&mut self, state: &MeshState, meta: &ProxyMeta) -> Moved {
+    /// Reads the pod's placement again, when batch `now` may have moved it.
+    fn replace(&mut self, state: &MeshState, meta: &ProxyMeta, now: &Placements) -> Moved {
+        let moved = now.moved(self.seen, &self.pod);
+        self.seen = now.batch;
+        if !moved {
+            return Moved::Nowhere;
+        }
         let (profile, workload) = Self::placed(state, &self.pod, meta);
         let moved = if profile != self.profile {
             tracing::info!(pod = %self.pod, inbound = profile.inbound.as_str(), zone = ?profile.zone, "proxy's mTLS mode or zone changed");
