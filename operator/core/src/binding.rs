@@ -228,8 +228,6 @@ pub struct PortRoutes {
     /// The attachment whose subsets and upstream settings apply (the first to claim the
     /// port).
     pub governing: Arc<RouteSet>,
-    /// Every attachment whose rules route the port, highest precedence first.
-    pub sources: Vec<SourceRef>,
     /// HTTP rules in the order they are tried, backends resolved for this port.
     pub http: Vec<BoundHttpRule>,
     /// TCP rules in the order they are tried, backends resolved for this port.
@@ -319,7 +317,7 @@ impl ServiceBinding {
         let svc = index.service(service);
         let mut claims: BTreeMap<u16, Claim> = BTreeMap::new();
         let mut binding = ServiceBinding::default();
-        let mut merged: BTreeMap<u16, Vec<(usize, Attachment)>> = BTreeMap::new();
+        let mut merged: BTreeMap<u16, Vec<Attachment>> = BTreeMap::new();
         for (order, attachment) in attachments.into_iter().enumerate() {
             let outcome = match svc {
                 None => Outcome::TargetNotFound(TargetProblem::NoService),
@@ -335,10 +333,7 @@ impl ServiceBinding {
             let mut mismatches = Vec::new();
             if let (Outcome::Active { ports }, Some(svc)) = (&outcome, svc) {
                 for port in ports {
-                    merged
-                        .entry(*port)
-                        .or_default()
-                        .push((order, attachment.clone()));
+                    merged.entry(*port).or_default().push(attachment.clone());
                 }
                 mismatches = protocol_mismatches(svc, ports, &attachment.routes);
             }
@@ -438,13 +433,12 @@ fn protocol_mismatches(
     out
 }
 
-/// The routes of one port from its active attachments (in precedence order, with their
-/// position among all attachments).
-fn port_routes(index: &Index, active: &[(usize, Attachment)], port: u16) -> PortRoutes {
-    let governing = active[0].1.routes.clone();
-    let mut http: Vec<(MatchRank, usize, BoundHttpRule)> = Vec::new();
+/// The routes of one port from its active attachments (in precedence order).
+fn port_routes(index: &Index, active: &[Attachment], port: u16) -> PortRoutes {
+    let governing = active[0].routes.clone();
+    let mut http: Vec<(MatchRank, BoundHttpRule)> = Vec::new();
     let mut tcp = Vec::new();
-    for (order, attachment) in active {
+    for attachment in active {
         let routes = &attachment.routes;
         let bind = |backends: &[crate::routing::WeightedBackend]| -> Vec<BoundBackend> {
             backends
@@ -453,10 +447,10 @@ fn port_routes(index: &Index, active: &[(usize, Attachment)], port: u16) -> Port
                 .collect()
         };
         for (index_in_set, rule) in routes.http.iter().enumerate() {
-            let bound = |only_match| BoundHttpRule {
+            let bound = BoundHttpRule {
                 routes: routes.clone(),
                 index: index_in_set,
-                only_match,
+                only_match: None,
                 backends: bind(&rule.backends),
                 mirror: rule
                     .mirror
@@ -464,13 +458,15 @@ fn port_routes(index: &Index, active: &[(usize, Attachment)], port: u16) -> Port
                     .map(|m| resolve(index, &m.backend, m.percent, port)),
             };
             match attachment.merge {
-                Merge::Exclusive => http.push((MatchRank::default(), *order, bound(None))),
-                Merge::Rules if rule.matches.is_empty() => {
-                    http.push((MatchRank::of(None), *order, bound(None)))
-                }
+                Merge::Exclusive => http.push((MatchRank::default(), bound)),
+                Merge::Rules if rule.matches.is_empty() => http.push((MatchRank::of(None), bound)),
                 Merge::Rules => {
                     for (k, m) in rule.matches.iter().enumerate() {
-                        http.push((MatchRank::of(Some(m)), *order, bound(Some(k))));
+                        let one = BoundHttpRule {
+                            only_match: Some(k),
+                            ..bound.clone()
+                        };
+                        http.push((MatchRank::of(Some(m)), one));
                     }
                 }
             }
@@ -488,11 +484,10 @@ fn port_routes(index: &Index, active: &[(usize, Attachment)], port: u16) -> Port
         );
     }
     // Stable: equal ranks keep attachment precedence, then the order written.
-    http.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    http.sort_by_key(|(rank, _)| std::cmp::Reverse(*rank));
     PortRoutes {
         governing,
-        sources: active.iter().map(|(_, a)| a.source.clone()).collect(),
-        http: http.into_iter().map(|(_, _, rule)| rule).collect(),
+        http: http.into_iter().map(|(_, rule)| rule).collect(),
         tcp,
     }
 }
@@ -551,6 +546,16 @@ impl MatchRank {
 
 /// Resolves one backend for traffic to `routed` (a port of the attachment's target).
 fn resolve(index: &Index, backend: &Backend, weight: u32, routed: u16) -> BoundBackend {
+    let (port, resolution) = resolution(index, backend, routed);
+    BoundBackend {
+        cluster: names::cluster_name(&backend.service, port, backend.subset.as_deref()),
+        weight,
+        resolution,
+    }
+}
+
+/// The port a backend means for traffic to `routed`, and whether its Service has it.
+fn resolution(index: &Index, backend: &Backend, routed: u16) -> (u16, Resolution) {
     let service = index.service(&backend.service);
     let port = destination_port(service, backend.port, routed);
     let resolution = match service {
@@ -558,11 +563,7 @@ fn resolve(index: &Index, backend: &Backend, weight: u32, routed: u16) -> BoundB
         Some(svc) if !svc.ports.iter().any(|p| p.port == port) => Resolution::NoPort(port),
         Some(_) => Resolution::Resolved,
     };
-    BoundBackend {
-        cluster: names::cluster_name(&backend.service, port, backend.subset.as_deref()),
-        weight,
-        resolution,
-    }
+    (port, resolution)
 }
 
 /// The port of a Service a backend means: the one given, the only one it has, or the same
@@ -606,7 +607,7 @@ fn first_unresolved(index: &Index, routes: &RouteSet, routed: &[u16]) -> Option<
             return Some(unresolved(Resolution::NoService));
         }
         for port in routed {
-            let resolution = resolve(index, backend, 0, *port).resolution;
+            let (_, resolution) = resolution(index, backend, *port);
             if resolution != Resolution::Resolved {
                 return Some(unresolved(resolution));
             }

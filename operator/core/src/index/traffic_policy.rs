@@ -118,23 +118,15 @@ impl Index {
         self.policies.iter()
     }
 
-    /// Policies whose served version targets the Service, highest precedence first:
-    /// oldest creation time, then name.
+    /// Policies whose served version targets the Service, in key order (the binding
+    /// orders every source's attachments by precedence: `binding::attachments`).
     pub fn policies_for(&self, service: &ObjectKey) -> Vec<(&ObjectKey, &PolicyEntry)> {
-        let mut out: Vec<_> = self
-            .policies_by_target
+        self.policies_by_target
             .get(service)
             .into_iter()
             .flatten()
             .filter_map(|k| self.policies.get_key_value(k))
             .filter(|(_, p)| p.effective().is_some_and(|v| v.target.service == *service))
-            .collect();
-        out.sort_by(|a, b| precedence(a.1, a.0).cmp(&precedence(b.1, b.0)));
-        out
+            .collect()
     }
-}
-
-fn precedence<'a>(p: &'a PolicyEntry, key: &'a ObjectKey) -> (Option<&'a Time>, &'a str) {
-    // None (no timestamp, as in local mode) sorts first, so local mode falls back to names.
-    (p.created.as_ref(), key.name.as_str())
 }
