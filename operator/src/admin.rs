@@ -110,7 +110,7 @@ async fn config(State(state): State<Arc<MeshState>>, Query(q): Query<ConfigQuery
             service: p.service,
             port: p.port,
             protocol: p.protocol.as_str().to_string(),
-            decided_by: wire_name(&p.decided_by),
+            decided_by: p.decided_by.as_str().to_string(),
         })
         .collect();
     Json(ConfigView {
@@ -121,13 +121,4 @@ async fn config(State(state): State<Arc<MeshState>>, Query(q): Query<ConfigQuery
         ports,
     })
     .into_response()
-}
-
-/// The string a unit enum serializes to, as the JSON wrote it before the views
-/// (`DecidedBy` has no `as_str`).
-fn wire_name(value: &impl serde::Serialize) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }

@@ -80,6 +80,18 @@ impl Protocol {
     }
 }
 
+impl DecidedBy {
+    /// The name `/debug/config` shows (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecidedBy::AppProtocol => "appProtocol",
+            DecidedBy::PortName => "portName",
+            DecidedBy::ServerFirstPort => "serverFirstPort",
+            DecidedBy::Detection => "detection",
+        }
+    }
+}
+
 /// Ports where the server speaks first (a greeting or banner): a client waits for the
 /// server, so an inspector waiting for the client's first bytes would stall every
 /// connection until its timeout. Treated as TCP unless declared otherwise.
@@ -161,6 +173,18 @@ fn from_port_name(name: &str) -> Option<Protocol> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decided_by_names_are_their_serialized_form() {
+        for d in [
+            DecidedBy::AppProtocol,
+            DecidedBy::PortName,
+            DecidedBy::ServerFirstPort,
+            DecidedBy::Detection,
+        ] {
+            assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
+        }
+    }
 
     fn port(name: &str, number: u16, app: Option<&str>) -> ServicePort {
         ServicePort {
