@@ -40,11 +40,6 @@ pub struct RouteSet {
 }
 
 impl RouteSet {
-    /// The subset of this name.
-    pub fn subset(&self, name: &str) -> Option<&Subset> {
-        self.subsets.iter().find(|s| s.name == name)
-    }
-
     /// Services other than the target that the rules send traffic (or copies) to.
     pub fn backend_services(&self) -> BTreeSet<ObjectKey> {
         let mirrors = self.http.iter().filter_map(|r| r.mirror.as_ref());
