@@ -47,6 +47,65 @@ pub struct MeshIdentitySpec {
     /// mTLS between sidecars.
     #[serde(default)]
     pub mtls: Mtls,
+    /// Authorization defaults.
+    #[serde(default)]
+    pub authorization: MeshAuthorization,
+}
+
+/// The mesh's authorization defaults.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct MeshAuthorization {
+    /// What a workload allows where no policy decides: `AllowAll` (the default),
+    /// `AllowAuthenticated` (any mesh identity, no plaintext) or `Deny`. A namespace label
+    /// or a pod annotation `weir.dev/default-authorization` overrides it.
+    #[serde(default)]
+    pub default: DefaultAuthorization,
+}
+
+/// What a workload allows where no policy decides.
+#[derive(
+    JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
+pub enum DefaultAuthorization {
+    /// Every caller, with or without a mesh identity.
+    #[default]
+    AllowAll,
+    /// Any caller with a mesh identity; no plaintext.
+    AllowAuthenticated,
+    /// No caller a policy does not allow.
+    Deny,
+}
+
+impl DefaultAuthorization {
+    /// The value as written in manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefaultAuthorization::AllowAll => "AllowAll",
+            DefaultAuthorization::AllowAuthenticated => "AllowAuthenticated",
+            DefaultAuthorization::Deny => "Deny",
+        }
+    }
+
+    /// Parses the value of a label or annotation (case-insensitive).
+    pub fn parse(text: &str) -> Option<DefaultAuthorization> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "allowall" => Some(DefaultAuthorization::AllowAll),
+            "allowauthenticated" => Some(DefaultAuthorization::AllowAuthenticated),
+            "deny" => Some(DefaultAuthorization::Deny),
+            _ => None,
+        }
+    }
 }
 
 fn default_trust_domain() -> String {

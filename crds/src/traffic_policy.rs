@@ -4,6 +4,7 @@
 //! rest (regex syntax, subset references) and reports it in status.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -77,7 +78,7 @@ pub struct TrafficPolicySpec {
     /// A token bucket in each calling proxy (not a global limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_rate_limit: Option<LocalRateLimit>,
-    /// Who may call the target Service. Not yet translated.
+    /// Who may call the target Service (enforced by the sidecars of its pods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
 }
@@ -691,39 +692,110 @@ pub struct LocalRateLimit {
     pub fill_interval: Duration,
 }
 
-/// Authorization of callers. Typed now, translated in a later release.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+/// Who may call the target Service, enforced by the sidecars of its pods (the server's
+/// side). A `deny` rule that matches denies; otherwise an `allow` rule that matches allows;
+/// otherwise `defaultDeny` denies, or the workload's default (MeshIdentity
+/// `spec.authorization.default`, namespace label or pod annotation
+/// `weir.dev/default-authorization`) decides.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Authorization {
+    /// `Enforce` (the default) denies; `Audit` denies nothing and reports what it would deny
+    /// (counted, logged, and named in the status).
+    #[serde(default)]
+    pub mode: AuthorizationMode,
     /// Deny every request that no rule allows.
     #[serde(default)]
     pub default_deny: bool,
-    /// Requests allowed.
+    /// Requests allowed (when no deny rule matches).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub allow: Vec<AuthorizationRule>,
-}
-
-/// One authorization rule; all given conditions must hold.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct AuthorizationRule {
-    /// Caller service accounts as `namespace/name`.
+    /// Requests denied, whatever the allow rules say.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
+    pub deny: Vec<AuthorizationRule>,
+}
+
+/// Whether an authorization denies or only reports.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AuthorizationMode {
+    /// Denied requests get 403 (gRPC: PERMISSION_DENIED); denied connections are closed.
+    #[default]
+    Enforce,
+    /// Nothing is denied; what would be is counted, logged and reported in the status.
+    Audit,
+}
+
+/// One authorization rule: all given conditions must hold (a rule needs one at least).
+/// Callers without a mesh identity (plaintext to a PERMISSIVE workload, pods outside the
+/// mesh) never satisfy `identities`, `serviceAccounts` or `namespaces` in an allow rule;
+/// only `unauthenticated: true` allows them. A deny rule with those conditions denies them
+/// too (a caller cannot pass a deny rule by showing no identity).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.identities) || has(self.serviceAccounts) || has(self.namespaces) || has(self.unauthenticated) || has(self.ports) || has(self.paths) || has(self.methods) || has(self.grpc) || has(self.headers)").message("a rule needs at least one condition (identities, serviceAccounts, namespaces, unauthenticated, ports, paths, methods, grpc or headers)"))]
+#[x_kube(validation = Rule::new("!(has(self.unauthenticated) && self.unauthenticated && (has(self.identities) || has(self.serviceAccounts) || has(self.namespaces)))").message("unauthenticated callers have no identity: a rule with unauthenticated: true cannot also name identities, serviceAccounts or namespaces (write two rules)"))]
+pub struct AuthorizationRule {
+    /// A name for the rule, used in logs and status (default: `allow[i]` or `deny[i]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: Option<String>,
+    /// Caller SPIFFE IDs, e.g. `spiffe://cluster.local/ns/shop/sa/web`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 512)))]
+    #[x_kube(validation = Rule::new("self.all(i, i.startsWith('spiffe://'))").message("identities are SPIFFE IDs: spiffe://<trust domain>/ns/<namespace>/sa/<service account>"))]
+    pub identities: Vec<String>,
+    /// Caller service accounts as `namespace/name`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 3, max = 317)))]
+    #[x_kube(validation = Rule::new("self.all(s, s.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$'))").message("serviceAccounts are written namespace/name, e.g. shop/web"))]
     pub service_accounts: Vec<String>,
     /// Caller namespaces.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
     pub namespaces: Vec<String>,
-    /// Path prefixes.
+    /// `true`: the rule is about callers without a mesh identity (and only them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unauthenticated: Option<bool>,
+    /// Ports of the target Service, by number or name; all its ports when omitted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 16))]
+    pub ports: Vec<IntOrString>,
+    /// Path prefixes, by segment: `/api` is `/api` and `/api/...`, not `/apix`. HTTP only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
+    #[x_kube(validation = Rule::new("self.all(p, p.startsWith('/'))").message("paths start with '/'"))]
     pub paths: Vec<String>,
-    /// Methods.
+    /// Methods. HTTP only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub methods: Vec<HttpMethod>,
+    /// A gRPC service and method (exact names). gRPC only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<AuthorizationGrpc>,
+    /// Conditions on request headers, as in HTTP matches; all must hold. HTTP only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub headers: Vec<HeaderMatch>,
+}
+
+/// A gRPC service and method, by exact name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.service) || has(self.method)").message("name a service, a method, or both"))]
+pub struct AuthorizationGrpc {
+    /// The fully qualified service, e.g. `shop.v1.Cart`; any service when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^[A-Za-z0-9_.]+$"))]
+    pub service: Option<String>,
+    /// The method, e.g. `AddItem`; any method when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^[A-Za-z0-9_]+$"))]
+    pub method: Option<String>,
 }
 
 /// What the operator made of a TrafficPolicy.
@@ -736,4 +808,48 @@ pub struct TrafficPolicyStatus {
     /// The generation the conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Callers the policy denied (Enforce) or would deny (Audit), as the sidecars report
+    /// them: the most frequent few, kept current within seconds (empty after an operator
+    /// restart until denials are seen again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denials: Option<Denials>,
+}
+
+/// The callers a policy denied or would deny.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Denials {
+    /// `Enforce`: these were denied; `Audit`: these would have been.
+    pub mode: AuthorizationMode,
+    /// The most frequent callers, most frequent first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callers: Vec<DeniedCaller>,
+    /// Denials of callers not listed.
+    #[serde(default)]
+    pub others: u64,
+    /// All denials counted since `since`.
+    #[serde(default)]
+    pub total: u64,
+    /// When counting started (RFC 3339): the operator's start or the policy's last mode change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+}
+
+/// One denied caller.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeniedCaller {
+    /// The caller's SPIFFE ID, or `unauthenticated`.
+    pub caller: String,
+    /// The source address of an unauthenticated caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The rule that decided: `deny[0]`, a rule's name, `defaultDeny` or `default`.
+    pub rule: String,
+    /// `http` (requests) or `tcp` (connections).
+    pub protocol: String,
+    /// Requests or connections denied.
+    pub count: u64,
+    /// The last one (RFC 3339).
+    pub last_seen: String,
 }

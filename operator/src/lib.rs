@@ -9,6 +9,7 @@
 //! ```
 
 pub mod admin;
+pub mod denials;
 pub mod identity;
 pub mod k8s;
 pub mod local;

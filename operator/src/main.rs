@@ -320,6 +320,7 @@ async fn run() -> Result<()> {
                         CaptureArg::Transparent => Capture::Transparent,
                     },
                     zone,
+                    reports: true,
                 },
                 xds_address: xds_addr,
                 protocol: match xds_protocol {

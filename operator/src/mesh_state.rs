@@ -88,6 +88,8 @@ pub struct MeshState {
     pub proxies: Arc<ProxyRegistry>,
     /// The mesh CA: workload certificates and the trust bundle.
     pub identity: Arc<Authority>,
+    /// Authorization denials the sidecars report, per policy.
+    pub denials: Arc<crate::denials::Denials>,
     /// The pods whose placement (see [`Placement`]) the last batch may have changed.
     placements: watch::Sender<Placements>,
     /// The listeners each workload is served (derived per stream, without the model lock).
@@ -135,6 +137,7 @@ impl MeshState {
             identity: Arc::new(Authority::new(metrics.clone(), grace)),
             metrics,
             proxies: Arc::new(ProxyRegistry::default()),
+            denials: Arc::default(),
             placements: watch::channel(Placements::default()).0,
             workload_listeners: Mutex::new(WorkloadListeners::new(
                 weir_core::mesh::DEFAULT_TRUST_DOMAIN,
@@ -212,6 +215,28 @@ impl MeshState {
         base: &Arc<TypeSnapshot>,
     ) -> Arc<TypeSnapshot> {
         crate::sync::lock(&self.workload_listeners).get(profile, workload, base)
+    }
+
+    /// The route tables a proxy of `profile` whose pod is `workload` serves over `base`,
+    /// its profile's route snapshot (its own inbound table when it authorizes).
+    pub fn workload_routes(
+        &self,
+        profile: ProxyProfile,
+        workload: &Workload,
+        base: &Arc<TypeSnapshot>,
+    ) -> Arc<TypeSnapshot> {
+        crate::sync::lock(&self.workload_listeners).routes(profile, workload, base)
+    }
+
+    /// The mode of every policy that authorizes (its served version).
+    pub fn authorization_modes(
+        &self,
+    ) -> std::collections::HashMap<weir_core::ObjectKey, weir_core::authorization::Mode> {
+        self.model()
+            .index
+            .policies()
+            .filter_map(|(k, p)| Some((k.clone(), p.effective()?.authorization.as_ref()?.mode)))
+            .collect()
     }
 
     /// A pod's service account, when the pod is known.

@@ -23,6 +23,17 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// Labels of authorization denials.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    /// The policy's namespace.
+    pub namespace: String,
+    /// The policy's name.
+    pub policy: String,
+    /// Enforce (denied) or Audit (would have been).
+    pub mode: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -66,6 +77,9 @@ pub struct Metrics {
     pub xds_connections: Gauge,
     /// xDS connections and streams refused or closed by a limit, by reason.
     pub xds_refused: Family<ReasonLabels, Counter>,
+    /// Requests and connections authorization denied (Enforce) or would have (Audit), as
+    /// sidecars report them, per policy.
+    pub authorization_denials: Family<DenialLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,6 +120,12 @@ impl Metrics {
         let xds_auth_failures = Family::<ReasonLabels, Counter>::default();
         let xds_connections = Gauge::default();
         let xds_refused = Family::<ReasonLabels, Counter>::default();
+        let authorization_denials = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "authorization_denials",
+            "Requests and connections denied (mode Enforce) or that would be (mode Audit), per policy, as sidecars report them",
+            authorization_denials.clone(),
+        );
         registry.register(
             "xds_pushes",
             "xDS responses sent to proxies",
@@ -228,6 +248,7 @@ impl Metrics {
             xds_auth_failures,
             xds_connections,
             xds_refused,
+            authorization_denials,
         }
     }
 

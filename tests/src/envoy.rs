@@ -270,6 +270,7 @@ fn explicit_params(
                 port: outbound_port,
             },
             zone: None,
+            reports: true,
         },
         xds_address: xds_addr.to_string(),
         protocol,

@@ -328,6 +328,7 @@ async fn proxies_prove_their_pod_with_a_token_and_everything_else_is_refused() -
                     port: weir_tests::free_port(),
                 },
                 zone: None,
+                reports: true,
             },
             xds_address: xds.to_string(),
             protocol: weir_core::bootstrap::XdsProtocol::Delta,

@@ -359,6 +359,7 @@ fn proxy_container(
             capture: Capture::Transparent,
             // Not known before scheduling: the operator takes it from the EndpointSlices.
             zone: None,
+            reports: true,
         },
         xds_address: config.xds_address.clone(),
         protocol: XdsProtocol::Delta,

@@ -386,6 +386,11 @@ fn claim(
         Some(p) => BTreeSet::from([p]),
         None => all,
     };
+    if !attachment.routes.shapes_traffic() {
+        // Authorization alone: enforced by the target's pods with every other policy's,
+        // nothing to claim.
+        return Outcome::Active { ports };
+    }
     let shares = |merge: Merge| merge == Merge::Rules && attachment.merge == Merge::Rules;
     let clash: Vec<(u16, &Claim)> = ports
         .iter()

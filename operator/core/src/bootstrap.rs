@@ -38,6 +38,8 @@ pub struct ProxyMeta {
     /// The proxy's zone, for proxies outside Kubernetes (or to override); in a cluster the
     /// operator takes it from the pod's EndpointSlices.
     pub zone: Option<String>,
+    /// Its bootstrap has the reports cluster (denials go to the operator).
+    pub reports: bool,
 }
 
 const META_NAMESPACE: &str = "NAMESPACE";
@@ -88,6 +90,7 @@ impl ProxyMeta {
             service_account: get(META_SERVICE_ACCOUNT).filter(|s| !s.is_empty()),
             capture,
             zone: get(META_ZONE).filter(|z| !z.is_empty()),
+            reports: get(mesh::REPORTS_META).as_deref() == Some("1"),
         })
     }
 }
@@ -180,6 +183,8 @@ pub fn bootstrap(params: &BootstrapParams) -> Result<Value, BootstrapError> {
         META_NAMESPACE: params.meta.namespace,
         META_POD: params.meta.pod,
         META_CAPTURE: capture,
+        // The bootstrap has the reports cluster: the operator may point access logs at it.
+        (mesh::REPORTS_META): "1",
     });
     if let Some(sa) = &params.meta.service_account {
         metadata[META_SERVICE_ACCOUNT] = json!(sa);
@@ -214,6 +219,13 @@ pub fn bootstrap(params: &BootstrapParams) -> Result<Value, BootstrapError> {
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "static_resources": static_resources(params)?,
+        // Authorization's peer checks may use regular expressions larger than RE2's default
+        // program size limit (100) when deny rules carve identities out of an allowed
+        // namespace; the operator writes them, bounded by the CRD's rule limits.
+        "layered_runtime": {"layers": [
+            {"name": "static", "static_layer": {"re2.max_program_size.error_level": 100_000}},
+            {"name": "admin", "admin_layer": {}},
+        ]},
     }))
 }
 
@@ -256,6 +268,7 @@ fn static_resources(params: &BootstrapParams) -> Result<Value, BootstrapError> {
     if params.xds_tls.is_none() {
         clusters.push(xds_cluster(&params.xds_address)?);
     }
+    clusters.push(reports_cluster(params)?);
     let mut listeners = Vec::new();
     if let Some(sidecar) = &params.sidecar {
         clusters.push(static_cluster(ADMIN_CLUSTER, params.admin_port));
@@ -354,6 +367,36 @@ pub fn bootstrap_yaml(params: &BootstrapParams) -> Result<String, BootstrapError
 
 /// The static cluster that reaches the operator over HTTP/2.
 pub fn xds_cluster(address: &str) -> Result<Value, BootstrapError> {
+    operator_cluster(XDS_CLUSTER, address)
+}
+
+/// The static cluster sidecars report to the operator over (denials, Envoy's access log
+/// service): plaintext like xDS in local mode, else TLS verified against the mesh root.
+/// The operator's gRPC port serves both.
+fn reports_cluster(params: &BootstrapParams) -> Result<Value, BootstrapError> {
+    let mut cluster = operator_cluster(mesh::REPORTS_CLUSTER, &params.xds_address)?;
+    if let Some(tls) = &params.xds_tls {
+        let host = params
+            .xds_address
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or_default();
+        cluster["transport_socket"] = json!({
+            "name": mesh::TLS_TRANSPORT_SOCKET,
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "validation_context": {"trusted_ca": {"filename": tls.root_cert}},
+                },
+            },
+        });
+    }
+    Ok(cluster)
+}
+
+fn operator_cluster(name: &str, address: &str) -> Result<Value, BootstrapError> {
     let bad = || BootstrapError::BadXdsAddress(address.to_string());
     let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -367,7 +410,7 @@ pub fn xds_cluster(address: &str) -> Result<Value, BootstrapError> {
         "STRICT_DNS"
     };
     Ok(json!({
-        "name": XDS_CLUSTER,
+        "name": name,
         "type": discovery,
         "connect_timeout": "1s",
         "typed_extension_protocol_options": {
@@ -381,7 +424,7 @@ pub fn xds_cluster(address: &str) -> Result<Value, BootstrapError> {
             },
         },
         "load_assignment": {
-            "cluster_name": XDS_CLUSTER,
+            "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
                 "address": host, "port_value": port,
             }}}}]}],
@@ -403,6 +446,7 @@ mod tests {
                 service_account: Some("reviews".into()),
                 capture,
                 zone: None,
+                reports: true,
             },
             xds_address: "127.0.0.1:15010".into(),
             protocol: XdsProtocol::Delta,

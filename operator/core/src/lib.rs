@@ -18,6 +18,7 @@
 //! (envoy-types, used for its message types only).
 
 pub mod ads;
+pub mod authorization;
 pub mod binding;
 pub mod bootstrap;
 pub mod conditions;

@@ -54,6 +54,9 @@ pub const INJECT_KEY: &str = "weir.dev/inject";
 pub const INJECTED_ANNOTATION: &str = "weir.dev/injected";
 /// Pod annotation (or namespace label) that overrides the mesh's mTLS mode.
 pub const MTLS_MODE_KEY: &str = "weir.dev/mtls-mode";
+/// Namespace label and pod annotation overriding the mesh's default authorization
+/// (`AllowAll`, `AllowAuthenticated`, `Deny`).
+pub const DEFAULT_AUTHORIZATION_KEY: &str = "weir.dev/default-authorization";
 /// Pod annotation: the proxy's CPU request.
 pub const PROXY_CPU_ANNOTATION: &str = "weir.dev/proxy-cpu";
 /// Pod annotation: the proxy's memory request.
@@ -140,6 +143,28 @@ pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection
 pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 /// The router HTTP filter (always last).
 pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+/// Envoy's HTTP RBAC filter (inbound authorization).
+pub const HTTP_RBAC_FILTER: &str = "envoy.filters.http.rbac";
+/// Envoy's network RBAC filter (inbound authorization of connections, Audit).
+pub const NETWORK_RBAC_FILTER: &str = "envoy.filters.network.rbac";
+/// Envoy's file access logger (a sidecar's denial lines go to its stdout).
+pub const FILE_ACCESS_LOG: &str = "envoy.access_loggers.file";
+/// Envoy's gRPC access logger for HTTP (denials reported to the operator).
+pub const HTTP_GRPC_ACCESS_LOG: &str = "envoy.access_loggers.http_grpc";
+/// Envoy's gRPC access logger for TCP (denials reported to the operator).
+pub const TCP_GRPC_ACCESS_LOG: &str = "envoy.access_loggers.tcp_grpc";
+/// Envoy's CEL access log filter.
+pub const CEL_ACCESS_LOG_FILTER: &str = "envoy.access_loggers.extension_filters.cel";
+/// The log name sidecars report authorization denials under.
+pub const DENIAL_LOG_NAME: &str = "weir-denials";
+/// The bootstrap's cluster to the operator for reports (denials), beside xDS.
+pub const REPORTS_CLUSTER: &str = "weir-reports";
+/// Node metadata key a bootstrap sets when it has [`REPORTS_CLUSTER`].
+pub const REPORTS_META: &str = "REPORTS";
+/// The gRPC service sidecars report denials to.
+pub const ACCESS_LOG_SERVICE: &str = "envoy.service.accesslog.v3.AccessLogService";
+/// Envoy's network filter that answers and closes (a connection authorization denies).
+pub const DIRECT_RESPONSE_FILTER: &str = "envoy.filters.network.direct_response";
 /// The fault injection HTTP filter.
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 /// The local rate limit HTTP filter.
@@ -188,7 +213,10 @@ mod tests {
 
     #[test]
     fn keys_have_the_prefix() {
-        for key in INJECTOR_ANNOTATIONS.into_iter().chain([MTLS_MODE_KEY]) {
+        for key in INJECTOR_ANNOTATIONS
+            .into_iter()
+            .chain([MTLS_MODE_KEY, DEFAULT_AUTHORIZATION_KEY])
+        {
             assert!(key.starts_with(KEY_PREFIX), "{key}");
         }
     }

@@ -51,6 +51,8 @@ pub fn domains(svc: &ObjectKey, port: u16, cluster_ip: Option<&str>, bare: bool)
 pub const OUTBOUND_LISTENER: &str = "outbound";
 /// The inbound listener in transparent mode.
 pub const INBOUND_LISTENER: &str = "inbound";
+/// The route table of a sidecar's inbound HTTP (per workload: it carries authorization).
+pub const INBOUND_ROUTE_CONFIG: &str = "inbound";
 /// Route configuration of the explicit outbound listener.
 pub const EXPLICIT_ROUTE_CONFIG: &str = "outbound";
 /// Route configuration for one port in transparent mode.

@@ -57,6 +57,13 @@ impl Protocol {
         )
     }
 
+    /// Whether mesh traffic to the port arrives at the server's sidecar as HTTP (the
+    /// client's sidecar tunnels it with the mesh's HTTP ALPN); detected ports are tunnelled
+    /// as TCP.
+    pub fn is_mesh_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+
     /// Whether the backends are spoken to over HTTP/2.
     pub fn is_http2_upstream(self) -> bool {
         matches!(self, Protocol::Http2 | Protocol::Grpc)

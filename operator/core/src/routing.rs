@@ -35,11 +35,24 @@ pub struct RouteSet {
     pub upstream: Upstream,
     /// A token bucket in each calling proxy, per Service port.
     pub rate_limit: Option<RateLimit>,
+    /// Who may call the target (enforced by the target's sidecars).
+    pub authorization: Option<crate::authorization::Authorization>,
     /// Field paths the source accepted but that are not translated (and so ignored).
     pub unsupported: Vec<String>,
 }
 
 impl RouteSet {
+    /// Whether it says anything about traffic to the target (rules, subsets, upstream
+    /// settings, rate limit), not only who may call it: a source with authorization alone
+    /// claims no port and combines with the others.
+    pub fn shapes_traffic(&self) -> bool {
+        !self.http.is_empty()
+            || !self.tcp.is_empty()
+            || !self.subsets.is_empty()
+            || self.upstream != Upstream::default()
+            || self.rate_limit.is_some()
+    }
+
     /// Services other than the target that the rules send traffic (or copies) to.
     pub fn backend_services(&self) -> BTreeSet<ObjectKey> {
         let mirrors = self.http.iter().filter_map(|r| r.mirror.as_ref());
@@ -182,7 +195,7 @@ pub enum PathMatch {
 }
 
 /// A condition on one named value (a header or a query parameter).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NamedMatch {
     /// The header or parameter name.
     pub name: String,
@@ -191,7 +204,7 @@ pub struct NamedMatch {
 }
 
 /// How a value is compared.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ValueMatch {
     /// Equals.
     Exact(String),

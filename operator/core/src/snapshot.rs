@@ -428,21 +428,65 @@ impl SnapshotBuilder {
     }
 }
 
-/// The listeners each workload's proxies are served: their profile's listener snapshot
-/// with the workload's own inbound listener over it, shared by every stream of the same
-/// profile and workload. Kept apart from the [`SnapshotBuilder`] (and its lock): a stream
-/// derives its listeners from the snapshot it holds, whenever that snapshot's listeners or
-/// its workload change, without waiting for a translation.
+/// The listeners and route tables each workload's proxies are served: their profile's
+/// snapshot with the workload's own inbound listener (and, when it authorizes, its own
+/// inbound route table, which carries the HTTP rules so that an edit reaches open
+/// connections' next request without draining them) over it, shared by every stream of
+/// the same profile and workload. Kept apart from the [`SnapshotBuilder`] (and its lock): a
+/// stream derives its listeners from the snapshot it holds, whenever that snapshot's
+/// listeners or its workload change, without waiting for a translation.
 #[derive(Debug, Default)]
 pub struct WorkloadListeners {
     /// The trust domain inbound listeners check peers against.
     trust_domain: String,
-    /// Per profile, the newest listener generation derivations were asked for.
+    listeners: Derivations,
+    routes: Derivations,
+}
+
+/// One type's derivations: per profile and workload, the snapshot derived from and the
+/// derivation.
+#[derive(Debug, Default)]
+struct Derivations {
+    /// Per profile, the newest generation derivations were asked for.
     newest: BTreeMap<ProxyProfile, u64>,
-    /// Per profile and workload: the listener snapshot derived from, and the derivation.
     entries: BTreeMap<(ProxyProfile, Workload), (Arc<TypeSnapshot>, Arc<TypeSnapshot>)>,
     /// How many entries were left after the last pruning.
     kept: usize,
+}
+
+impl Derivations {
+    fn get(
+        &mut self,
+        profile: ProxyProfile,
+        workload: &Workload,
+        base: &Arc<TypeSnapshot>,
+        derive: impl FnOnce() -> Resource,
+    ) -> Arc<TypeSnapshot> {
+        let newest = self.newest.entry(profile).or_default();
+        if base.generation > *newest {
+            *newest = base.generation;
+            // Derivations of this profile's older snapshots that no stream serves go: they
+            // would keep old resources alive.
+            self.entries
+                .retain(|(p, _), (_, derived)| *p != profile || Arc::strong_count(derived) > 1);
+        }
+        let key = (profile, workload.clone());
+        if let Some((from, derived)) = self.entries.get(&key) {
+            if Arc::ptr_eq(from, base) {
+                return derived.clone();
+            }
+        }
+        // Workloads that went away: checked whenever the map has doubled, so the work
+        // stays linear.
+        if self.entries.len() >= (2 * self.kept).max(64) {
+            self.entries
+                .retain(|_, (_, derived)| Arc::strong_count(derived) > 1);
+            self.kept = self.entries.len();
+        }
+        let derived = Arc::new(base.with([derive()]));
+        self.entries.insert(key, (base.clone(), derived.clone()));
+        derived
+    }
 }
 
 impl WorkloadListeners {
@@ -463,7 +507,7 @@ impl WorkloadListeners {
 
     /// The listeners a proxy of `profile` whose pod is `workload` gets over `base` (its
     /// profile's listener snapshot, as the stream holds it): `base` itself for a workload
-    /// that backs nothing, or in explicit mode.
+    /// that backs nothing and authorizes nothing, or in explicit mode.
     pub fn get(
         &mut self,
         profile: ProxyProfile,
@@ -473,41 +517,39 @@ impl WorkloadListeners {
         if workload.is_empty() || profile.capture != Capture::Transparent {
             return base.clone();
         }
-        let newest = self.newest.entry(profile).or_default();
-        if base.generation > *newest {
-            *newest = base.generation;
-            // Derivations of this profile's older listeners that no stream serves go: they
-            // would keep old listeners alive.
-            self.entries
-                .retain(|(p, _), (_, derived)| *p != profile || Arc::strong_count(derived) > 1);
+        let trust_domain = &self.trust_domain;
+        self.listeners.get(profile, workload, base, || {
+            let inbound = translate::inbound::listener(profile.inbound, trust_domain, workload);
+            Resource::new(names::INBOUND_LISTENER, &inbound)
+        })
+    }
+
+    /// The route tables a proxy of `profile` whose pod is `workload` gets over `base` (its
+    /// profile's route snapshot): `base` itself unless the workload authorizes HTTP.
+    pub fn routes(
+        &mut self,
+        profile: ProxyProfile,
+        workload: &Workload,
+        base: &Arc<TypeSnapshot>,
+    ) -> Arc<TypeSnapshot> {
+        if workload.authorization.is_none() || profile.capture != Capture::Transparent {
+            return base.clone();
         }
-        let key = (profile, workload.clone());
-        if let Some((from, derived)) = self.entries.get(&key) {
-            if Arc::ptr_eq(from, base) {
-                return derived.clone();
-            }
-        }
-        // Workloads that went away: checked whenever the map has doubled, so the work
-        // stays linear.
-        if self.entries.len() >= (2 * self.kept).max(64) {
-            self.entries
-                .retain(|_, (_, derived)| Arc::strong_count(derived) > 1);
-            self.kept = self.entries.len();
-        }
-        let inbound = translate::inbound::listener(profile.inbound, &self.trust_domain, workload);
-        let derived = Arc::new(base.with([Resource::new(names::INBOUND_LISTENER, &inbound)]));
-        self.entries.insert(key, (base.clone(), derived.clone()));
-        derived
+        let trust_domain = &self.trust_domain;
+        self.routes.get(profile, workload, base, || {
+            let table = translate::inbound::route_table(trust_domain, workload);
+            Resource::new(names::INBOUND_ROUTE_CONFIG, &table)
+        })
     }
 
     /// How many derivations are kept.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.listeners.entries.len() + self.routes.entries.len()
     }
 
     /// Whether none is kept.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 }
 

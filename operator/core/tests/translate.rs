@@ -134,6 +134,14 @@ fn expand_any(text: &str) -> String {
                     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" => decode::<HttpProtocolOptions>(&bytes),
                     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext" => decode::<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext>(&bytes),
                     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext" => decode::<envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext>(&bytes),
+                    "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter" => decode::<envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter>(&bytes),
+                    "envoy.extensions.access_loggers.file.v3.FileAccessLog" => decode::<envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog>(&bytes),
+                    "envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig" => decode::<envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::HttpGrpcAccessLogConfig>(&bytes),
+                    "envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig" => decode::<envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::TcpGrpcAccessLogConfig>(&bytes),
+                    "envoy.extensions.filters.http.rbac.v3.RBAC" => decode::<envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac>(&bytes),
+                    "envoy.extensions.filters.http.rbac.v3.RBACPerRoute" => decode::<envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute>(&bytes),
+                    "envoy.extensions.filters.network.rbac.v3.RBAC" => decode::<envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac>(&bytes),
+                    "envoy.extensions.filters.network.direct_response.v3.Config" => decode::<envoy_types::pb::envoy::extensions::filters::network::direct_response::v3::Config>(&bytes),
                     other => panic!("the golden renderer cannot decode {other}: add it"),
                 };
                 out.push(format!("{indent}type_url: \"{t}\","));

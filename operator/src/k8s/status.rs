@@ -32,6 +32,8 @@ use crate::mesh_state::MeshState;
 
 /// The one field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "weir-operator";
+/// A policy's denial counts are rewritten at most this often.
+pub const DENIALS_PERIOD: Duration = Duration::from_secs(3);
 /// The cluster-scoped MeshStatus the leader keeps current.
 pub const MESH_STATUS_NAME: &str = "mesh";
 /// MeshStatus is written at most this often.
@@ -51,6 +53,8 @@ pub struct StatusWriter {
     mesh_written: Option<MeshStatusStatus>,
     mesh_exists: bool,
     mesh_last_write: Option<Instant>,
+    /// When each policy's status was last written (denial counts are throttled).
+    denials_written: HashMap<ObjectKey, Instant>,
 }
 
 impl StatusWriter {
@@ -74,6 +78,7 @@ impl StatusWriter {
             mesh_written: None,
             mesh_exists: false,
             mesh_last_write: None,
+            denials_written: HashMap::new(),
         }
     }
 
@@ -127,6 +132,12 @@ impl StatusWriter {
             .map(|p| ObjectKey::new(p.namespace.clone(), p.name.clone()))
             .collect();
         self.written.retain(|k, _| live.contains(k));
+        self.denials_written.retain(|k, _| live.contains(k));
+        // Counts of a policy that is gone or changed mode go (a switch starts them again).
+        let modes = self.state.authorization_modes();
+        self.state
+            .denials
+            .retain(|k, mode| live.contains(k) && modes.get(k) == Some(&mode));
         for policy in &view.policies {
             if !*leading.borrow() {
                 return false;
@@ -165,9 +176,26 @@ impl StatusWriter {
                 .map(|c| to_condition(c, policy.observed_generation, &current.conditions))
                 .collect(),
             observed_generation: policy.observed_generation,
+            denials: self.state.denials.report(&key),
         };
-        let unchanged = |other: &TrafficPolicyStatus| equal_but_transition_times(&desired, other);
+        let unchanged = |other: &TrafficPolicyStatus| {
+            equal_but_transition_times(&desired, other) && other.denials == desired.denials
+        };
         if unchanged(&current) || self.written.get(&key).is_some_and(unchanged) {
+            return;
+        }
+        // Denial counts move with traffic: written at most every DENIALS_PERIOD unless
+        // something else changed too.
+        let same_but_denials = |other: &TrafficPolicyStatus| {
+            let mut other = other.clone();
+            other.denials = desired.denials.clone();
+            equal_but_transition_times(&desired, &other)
+        };
+        let recent = self
+            .denials_written
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < DENIALS_PERIOD);
+        if recent && desired.denials.is_some() && same_but_denials(&current) {
             return;
         }
         let api: Api<TrafficPolicy> = Api::namespaced(self.client.clone(), &key.namespace);
@@ -184,6 +212,7 @@ impl StatusWriter {
             Ok(_) => {
                 self.state.metrics.status_writes.inc();
                 self.announce(&key, observed.uid, policy, &current).await;
+                self.denials_written.insert(key.clone(), Instant::now());
                 self.written.insert(key, desired);
             }
             // Deleted meanwhile: the watch will tell the index.

@@ -178,6 +178,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let metrics = state.metrics.clone();
+    let reports = crate::denials::ReportService::new(state.clone());
     let service = AdsService::new(state, authenticator, limits);
     // Envoy opens one ADS stream per connection; a few more are allowed for clients that
     // reconnect a stream on the same connection.
@@ -186,6 +187,7 @@ pub async fn serve(
         .max_concurrent_streams(Some(8))
         .http2_max_header_list_size(Some(16 * 1024))
         .add_service(service)
+        .add_service(reports)
         .serve_with_incoming_shutdown(conn::incoming(listener, tls, limits, metrics), shutdown)
         .await
 }
@@ -443,6 +445,8 @@ struct Serving {
     workload: Workload,
     /// (the profile's listener snapshot, the workload, what the stream serves for them).
     listeners: Option<(Arc<TypeSnapshot>, Workload, Arc<TypeSnapshot>)>,
+    /// The same for route tables.
+    routes: Option<(Arc<TypeSnapshot>, Workload, Arc<TypeSnapshot>)>,
 }
 
 /// How a stream's placement moved.
@@ -466,6 +470,7 @@ impl Serving {
             profile,
             workload,
             listeners: None,
+            routes: None,
         }
     }
 
@@ -480,7 +485,9 @@ impl Serving {
             None => placement.zone.and_then(|z| weir_core::Zone::new(&z)),
         };
         let profile = meta.profile(placement.mode).in_zone(zone);
-        (profile, placement.workload)
+        let mut workload = placement.workload;
+        workload.reports = meta.reports;
+        (profile, workload)
     }
 
     /// Reads the pod's placement again, when batch `now` may have moved it.
@@ -500,7 +507,7 @@ impl Serving {
             return Moved::Nowhere;
         };
         if workload != self.workload {
-            tracing::info!(pod = %self.pod, services = workload.services.len(), "the Services the proxy's pod backs changed");
+            tracing::info!(pod = %self.pod, services = workload.services.len(), authorization = workload.authorization.is_some(), "the Services the proxy's pod backs or its authorization changed");
         }
         self.profile = profile;
         self.workload = workload;
@@ -526,8 +533,20 @@ impl Serving {
                 served
             }
         };
+        let base_routes = &snapshot.types[ResourceType::Route];
+        let routes = match &self.routes {
+            Some((from, of, served)) if Arc::ptr_eq(from, base_routes) && *of == self.workload => {
+                served.clone()
+            }
+            _ => {
+                let served = state.workload_routes(self.profile, &self.workload, base_routes);
+                self.routes = Some((base_routes.clone(), self.workload.clone(), served.clone()));
+                served
+            }
+        };
         let mut types = snapshot.types.clone();
         types[ResourceType::Listener] = listeners;
+        types[ResourceType::Route] = routes;
         types[ResourceType::Secret] = secrets.clone();
         weir_core::Snapshot {
             generation: snapshot.generation,

@@ -103,6 +103,13 @@ impl IndexKind for EndpointSlice {
         };
         let before = old.map(placed).unwrap_or_default();
         let after = placed(&model);
+        if old.is_some_and(|o| o.ports != model.ports) {
+            // Named target ports resolve through the slice: authorization by port moves.
+            index
+                .placement_changes
+                .pods
+                .extend(after.iter().map(|(pod, _, _)| pod.clone()));
+        }
         index.placement_changes.pods.extend(
             before
                 .symmetric_difference(&after)

@@ -21,6 +21,8 @@ pub struct IdentityConfig {
     pub workload_ttl: Duration,
     /// Default inbound mTLS mode.
     pub mtls_mode: MtlsMode,
+    /// What a workload allows where no policy decides.
+    pub default_authorization: weir_api::DefaultAuthorization,
     /// What is wrong with the MeshIdentity, when something is (the defaults apply there).
     pub problem: Option<String>,
 }
@@ -37,6 +39,7 @@ impl Default for IdentityConfig {
             ca: CaSource::default(),
             workload_ttl: crate::mesh::DEFAULT_WORKLOAD_CERT_TTL,
             mtls_mode: MtlsMode::Strict,
+            default_authorization: weir_api::DefaultAuthorization::AllowAll,
             problem: None,
         }
     }
@@ -74,6 +77,7 @@ impl IdentityConfig {
             ca: spec.ca.clone(),
             workload_ttl,
             mtls_mode: spec.mtls.mode,
+            default_authorization: spec.authorization.default,
             problem: (!problems.is_empty()).then(|| problems.join("; ")),
         }
     }

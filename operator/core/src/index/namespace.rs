@@ -1,10 +1,13 @@
 //! Namespaces: what the mesh reads of them is their labels: `weir.dev/inject=enabled` (the
-//! namespace is meshed: it gets the mesh's root CA) and `weir.dev/mtls-mode`.
+//! namespace is meshed: it gets the mesh's root CA), `weir.dev/mtls-mode` and
+//! `weir.dev/default-authorization`.
 
 use k8s_openapi::api::core::v1::Namespace;
-use weir_api::MtlsMode;
+use weir_api::{DefaultAuthorization, MtlsMode};
 
 use super::{pod::MTLS_MODE_KEY, Index, IndexKind, Kind, ObjectKey};
+use crate::authorization::DefaultSource;
+use crate::mesh::DEFAULT_AUTHORIZATION_KEY;
 
 pub use crate::mesh::INJECT_KEY as INJECT_LABEL;
 
@@ -15,6 +18,8 @@ pub struct NamespaceModel {
     pub injected: bool,
     /// Its `weir.dev/mtls-mode` label, when valid.
     pub mtls_mode: Option<MtlsMode>,
+    /// Its `weir.dev/default-authorization` label, when valid.
+    pub default_authorization: Option<DefaultAuthorization>,
 }
 
 impl IndexKind for Namespace {
@@ -24,6 +29,9 @@ impl IndexKind for Namespace {
         let model = NamespaceModel {
             injected: labels.get(INJECT_LABEL).map(String::as_str) == Some("enabled"),
             mtls_mode: labels.get(MTLS_MODE_KEY).and_then(|m| MtlsMode::parse(m)),
+            default_authorization: labels
+                .get(DEFAULT_AUTHORIZATION_KEY)
+                .and_then(|d| DefaultAuthorization::parse(d)),
         };
         let old = index.namespaces.insert(key.name.clone(), model.clone());
         if old.as_ref() != Some(&model) {
@@ -84,6 +92,25 @@ impl Index {
                     .and_then(|n| n.mtls_mode)
             })
             .unwrap_or_else(|| self.mesh_identity().mtls_mode)
+    }
+
+    /// What a pod allows where no policy decides, and where that was set: its annotation,
+    /// else its namespace's label, else the mesh's default (the precedence of mTLS modes).
+    pub fn default_authorization(&self, pod: &ObjectKey) -> (DefaultAuthorization, DefaultSource) {
+        if let Some(d) = self.pods.get(pod).and_then(|p| p.default_authorization) {
+            return (d, DefaultSource::Pod);
+        }
+        if let Some(d) = self
+            .namespaces
+            .get(&pod.namespace)
+            .and_then(|n| n.default_authorization)
+        {
+            return (d, DefaultSource::Namespace);
+        }
+        (
+            self.mesh_identity().default_authorization,
+            DefaultSource::Mesh,
+        )
     }
 
     fn dirty_namespace_endpoints(&mut self, namespace: &str) {

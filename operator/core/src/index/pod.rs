@@ -22,6 +22,8 @@ pub struct PodModel {
     pub meshed: bool,
     /// Its `weir.dev/mtls-mode` annotation, when valid.
     pub mtls_mode: Option<MtlsMode>,
+    /// Its `weir.dev/default-authorization` annotation, when valid.
+    pub default_authorization: Option<weir_api::DefaultAuthorization>,
 }
 
 impl IndexKind for Pod {
@@ -41,12 +43,19 @@ impl IndexKind for Pod {
             mtls_mode: annotations
                 .get(MTLS_MODE_KEY)
                 .and_then(|m| MtlsMode::parse(m)),
+            default_authorization: annotations
+                .get(crate::mesh::DEFAULT_AUTHORIZATION_KEY)
+                .and_then(|d| weir_api::DefaultAuthorization::parse(d)),
         };
         if index.pods.get(&key) == Some(&model) {
             index.release_labels(model.labels);
             return;
         }
-        let mode_changed = index.pods.get(&key).map(|p| p.mtls_mode) != Some(model.mtls_mode);
+        let mode_changed = index
+            .pods
+            .get(&key)
+            .map(|p| (p.mtls_mode, p.default_authorization))
+            != Some((model.mtls_mode, model.default_authorization));
         if let Some(old) = index.pods.insert(key.clone(), model) {
             index.release_labels(old.labels);
         }
@@ -80,9 +89,13 @@ impl Index {
     }
 
     /// What a pod's inbound listener depends on beyond its profile: the Services whose
-    /// endpoints include it.
+    /// endpoints include it, and what its sidecar enforces inbound.
     pub fn workload(&self, key: &ObjectKey) -> Workload {
-        Workload::new(self.services_by_pod.get(key).cloned().unwrap_or_default())
+        let mut workload =
+            Workload::new(self.services_by_pod.get(key).cloned().unwrap_or_default());
+        workload.authorization =
+            crate::authorization::inbound(self, key, &workload.services).map(Arc::new);
+        workload
     }
 
     fn dirty_pod_services(&mut self, pod: &ObjectKey) {
@@ -192,11 +205,17 @@ mod tests {
     }
 }
 
-/// What a pod's inbound listener depends on beyond its profile: the Services it backs.
+/// What a pod's inbound listener depends on beyond its profile: the Services it backs and
+/// what its sidecar enforces inbound.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Workload {
     /// The Services whose endpoints include the pod, sorted, distinct.
     pub services: Arc<[ObjectKey]>,
+    /// Authorization, when anything is restricted.
+    pub authorization: Option<Arc<crate::authorization::InboundAuthorization>>,
+    /// Whether the proxy reports denials to the operator (its bootstrap has the cluster;
+    /// set per stream from the proxy's node metadata, not by the index).
+    pub reports: bool,
 }
 
 impl Workload {
@@ -206,11 +225,14 @@ impl Workload {
         services.dedup();
         Workload {
             services: services.into(),
+            authorization: None,
+            reports: false,
         }
     }
 
-    /// Whether it backs no Service: its listener is the profile's own.
+    /// Whether it backs no Service and restricts nothing: its listener is the profile's
+    /// own.
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty()
+        self.services.is_empty() && self.authorization.is_none()
     }
 }

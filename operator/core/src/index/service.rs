@@ -74,8 +74,13 @@ impl IndexKind for Service {
             ports,
         };
         if index.services.get(&key) != Some(&model) {
+            let ports_moved = index.services.get(&key).map(|m| &m.ports) != Some(&model.ports);
             index.services.insert(key.clone(), model);
             index.dirty_service(&key);
+            if ports_moved && !index.policies_for(&key).is_empty() {
+                // Authorization rules name Service ports: the pods' enforcement moves.
+                index.authorization_moved(&std::collections::BTreeSet::from([key.clone()]));
+            }
         }
     }
 

@@ -67,6 +67,14 @@ impl IndexKind for TrafficPolicy {
             targets.insert(served.target.service.clone());
             backends = served.backend_services();
         }
+        // Authorization is enforced by the target's pods: their inbound listeners move.
+        let authorizes = |p: Option<&Arc<RouteSet>>| p.is_some_and(|r| r.authorization.is_some());
+        let before = index.policies.get(&key);
+        if authorizes(before.and_then(|p| p.effective())) || authorizes(last_valid.as_ref()) {
+            let mut services = targets.clone();
+            services.extend(before.map(|p| p.targets.clone()).unwrap_or_default());
+            index.authorization_moved(&services);
+        }
         Self::delete(index, &key);
         for target in &targets {
             index
@@ -98,6 +106,9 @@ impl IndexKind for TrafficPolicy {
         let Some(old) = index.policies.remove(key) else {
             return;
         };
+        if old.effective().is_some_and(|r| r.authorization.is_some()) {
+            index.authorization_moved(&old.targets);
+        }
         for target in &old.targets {
             index.dirty.services.insert(target.clone());
             unlink(&mut index.policies_by_target, target, key);
@@ -113,6 +124,12 @@ impl IndexKind for TrafficPolicy {
 }
 
 impl Index {
+    /// The pods backing `services` enforce something else inbound now.
+    pub(super) fn authorization_moved(&mut self, services: &BTreeSet<ObjectKey>) {
+        let pods = crate::authorization::pods_of(self, services);
+        self.placement_changes.pods.extend(pods);
+    }
+
     /// Every policy, in key order.
     pub fn policies(&self) -> impl Iterator<Item = (&ObjectKey, &PolicyEntry)> {
         self.policies.iter()

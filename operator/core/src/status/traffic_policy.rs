@@ -71,7 +71,13 @@ pub fn policy_statuses(
                     .binding(&served.target.service)?
                     .attachment(&SourceRef::TrafficPolicy(key.clone()))
             });
-            let accepted = accepted(entry, binding);
+            let mut accepted = accepted(entry, binding);
+            if let (true, Some(served)) = (accepted.status, entry.effective()) {
+                let notes = authorization_notes(index, translator, served);
+                if !notes.is_empty() {
+                    accepted.message.push_str(&notes);
+                }
+            }
             let resolved = resolved_refs(binding);
             let active = matches!(binding.map(|b| &b.outcome), Some(Outcome::Active { .. }));
             let programmed = programmed(active, accepted.status, acks);
@@ -83,6 +89,26 @@ pub fn policy_statuses(
                 active,
             }
         })
+        .collect()
+}
+
+/// `; note: ...` for each way the policy's authorization does less than it seems to
+/// (ports the Service does not have, identities of another trust domain, HTTP conditions
+/// on ports that are not HTTP).
+fn authorization_notes(
+    index: &Index,
+    translator: &Translator,
+    served: &crate::routing::RouteSet,
+) -> String {
+    let (Some(authz), Some(service)) = (
+        served.authorization.as_ref(),
+        index.service(&served.target.service),
+    ) else {
+        return String::new();
+    };
+    crate::authorization::warnings(authz, &service.ports, translator.trust_domain())
+        .into_iter()
+        .map(|w| format!("; note: {w}"))
         .collect()
 }
 

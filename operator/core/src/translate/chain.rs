@@ -7,10 +7,13 @@
 //!   .filter(..)* (before the router)  .normalize_path()  .forward_client_identity()
 //!   --build(name, match, TLS)--> FilterChain [http_connection_manager]
 //! TcpChain::new(stat prefix, weighted clusters)
-//!   --build(name, match, TLS)--> FilterChain [tcp_proxy]
+//!   .filters(..)* (before the proxy)  .connect_after_handshake()
+//!   --build(name, match, TLS)--> FilterChain [.., tcp_proxy]
+//! closing_chain(name, match) --> FilterChain [direct_response]: closes at once
 //! references(listener) <-- what the built chains name (clusters, route tables)
 //! ```
 
+use envoy_types::pb::envoy::config::accesslog::v3::AccessLog;
 use envoy_types::pb::envoy::config::core::v3::TransportSocket;
 use envoy_types::pb::envoy::config::listener::v3::{
     filter::ConfigType as FilterConfig, Filter, FilterChain, FilterChainMatch, Listener,
@@ -20,6 +23,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::direct_response::v3::Config as DirectResponse;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{
         CodecType, ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails,
@@ -30,7 +34,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     tcp_proxy::{weighted_cluster::ClusterWeight, ClusterSpecifier, WeightedCluster},
-    TcpProxy,
+    TcpProxy, UpstreamConnectMode,
 };
 use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
@@ -38,7 +42,7 @@ use envoy_types::util::pack_any;
 use super::pb;
 use super::port::WeightedClusters;
 
-use crate::mesh::{HTTP_CONNECTION_MANAGER, ROUTER_FILTER, TCP_PROXY};
+use crate::mesh::{DIRECT_RESPONSE_FILTER, HTTP_CONNECTION_MANAGER, ROUTER_FILTER, TCP_PROXY};
 
 /// Where a connection manager's routes come from.
 #[derive(Debug, Clone)]
@@ -124,6 +128,18 @@ impl HttpChain {
         self
     }
 
+    /// Adds access logs.
+    pub fn access_logs(mut self, logs: impl IntoIterator<Item = AccessLog>) -> HttpChain {
+        self.hcm.access_log.extend(logs);
+        self
+    }
+
+    /// Merges adjacent slashes (`//admin` is `/admin`) before routing and authorization.
+    pub fn merge_slashes(mut self) -> HttpChain {
+        self.hcm.merge_slashes = true;
+        self
+    }
+
     /// Passes the verified caller's identity (URI SAN) to the application in
     /// `x-forwarded-client-cert`, replacing whatever the caller sent.
     pub fn forward_client_identity(mut self) -> HttpChain {
@@ -158,6 +174,7 @@ impl HttpChain {
 /// Builds the filter chain of one TCP proxy.
 #[derive(Debug, Clone)]
 pub struct TcpChain {
+    filters: Vec<Filter>,
     proxy: TcpProxy,
 }
 
@@ -178,12 +195,34 @@ impl TcpChain {
             }),
         };
         TcpChain {
+            filters: Vec::new(),
             proxy: TcpProxy {
                 stat_prefix: stat_prefix.into(),
                 cluster_specifier: Some(cluster_specifier),
                 ..Default::default()
             },
         }
+    }
+
+    /// Adds network filters, in order, before the proxy.
+    pub fn filters(mut self, filters: impl IntoIterator<Item = Filter>) -> TcpChain {
+        self.filters.extend(filters);
+        self
+    }
+
+    /// Adds access logs.
+    pub fn access_logs(mut self, logs: impl IntoIterator<Item = AccessLog>) -> TcpChain {
+        self.proxy.access_log.extend(logs);
+        self
+    }
+
+    /// Opens the upstream connection only once the downstream TLS handshake completed, so a
+    /// caller the handshake refuses never causes one (no byte reaches the application, and
+    /// none of a server-first application's reaches the caller).
+    pub fn connect_after_handshake(mut self) -> TcpChain {
+        self.proxy.upstream_connect_mode = UpstreamConnectMode::OnDownstreamTlsHandshake as i32;
+        self.proxy.max_early_data_bytes = Some(pb::u32v(0));
+        self
     }
 
     /// A proxy to one cluster.
@@ -198,7 +237,35 @@ impl TcpChain {
         matched: Option<FilterChainMatch>,
         tls: Option<TransportSocket>,
     ) -> FilterChain {
-        chain(name, matched, tls, TCP_PROXY, pack_any(self.proxy))
+        let mut filters = self.filters;
+        filters.push(network_filter(TCP_PROXY, pack_any(self.proxy)));
+        FilterChain {
+            name: name.into(),
+            filter_chain_match: matched,
+            filters,
+            transport_socket: tls,
+            ..Default::default()
+        }
+    }
+}
+
+/// A chain that closes every connection it gets, before reading or sending a byte (what
+/// authorization makes of a port no caller of that kind may reach).
+pub fn closing_chain(name: &str, matched: Option<FilterChainMatch>) -> FilterChain {
+    chain(
+        name,
+        matched,
+        None,
+        DIRECT_RESPONSE_FILTER,
+        pack_any(DirectResponse::default()),
+    )
+}
+
+/// A network filter with a typed config.
+pub fn network_filter(name: &str, config: Any) -> Filter {
+    Filter {
+        name: name.into(),
+        config_type: Some(FilterConfig::TypedConfig(config)),
     }
 }
 
@@ -212,10 +279,7 @@ fn chain(
     FilterChain {
         name: name.into(),
         filter_chain_match: matched,
-        filters: vec![Filter {
-            name: filter.into(),
-            config_type: Some(FilterConfig::TypedConfig(config)),
-        }],
+        filters: vec![network_filter(filter, config)],
         transport_socket: tls,
         ..Default::default()
     }

@@ -21,12 +21,15 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
 use weir_api::MtlsMode;
 
-use super::chain::{catch_all_virtual_host, HttpChain, Routes, TcpChain};
+use super::authorization;
+use super::chain::{catch_all_virtual_host, closing_chain, HttpChain, Routes, TcpChain};
 use super::endpoint::socket_address;
 use super::listener_filters::{
     original_dst, tls_inspector, DETECTION_TIMEOUT, INBOUND_CAPTURE_PORT,
 };
-use super::mtls::{downstream_mtls, ALPN_HTTP, ALPN_TCP, INBOUND_HTTP_ALPN};
+use super::mtls::{downstream_mtls, uri_san, ALPN_HTTP, ALPN_TCP, INBOUND_HTTP_ALPN};
+use super::pb;
+use crate::authorization::{InboundAuthorization, PortAuthorization};
 use crate::identity::SpiffeId;
 pub use crate::index::Workload;
 use crate::names;
@@ -36,53 +39,129 @@ pub const METADATA_NAMESPACE: &str = "weir";
 
 /// The inbound listener of a workload with inbound mTLS `mode` in `trust_domain`.
 pub fn listener(mode: MtlsMode, trust_domain: &str, workload: &Workload) -> Listener {
-    let passthrough = |name: &str, matched, tls| {
-        TcpChain::to(name, names::INBOUND_PASSTHROUGH_CLUSTER).build(name, matched, tls)
-    };
     let metadata = metadata(workload);
-    if mode == MtlsMode::Disable {
-        return Listener {
-            name: names::INBOUND_LISTENER.into(),
-            address: Some(socket_address("0.0.0.0", INBOUND_CAPTURE_PORT)),
-            traffic_direction: TrafficDirection::Inbound as i32,
-            listener_filters: vec![original_dst()],
-            filter_chains: vec![passthrough("inbound", None, None)],
-            metadata,
-            ..Default::default()
-        };
+    let authz = workload.authorization.as_deref();
+    let mut chains = Vec::new();
+    // Ports some policy covers get chains of their own (Envoy picks chains by destination
+    // port first), then the chains for every other port.
+    let reports = workload.reports;
+    for port in authz.map(|a| a.ports.as_slice()).unwrap_or_default() {
+        chains.extend(chains_for(mode, trust_domain, authz, Some(port), reports));
     }
-    let mesh = |alpn: &str| FilterChainMatch {
-        transport_protocol: "tls".into(),
-        application_protocols: vec![alpn.to_string()],
-        ..Default::default()
-    };
-    let peers = SpiffeId::trust_domain_prefix(trust_domain);
-    let http = http_chain(
-        Some(mesh(ALPN_HTTP)),
-        Some(downstream_mtls(&peers, INBOUND_HTTP_ALPN)),
-    );
-    let tcp = passthrough(
-        "inbound_mtls",
-        Some(mesh(ALPN_TCP)),
-        Some(downstream_mtls(&peers, &[ALPN_TCP])),
-    );
-    let mut chains = vec![http, tcp];
-    if mode == MtlsMode::Permissive {
-        chains.push(passthrough("inbound", None, None));
-    }
+    chains.extend(chains_for(mode, trust_domain, authz, None, reports));
+    let tls_detection = mode != MtlsMode::Disable;
     Listener {
         name: names::INBOUND_LISTENER.into(),
         address: Some(socket_address("0.0.0.0", INBOUND_CAPTURE_PORT)),
         traffic_direction: TrafficDirection::Inbound as i32,
-        listener_filters: vec![original_dst(), tls_inspector()],
+        listener_filters: if tls_detection {
+            vec![original_dst(), tls_inspector()]
+        } else {
+            vec![original_dst()]
+        },
         // A plaintext client of a server-first protocol sends nothing: after this long its
         // connection is taken as plaintext (PERMISSIVE) or closed (STRICT).
-        listener_filters_timeout: Some(DETECTION_TIMEOUT),
-        continue_on_listener_filters_timeout: true,
+        listener_filters_timeout: tls_detection.then_some(DETECTION_TIMEOUT),
+        continue_on_listener_filters_timeout: tls_detection,
         filter_chains: chains,
         metadata,
         ..Default::default()
     }
+}
+
+/// The chains for connections to `port` (`None`: to a port no policy covers): mesh HTTP,
+/// mesh TCP, and plaintext where the mode accepts it.
+fn chains_for(
+    mode: MtlsMode,
+    trust_domain: &str,
+    authz: Option<&InboundAuthorization>,
+    port: Option<&PortAuthorization>,
+    reports: bool,
+) -> Vec<FilterChain> {
+    use authorization::{denial_logs, DenialLog};
+    let number = port.map(|p| p.port);
+    let suffix = number.map(|p| format!("_{p}")).unwrap_or_default();
+    let on_port = |m: FilterChainMatch| FilterChainMatch {
+        destination_port: number.map(|p| pb::u32v(p.into())),
+        ..m
+    };
+    let mut chains = Vec::new();
+    if mode != MtlsMode::Disable {
+        let mesh = |alpn: &str| {
+            on_port(FilterChainMatch {
+                transport_protocol: "tls".into(),
+                application_protocols: vec![alpn.to_string()],
+                ..Default::default()
+            })
+        };
+        let everyone = vec![uri_san(&SpiffeId::trust_domain_prefix(trust_domain), true)];
+        chains.push(http_chain(
+            &format!("inbound_mtls_http{suffix}"),
+            mesh(ALPN_HTTP),
+            downstream_mtls(everyone.clone(), INBOUND_HTTP_ALPN),
+            reports,
+        ));
+        let name = format!("inbound_mtls{suffix}");
+        let peers = match authz {
+            Some(a) => authorization::mesh_peers(a, port, trust_domain),
+            None => everyone.clone(),
+        };
+        chains.push(if peers.is_empty() {
+            closing_chain(&name, Some(mesh(ALPN_TCP)))
+        } else {
+            let restricted = peers != everyone;
+            let shadow = authz
+                .zip(port)
+                .and_then(|(a, p)| authorization::network_shadow(a, p, trust_domain, false));
+            let logged = restricted || shadow.is_some();
+            let mut tcp = TcpChain::to(&name, names::INBOUND_PASSTHROUGH_CLUSTER).filters(shadow);
+            if restricted {
+                tcp = tcp.connect_after_handshake();
+            }
+            if logged {
+                tcp = tcp.access_logs(denial_logs(DenialLog::Connection, reports));
+            }
+            tcp.build(
+                &name,
+                Some(mesh(ALPN_TCP)),
+                Some(downstream_mtls(peers, &[ALPN_TCP])),
+            )
+        });
+    }
+    let http_port = port.is_some_and(|p| p.http);
+    if mode != MtlsMode::Strict && http_port {
+        // Plaintext to an HTTP port rules cover: requests are decided one by one, as over
+        // mTLS (a caller without identity matches no identity condition of an allow rule,
+        // and every one of a deny rule). The port is HTTP: the connection manager takes
+        // whatever is not mesh mTLS.
+        let matched = on_port(FilterChainMatch::default());
+        chains.push(inbound_http(reports).build(
+            &format!("inbound_http{suffix}"),
+            Some(matched),
+            None,
+        ));
+    }
+    if mode != MtlsMode::Strict && !http_port {
+        let name = format!("inbound{suffix}");
+        let matched = (number.is_some()).then(|| on_port(FilterChainMatch::default()));
+        let denied = authz.is_some_and(|a| authorization::plaintext_denied(a, number));
+        chains.push(if denied {
+            closing_chain(&name, matched)
+        } else {
+            let shadow = authz
+                .zip(port)
+                .and_then(|(a, p)| authorization::network_shadow(a, p, trust_domain, true));
+            let logs = match shadow {
+                Some(_) => denial_logs(DenialLog::Connection, reports),
+                None => Vec::new(),
+            };
+            TcpChain::to(&name, names::INBOUND_PASSTHROUGH_CLUSTER)
+                .filters(shadow)
+                .access_logs(logs)
+                .build(&name, matched, None)
+        });
+    }
+    chains
 }
 
 /// `weir: {services: [ns/name, ...]}` for a workload that backs Services; none otherwise.
@@ -115,21 +194,51 @@ fn metadata(workload: &Workload) -> Option<Metadata> {
     })
 }
 
-/// Inbound HTTP after mTLS: the caller's SPIFFE ID goes to the application in
-/// `x-forwarded-client-cert` (a header the caller sent is replaced, never trusted).
+/// Inbound HTTP after mTLS: see [`inbound_http`].
 fn http_chain(
-    matched: Option<FilterChainMatch>,
-    tls: Option<envoy_types::pb::envoy::config::core::v3::TransportSocket>,
+    name: &str,
+    matched: FilterChainMatch,
+    tls: envoy_types::pb::envoy::config::core::v3::TransportSocket,
+    reports: bool,
 ) -> FilterChain {
-    let route = RouteConfiguration {
-        name: "inbound".into(),
-        virtual_hosts: vec![catch_all_virtual_host(
-            "inbound",
-            names::INBOUND_PASSTHROUGH_HTTP_CLUSTER,
-        )],
+    inbound_http(reports).build(name, Some(matched), Some(tls))
+}
+
+/// The inbound connection manager: paths normalized (dot segments, repeated slashes, so
+/// rules see the spelling the application acts on), authorization (the rules come with the
+/// route table: see [`route_table`]), then the caller's SPIFFE ID goes to the application
+/// in `x-forwarded-client-cert` (a header the caller sent is replaced, never trusted). The
+/// same for every workload, so an authorization edit never drains a connection.
+fn inbound_http(reports: bool) -> HttpChain {
+    HttpChain::new(
+        "inbound_http",
+        Routes::Rds(names::INBOUND_ROUTE_CONFIG.to_string()),
+    )
+    .normalize_path()
+    .merge_slashes()
+    .filters([authorization::http_rbac_filter()])
+    .access_logs(authorization::denial_logs(
+        authorization::DenialLog::Http,
+        reports,
+    ))
+    .forward_client_identity()
+}
+
+/// The inbound route table of a workload: every request to the application, with the
+/// workload's HTTP authorization on the virtual host.
+pub fn route_table(trust_domain: &str, workload: &Workload) -> RouteConfiguration {
+    let mut host = catch_all_virtual_host("inbound", names::INBOUND_PASSTHROUGH_HTTP_CLUSTER);
+    if let Some(rbac) = workload
+        .authorization
+        .as_deref()
+        .and_then(|a| authorization::http_rbac_per_route(a, trust_domain))
+    {
+        host.typed_per_filter_config
+            .insert(crate::mesh::HTTP_RBAC_FILTER.to_string(), rbac);
+    }
+    RouteConfiguration {
+        name: names::INBOUND_ROUTE_CONFIG.into(),
+        virtual_hosts: vec![host],
         ..Default::default()
-    };
-    HttpChain::new("inbound_http", Routes::Inline(Box::new(route)))
-        .forward_client_identity()
-        .build("inbound_mtls_http", matched, tls)
+    }
 }

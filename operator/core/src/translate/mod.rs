@@ -23,6 +23,7 @@
 //! nothing else. Clusters and load assignments are shared by every proxy; listeners and route
 //! tables depend on the proxy's capture mode and are assembled from the per-port outputs.
 
+pub mod authorization;
 pub mod chain;
 pub mod cluster;
 pub mod endpoint;
@@ -636,7 +637,7 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
                 by_port.entry(*port).or_default().push(out);
             }
             let passthrough = route::passthrough_virtual_host().encode_to_vec();
-            let routes = by_port
+            let mut routes: Vec<Resource> = by_port
                 .iter()
                 .filter(|(_, outs)| outs.iter().any(|o| o.virtual_host.is_some()))
                 .map(|(port, outs)| {
@@ -647,6 +648,12 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
                     route_table(&names::port_route_config(*port), vhosts, Some(&passthrough))
                 })
                 .collect();
+            // The inbound table of a workload that authorizes nothing (the others get
+            // theirs per workload).
+            routes.push(Resource::new(
+                names::INBOUND_ROUTE_CONFIG,
+                &inbound::route_table(&translator.trust_domain, &inbound::Workload::default()),
+            ));
             let listeners = vec![
                 Resource::new(
                     names::OUTBOUND_LISTENER,

@@ -145,11 +145,12 @@ pub fn with_upstream_mtls(mut cluster: Cluster, mtls: &UpstreamMtls) -> Cluster 
     cluster
 }
 
-/// The server side of mesh mTLS: a client certificate under `trust_domain_prefix` is
-/// required, `alpn` is what the chain accepts.
-pub fn downstream_mtls(trust_domain_prefix: &str, alpn: &[&str]) -> TransportSocket {
+/// The server side of mesh mTLS: a client certificate matching one of `peers` is required
+/// (every ID of the trust domain, or the ones authorization leaves), `alpn` is what the
+/// chain accepts.
+pub fn downstream_mtls(peers: Vec<SubjectAltNameMatcher>, alpn: &[&str]) -> TransportSocket {
     let tls = DownstreamTlsContext {
-        common_tls_context: Some(mesh_tls(vec![uri_san(trust_domain_prefix, true)], alpn)),
+        common_tls_context: Some(mesh_tls(peers, alpn)),
         require_client_certificate: Some(pb::boolv(true)),
         ..Default::default()
     };

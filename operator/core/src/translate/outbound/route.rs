@@ -277,7 +277,7 @@ pub fn passthrough_virtual_host() -> VirtualHost {
 }
 
 /// A condition on one header.
-fn header_matcher(h: &NamedMatch) -> HeaderMatcher {
+pub(crate) fn header_matcher(h: &NamedMatch) -> HeaderMatcher {
     HeaderMatcher {
         name: h.name.clone(),
         header_match_specifier: Some(match string_matcher(&h.value) {
