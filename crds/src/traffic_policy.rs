@@ -729,9 +729,10 @@ pub enum AuthorizationMode {
 
 /// One authorization rule: all given conditions must hold (a rule needs one at least).
 /// Callers without a mesh identity (plaintext to a PERMISSIVE workload, pods outside the
-/// mesh) never satisfy `identities`, `serviceAccounts` or `namespaces` in an allow rule;
-/// only `unauthenticated: true` allows them. A deny rule with those conditions denies them
-/// too (a caller cannot pass a deny rule by showing no identity).
+/// mesh) never satisfy `identities`, `serviceAccounts` or `namespaces` in an allow rule
+/// (`unauthenticated: true` is about them; a rule without caller conditions is about
+/// everyone). A deny rule with those conditions denies them too (a caller cannot pass a
+/// deny rule by showing no identity).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.identities) || has(self.serviceAccounts) || has(self.namespaces) || has(self.unauthenticated) || has(self.ports) || has(self.paths) || has(self.methods) || has(self.grpc) || has(self.headers)").message("a rule needs at least one condition (identities, serviceAccounts, namespaces, unauthenticated, ports, paths, methods, grpc or headers)"))]

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! Entries are only counted for a policy that the reporting pod's own authorization holds,
-//! so a report cannot name another workload's policy. Memory does not grow with traffic:
+//! so a report cannot name another workload's policy; where proxies authenticate, a report
+//! counts only when it comes from an address of the pod it names. Memory does not grow with traffic:
 //! at most `MAX_CALLERS` entries per policy, for the policies that exist. Counts start
 //! empty at the operator's start and again when a policy changes mode.
 
@@ -41,7 +42,8 @@ use weir_core::ObjectKey;
 use crate::mesh_state::MeshState;
 use crate::xds::grpc::{self, Outgoing, RequestStream, ResponseBody};
 
-/// Distinct (caller, rule, protocol) entries kept per policy.
+/// Distinct (caller, rule, protocol) entries kept per policy; when full, the least denied
+/// one makes room.
 pub const MAX_CALLERS: usize = 64;
 /// How many the status shows.
 pub const SHOWN: usize = 5;
@@ -134,17 +136,25 @@ impl Denials {
             rule: denial.rule,
             protocol: denial.protocol,
         };
-        let full = entry.callers.len() >= MAX_CALLERS;
-        match entry.callers.get_mut(&key) {
-            Some(count) => {
-                count.count += n;
-                count.last = count.last.max(at);
-            }
-            None if full => entry.others += n,
-            None => {
-                entry.callers.insert(key, Count { count: n, last: at });
+        if let Some(count) = entry.callers.get_mut(&key) {
+            count.count += n;
+            count.last = count.last.max(at);
+            return;
+        }
+        if entry.callers.len() >= MAX_CALLERS {
+            // Full: the least denied caller makes room (its count goes to `others`), so a
+            // caller denied often keeps its place however many one-off callers come.
+            let least = entry
+                .callers
+                .iter()
+                .min_by_key(|(_, c)| (c.count, c.last))
+                .map(|(k, c)| (k.clone(), c.count));
+            if let Some((least, count)) = least {
+                entry.callers.remove(&least);
+                entry.others += count;
             }
         }
+        entry.callers.insert(key, Count { count: n, last: at });
     }
 
     /// Keeps what `keep` says of each policy's counts (by policy and the mode counted).
@@ -193,12 +203,20 @@ impl Denials {
 #[derive(Debug, Clone)]
 pub struct ReportService {
     state: Arc<MeshState>,
+    /// Whether a report must come from its pod's own address (where proxies authenticate:
+    /// the reports cluster carries no token, so the source address is what binds a report
+    /// to the pod its node metadata names).
+    check_source: bool,
 }
 
 impl ReportService {
-    /// A service recording into `state`'s denials.
-    pub fn new(state: Arc<MeshState>) -> Self {
-        ReportService { state }
+    /// A service recording into `state`'s denials; with `check_source`, only reports sent
+    /// from an address of the pod they name count.
+    pub fn new(state: Arc<MeshState>, check_source: bool) -> Self {
+        ReportService {
+            state,
+            check_source,
+        }
     }
 }
 
@@ -217,6 +235,7 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for ReportService
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let state = self.state.clone();
+        let check_source = self.check_source;
         Box::pin(async move {
             let method = request.uri().path().rsplit('/').next().unwrap_or_default();
             if method != "StreamAccessLogs" {
@@ -225,9 +244,14 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for ReportService
                 ))
                 .into_http());
             }
-            if let Some(info) = request.extensions().get::<crate::xds::conn::ConnInfo>() {
+            let conn = request
+                .extensions()
+                .get::<crate::xds::conn::ConnInfo>()
+                .cloned();
+            if let Some(info) = &conn {
                 info.mark_stream();
             }
+            let source = conn.and_then(|c| c.remote).map(|a| a.ip().to_string());
             let mut messages = RequestStream::<StreamAccessLogsMessage>::new(
                 request.into_body(),
                 MAX_REPORT_BYTES,
@@ -244,7 +268,13 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for ReportService
                             {
                                 pod = crate::xds::identify(Some(node))
                                     .ok()
-                                    .map(|(_, meta)| ObjectKey::new(meta.namespace, meta.pod));
+                                    .map(|(_, meta)| ObjectKey::new(meta.namespace, meta.pod))
+                                    .filter(|pod| {
+                                        !check_source
+                                            || source.as_ref().is_some_and(|ip| {
+                                                state.pod_addresses(pod).contains(ip)
+                                            })
+                                    });
                             }
                             if let Some(pod) = &pod {
                                 record_message(&state, pod, message);
@@ -267,12 +297,26 @@ fn record_message(state: &MeshState, pod: &ObjectKey, message: StreamAccessLogsM
     let Some(authz) = state.placement(pod).workload.authorization else {
         return;
     };
-    let holds = |policy: &ObjectKey, mode: Mode| {
+    // A report is taken at its word only as far as the pod's own authorization goes: the
+    // policy and its mode, a rule that can deny, a caller that is a SPIFFE ID, a source
+    // that is an address.
+    let valid = |d: &Denial| {
+        let rule_denies = |q: &weir_core::authorization::PortPolicy| {
+            d.rule == weir_core::authorization::DEFAULT_DENY_RULE
+                || d.rule == weir_core::authorization::DEFAULT_RULE
+                || q.deny.iter().any(|r| r.name == d.rule)
+        };
         authz.ports.iter().any(|p| {
             p.policies
                 .iter()
-                .any(|q| q.policy == *policy && q.mode == mode)
-        })
+                .any(|q| q.policy == d.policy && q.mode == d.mode && rule_denies(q))
+        }) && d
+            .caller
+            .as_deref()
+            .is_none_or(|c| c.len() <= 512 && weir_core::identity::SpiffeId::parse(c).is_ok())
+            && d.source
+                .as_deref()
+                .is_none_or(|s| s.parse::<std::net::IpAddr>().is_ok())
     };
     let now = SystemTime::now();
     let mut denials = Vec::new();
@@ -333,7 +377,7 @@ fn record_message(state: &MeshState, pod: &ObjectKey, message: StreamAccessLogsM
     }
     // Only what the pod's own authorization holds, in the policy's current mode (a batch
     // from before a mode switch would otherwise start the old mode's counts again).
-    for d in denials.into_iter().filter(|d| holds(&d.policy, d.mode)) {
+    for d in denials.into_iter().filter(|d| valid(d)) {
         let labels = crate::metrics::DenialLabels {
             namespace: d.policy.namespace.clone(),
             policy: d.policy.name.clone(),
@@ -447,11 +491,19 @@ mod tests {
             crate::sync::lock(&denials.policies)[&key].callers.len(),
             MAX_CALLERS
         );
+        // A caller denied often after the table filled up still makes the list.
+        for _ in 0..1_000 {
+            denials.record(denial("spiffe://cluster.local/ns/x/sa/late"), 1, now);
+        }
         let report = denials.report(&key).unwrap();
-        assert_eq!(report.total, 10_000);
+        assert_eq!(report.total, 11_000);
+        assert_eq!(
+            report.callers[0].caller,
+            "spiffe://cluster.local/ns/x/sa/late"
+        );
         assert_eq!(report.callers.len(), SHOWN);
         let shown: u64 = report.callers.iter().map(|c| c.count).sum();
-        assert_eq!(shown + report.others, 10_000);
+        assert_eq!(shown + report.others, 11_000);
     }
 
     #[test]

@@ -228,6 +228,21 @@ impl MeshState {
         crate::sync::lock(&self.workload_listeners).routes(profile, workload, base)
     }
 
+    /// The addresses a pod's EndpointSlices give it.
+    pub fn pod_addresses(&self, pod: &weir_core::ObjectKey) -> Vec<String> {
+        let model = self.model();
+        let index = &model.index;
+        index
+            .workload(pod)
+            .services
+            .iter()
+            .flat_map(|s| index.slices_for(s))
+            .flat_map(|s| &s.endpoints)
+            .filter(|e| e.pod.as_ref() == Some(pod))
+            .map(|e| e.address.clone())
+            .collect()
+    }
+
     /// The mode of every policy that authorizes (its served version).
     pub fn authorization_modes(
         &self,

@@ -376,7 +376,7 @@ impl PortRule {
         let http = match (&self.http, request) {
             (None, _) => true,
             (Some(_), None) => deny,
-            (Some(h), Some(r)) => h.matches(r),
+            (Some(h), Some(r)) => h.matches(r, deny),
         };
         callers && http
     }
@@ -403,8 +403,9 @@ impl MeshCallers {
 }
 
 impl HttpConditions {
-    /// Whether the request satisfies every condition.
-    pub fn matches(&self, request: &Request) -> bool {
+    /// Whether the request satisfies every condition (`deny`: a gRPC condition holds on
+    /// the path alone, whatever the content type).
+    pub fn matches(&self, request: &Request, deny: bool) -> bool {
         let header = |name: &str| {
             request
                 .headers
@@ -416,7 +417,7 @@ impl HttpConditions {
             && (self.methods.is_empty()
                 || self.methods.iter().any(|m| m.as_str() == request.method))
             && self.grpc.as_ref().is_none_or(|g| {
-                header("content-type").is_some_and(|c| c.starts_with("application/grpc"))
+                (deny || header("content-type").is_some_and(|c| c.starts_with("application/grpc")))
                     && grpc_path_matches(g, request.path)
             })
             && self

@@ -33,7 +33,7 @@ use crate::mesh_state::MeshState;
 /// The one field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "weir-operator";
 /// A policy's denial counts are rewritten at most this often.
-pub const DENIALS_PERIOD: Duration = Duration::from_secs(3);
+pub const DENIALS_PERIOD: Duration = Duration::from_secs(5);
 /// The cluster-scoped MeshStatus the leader keeps current.
 pub const MESH_STATUS_NAME: &str = "mesh";
 /// MeshStatus is written at most this often.

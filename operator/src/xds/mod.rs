@@ -178,7 +178,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let metrics = state.metrics.clone();
-    let reports = crate::denials::ReportService::new(state.clone());
+    let reports = crate::denials::ReportService::new(state.clone(), authenticator.is_some());
     let service = AdsService::new(state, authenticator, limits);
     // Envoy opens one ADS stream per connection; a few more are allowed for clients that
     // reconnect a stream on the same connection.
@@ -449,6 +449,24 @@ struct Serving {
     routes: Option<(Arc<TypeSnapshot>, Workload, Arc<TypeSnapshot>)>,
 }
 
+/// What a stream serves of one type over `base` for `workload`: the last derivation when
+/// it was made from the same snapshot for the same workload, else a new one (kept).
+fn served(
+    last: &mut Option<(Arc<TypeSnapshot>, Workload, Arc<TypeSnapshot>)>,
+    base: &Arc<TypeSnapshot>,
+    workload: &Workload,
+    derive: impl FnOnce(&Arc<TypeSnapshot>) -> Arc<TypeSnapshot>,
+) -> Arc<TypeSnapshot> {
+    if let Some((from, of, served)) = last {
+        if Arc::ptr_eq(from, base) && of == workload {
+            return served.clone();
+        }
+    }
+    let served = derive(base);
+    *last = Some((base.clone(), workload.clone(), served.clone()));
+    served
+}
+
 /// How a stream's placement moved.
 enum Moved {
     /// It did not.
@@ -522,28 +540,19 @@ impl Serving {
         snapshot: &Arc<weir_core::Snapshot>,
         secrets: &Arc<TypeSnapshot>,
     ) -> weir_core::Snapshot {
-        let base = &snapshot.types[ResourceType::Listener];
-        let listeners = match &self.listeners {
-            Some((from, of, served)) if Arc::ptr_eq(from, base) && *of == self.workload => {
-                served.clone()
-            }
-            _ => {
-                let served = state.workload_listeners(self.profile, &self.workload, base);
-                self.listeners = Some((base.clone(), self.workload.clone(), served.clone()));
-                served
-            }
-        };
-        let base_routes = &snapshot.types[ResourceType::Route];
-        let routes = match &self.routes {
-            Some((from, of, served)) if Arc::ptr_eq(from, base_routes) && *of == self.workload => {
-                served.clone()
-            }
-            _ => {
-                let served = state.workload_routes(self.profile, &self.workload, base_routes);
-                self.routes = Some((base_routes.clone(), self.workload.clone(), served.clone()));
-                served
-            }
-        };
+        let (profile, workload) = (self.profile, &self.workload);
+        let listeners = served(
+            &mut self.listeners,
+            &snapshot.types[ResourceType::Listener],
+            workload,
+            |base| state.workload_listeners(profile, workload, base),
+        );
+        let routes = served(
+            &mut self.routes,
+            &snapshot.types[ResourceType::Route],
+            workload,
+            |base| state.workload_routes(profile, workload, base),
+        );
         let mut types = snapshot.types.clone();
         types[ResourceType::Listener] = listeners;
         types[ResourceType::Route] = routes;

@@ -301,8 +301,10 @@ async fn control_plane(lines: &mut Vec<serde_json::Value>) -> Result<()> {
         8080,
         &refs,
     );
-    mesh.push_str(&to_yaml(&[target]));
-    mesh.push_str(&to_yaml(&[slice]));
+    for doc in [to_yaml(&[target]), to_yaml(&[slice])] {
+        mesh.push_str("\n---\n");
+        mesh.push_str(&doc);
+    }
     write_file(&dir, "mesh.yaml", &mesh)?;
 
     let (xds, admin): (SocketAddr, SocketAddr) = (

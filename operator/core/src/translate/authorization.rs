@@ -296,10 +296,16 @@ pub fn plaintext_denied(authz: &InboundAuthorization, port: Option<u16>) -> bool
 
 /// The URI SANs a mesh peer may present on a connection (mesh TCP) to `port` (`None`: a
 /// port no policy covers); empty: none may.
+///
+/// `regex`: the proxy's bootstrap raises RE2's program size limit (bootstraps of this
+/// release, which also say `REPORTS`); an older one would reject the listener over a large
+/// expression and keep its previous one, so there a prefix with exceptions inside it is
+/// left out entirely (stricter: its peers are refused) instead.
 pub fn mesh_peers(
     authz: &InboundAuthorization,
     port: Option<&PortAuthorization>,
     trust_domain: &str,
+    regex: bool,
 ) -> Vec<SubjectAltNameMatcher> {
     let everyone = || SanSet {
         include: vec![Atom::Prefix(SpiffeId::trust_domain_prefix(trust_domain))],
@@ -311,7 +317,7 @@ pub fn mesh_peers(
         SanSet::default()
     };
     let Some(port) = port else {
-        return default.matchers();
+        return default.matchers(regex);
     };
     let mut set: Option<SanSet> = None;
     for policy in port.policies.iter().filter(|p| p.mode == Mode::Enforce) {
@@ -330,7 +336,7 @@ pub fn mesh_peers(
             Some(set) => set.intersect(&allowed),
         });
     }
-    set.unwrap_or(default).matchers()
+    set.unwrap_or(default).matchers(regex)
 }
 
 /// Which form of the rules applies: requests on the HTTP chain, or connections (a rule
@@ -360,7 +366,7 @@ fn policy_rules(
     }
     for rule in &policy.deny {
         let mut all = vec![callers_principal(&rule.callers, trust_domain, true)];
-        all.extend(http_of(rule, view).map(http_principal));
+        all.extend(http_of(rule, view).map(|h| http_principal(h, true)));
         out.push((
             id(&rule.name),
             rbac_policy(vec![port_is(port.port)], vec![and(all)]),
@@ -378,7 +384,7 @@ fn policy_rules(
             .filter(|r| view == View::Http || r.http.is_none())
             .map(|r| {
                 let mut all = vec![callers_principal(&r.callers, trust_domain, false)];
-                all.extend(http_of(r, view).map(http_principal));
+                all.extend(http_of(r, view).map(|h| http_principal(h, false)));
                 and(all)
             })
             .collect();
@@ -565,7 +571,7 @@ fn url_path(pattern: MatchPattern) -> Principal {
 
 /// A rule's HTTP conditions, as principal conditions (Envoy's principals see the request
 /// too, which lets one policy say "none of these rules").
-fn http_principal(h: &HttpConditions) -> Principal {
+fn http_principal(h: &HttpConditions, deny: bool) -> Principal {
     let mut all = Vec::new();
     if !h.paths.is_empty() {
         all.push(or(h
@@ -591,10 +597,14 @@ fn http_principal(h: &HttpConditions) -> Principal {
             .collect()));
     }
     if let Some(g) = &h.grpc {
-        all.push(header(
-            "content-type",
-            MatchPattern::Prefix("application/grpc".into()),
-        ));
+        if !deny {
+            // An allow rule allows gRPC calls; a deny rule denies the method however the
+            // call is encoded (gRPC-Web, Connect, JSON transcoding use the same path).
+            all.push(header(
+                "content-type",
+                MatchPattern::Prefix("application/grpc".into()),
+            ));
+        }
         all.push(url_path(match (&g.service, &g.method) {
             (Some(s), Some(m)) => MatchPattern::Exact(format!("/{s}/{m}")),
             (Some(s), None) => MatchPattern::Prefix(format!("/{s}/")),
@@ -831,7 +841,7 @@ impl SanSet {
     /// Envoy SAN matchers for the set: exact and prefix matchers, and for a prefix with
     /// exceptions inside it, a regular expression of the prefix followed by anything but
     /// the exceptions.
-    fn matchers(&self) -> Vec<SubjectAltNameMatcher> {
+    fn matchers(&self, regex: bool) -> Vec<SubjectAltNameMatcher> {
         let mut out = Vec::new();
         let mut include = self.include.clone();
         include.sort();
@@ -847,6 +857,8 @@ impl SanSet {
                         self.exclude.iter().filter(|e| atom.covers(e)).collect();
                     if inside.is_empty() {
                         MatchPattern::Prefix(p.clone())
+                    } else if !regex {
+                        continue;
                     } else {
                         let mut trie = Trie::default();
                         for e in inside {
@@ -929,7 +941,7 @@ mod tests {
     use super::*;
 
     fn accepts(set: &SanSet, id: &str) -> bool {
-        set.matchers().iter().any(|m| {
+        set.matchers(true).iter().any(|m| {
             match m.matcher.as_ref().unwrap().match_pattern.as_ref().unwrap() {
                 MatchPattern::Exact(x) => x == id,
                 MatchPattern::Prefix(p) => id.starts_with(p.as_str()),
@@ -967,7 +979,7 @@ mod tests {
             include: vec![Atom::Prefix(format!("{TD}ns/shop/sa/"))],
             exclude: vec![Atom::Prefix(TD.into())],
         };
-        assert!(set.matchers().is_empty());
+        assert!(set.matchers(true).is_empty());
         let both = SanSet {
             include: vec![Atom::Prefix(format!("{TD}ns/shop/sa/"))],
             exclude: vec![],

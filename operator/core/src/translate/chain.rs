@@ -26,8 +26,8 @@ use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::direct_response::v3::Config as DirectResponse;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{
-        CodecType, ForwardClientCertDetails, RouteSpecifier, SetCurrentClientCertDetails,
-        UpgradeConfig,
+        CodecType, ForwardClientCertDetails, PathWithEscapedSlashesAction, RouteSpecifier,
+        SetCurrentClientCertDetails, UpgradeConfig,
     },
     http_filter::ConfigType as HttpFilterConfig,
     HttpConnectionManager, HttpFilter, Rds,
@@ -134,9 +134,13 @@ impl HttpChain {
         self
     }
 
-    /// Merges adjacent slashes (`//admin` is `/admin`) before routing and authorization.
+    /// Merges adjacent slashes (`//admin` is `/admin`) and unescapes escaped ones
+    /// (`/admin%2Fusers` is `/admin/users`) before routing and authorization, so rules see
+    /// the path the application acts on.
     pub fn merge_slashes(mut self) -> HttpChain {
         self.hcm.merge_slashes = true;
+        self.hcm.path_with_escaped_slashes_action =
+            PathWithEscapedSlashesAction::UnescapeAndForward as i32;
         self
     }
 

@@ -103,7 +103,7 @@ fn chains_for(
         ));
         let name = format!("inbound_mtls{suffix}");
         let peers = match authz {
-            Some(a) => authorization::mesh_peers(a, port, trust_domain),
+            Some(a) => authorization::mesh_peers(a, port, trust_domain, reports),
             None => everyone.clone(),
         };
         chains.push(if peers.is_empty() {
