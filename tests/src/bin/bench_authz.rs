@@ -341,6 +341,8 @@ async fn control_plane(lines: &mut Vec<serde_json::Value>) -> Result<()> {
         Arc::new((0..streams).map(|_| AtomicUsize::new(0)).collect());
     let acked_at = Arc::new(Mutex::new(vec![None; streams]));
     let ready = Arc::new(AtomicUsize::new(0));
+    // Set before the operator is stopped: streams ending then are not errors.
+    let stopping = Arc::new(AtomicBool::new(false));
     for i in 0..streams {
         let channel = endpoint.connect_lazy();
         let (edited, after_edit, acked_at, ready) = (
@@ -349,9 +351,12 @@ async fn control_plane(lines: &mut Vec<serde_json::Value>) -> Result<()> {
             acked_at.clone(),
             ready.clone(),
         );
+        let stopping = stopping.clone();
         tokio::spawn(async move {
-            if let Err(err) = client(i, channel, edited, after_edit, acked_at, ready).await {
-                eprintln!("stream {i}: {err:#}");
+            let result = client(i, channel, edited, after_edit, acked_at, ready).await;
+            match result {
+                Err(err) if !stopping.load(Ordering::Relaxed) => eprintln!("stream {i}: {err:#}"),
+                _ => {}
             }
         });
     }
@@ -422,6 +427,7 @@ async fn control_plane(lines: &mut Vec<serde_json::Value>) -> Result<()> {
     lines.push(serde_json::json!({"run": "authz", "measure": format!("authorization edit -> every affected proxy ACKed ({affected} of {streams})"), "goal": "reported", "figure": ms(all_acked), "unit": "ms"}));
     lines.push(serde_json::json!({"run": "authz", "measure": "authorization edit -> listener pushes to unaffected proxies", "goal": "0", "figure": unaffected_pushes, "unit": "pushes"}));
     lines.push(serde_json::json!({"run": "authz", "measure": "operator RSS per transparent stream", "goal": "<= 50", "figure": per_stream, "unit": "KiB"}));
+    stopping.store(true, Ordering::Relaxed);
     operator.kill().await.ok();
     anyhow::ensure!(
         unaffected_pushes == 0,
