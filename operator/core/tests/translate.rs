@@ -940,3 +940,63 @@ fn a_zone_profile_prefers_its_zone_except_for_hashing_clusters() {
     );
     snapshots.check(profile, &snapshot).unwrap();
 }
+
+#[test]
+fn authorization_notes_name_ports_the_service_lacks_tcp_ports_and_pods_without_a_sidecar() {
+    let mut index = Index::new();
+    let svc = mk_service("shop", "api", "10.96.0.50", &[8080, 7000]);
+    let slice = mk_slice(
+        "shop",
+        "api-1",
+        "api",
+        "http",
+        8080,
+        &[("10.0.5.1", "api-0")],
+    );
+    // api-0 is known and carries no sidecar.
+    let pod = mk_pod("shop", "api-0", &[("app", "api")]);
+    let spec = weir_api::TrafficPolicySpec {
+        target_ref: weir_api::TargetRef {
+            service: "api".into(),
+            port: None,
+        },
+        authorization: Some(weir_api::Authorization {
+            allow: vec![weir_api::AuthorizationRule {
+                paths: vec!["/api".into()],
+                ports: vec![
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(7000),
+                    k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(9999),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    apply(
+        &mut index,
+        vec![
+            Object::Service(svc),
+            Object::EndpointSlice(slice),
+            Object::Pod(pod),
+            Object::TrafficPolicy(mk_policy("shop", "api-authz", spec)),
+        ],
+    );
+    let s = statuses(&mut index)
+        .into_iter()
+        .find(|s| s.name == "api-authz")
+        .unwrap();
+    let accepted = &s.conditions[0];
+    assert!(accepted.status, "{}", accepted.message);
+    for expected in [
+        "names port 9999, which the target Service does not have",
+        "port 7000 is not HTTP: it allows nothing there",
+        "1 of the 1 pods of Service shop/api carry no sidecar (e.g. api-0)",
+    ] {
+        assert!(
+            accepted.message.contains(expected),
+            "{expected:?} not in {:?}",
+            accepted.message
+        );
+    }
+}

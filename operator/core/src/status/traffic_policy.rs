@@ -106,10 +106,27 @@ fn authorization_notes(
     ) else {
         return String::new();
     };
-    crate::authorization::warnings(authz, &service.ports, translator.trust_domain())
-        .into_iter()
-        .map(|w| format!("; note: {w}"))
-        .collect()
+    let mut notes =
+        crate::authorization::warnings(authz, &service.ports, translator.trust_domain());
+    // Only a sidecar enforces: pods of the Service without one are open to every caller.
+    let pods = crate::authorization::pods_of(
+        index,
+        &std::collections::BTreeSet::from([served.target.service.clone()]),
+    );
+    let bare: Vec<&ObjectKey> = pods
+        .iter()
+        .filter(|p| index.pod(p).is_some_and(|m| !m.meshed))
+        .collect();
+    if let Some(first) = bare.first() {
+        notes.push(format!(
+            "{} of the {} pods of Service {} carry no sidecar (e.g. {}): nothing enforces this authorization on them; enable injection for their namespace (weir.dev/inject=enabled) and restart them",
+            bare.len(),
+            pods.len(),
+            served.target.service,
+            first.name
+        ));
+    }
+    notes.into_iter().map(|w| format!("; note: {w}")).collect()
 }
 
 fn accepted(entry: &PolicyEntry, binding: Option<&AttachmentBinding>) -> ConditionView {
