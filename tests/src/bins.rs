@@ -114,3 +114,33 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
     // Clock ticks are 100 per second on Linux.
     Ok(std::time::Duration::from_millis(ticks * 10))
 }
+
+/// `weir-operator local --dir dir` in its own process (the binary next to the caller's), on
+/// loopback ports the system picks, logging warnings only: its xDS and admin addresses.
+/// Started as users start it: the binary sets its allocator settings itself.
+pub fn spawn_local_operator(
+    dir: &Path,
+) -> Result<(
+    tokio::process::Child,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+)> {
+    let (xds, admin): (std::net::SocketAddr, std::net::SocketAddr) = (
+        format!("127.0.0.1:{}", free_port()).parse()?,
+        format!("127.0.0.1:{}", free_port()).parse()?,
+    );
+    let operator = tokio::process::Command::new(workspace_binary("weir-operator")?)
+        .args(["local", "--dir"])
+        .arg(dir)
+        .args([
+            "--xds-addr",
+            &xds.to_string(),
+            "--admin-addr",
+            &admin.to_string(),
+        ])
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting weir-operator")?;
+    Ok((operator, xds, admin))
+}

@@ -681,6 +681,34 @@ pub async fn start_operator_on(
     Ok(weir_operator::ControlPlane::start(source, options).await?)
 }
 
+/// A control plane in this process, signed in as ServiceAccount `sa` of the mesh namespace
+/// (a TokenRequest token; `server` overrides the API server address), loopback addresses.
+pub async fn start_operator_as(
+    cluster: &Cluster,
+    sa: &str,
+    identity: &str,
+    server: Option<&str>,
+) -> Result<weir_operator::ControlPlane> {
+    let token = cluster.token(MESH_NAMESPACE, sa, None)?;
+    let kubeconfig =
+        cluster.token_kubeconfig(&format!("{sa}-{}", std::process::id()), &token, server)?;
+    start_operator_on(
+        client_from(&kubeconfig).await?,
+        identity,
+        loopback_options(),
+    )
+    .await
+}
+
+/// Waits (bounded) until `plane` holds the leader Lease.
+pub async fn wait_leading(plane: &weir_operator::ControlPlane, deadline: Duration) -> Result<()> {
+    let mut leading = plane.leading.clone();
+    tokio::time::timeout(deadline, leading.wait_for(|l| *l))
+        .await
+        .map_err(|_| anyhow::anyhow!("the operator never became leader"))??;
+    Ok(())
+}
+
 /// Options with both addresses on 127.0.0.1, ports chosen by the system.
 pub fn loopback_options() -> weir_operator::Options {
     let any = "127.0.0.1:0".parse().expect("an address");

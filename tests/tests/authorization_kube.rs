@@ -44,13 +44,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use weir_core::authorization::Mode;
-use weir_core::mesh::{
-    DENIAL_LOG_NAME, HTTP_RBAC_FILTER, INJECTED_ANNOTATION, MESH_NAMESPACE, REPORTS_META,
-};
+use weir_core::mesh::{DENIAL_LOG_NAME, HTTP_RBAC_FILTER, INJECTED_ANNOTATION, REPORTS_META};
 use weir_core::ObjectKey;
 use weir_operator::ControlPlane;
 use weir_tests::kube::{
-    can_run, client_from, installed, loopback_options, operator_slot, start_operator_on, Cluster,
+    can_run, installed, operator_slot, start_operator_as, wait_leading, Cluster,
 };
 use weir_tests::{eventually, xds_client, DEADLINE};
 
@@ -59,28 +57,6 @@ const ROBOT: &str = "spiffe://cluster.local/ns/other/sa/robot";
 const PORT: u16 = 8080;
 /// Where unauthenticated callers come from.
 const PLAIN_CALLER_IP: &str = "10.244.9.9";
-
-/// The operator in this process as ServiceAccount weir-system/weir-operator, with plaintext
-/// xDS on loopback (the report service shares its server).
-async fn start_operator(cluster: &Cluster, identity: &str) -> Result<ControlPlane> {
-    let token = cluster.token(MESH_NAMESPACE, "weir-operator", None)?;
-    let kubeconfig =
-        cluster.token_kubeconfig(&format!("{identity}-{}", std::process::id()), &token, None)?;
-    start_operator_on(
-        client_from(&kubeconfig).await?,
-        identity,
-        loopback_options(),
-    )
-    .await
-}
-
-async fn wait_leading(plane: &ControlPlane) -> Result<()> {
-    let mut leading = plane.leading.clone();
-    tokio::time::timeout(DEADLINE, leading.wait_for(|l| *l))
-        .await
-        .context("the operator never became leader")??;
-    Ok(())
-}
 
 /// kubectl from async code: the runtime's other workers keep the operator going.
 fn kubectl_json(cluster: &Cluster, args: &[&str]) -> Option<Value> {
@@ -481,9 +457,9 @@ async fn audit_and_enforce_denials_reach_the_policy_status_and_the_metric() -> R
         &authz_policy(elsewhere, "api-authz", "api", "Enforce"),
     )?;
 
-    let plane = start_operator(cluster, "weir-authz").await?;
+    let plane = start_operator_as(cluster, "weir-operator", "weir-authz", None).await?;
     let result = async {
-        wait_leading(&plane).await?;
+        wait_leading(&plane, DEADLINE).await?;
         let pod = ObjectKey::new(ns, "api-0");
         let policy = ObjectKey::new(ns, "api-authz");
         wait_pod_holds(&plane, &pod, &policy, Mode::Audit).await?;
@@ -698,9 +674,9 @@ async fn a_flood_of_denials_keeps_the_status_short_and_the_operator_small() -> R
     let api_ip = "10.244.2.10";
     server_workload(cluster, ns, api_ip)?;
     apply(cluster, &authz_policy(ns, "api-authz", "api", "Enforce"))?;
-    let plane = start_operator(cluster, "weir-flood").await?;
+    let plane = start_operator_as(cluster, "weir-operator", "weir-flood", None).await?;
     let result = async {
-        wait_leading(&plane).await?;
+        wait_leading(&plane, DEADLINE).await?;
         let pod = ObjectKey::new(ns, "api-0");
         let policy = ObjectKey::new(ns, "api-authz");
         wait_pod_holds(&plane, &pod, &policy, Mode::Enforce).await?;

@@ -15,8 +15,7 @@ use weir_core::mesh::MESH_NAMESPACE;
 use weir_core::testing;
 use weir_operator::ControlPlane;
 use weir_tests::kube::{
-    can_run, client_from, installed, loopback_options, operator_slot, start_operator_on, Cluster,
-    CuttableProxy,
+    can_run, installed, operator_slot, start_operator_as, wait_leading, Cluster, CuttableProxy,
 };
 use weir_tests::{eventually, policy_json, service_json, split_spec_json, to_json, DEADLINE};
 
@@ -29,30 +28,6 @@ fn service_account_kubeconfig(
 ) -> Result<std::path::PathBuf> {
     let token = cluster.token(MESH_NAMESPACE, sa, None)?;
     cluster.token_kubeconfig(&format!("{sa}-{}", std::process::id()), &token, server)
-}
-
-/// The operator in this process, as ServiceAccount `sa`.
-async fn start_operator(
-    cluster: &Cluster,
-    sa: &str,
-    identity: &str,
-    server: Option<&str>,
-) -> Result<ControlPlane> {
-    let kubeconfig = service_account_kubeconfig(cluster, sa, server)?;
-    start_operator_on(
-        client_from(&kubeconfig).await?,
-        identity,
-        loopback_options(),
-    )
-    .await
-}
-
-async fn wait_leading(plane: &ControlPlane) -> Result<()> {
-    let mut leading = plane.leading.clone();
-    tokio::time::timeout(DEADLINE, leading.wait_for(|l| *l))
-        .await
-        .context("the operator never became leader")??;
-    Ok(())
 }
 
 fn namespace(cluster: &Cluster, name: &str) -> Result<()> {
@@ -275,8 +250,8 @@ async fn the_e2e_scenarios_pass_with_the_operator_running_as_its_service_account
     }
     let cluster = installed();
     let _slot = operator_slot().await;
-    let plane = start_operator(cluster, "weir-operator", "weir-e2e", None).await?;
-    wait_leading(&plane).await?;
+    let plane = start_operator_as(cluster, "weir-operator", "weir-e2e", None).await?;
+    wait_leading(&plane, DEADLINE).await?;
     assert_eq!(lease_holder(cluster).as_deref(), Some("weir-e2e"));
     let k = cluster.kubectl_client();
     let scenarios = tokio::task::spawn_blocking(move || -> Result<String> {
@@ -334,8 +309,8 @@ async fn policy_conditions_reach_the_api_with_reasons_fields_and_events() -> Res
     namespace(cluster, ns)?;
     cluster.apply(&service_json(ns, "reviews", "10.96.10.10", 9080))?;
     cluster.apply(&service_json(ns, "ratings", "10.96.10.11", 9080))?;
-    let plane = start_operator(cluster, "weir-operator", "weir-conditions", None).await?;
-    wait_leading(&plane).await?;
+    let plane = start_operator_as(cluster, "weir-operator", "weir-conditions", None).await?;
+    wait_leading(&plane, DEADLINE).await?;
     let result = async {
         cluster.apply(&policy_json(ns, "canary", split_spec_json("reviews")))?;
         wait_condition(cluster, ns, "canary", "Accepted", "True", "Accepted").await?;
@@ -457,9 +432,9 @@ async fn a_missing_rbac_rule_is_refused_by_the_api_server_and_counted() -> Resul
     namespace(cluster, ns)?;
     cluster.apply(&service_json(ns, "reviews", "10.96.11.10", 9080))?;
     cluster.apply(&policy_json(ns, "canary", split_spec_json("reviews")))?;
-    let plane = start_operator(cluster, "weir-operator-minus", "weir-rbac", None).await?;
+    let plane = start_operator_as(cluster, "weir-operator-minus", "weir-rbac", None).await?;
     let result = async {
-        wait_leading(&plane).await?;
+        wait_leading(&plane, DEADLINE).await?;
         // The rest of its work is allowed (it lists, watches, leads); the status write is
         // refused, counted, and never lands.
         eventually("a refused status write", DEADLINE, || async {
@@ -499,9 +474,9 @@ async fn mesh_status_is_written_at_most_once_a_second_under_a_burst_of_500_polic
     let _slot = operator_slot().await;
     let ns = "burst";
     namespace(cluster, ns)?;
-    let plane = start_operator(cluster, "weir-operator", "weir-burst", None).await?;
+    let plane = start_operator_as(cluster, "weir-operator", "weir-burst", None).await?;
     let result = async {
-        wait_leading(&plane).await?;
+        wait_leading(&plane, DEADLINE).await?;
         eventually("MeshStatus mesh", DEADLINE, || async {
             get(cluster, &["get", "meshstatus", "mesh"])
         })
@@ -545,9 +520,9 @@ async fn only_the_leader_writes_a_lost_lease_stops_writes_and_a_stop_hands_over(
     let ns = "leaders";
     namespace(cluster, ns)?;
     cluster.apply(&service_json(ns, "reviews", "10.96.12.10", 9080))?;
-    let a = start_operator(cluster, "weir-operator", "weir-a", None).await?;
-    wait_leading(&a).await?;
-    let b = start_operator(cluster, "weir-operator", "weir-b", None).await?;
+    let a = start_operator_as(cluster, "weir-operator", "weir-a", None).await?;
+    wait_leading(&a, DEADLINE).await?;
+    let b = start_operator_as(cluster, "weir-operator", "weir-b", None).await?;
     let result = async {
         eventually("b synced", DEADLINE, || async { b.state.is_synced().then_some(()) }).await?;
         cluster.apply(&policy_json(ns, "canary", split_spec_json("reviews")))?;
@@ -559,7 +534,7 @@ async fn only_the_leader_writes_a_lost_lease_stops_writes_and_a_stop_hands_over(
         // A graceful stop releases the Lease: b takes over well before it would expire.
         let stopped = Instant::now();
         a.stop().await;
-        wait_leading(&b).await?;
+        wait_leading(&b, DEADLINE).await?;
         let takeover = stopped.elapsed();
         println!("takeover after a graceful stop: {takeover:?} (lease 2 s)");
         cluster.apply(&policy_json(ns, "canary", split_spec_json("ratings")))?;
@@ -684,7 +659,7 @@ async fn an_api_server_restart_and_etcd_compaction_end_in_a_relist_that_catches_
     cluster.apply(&service_json(ns, "ratings", "10.96.14.11", 9080))?;
     let proxy = CuttableProxy::start(cluster.addr).await?;
     let server = format!("https://{}", proxy.addr);
-    let plane = start_operator(cluster, "weir-operator", "weir-relist", Some(&server)).await?;
+    let plane = start_operator_as(cluster, "weir-operator", "weir-relist", Some(&server)).await?;
     let services = |plane: &ControlPlane| {
         let mut keys: Vec<String> = plane
             .state
@@ -757,7 +732,7 @@ async fn ready_means_the_initial_state_is_translated() -> Result<()> {
         &["apply", "-f", "-"],
         &json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string(),
     )?;
-    let plane = start_operator(cluster, "weir-operator", "weir-ready", None).await?;
+    let plane = start_operator_as(cluster, "weir-operator", "weir-ready", None).await?;
     let result = async {
         eventually("/readyz", DEADLINE, || async {
             ready(plane.admin_addr).await.then_some(())
@@ -845,9 +820,9 @@ async fn from_pods_through_the_endpointslice_controller_to_envoy_routing_by_poli
     };
     cluster.apply(&policy(0, 100))?;
 
-    let plane = start_operator(cluster, "weir-operator", "weir-chain", None).await?;
+    let plane = start_operator_as(cluster, "weir-operator", "weir-chain", None).await?;
     let result = async {
-        wait_leading(&plane).await?;
+        wait_leading(&plane, DEADLINE).await?;
         let envoy = Envoy::start(
             "web-1.chain",
             plane.xds_addr,

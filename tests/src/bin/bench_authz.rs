@@ -307,23 +307,9 @@ async fn control_plane(lines: &mut Vec<serde_json::Value>) -> Result<()> {
     }
     write_file(&dir, "mesh.yaml", &mesh)?;
 
-    let (xds, admin): (SocketAddr, SocketAddr) = (
-        format!("127.0.0.1:{}", free_port()).parse()?,
-        format!("127.0.0.1:{}", free_port()).parse()?,
-    );
-    let mut operator = tokio::process::Command::new(workspace_binary("weir-operator")?)
-        .args(["local", "--dir"])
-        .arg(&dir)
-        .args([
-            "--xds-addr",
-            &xds.to_string(),
-            "--admin-addr",
-            &admin.to_string(),
-        ])
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting weir-operator")?;
+    // The operator in its own process (the release binary, local mode), so that its memory
+    // and CPU are read apart from the clients'.
+    let (mut operator, xds, admin) = spawn_local_operator(&dir)?;
     let pid = operator.id().context("operator pid")?;
     eventually(
         "the operator to load the mesh",

@@ -401,26 +401,9 @@ async fn main() -> Result<()> {
     write_file(&dir, "policy.yaml", &policy(100))?;
     let total_services = services + CHURN_SERVICES;
 
-    let (xds, admin): (SocketAddr, SocketAddr) = (
-        format!("127.0.0.1:{}", free_port()).parse()?,
-        format!("127.0.0.1:{}", free_port()).parse()?,
-    );
     // The operator in its own process (the release binary, local mode), so that its memory
-    // and CPU are read apart from the clients'. Started as users start it: the binary sets
-    // its allocator settings itself.
-    let mut operator = tokio::process::Command::new(workspace_binary("weir-operator")?)
-        .args(["local", "--dir"])
-        .arg(&dir)
-        .args([
-            "--xds-addr",
-            &xds.to_string(),
-            "--admin-addr",
-            &admin.to_string(),
-        ])
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting weir-operator")?;
+    // and CPU are read apart from the clients'.
+    let (mut operator, xds, admin) = spawn_local_operator(&dir)?;
     let pid = operator.id().context("operator pid")?;
     eventually(
         "the operator to load the mesh",
