@@ -230,17 +230,7 @@ impl MeshState {
 
     /// The addresses a pod's EndpointSlices give it.
     pub fn pod_addresses(&self, pod: &weir_core::ObjectKey) -> Vec<String> {
-        let model = self.model();
-        let index = &model.index;
-        index
-            .workload(pod)
-            .services
-            .iter()
-            .flat_map(|s| index.slices_for(s))
-            .flat_map(|s| &s.endpoints)
-            .filter(|e| e.pod.as_ref() == Some(pod))
-            .map(|e| e.address.clone())
-            .collect()
+        self.model().index.pod_addresses(pod)
     }
 
     /// The mode of every policy that authorizes (its served version).

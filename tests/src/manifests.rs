@@ -124,6 +124,30 @@ pub fn pod_slice_yaml(
     format!("{}---\n{}", to_yaml(&[&*pod]), to_yaml(&[slice]))
 }
 
+/// One EndpointSlice per named port (`<service>-<port name>`) with the one endpoint
+/// `pod` at `ip`: how a Service whose target ports are named reaches one pod.
+pub fn named_port_slices(
+    ns: &str,
+    service: &str,
+    pod: &str,
+    ip: &str,
+    ports: &[(&str, u16)],
+) -> Vec<k8s_openapi::api::discovery::v1::EndpointSlice> {
+    ports
+        .iter()
+        .map(|(name, port)| {
+            mk_slice(
+                ns,
+                &format!("{service}-{name}"),
+                service,
+                name,
+                *port,
+                &[(ip, pod)],
+            )
+        })
+        .collect()
+}
+
 /// YAML for one EndpointSlice of `service` with one port and several ready endpoints
 /// (pod name, IP).
 pub fn slice_yaml(

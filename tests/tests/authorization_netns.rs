@@ -43,9 +43,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 use weir_core::identity::{CertificateAuthority, SpiffeId};
 use weir_core::mesh::{DEFAULT_TRUST_DOMAIN, ENVOY_ADMIN_PORT, MTLS_MODE_KEY};
-use weir_core::testing::{mk_meshed_pod, mk_slice};
+use weir_core::testing::mk_meshed_pod;
 use weir_tests::netns::*;
-use weir_tests::{scratch_dir, service_with_ports, to_yaml, workspace_binary, write_file};
+use weir_tests::{
+    named_port_slices, scratch_dir, service_with_ports, to_yaml, workspace_binary, write_file,
+};
 
 const API_IP: &str = "10.96.1.10";
 const API_HOST: &str = "api.backend.svc.cluster.local";
@@ -287,24 +289,18 @@ impl Mesh {
                 ("tcp-greet", 7100, None),
             ],
         );
-        let slices: Vec<_> = [
-            ("http", 8080),
-            ("grpc", 50051),
-            ("tcp-echo", 7001),
-            ("tcp-greet", 7100),
-        ]
-        .iter()
-        .map(|(name, port)| {
-            mk_slice(
-                "backend",
-                &format!("api-{name}"),
-                "api",
-                name,
-                *port,
-                &[(&self.server_ip, "api-0")],
-            )
-        })
-        .collect();
+        let slices = named_port_slices(
+            "backend",
+            "api",
+            "api-0",
+            &self.server_ip,
+            &[
+                ("http", 8080),
+                ("grpc", 50051),
+                ("tcp-echo", 7001),
+                ("tcp-greet", 7100),
+            ],
+        );
         let pods: Vec<_> = clients
             .iter()
             .map(|(ns, name, sa)| mk_meshed_pod(ns, name, sa, &[("app", name)]))

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use weir_core::identity::{CertificateAuthority, SpiffeId};
 use weir_core::mesh::{DEFAULT_TRUST_DOMAIN, INBOUND_CAPTURE_PORT, MTLS_MODE_KEY};
-use weir_core::testing::{mk_meshed_pod, mk_service, mk_slice};
+use weir_core::testing::mk_meshed_pod;
 use weir_tests::netns::*;
-use weir_tests::{scratch_dir, to_yaml, write_file};
+use weir_tests::{named_port_slices, scratch_dir, service_with_ports, to_yaml, write_file};
 
 const API_IP: &str = "10.96.1.10";
 const API_HOSTS: (&str, &str) = (API_IP, "api.backend.svc.cluster.local api.backend.svc");
@@ -31,18 +31,16 @@ const CLIENT_ID: &str = "spiffe://cluster.local/ns/shop/sa/web";
 /// The mesh as local mode reads it: Service backend/api (HTTP, gRPC, TCP), its meshed pod
 /// at `server_ip` (with `annotations`), and the meshed client pod.
 fn write_mesh(dir: &Path, server_ip: &str, annotations: &[(&str, &str)]) {
-    let mut svc = mk_service("backend", "api", API_IP, &[8080, 50051, 7000]);
-    let ports = svc.spec.as_mut().unwrap().ports.as_mut().unwrap();
-    for (port, (name, app)) in
-        ports
-            .iter_mut()
-            .zip([("http", None), ("grpc", Some("grpc")), ("tcp-echo", None)])
-    {
-        port.name = Some(name.into());
-        port.target_port =
-            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name.into()));
-        port.app_protocol = app.map(str::to_string);
-    }
+    let svc = service_with_ports(
+        "backend",
+        "api",
+        API_IP,
+        &[
+            ("http", 8080, None),
+            ("grpc", 50051, Some("grpc")),
+            ("tcp-echo", 7000, None),
+        ],
+    );
     let mut server = mk_meshed_pod("backend", "api-0", "api", &[("app", "api")]);
     let meta = server
         .metadata
@@ -51,19 +49,13 @@ fn write_mesh(dir: &Path, server_ip: &str, annotations: &[(&str, &str)]) {
     for (k, v) in annotations {
         meta.insert(k.to_string(), v.to_string());
     }
-    let slices: Vec<_> = [("http", 8080), ("grpc", 50051), ("tcp-echo", 7000)]
-        .iter()
-        .map(|(name, port)| {
-            mk_slice(
-                "backend",
-                &format!("api-{name}"),
-                "api",
-                name,
-                *port,
-                &[(server_ip, "api-0")],
-            )
-        })
-        .collect();
+    let slices = named_port_slices(
+        "backend",
+        "api",
+        "api-0",
+        server_ip,
+        &[("http", 8080), ("grpc", 50051), ("tcp-echo", 7000)],
+    );
     let client = mk_meshed_pod("shop", "web", "web", &[("app", "web")]);
     write_file(dir, "api.yaml", &to_yaml(&[svc])).unwrap();
     write_file(dir, "api-0.yaml", &to_yaml(&[server])).unwrap();

@@ -500,21 +500,27 @@ pub fn inbound(
     services: &[ObjectKey],
 ) -> Option<InboundAuthorization> {
     let (default, default_from) = index.default_authorization(pod);
-    // Per pod port: whether every Service port reaching it is HTTP, and the policies.
-    let mut ports: BTreeMap<u16, (bool, BTreeMap<ObjectKey, PortPolicy>)> = BTreeMap::new();
-    for service in services {
-        let Some(model) = index.service(service) else {
-            continue;
-        };
-        // Every port the pod serves for its Services gets its protocol here, covered by a
-        // policy or not, so that the default is applied per request on HTTP ports too.
-        for sp in &model.ports {
-            if let Some(t) = target_port(index, service, sp, pod) {
-                let http = crate::protocol::decide(sp).0.is_mesh_http();
-                let (port_http, _) = ports.entry(t).or_insert((true, BTreeMap::new()));
-                *port_http &= http;
-            }
-        }
+    // The Service ports the pod serves, with the pod port each reaches.
+    let served: Vec<(&ObjectKey, &ServicePort, u16)> = services
+        .iter()
+        .filter_map(|service| Some((service, index.service(service)?)))
+        .flat_map(|(service, model)| {
+            model
+                .ports
+                .iter()
+                .filter_map(move |sp| Some((service, sp, target_port(index, service, sp, pod)?)))
+        })
+        .collect();
+    // Every pod port, covered by a policy or not (so the default is applied per request on
+    // HTTP ports too): HTTP only when every Service port reaching it is; otherwise rules
+    // are resolved as for connections.
+    let mut http_ports: BTreeMap<u16, bool> = BTreeMap::new();
+    for (_, sp, t) in &served {
+        *http_ports.entry(*t).or_insert(true) &= crate::protocol::decide(sp).0.is_mesh_http();
+    }
+    let mut policies: BTreeMap<u16, BTreeMap<ObjectKey, PortPolicy>> = BTreeMap::new();
+    for (service, sp, t) in &served {
+        let http = http_ports[t];
         for (key, entry) in index.policies_for(service) {
             let Some(routes) = entry.effective() else {
                 continue;
@@ -522,61 +528,45 @@ pub fn inbound(
             let Some(authz) = &routes.authorization else {
                 continue;
             };
-            for sp in &model.ports {
-                if routes.target.port.is_some_and(|p| p != sp.port) {
-                    continue;
-                }
-                let Some(t) = target_port(index, service, sp, pod) else {
-                    continue;
-                };
-                let http = crate::protocol::decide(sp).0.is_mesh_http();
-                let (port_http, policies) = ports.entry(t).or_insert((true, BTreeMap::new()));
-                *port_http &= http;
-                let applies =
-                    |r: &Rule| r.ports.is_empty() || r.ports.iter().any(|p| p.selects(sp));
-                let entry = policies.entry(key.clone()).or_insert_with(|| PortPolicy {
+            if routes.target.port.is_some_and(|p| p != sp.port) {
+                continue;
+            }
+            let applies = |r: &Rule| r.ports.is_empty() || r.ports.iter().any(|p| p.selects(sp));
+            let entry = policies
+                .entry(*t)
+                .or_default()
+                .entry(key.clone())
+                .or_insert_with(|| PortPolicy {
                     policy: key.clone(),
                     mode: authz.mode,
                     default_deny: authz.default_deny,
                     deny: Vec::new(),
                     allow: Vec::new(),
                 });
-                for rule in authz.deny.iter().filter(|r| applies(r)) {
-                    if !entry.deny.iter().any(|r| r.name == rule.name) {
-                        entry.deny.extend(resolve_rule(rule, http, true));
-                    }
+            for rule in authz.deny.iter().filter(|r| applies(r)) {
+                if !entry.deny.iter().any(|r| r.name == rule.name) {
+                    entry.deny.extend(resolve_rule(rule, http, true));
                 }
-                for rule in authz.allow.iter().filter(|r| applies(r)) {
-                    if !entry.allow.iter().any(|r| r.name == rule.name) {
-                        entry.allow.extend(resolve_rule(rule, http, false));
-                    }
+            }
+            for rule in authz.allow.iter().filter(|r| applies(r)) {
+                if !entry.allow.iter().any(|r| r.name == rule.name) {
+                    entry.allow.extend(resolve_rule(rule, http, false));
                 }
             }
         }
     }
-    if ports.values().all(|(_, p)| p.is_empty()) && default == DefaultAuthorization::AllowAll {
+    if policies.is_empty() && default == DefaultAuthorization::AllowAll {
         return None;
     }
-    let ports = ports
+    let ports = http_ports
         .into_iter()
-        .map(|(port, (http, policies))| {
-            let mut policies: Vec<PortPolicy> = policies.into_values().collect();
-            if !http {
-                // A Service port that is not HTTP shares this pod port: rules are resolved
-                // as for connections (resolve_rule was given `http` per Service port, so
-                // redo it conservatively).
-                for p in &mut policies {
-                    p.allow.retain(|r| r.http.is_none());
-                    for r in &mut p.deny {
-                        r.http = None;
-                    }
-                }
-            }
-            PortAuthorization {
-                port,
-                http,
-                policies,
-            }
+        .map(|(port, http)| PortAuthorization {
+            port,
+            http,
+            policies: policies
+                .remove(&port)
+                .map(|p| p.into_values().collect())
+                .unwrap_or_default(),
         })
         .collect();
     Some(InboundAuthorization {

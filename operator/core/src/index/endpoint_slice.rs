@@ -185,13 +185,23 @@ impl Index {
     /// controller copies it from the pod's node); None for a pod that backs no Service or
     /// whose node has no zone.
     pub fn pod_zone(&self, pod: &ObjectKey) -> Option<Arc<str>> {
+        self.pod_endpoints(pod).find_map(|e| e.zone.clone())
+    }
+
+    /// The addresses the EndpointSlices of the Services a pod backs give it.
+    pub fn pod_addresses(&self, pod: &ObjectKey) -> Vec<String> {
+        self.pod_endpoints(pod).map(|e| e.address.clone()).collect()
+    }
+
+    /// The pod's endpoints in the slices of the Services it backs.
+    fn pod_endpoints<'a>(&'a self, pod: &'a ObjectKey) -> impl Iterator<Item = &'a EndpointModel> {
         self.services_by_pod
-            .get(pod)?
-            .iter()
+            .get(pod)
+            .into_iter()
+            .flatten()
             .flat_map(|svc| self.slices_for(svc))
             .flat_map(|slice| &slice.endpoints)
-            .find(|e| e.pod.as_ref() == Some(pod) && e.zone.is_some())
-            .and_then(|e| e.zone.clone())
+            .filter(move |e| e.pod.as_ref() == Some(pod))
     }
 
     /// The slices of a Service, in key order.

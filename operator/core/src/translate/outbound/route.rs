@@ -244,7 +244,7 @@ fn grpc_path(service: Option<&str>, method: Option<&str>, is_regex: bool) -> Pat
         (None, Some(m), false) => PathSpecifier::SafeRegex(regex(&format!("/{ANY}/{m}"))),
         (s, m, _) => {
             let part = |p: Option<&str>, literal: bool| match p {
-                Some(p) if literal => regex_escape(p),
+                Some(p) if literal => regex::escape(p),
                 Some(p) => format!("(?:{p})"),
                 None => ANY.to_string(),
             };
@@ -255,19 +255,6 @@ fn grpc_path(service: Option<&str>, method: Option<&str>, is_regex: bool) -> Pat
             )))
         }
     }
-}
-
-fn regex_escape(literal: &str) -> String {
-    literal
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c.to_string()
-            } else {
-                format!("\\{c}")
-            }
-        })
-        .collect()
 }
 
 /// The last virtual host of a transparent-mode route table: requests to a mesh address
