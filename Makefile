@@ -13,8 +13,15 @@ WEIR_K8S_CACHE ?= $(HOME)/.cache/weir/k8s
 K8S_VERSION := $(shell awk '$$1 == "require" { $$1 = ""; $$0 = $$0 } $$1 == "k8s.io/kubernetes" { print $$2; exit }' tests/k8s/go.mod)
 WEIR_K8S_BIN ?= $(WEIR_K8S_CACHE)/$(K8S_VERSION)
 export WEIR_K8S_CACHE WEIR_K8S_BIN
+# Real Prometheus and Jaeger for the observability tests (tests/telemetry), built from Go
+# modules into a directory of this cache named for both versions.
+WEIR_TELEMETRY_CACHE ?= $(HOME)/.cache/weir/telemetry
+PROMETHEUS_VERSION := $(shell awk '$$1 == "require" { $$1 = ""; $$0 = $$0 } $$1 == "github.com/prometheus/prometheus" { print $$2; exit }' tests/telemetry/prometheus/go.mod)
+JAEGER_VERSION := $(shell awk '$$1 == "require" { $$1 = ""; $$0 = $$0 } $$1 == "github.com/jaegertracing/jaeger" { print $$2; exit }' tests/telemetry/jaeger/go.mod)
+WEIR_TELEMETRY_BIN ?= $(WEIR_TELEMETRY_CACHE)/$(PROMETHEUS_VERSION)-$(JAEGER_VERSION)
+export WEIR_TELEMETRY_CACHE WEIR_TELEMETRY_BIN
 
-.PHONY: all build test demo envoy sysdeps k8s crds lint fmt bench e2e install clean
+.PHONY: all build test demo envoy sysdeps k8s telemetry crds lint fmt bench e2e install clean
 
 all: build
 
@@ -52,7 +59,11 @@ sysdeps:
 k8s:
 	tests/k8s/build.sh >/dev/null
 
-test: envoy sysdeps k8s
+## Prometheus and Jaeger (needs Go; a no-op once built, see tests/telemetry/README.md).
+telemetry:
+	tests/telemetry/build.sh >/dev/null
+
+test: envoy sysdeps k8s telemetry
 	$(CARGO) build --workspace --all-targets
 	$(CARGO) test --workspace
 
@@ -76,7 +87,8 @@ bench: $(ENVOY_BIN)
 	$(CARGO) bench -p weir-core --bench translate
 	$(CARGO) bench -p weir-core --bench identity
 	$(CARGO) build --release --bin weir-operator --bin weir-bench-xds --bin weir-bench-kube \
-		--bin weir-bench-envoy --bin weir-bench-webhook --bin weir-bench-authz --bin weir-bench-report
+		--bin weir-bench-envoy --bin weir-bench-webhook --bin weir-bench-authz --bin weir-bench-telemetry \
+		--bin weir-bench-report
 	for n in 500 1000 5000; do WEIR_BENCH_STREAMS=$$n WEIR_BENCH_CHURN_SECS=0 ./target/release/weir-bench-xds || exit 1; done
 	WEIR_BENCH_STREAMS=2000 WEIR_BENCH_CHURN_SECS=60 ./target/release/weir-bench-xds
 	for n in 1000 2000; do WEIR_BENCH_STREAMS=$$n WEIR_BENCH_PROTOCOL=sotw ./target/release/weir-bench-xds || exit 1; done
@@ -84,6 +96,7 @@ bench: $(ENVOY_BIN)
 	./target/release/weir-bench-envoy
 	./target/release/weir-bench-webhook
 	./target/release/weir-bench-authz
+	./target/release/weir-bench-telemetry
 	./target/release/weir-bench-report
 
 ## Against the cluster in KUBECONFIG (see e2e/README.md); not part of `make test`.

@@ -66,6 +66,8 @@ pub struct Options {
     pub rotation_grace: Duration,
     /// Bounds of the xDS server.
     pub xds_limits: xds::conn::XdsLimits,
+    /// What every sidecar reports (metrics are always on; access log default, tracing).
+    pub telemetry: weir_core::translate::telemetry::Telemetry,
 }
 
 impl Options {
@@ -80,6 +82,7 @@ impl Options {
             manage_webhook_cert: false,
             rotation_grace: identity::ROTATION_GRACE,
             xds_limits: xds::conn::XdsLimits::default(),
+            telemetry: Default::default(),
         }
     }
 }
@@ -135,6 +138,7 @@ impl ControlPlane {
             }
         }
         let state = Arc::new(MeshState::with_rotation_grace(options.rotation_grace));
+        state.set_telemetry(options.telemetry.clone());
         let tls = if options.xds_names.is_empty() {
             None
         } else {

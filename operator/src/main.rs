@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use weir_core::bootstrap::{bootstrap_yaml, BootstrapParams, ProxyMeta, XdsProtocol, XdsTlsFiles};
 use weir_core::mesh;
+use weir_core::translate::telemetry::{self, AccessLogMode, Telemetry};
 use weir_core::Capture;
 use weir_operator::k8s::leader::LeaseSettings;
 use weir_operator::k8s::KubeOptions;
@@ -82,6 +83,8 @@ enum Command {
         ca_rotation_step: std::time::Duration,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        telemetry: TelemetryArgs,
     },
     /// Run the control plane on a directory of YAML manifests (Services, EndpointSlices,
     /// Pods, TrafficPolicies, MeshIdentities), re-reading it on change.
@@ -109,6 +112,8 @@ enum Command {
         ca_rotation_step: std::time::Duration,
         #[command(flatten)]
         limits: LimitArgs,
+        #[command(flatten)]
+        telemetry: TelemetryArgs,
     },
     /// Print an Envoy bootstrap (YAML) for one workload.
     Bootstrap {
@@ -186,6 +191,63 @@ impl LimitArgs {
     }
 }
 
+/// What every sidecar reports, sent over xDS (a pod's annotations override the access log
+/// and the sampling).
+#[derive(clap::Args)]
+struct TelemetryArgs {
+    /// Which requests sidecars log (JSON on their stdout) unless the pod says otherwise
+    /// (`weir.dev/access-log`): all, errors (5xx, a response flag, a denial) or off.
+    #[arg(long, default_value = "errors", value_parser = parse_access_log)]
+    access_log: AccessLogMode,
+    /// The OpenTelemetry collector sidecars export spans to (OTLP/gRPC), HOST:PORT, e.g.
+    /// jaeger-collector.observability.svc:4317. No tracing without it.
+    #[arg(long, value_parser = parse_host_port)]
+    tracing_otlp_endpoint: Option<(String, u16)>,
+    /// The percentage of requests a sidecar starts a trace for, 0 to 100, unless the pod
+    /// says otherwise (`weir.dev/tracing-sampling`).
+    #[arg(long, default_value_t = telemetry::DEFAULT_SAMPLING_PERCENT, value_parser = parse_percent)]
+    tracing_sampling: f64,
+}
+
+impl TelemetryArgs {
+    fn telemetry(&self) -> Telemetry {
+        Telemetry {
+            access_log: self.access_log,
+            tracing: self.tracing_otlp_endpoint.clone().map(|(host, port)| {
+                telemetry::TracingConfig {
+                    host,
+                    port,
+                    sampling_percent: self.tracing_sampling,
+                }
+            }),
+        }
+    }
+}
+
+fn parse_access_log(s: &str) -> Result<AccessLogMode, String> {
+    AccessLogMode::parse(s).ok_or_else(|| format!("{s:?}: expected all, errors or off"))
+}
+
+fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{s:?}: expected HOST:PORT, e.g. otel-collector.observability.svc:4317");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = port.parse::<u16>().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "{s:?}: expected a percentage from 0 to 100, e.g. 1 or 0.5"
+        )),
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Protocol {
     Delta,
@@ -247,6 +309,7 @@ async fn run() -> Result<()> {
             no_webhook_cert,
             ca_rotation_step,
             limits,
+            telemetry,
         } => {
             init_logging();
             let client = kube::Client::try_default()
@@ -270,6 +333,7 @@ async fn run() -> Result<()> {
                 manage_webhook_cert: !no_webhook_cert,
                 rotation_grace: ca_rotation_step,
                 xds_limits: limits.limits(),
+                telemetry: telemetry.telemetry(),
                 ..Options::new(xds_addr, admin_addr)
             };
             serve(source, options).await
@@ -282,6 +346,7 @@ async fn run() -> Result<()> {
             ca_dir,
             ca_rotation_step,
             limits,
+            telemetry,
         } => {
             init_logging();
             let options = Options {
@@ -289,6 +354,7 @@ async fn run() -> Result<()> {
                 ca_dir,
                 rotation_grace: ca_rotation_step,
                 xds_limits: limits.limits(),
+                telemetry: telemetry.telemetry(),
                 ..Options::new(xds_addr, admin_addr)
             };
             serve(Source::Dir(dir), options).await
@@ -332,6 +398,7 @@ async fn run() -> Result<()> {
                 xds_tls: xds_root_cert
                     .zip(token_file)
                     .map(|(root_cert, token)| XdsTlsFiles { root_cert, token }),
+                telemetry: Default::default(),
             };
             print!("{}", bootstrap_yaml(&params)?);
             Ok(())

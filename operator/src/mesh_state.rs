@@ -148,6 +148,14 @@ impl MeshState {
         }
     }
 
+    /// Sets what every sidecar reports; before any proxy connects (the operator's flags).
+    pub fn set_telemetry(&self, telemetry: weir_core::translate::telemetry::Telemetry) {
+        let mut model = self.model();
+        model.snapshots.set_telemetry(telemetry);
+        let telemetry = model.snapshots.translator().telemetry().clone();
+        crate::sync::lock(&self.workload_listeners).set_telemetry(&telemetry);
+    }
+
     fn model(&self) -> std::sync::MutexGuard<'_, Model> {
         crate::sync::lock(&self.model)
     }

@@ -277,5 +277,6 @@ fn explicit_params(
         admin_port,
         sidecar: None,
         xds_tls: None,
+        telemetry: Default::default(),
     }
 }

@@ -22,6 +22,7 @@ pub mod kube;
 pub mod manifests;
 pub mod mesh;
 pub mod netns;
+pub mod telemetry;
 pub mod wait;
 pub mod xds_client;
 

@@ -103,6 +103,8 @@ pub struct Net {
     children: Vec<Child>,
     /// The peer script, copied where every uid can read it.
     pub script: PathBuf,
+    /// Per namespace, where its sidecar's stdout (the access log) goes.
+    sidecar_stdout: std::collections::BTreeMap<String, PathBuf>,
 }
 
 impl Net {
@@ -120,6 +122,7 @@ impl Net {
             id: id.clone(),
             children: Vec::new(),
             script,
+            sidecar_stdout: Default::default(),
         };
         let (pod, peer) = (net.pod.as_str(), net.peer.as_str());
         run(&["ip", "netns", "add", pod]);
@@ -251,6 +254,30 @@ impl Net {
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
         self.children.push(child);
         self.children.last_mut().expect("just pushed")
+    }
+
+    /// As [`Net::spawn`], its stdout written to `stdout`.
+    fn spawn_to(&mut self, side: Side, args: &[&str], stdout: &Path) {
+        let file = std::fs::File::create(stdout).expect("create the stdout file");
+        let child = self
+            .command(side, args)
+            .stdin(Stdio::null())
+            .stdout(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        self.children.push(child);
+    }
+
+    /// The JSON access log lines the sidecar in `side` has written so far.
+    pub fn access_log(&self, side: Side) -> Vec<serde_json::Value> {
+        let Some(path) = self.sidecar_stdout.get(self.name(side)) else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// A TCP listener answering `text` on `port`, once it answers.
@@ -442,9 +469,23 @@ impl Net {
             .find(|c| c.name == "weir-init")
             .and_then(|c| c.args.clone())
             .unwrap_or_default();
-        let proxy_args: Vec<String> = containers
-            .iter()
-            .find(|c| c.name == PROXY_CONTAINER)
+        let proxy = containers.iter().find(|c| c.name == PROXY_CONTAINER);
+        // The environment the kubelet would give the container (its field references
+        // resolved to the pod's name and namespace).
+        let proxy_env: Vec<String> = proxy
+            .and_then(|c| c.env.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| {
+                let value = match e.value {
+                    Some(v) => v,
+                    None if e.name == "POD_NAME" => name.clone(),
+                    None => namespace.clone(),
+                };
+                format!("{}={value}", e.name)
+            })
+            .collect();
+        let proxy_args: Vec<String> = proxy
             .and_then(|c| c.args.clone())
             .unwrap_or_default()
             .into_iter()
@@ -467,11 +508,16 @@ impl Net {
             "--regid",
             proxy_gid.as_str(),
             "--clear-groups",
-            envoy.as_str(),
+            "env",
         ];
+        envoy_cmd.extend(proxy_env.iter().map(String::as_str));
+        envoy_cmd.push(envoy.as_str());
         envoy_cmd.extend(proxy_args.iter().map(String::as_str));
         envoy_cmd.extend(["--log-path", log.as_str()]);
-        self.spawn(side, &envoy_cmd);
+        let stdout = mounts.join("envoy.stdout");
+        self.spawn_to(side, &envoy_cmd, &stdout);
+        self.sidecar_stdout
+            .insert(self.name(side).to_string(), stdout);
         self.wait_for(&format!("{name}'s sidecar to be ready"), || {
             self.get(
                 side,

@@ -338,6 +338,7 @@ async fn proxies_prove_their_pod_with_a_token_and_everything_else_is_refused() -
                 root_cert: files.join(ROOT_CERT_KEY).to_string_lossy().into_owned(),
                 token: files.join("token").to_string_lossy().into_owned(),
             }),
+            telemetry: Default::default(),
         };
         let envoy = weir_tests::Envoy::start_params(&params).await?;
         let record = plane

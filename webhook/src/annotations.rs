@@ -6,11 +6,14 @@ use std::collections::BTreeMap;
 
 use crate::capture::{parse_cidrs, parse_ports, Cidr};
 
+use weir_core::translate::telemetry::AccessLogMode;
+
 use weir_core::mesh::{
-    CONCURRENCY_ANNOTATION, EXCLUDE_INBOUND_PORTS_ANNOTATION, EXCLUDE_OUTBOUND_CIDRS_ANNOTATION,
-    EXCLUDE_OUTBOUND_PORTS_ANNOTATION, INJECTED_ANNOTATION, INJECTOR_ANNOTATIONS, INJECT_KEY,
-    KEY_PREFIX, LOG_LEVEL_ANNOTATION, PROXY_CPU_ANNOTATION, PROXY_CPU_LIMIT_ANNOTATION,
-    PROXY_MEMORY_ANNOTATION, PROXY_MEMORY_LIMIT_ANNOTATION,
+    ACCESS_LOG_ANNOTATION, CONCURRENCY_ANNOTATION, EXCLUDE_INBOUND_PORTS_ANNOTATION,
+    EXCLUDE_OUTBOUND_CIDRS_ANNOTATION, EXCLUDE_OUTBOUND_PORTS_ANNOTATION, INJECTED_ANNOTATION,
+    INJECTOR_ANNOTATIONS, INJECT_KEY, KEY_PREFIX, LOG_LEVEL_ANNOTATION, PROXY_CPU_ANNOTATION,
+    PROXY_CPU_LIMIT_ANNOTATION, PROXY_MEMORY_ANNOTATION, PROXY_MEMORY_LIMIT_ANNOTATION,
+    TRACING_SAMPLING_ANNOTATION,
 };
 
 const LOG_LEVELS: [&str; 7] = [
@@ -40,6 +43,10 @@ pub struct Overrides {
     pub exclude_outbound_ports: Vec<u16>,
     /// Outbound CIDRs not captured.
     pub exclude_outbound_cidrs: Vec<Cidr>,
+    /// Which requests the sidecar logs.
+    pub access_log: Option<AccessLogMode>,
+    /// The share of requests traced, in hundredths of a percent.
+    pub tracing_sampling: Option<u32>,
 }
 
 /// Reads the `weir.dev/` annotations; problems become warnings.
@@ -119,6 +126,20 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Overrides, Vec<String>)
                     key,
                     value,
                     "comma-separated IPv4 CIDRs such as 10.0.0.0/8,169.254.169.254/32",
+                )),
+            },
+            ACCESS_LOG_ANNOTATION => match AccessLogMode::parse(v) {
+                Some(mode) => o.access_log = Some(mode),
+                None => warnings.push(bad(key, value, "all, errors or off")),
+            },
+            TRACING_SAMPLING_ANNOTATION => match v.trim_end_matches('%').parse::<f64>() {
+                Ok(p) if (0.0..=100.0).contains(&p) => {
+                    o.tracing_sampling = Some((p * 100.0).round() as u32)
+                }
+                _ => warnings.push(bad(
+                    key,
+                    value,
+                    "a percentage from 0 to 100 such as 1, 0.5 or 100",
                 )),
             },
             _ => warnings.push(format!(

@@ -20,13 +20,15 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 use weir_core::bootstrap::{
-    bootstrap, BootstrapParams, GrpcProbeRoute, ProbeRoute, ProxyMeta, SidecarListeners,
-    XdsProtocol, XdsTlsFiles,
+    bootstrap, BootstrapParams, GrpcProbeRoute, ProbeRoute, ProxyMeta, ProxyTelemetry,
+    SidecarListeners, XdsProtocol, XdsTlsFiles,
 };
 use weir_core::mesh::{
     ENVOY_ADMIN_PORT, EXCLUDE_INBOUND_PORTS_ANNOTATION, GRPC_PROBE_PORTS, INJECTED_ANNOTATION,
-    INJECT_KEY, MESH_NAMESPACE, PROBE_PORT, PROMETHEUS_PORT, PROXY_READY_PATH, PROXY_UID,
-    ROOT_CA_CONFIGMAP, ROOT_CERT_KEY, TOKEN_AUDIENCE, XDS_PORT,
+    INJECT_KEY, MESH_NAMESPACE, METRICS_PORT_NAME, OTEL_RESOURCE_ATTRIBUTES_ENV, PROBE_PORT,
+    PROMETHEUS_PATH, PROMETHEUS_PORT, PROMETHEUS_SCRAPE_ANNOTATIONS, PROXY_READY_PATH, PROXY_UID,
+    ROOT_CA_CONFIGMAP, ROOT_CERT_KEY, TOKEN_AUDIENCE, WORKLOAD_ENV, WORKLOAD_NAMESPACE_ENV,
+    XDS_PORT,
 };
 use weir_core::Capture;
 
@@ -196,11 +198,15 @@ pub fn inject(pod: &Pod, namespace: &str, config: &MeshConfig) -> Injection {
         .clone()
         .filter(|sa| !sa.is_empty())
         .unwrap_or_else(|| "default".into());
+    let workload = weir_core::owner::workload_name(&pod.metadata);
     let proxy = proxy_container(
         config,
         &overrides,
-        namespace,
-        &service_account,
+        Identity {
+            namespace,
+            service_account: &service_account,
+            workload: &workload,
+        },
         probes,
         grpc_probes,
     );
@@ -216,6 +222,21 @@ pub fn inject(pod: &Pod, namespace: &str, config: &MeshConfig) -> Injection {
 
     let annotations = pod.metadata.annotations.get_or_insert_with(BTreeMap::new);
     annotations.insert(INJECTED_ANNOTATION.into(), config.version.clone());
+    // Scraped by annotation-driven Prometheus configurations, unless the application
+    // announces its own metrics (the PodMonitor finds the sidecar by port name anyway).
+    if !PROMETHEUS_SCRAPE_ANNOTATIONS
+        .iter()
+        .any(|a| annotations.contains_key(*a))
+    {
+        let values = [
+            "true".to_string(),
+            PROMETHEUS_PORT.to_string(),
+            PROMETHEUS_PATH.to_string(),
+        ];
+        for (key, value) in PROMETHEUS_SCRAPE_ANNOTATIONS.iter().zip(values) {
+            annotations.insert(key.to_string(), value);
+        }
+    }
     if let Some(name) = default_container {
         // `kubectl logs` and `exec` go to the application, not the proxy.
         annotations
@@ -312,6 +333,14 @@ fn quantity(v: &str) -> Quantity {
     Quantity(v.to_string())
 }
 
+fn value_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
 fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -340,14 +369,26 @@ fn ready_probe(period: i32, failures: i32) -> Probe {
     }
 }
 
+/// Who the proxy's pod is.
+struct Identity<'a> {
+    namespace: &'a str,
+    service_account: &'a str,
+    /// The pod's workload as users name it (see `weir_core::owner`).
+    workload: &'a str,
+}
+
 fn proxy_container(
     config: &MeshConfig,
     o: &Overrides,
-    namespace: &str,
-    service_account: &str,
+    id: Identity,
     probes: Vec<ProbeRoute>,
     grpc_probes: Vec<GrpcProbeRoute>,
 ) -> Container {
+    let Identity {
+        namespace,
+        service_account,
+        workload,
+    } = id;
     // The pod's name is not known at admission (generateName), so the bootstrap uses the
     // kubelet's $(VAR) expansion of the container's own env vars.
     let params = BootstrapParams {
@@ -376,6 +417,10 @@ fn proxy_container(
             root_cert: format!("{CA_DIR}/{ROOT_CERT_KEY}"),
             token: format!("{TOKEN_DIR}/{TOKEN_FILE}"),
         }),
+        telemetry: ProxyTelemetry {
+            access_log: o.access_log,
+            tracing_sampling: o.tracing_sampling,
+        },
     };
     let bootstrap = bootstrap(&params)
         .map(|b| b.to_string())
@@ -451,6 +496,15 @@ fn proxy_container(
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
+            // What the sidecar's metrics, logs and spans name this pod by.
+            value_env(WORKLOAD_ENV, workload),
+            value_env(WORKLOAD_NAMESPACE_ENV, namespace),
+            value_env(
+                OTEL_RESOURCE_ATTRIBUTES_ENV,
+                &format!(
+                    "service.name={workload},service.namespace={namespace},k8s.namespace.name={namespace}"
+                ),
+            ),
         ]),
         ports: Some(vec![
             ContainerPort {
@@ -460,7 +514,7 @@ fn proxy_container(
                 ..Default::default()
             },
             ContainerPort {
-                name: Some("weir-metrics".into()),
+                name: Some(METRICS_PORT_NAME.into()),
                 container_port: i32::from(PROMETHEUS_PORT),
                 protocol: Some("TCP".into()),
                 ..Default::default()

@@ -113,6 +113,81 @@ pub struct BootstrapParams {
     /// TLS to the operator and the token that proves who the proxy is; plaintext when
     /// `None` (local mode).
     pub xds_tls: Option<XdsTlsFiles>,
+    /// What the pod chose for its telemetry (the mesh defaults otherwise).
+    pub telemetry: ProxyTelemetry,
+}
+
+/// A pod's own telemetry choices, written into its bootstrap's runtime: the listeners
+/// (from the operator) read these keys and fall back to the mesh defaults without them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyTelemetry {
+    /// `weir.dev/access-log`.
+    pub access_log: Option<crate::translate::telemetry::AccessLogMode>,
+    /// `weir.dev/tracing-sampling`, in hundredths of a percent (Envoy's unit).
+    pub tracing_sampling: Option<u32>,
+}
+
+impl ProxyTelemetry {
+    /// The runtime keys and values.
+    fn runtime(&self) -> serde_json::Map<String, Value> {
+        let mut out = serde_json::Map::new();
+        if let Some(mode) = self.access_log {
+            let (all, errors) = mode.runtime_percents();
+            out.insert(mesh::ACCESS_LOG_ALL_RUNTIME.into(), json!(all));
+            out.insert(mesh::ACCESS_LOG_ERRORS_RUNTIME.into(), json!(errors));
+        }
+        if let Some(units) = self.tracing_sampling {
+            out.insert(
+                mesh::TRACING_SAMPLING_RUNTIME.into(),
+                json!(units.min(10_000)),
+            );
+        }
+        out
+    }
+}
+
+/// Envoy's own statistics a sidecar keeps (everything else is never created, which is
+/// most of the per-cluster statistics of a large mesh): the mesh's request and
+/// connection metrics, server and xDS health, listener and connection-manager totals,
+/// and per cluster only what explains a failure (ejections, overflows, retries,
+/// timeouts, connect failures, membership) and the upstream protocol in use.
+fn stats_matcher() -> Value {
+    let prefixes = [
+        "weir.",
+        "server.",
+        "cluster_manager.",
+        "listener_manager.",
+        "control_plane.",
+        "runtime.",
+        "http.inbound_http.",
+        "http.outbound",
+        "tcp.",
+        "listener.",
+        "cluster.weir-",
+        "sds.",
+    ];
+    let per_cluster = [
+        "outlier_detection\\.ejections_active",
+        "outlier_detection\\.ejections_enforced_total",
+        "upstream_rq_retry",
+        "upstream_rq_retry_overflow",
+        "upstream_rq_retry_limit_exceeded",
+        "upstream_rq_pending_overflow",
+        "upstream_cx_overflow",
+        "upstream_rq_timeout",
+        "upstream_cx_connect_fail",
+        "upstream_cx_active",
+        "upstream_cx_http1_total",
+        "upstream_cx_http2_total",
+        "upstream_rq_active",
+        "membership_healthy",
+        "membership_total",
+    ];
+    let mut patterns: Vec<Value> = prefixes.iter().map(|p| json!({"prefix": p})).collect();
+    patterns.push(
+        json!({"safe_regex": {"regex": format!("^cluster\\..*\\.({})$", per_cluster.join("|"))}}),
+    );
+    json!({"inclusion_list": {"patterns": patterns}})
 }
 
 /// Where a proxy finds what it needs for an authenticated, encrypted xDS connection.
@@ -219,14 +294,28 @@ pub fn bootstrap(params: &BootstrapParams) -> Result<Value, BootstrapError> {
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "static_resources": static_resources(params)?,
+        "stats_config": {
+            "stats_matcher": stats_matcher(),
+            // Request and response sizes: decades from 1 byte to 10 MB.
+            "histogram_bucket_settings": [{
+                "match": {"safe_regex": {"regex": "^weir\\.(request|response)_bytes"}},
+                "buckets": [1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000],
+            }],
+        },
         // Authorization's peer checks may use regular expressions larger than RE2's default
         // program size limit (100) when deny rules carve identities out of an allowed
         // namespace; the operator writes them, bounded by the CRD's rule limits.
         "layered_runtime": {"layers": [
-            {"name": "static", "static_layer": {"re2.max_program_size.error_level": 100_000}},
+            {"name": "static", "static_layer": static_runtime(params)},
             {"name": "admin", "admin_layer": {}},
         ]},
     }))
+}
+
+fn static_runtime(params: &BootstrapParams) -> Value {
+    let mut layer = params.telemetry.runtime();
+    layer.insert("re2.max_program_size.error_level".into(), json!(100_000));
+    Value::Object(layer)
 }
 
 /// How Envoy reaches the operator: plaintext through the static cluster, or with TLS
@@ -453,6 +542,7 @@ mod tests {
             admin_port: 15000,
             sidecar: None,
             xds_tls: None,
+            telemetry: Default::default(),
         }
     }
 

@@ -28,6 +28,7 @@ pub mod index;
 pub mod mesh;
 pub mod names;
 pub mod object_key;
+pub mod owner;
 pub mod protocol;
 pub mod resources;
 pub mod routing;

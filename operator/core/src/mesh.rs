@@ -75,8 +75,12 @@ pub const EXCLUDE_INBOUND_PORTS_ANNOTATION: &str = "weir.dev/exclude-inbound-por
 pub const EXCLUDE_OUTBOUND_PORTS_ANNOTATION: &str = "weir.dev/exclude-outbound-ports";
 /// Pod annotation: outbound destination CIDRs not captured.
 pub const EXCLUDE_OUTBOUND_CIDRS_ANNOTATION: &str = "weir.dev/exclude-outbound-cidrs";
+/// Pod annotation: which requests the sidecar logs, `all`, `errors` or `off`.
+pub const ACCESS_LOG_ANNOTATION: &str = "weir.dev/access-log";
+/// Pod annotation: the percentage of requests the sidecar starts traces for.
+pub const TRACING_SAMPLING_ANNOTATION: &str = "weir.dev/tracing-sampling";
 /// The pod annotations the injector reads or writes.
-pub const INJECTOR_ANNOTATIONS: [&str; 11] = [
+pub const INJECTOR_ANNOTATIONS: [&str; 13] = [
     INJECT_KEY,
     INJECTED_ANNOTATION,
     PROXY_CPU_ANNOTATION,
@@ -88,7 +92,54 @@ pub const INJECTOR_ANNOTATIONS: [&str; 11] = [
     EXCLUDE_INBOUND_PORTS_ANNOTATION,
     EXCLUDE_OUTBOUND_PORTS_ANNOTATION,
     EXCLUDE_OUTBOUND_CIDRS_ANNOTATION,
+    ACCESS_LOG_ANNOTATION,
+    TRACING_SAMPLING_ANNOTATION,
 ];
+
+// Telemetry: what the injector gives the proxy and the translator's config reads.
+
+/// Sidecar environment: the workload (the pod's owner as users name it).
+pub const WORKLOAD_ENV: &str = "WEIR_WORKLOAD";
+/// Sidecar environment: the pod's namespace.
+pub const WORKLOAD_NAMESPACE_ENV: &str = "WEIR_NAMESPACE";
+/// Sidecar environment read by Envoy's OpenTelemetry resource detector (`service.name`).
+pub const OTEL_RESOURCE_ATTRIBUTES_ENV: &str = "OTEL_RESOURCE_ATTRIBUTES";
+/// Runtime key (percent, 0 or 100) a pod's bootstrap sets to log every request.
+pub const ACCESS_LOG_ALL_RUNTIME: &str = "weir.access_log.all";
+/// Runtime key (percent, 0 or 100) a pod's bootstrap sets to log failed requests.
+pub const ACCESS_LOG_ERRORS_RUNTIME: &str = "weir.access_log.errors";
+/// Envoy's runtime key for the share of requests traced, in hundredths of a percent.
+pub const TRACING_SAMPLING_RUNTIME: &str = "tracing.random_sampling";
+/// The scope of the request and connection metrics (Envoy prefixes `envoy_` in its
+/// Prometheus output; the shipped scrape configuration renames `envoy_weir_*` to `weir_*`).
+pub const METRICS_SCOPE: &str = "weir";
+/// Request header with the calling workload, set by the caller's sidecar (trusted only
+/// over mesh mTLS).
+pub const SOURCE_WORKLOAD_HEADER: &str = "x-weir-source-workload";
+/// Request header with the calling workload's namespace (as above).
+pub const SOURCE_NAMESPACE_HEADER: &str = "x-weir-source-namespace";
+/// Metadata namespace of what Weir tells Envoy about clusters and endpoints (telemetry
+/// reads it with `%CLUSTER_METADATA%` and `%UPSTREAM_METADATA%`).
+pub const METADATA_NAMESPACE: &str = "weir";
+/// The cluster that reaches the OpenTelemetry collector.
+pub const TRACING_CLUSTER: &str = "weir-tracing";
+/// Scrape annotations the injector sets when the pod has none of its own.
+pub const PROMETHEUS_SCRAPE_ANNOTATIONS: [&str; 3] = [
+    "prometheus.io/scrape",
+    "prometheus.io/port",
+    "prometheus.io/path",
+];
+/// The label value for a peer, service or workload the sidecar cannot name.
+pub const UNKNOWN: &str = "unknown";
+/// The container port name of the sidecar's Prometheus endpoint (PodMonitor selects it).
+pub const METRICS_PORT_NAME: &str = "weir-metrics";
+/// Envoy's OpenTelemetry tracer.
+pub const OPENTELEMETRY_TRACER: &str = "envoy.tracers.opentelemetry";
+/// Envoy's resource detector that reads `OTEL_RESOURCE_ATTRIBUTES`.
+pub const OTEL_ENVIRONMENT_DETECTOR: &str =
+    "envoy.tracers.opentelemetry.resource_detectors.environment";
+/// The access logger that turns log entries into stats.
+pub const STATS_ACCESS_LOG: &str = "envoy.access_loggers.stats";
 
 // Install: namespaces and the objects the operator keeps.
 

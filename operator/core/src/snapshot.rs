@@ -27,6 +27,7 @@ use std::sync::Arc;
 use crate::index::{Index, Workload};
 use crate::names;
 use crate::resources::{PerType, Resource, ResourceType};
+use crate::translate::telemetry::Telemetry;
 use crate::translate::{self, Capture, Changes, ProxyProfile, Translator};
 
 /// Above this many changed resources of a type, a profile's map is rebuilt from the
@@ -159,6 +160,12 @@ impl SnapshotBuilder {
     /// The translator (for debug output).
     pub fn translator(&self) -> &Translator {
         &self.translator
+    }
+
+    /// Sets the mesh's telemetry; done once, before any proxy connects (the operator's
+    /// flags), since profiles built earlier keep the clusters they were built with.
+    pub fn set_telemetry(&mut self, telemetry: Telemetry) {
+        self.translator.set_telemetry(telemetry);
     }
 
     /// Translates what the index marks dirty; returns the profiles whose snapshot changed.
@@ -299,7 +306,7 @@ impl SnapshotBuilder {
             _ => ResourceMap::new(),
         };
         if t == ResourceType::Cluster {
-            for r in translate::profile_clusters(profile) {
+            for r in translate::profile_clusters(profile, self.translator.telemetry()) {
                 map.insert(r.name.clone(), r);
             }
         }
@@ -439,6 +446,8 @@ impl SnapshotBuilder {
 pub struct WorkloadListeners {
     /// The trust domain inbound listeners check peers against.
     trust_domain: String,
+    /// What inbound chains report.
+    telemetry: Arc<Telemetry>,
     listeners: Derivations,
     routes: Derivations,
 }
@@ -501,7 +510,17 @@ impl WorkloadListeners {
     /// The mesh's trust domain changed: every derivation goes.
     pub fn set_trust_domain(&mut self, trust_domain: &str) {
         if self.trust_domain != trust_domain {
+            let telemetry = self.telemetry.clone();
             *self = WorkloadListeners::new(trust_domain);
+            self.telemetry = telemetry;
+        }
+    }
+
+    /// The mesh's telemetry settings changed: every derivation goes.
+    pub fn set_telemetry(&mut self, telemetry: &Arc<Telemetry>) {
+        if self.telemetry != *telemetry {
+            *self = WorkloadListeners::new(&self.trust_domain);
+            self.telemetry = telemetry.clone();
         }
     }
 
@@ -517,9 +536,10 @@ impl WorkloadListeners {
         if workload.is_empty() || profile.capture != Capture::Transparent {
             return base.clone();
         }
-        let trust_domain = &self.trust_domain;
+        let (trust_domain, telemetry) = (&self.trust_domain, &self.telemetry);
         self.listeners.get(profile, workload, base, || {
-            let inbound = translate::inbound::listener(profile.inbound, trust_domain, workload);
+            let inbound =
+                translate::inbound::listener(profile.inbound, trust_domain, telemetry, workload);
             Resource::new(names::INBOUND_LISTENER, &inbound)
         })
     }

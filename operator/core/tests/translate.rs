@@ -142,10 +142,28 @@ fn expand_any(text: &str) -> String {
                     "envoy.extensions.filters.http.rbac.v3.RBACPerRoute" => decode::<envoy_types::pb::envoy::extensions::filters::http::rbac::v3::RbacPerRoute>(&bytes),
                     "envoy.extensions.filters.network.rbac.v3.RBAC" => decode::<envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac>(&bytes),
                     "envoy.extensions.filters.network.direct_response.v3.Config" => decode::<envoy_types::pb::envoy::extensions::filters::network::direct_response::v3::Config>(&bytes),
+                    "envoy.extensions.access_loggers.stats.v3.Config" => decode::<envoy_types::pb::envoy::extensions::access_loggers::stats::v3::Config>(&bytes),
+                    "envoy.extensions.matching.actions.transform_stat.v3.TransformStat" => decode::<envoy_types::pb::envoy::extensions::matching::actions::transform_stat::v3::TransformStat>(&bytes),
+                    "envoy.extensions.matching.common_inputs.stats.v3.StatTagValueInput" => decode::<envoy_types::pb::envoy::extensions::matching::common_inputs::stats::v3::StatTagValueInput>(&bytes),
+                    "envoy.config.trace.v3.OpenTelemetryConfig" => decode::<envoy_types::pb::envoy::config::trace::v3::OpenTelemetryConfig>(&bytes),
+                    "envoy.extensions.tracers.opentelemetry.resource_detectors.v3.EnvironmentResourceDetectorConfig" => decode::<envoy_types::pb::envoy::extensions::tracers::opentelemetry::resource_detectors::v3::EnvironmentResourceDetectorConfig>(&bytes),
                     other => panic!("the golden renderer cannot decode {other}: add it"),
                 };
                 out.push(format!("{indent}type_url: \"{t}\","));
-                let decoded = expand_any(&decoded);
+                let decoded = sort_maps(&expand_any(&decoded));
+                // Telemetry is the same on every chain of its kind: shown in full once per
+                // golden file, then by the digest of its text.
+                let decoded = if REPEATED_CONFIGS.contains(&t) {
+                    let digest = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(decoded.as_bytes()));
+                    let first = SHOWN.with(|shown| shown.borrow_mut().insert(digest.clone()));
+                    if first {
+                        format!("(digest {digest})\n{decoded}")
+                    } else {
+                        format!("(digest {digest}: as shown above)")
+                    }
+                } else {
+                    decoded
+                };
                 for (k, l) in decoded.lines().enumerate() {
                     let prefix = if k == 0 { "decoded: " } else { "" };
                     out.push(format!("{indent}{prefix}{l}"));
@@ -161,7 +179,20 @@ fn expand_any(text: &str) -> String {
     out.join("\n")
 }
 
+/// Typed configs repeated on many chains (see `expand_any`).
+const REPEATED_CONFIGS: [&str; 3] = [
+    "envoy.extensions.access_loggers.stats.v3.Config",
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+    "envoy.config.trace.v3.OpenTelemetryConfig",
+];
+
+thread_local! {
+    /// Digests of the repeated configs shown in full in the golden file being rendered.
+    static SHOWN: std::cell::RefCell<std::collections::BTreeSet<String>> = Default::default();
+}
+
 fn render(snapshot: &Snapshot) -> String {
+    SHOWN.with(|shown| shown.borrow_mut().clear());
     let mut out = String::new();
     for t in ResourceType::ALL {
         for (name, r) in snapshot.of(t) {
@@ -179,11 +210,53 @@ fn render(snapshot: &Snapshot) -> String {
                 "=== {} {name} ({})\n{}\n",
                 t.short(),
                 r.version_string(),
-                expand_any(&text)
+                sort_maps(&expand_any(&text))
             ));
         }
     }
     out
+}
+
+/// Debug text with the entries of every map (Envoy's types keep protobuf maps in
+/// `HashMap`s, printed in no fixed order) sorted, so golden files do not flap. A map opens
+/// with a line ending `: {` (a struct names its type before the brace); its entries are
+/// the lines one level deeper, each from a line starting with a quoted key.
+fn sort_maps(text: &str) -> String {
+    fn indent(line: &str) -> usize {
+        line.len() - line.trim_start().len()
+    }
+    fn sorted(lines: &[&str]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < lines.len() {
+            let line = lines[i];
+            out.push(line.to_string());
+            i += 1;
+            if !line.trim_end().ends_with(": {") {
+                continue;
+            }
+            let depth = indent(line);
+            let end = (i..lines.len())
+                .find(|&j| indent(lines[j]) == depth && lines[j].trim_start().starts_with('}'))
+                .expect("a map closes");
+            let mut entries: Vec<Vec<String>> = Vec::new();
+            let mut start = i;
+            for j in i + 1..=end {
+                if j == end
+                    || (indent(lines[j]) == depth + 4 && lines[j].trim_start().starts_with('"'))
+                {
+                    entries.push(sorted(&lines[start..j]));
+                    start = j;
+                }
+            }
+            entries.sort();
+            out.extend(entries.into_iter().flatten());
+            i = end;
+        }
+        out
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    sorted(&lines).join("\n")
 }
 
 fn check_golden(file: &str, actual: &str) {

@@ -18,6 +18,8 @@ pub struct PodModel {
     pub labels: Arc<BTreeMap<String, String>>,
     /// `spec.serviceAccountName` (`default` when unset), shared between pods.
     pub service_account: Arc<str>,
+    /// The workload it belongs to as users name it (see [`crate::owner`]), shared.
+    pub workload: Arc<str>,
     /// The pod carries a Weir sidecar: peers talk mTLS to it.
     pub meshed: bool,
     /// Its `weir.dev/mtls-mode` annotation, when valid.
@@ -29,6 +31,7 @@ pub struct PodModel {
 impl IndexKind for Pod {
     fn apply(index: &mut Index, pod: Pod) {
         let key = Kind::Pod.key(&pod.metadata);
+        let workload = crate::owner::workload_name(&pod.metadata);
         let annotations = pod.metadata.annotations.unwrap_or_default();
         let labels = index.shared_labels(pod.metadata.labels.unwrap_or_default());
         let service_account = pod
@@ -39,6 +42,7 @@ impl IndexKind for Pod {
         let model = PodModel {
             labels,
             service_account: index.shared_name(&service_account),
+            workload: index.shared_name(&workload),
             meshed: annotations.contains_key(INJECTED_ANNOTATION),
             mtls_mode: annotations
                 .get(MTLS_MODE_KEY)
@@ -95,7 +99,27 @@ impl Index {
             Workload::new(self.services_by_pod.get(key).cloned().unwrap_or_default());
         workload.authorization =
             crate::authorization::inbound(self, key, &workload.services).map(Arc::new);
+        workload.served = self.served_ports(key, &workload.services).into();
         workload
+    }
+
+    /// The pod ports Services reach on `pod`, each with the first Service (by
+    /// namespace/name) that reaches it: what the pod's sidecar names as the destination
+    /// Service of what arrives there.
+    fn served_ports(&self, pod: &ObjectKey, services: &[ObjectKey]) -> Vec<(u16, ObjectKey)> {
+        let mut served: Vec<(u16, ObjectKey)> = services
+            .iter()
+            .filter_map(|service| Some((service, self.service(service)?)))
+            .flat_map(|(service, model)| {
+                model.ports.iter().filter_map(move |sp| {
+                    let port = crate::authorization::target_port(self, service, sp, pod)?;
+                    Some((port, service.clone()))
+                })
+            })
+            .collect();
+        served.sort_unstable();
+        served.dedup_by_key(|(port, _)| *port);
+        served
     }
 
     fn dirty_pod_services(&mut self, pod: &ObjectKey) {
@@ -213,6 +237,8 @@ pub struct Workload {
     pub services: Arc<[ObjectKey]>,
     /// Authorization, when anything is restricted.
     pub authorization: Option<Arc<crate::authorization::InboundAuthorization>>,
+    /// The pod ports Services reach, with the Service each is labelled with (telemetry).
+    pub served: Arc<[(u16, ObjectKey)]>,
     /// Whether the proxy reports denials to the operator (its bootstrap has the cluster;
     /// set per stream from the proxy's node metadata, not by the index).
     pub reports: bool,
@@ -226,6 +252,7 @@ impl Workload {
         Workload {
             services: services.into(),
             authorization: None,
+            served: Arc::new([]),
             reports: false,
         }
     }

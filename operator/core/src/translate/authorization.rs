@@ -46,20 +46,14 @@ use crate::authorization::{
 };
 use crate::identity::SpiffeId;
 use crate::mesh::{
-    CEL_ACCESS_LOG_FILTER, DENIAL_LOG_NAME, FILE_ACCESS_LOG, HTTP_GRPC_ACCESS_LOG,
-    HTTP_RBAC_FILTER, NETWORK_RBAC_FILTER, REPORTS_CLUSTER, TCP_GRPC_ACCESS_LOG,
+    CEL_ACCESS_LOG_FILTER, DENIAL_LOG_NAME, HTTP_GRPC_ACCESS_LOG, HTTP_RBAC_FILTER,
+    NETWORK_RBAC_FILTER, REPORTS_CLUSTER, TCP_GRPC_ACCESS_LOG,
 };
 use envoy_types::pb::envoy::config::accesslog::v3::{
     access_log, access_log_filter::FilterSpecifier, extension_filter, AccessLog, AccessLogFilter,
     ExtensionFilter, MetadataFilter, OrFilter,
 };
-use envoy_types::pb::envoy::config::core::v3::{
-    data_source, grpc_service, substitution_format_string, ApiVersion, DataSource, GrpcService,
-    SubstitutionFormatString,
-};
-use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
-    file_access_log, FileAccessLog,
-};
+use envoy_types::pb::envoy::config::core::v3::{grpc_service, ApiVersion, GrpcService};
 use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
 use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
     CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
@@ -623,9 +617,10 @@ fn http_principal(h: &HttpConditions, deny: bool) -> Principal {
     and(all)
 }
 
-/// Where denials are logged: the sidecar's own log (one line per denial, naming the
-/// policy and rule) and, when the proxy's bootstrap has the reports cluster, the operator
-/// (Envoy's gRPC access log service), which turns them into policy status and metrics.
+/// Where denials are reported: the sidecar's access log (see [`super::telemetry`], which
+/// logs every denial unless the pod turned its log off) and, when the proxy's bootstrap
+/// has the reports cluster, the operator (Envoy's gRPC access log service), which turns
+/// them into policy status and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenialLog {
     /// Requests (HTTP RBAC).
@@ -634,17 +629,13 @@ pub enum DenialLog {
     Connection,
 }
 
-/// The access logs of denials for a chain of kind `kind`; `reports`: also to the operator.
-pub fn denial_logs(kind: DenialLog, reports: bool) -> Vec<AccessLog> {
-    let (filter_name, line) = match kind {
-        DenialLog::Http => (
-            HTTP_RBAC_FILTER,
-            "[%START_TIME%] weir authorization: %REQ(:METHOD)% %REQ(:PATH)% -> %RESPONSE_CODE% caller=%DOWNSTREAM_PEER_URI_SAN% source=%DOWNSTREAM_REMOTE_ADDRESS% port=%DOWNSTREAM_LOCAL_PORT% denied=%RESPONSE_CODE_DETAILS% audit=%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_engine_result)%:%DYNAMIC_METADATA(envoy.filters.http.rbac:shadow_effective_policy_id)%\n",
-        ),
-        DenialLog::Connection => (
-            NETWORK_RBAC_FILTER,
-            "[%START_TIME%] weir authorization: connection caller=%DOWNSTREAM_PEER_URI_SAN% source=%DOWNSTREAM_REMOTE_ADDRESS% port=%DOWNSTREAM_LOCAL_PORT% tls=%DOWNSTREAM_TRANSPORT_FAILURE_REASON% audit=%DYNAMIC_METADATA(envoy.filters.network.rbac:shadow_engine_result)%:%DYNAMIC_METADATA(envoy.filters.network.rbac:shadow_effective_policy_id)%\n",
-        ),
+/// What a denial on a chain of kind `kind` looks like to an access log filter: an
+/// enforced denial (HTTP: the RBAC filter's response details; connections: a handshake the
+/// restricted peer set refused) or one an Audit policy would make.
+pub fn denial_filter(kind: DenialLog) -> AccessLogFilter {
+    let filter_name = match kind {
+        DenialLog::Http => HTTP_RBAC_FILTER,
+        DenialLog::Connection => NETWORK_RBAC_FILTER,
     };
     let denied = |key: &str| AccessLogFilter {
         filter_specifier: Some(FilterSpecifier::MetadataFilter(MetadataFilter {
@@ -682,29 +673,16 @@ pub fn denial_logs(kind: DenialLog, reports: bool) -> Vec<AccessLog> {
         // A peer the restricted handshake refused.
         DenialLog::Connection => any_of.push(cel("connection.transport_failure_reason != ''")),
     }
-    let filter = AccessLogFilter {
+    AccessLogFilter {
         filter_specifier: Some(FilterSpecifier::OrFilter(OrFilter { filters: any_of })),
-    };
-    let mut logs = vec![AccessLog {
-        name: FILE_ACCESS_LOG.into(),
-        filter: Some(filter.clone()),
-        config_type: Some(access_log::ConfigType::TypedConfig(pack_any(
-            FileAccessLog {
-                path: "/dev/stdout".into(),
-                access_log_format: Some(file_access_log::AccessLogFormat::LogFormat(
-                    SubstitutionFormatString {
-                        format: Some(substitution_format_string::Format::TextFormatSource(
-                            DataSource {
-                                specifier: Some(data_source::Specifier::InlineString(line.into())),
-                                ..Default::default()
-                            },
-                        )),
-                        ..Default::default()
-                    },
-                )),
-            },
-        ))),
-    }];
+    }
+}
+
+/// The access log that reports denials on a chain of kind `kind` to the operator, when
+/// the proxy's bootstrap has the reports cluster (`reports`).
+pub fn denial_logs(kind: DenialLog, reports: bool) -> Vec<AccessLog> {
+    let filter = denial_filter(kind);
+    let mut logs = Vec::new();
     if reports {
         let common = CommonGrpcAccessLogConfig {
             log_name: DENIAL_LOG_NAME.into(),

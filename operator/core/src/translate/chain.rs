@@ -5,9 +5,10 @@
 //! ```text
 //! HttpChain::new(stat prefix, routes: RDS name | inline table)
 //!   .filter(..)* (before the router)  .normalize_path()  .forward_client_identity()
+//!   .telemetry(metrics + JSON log, tracing)  (see translate::telemetry)
 //!   --build(name, match, TLS)--> FilterChain [http_connection_manager]
 //! TcpChain::new(stat prefix, weighted clusters)
-//!   .filters(..)* (before the proxy)  .connect_after_handshake()
+//!   .filters(..)* (before the proxy)  .connect_after_handshake()  .telemetry(logs)
 //!   --build(name, match, TLS)--> FilterChain [.., tcp_proxy]
 //! closing_chain(name, match) --> FilterChain [direct_response]: closes at once
 //! references(listener) <-- what the built chains name (clusters, route tables)
@@ -27,13 +28,15 @@ use envoy_types::pb::envoy::extensions::filters::network::direct_response::v3::C
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::{
         CodecType, ForwardClientCertDetails, PathWithEscapedSlashesAction, RouteSpecifier,
-        SetCurrentClientCertDetails, UpgradeConfig,
+        SetCurrentClientCertDetails, Tracing, UpgradeConfig,
     },
     http_filter::ConfigType as HttpFilterConfig,
     HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    tcp_proxy::{weighted_cluster::ClusterWeight, ClusterSpecifier, WeightedCluster},
+    tcp_proxy::{
+        weighted_cluster::ClusterWeight, ClusterSpecifier, TcpAccessLogOptions, WeightedCluster,
+    },
     TcpProxy, UpstreamConnectMode,
 };
 use envoy_types::pb::google::protobuf::Any;
@@ -134,6 +137,15 @@ impl HttpChain {
         self
     }
 
+    /// Attaches telemetry: access logs (metrics, the JSON log) and tracing, request ids
+    /// kept from the caller when present (they join a request's log lines across
+    /// sidecars).
+    pub fn telemetry(mut self, logs: Vec<AccessLog>, tracing: Option<Tracing>) -> HttpChain {
+        self.hcm.access_log.extend(logs);
+        self.hcm.tracing = tracing;
+        self
+    }
+
     /// Merges adjacent slashes (`//admin` is `/admin`) and unescapes escaped ones
     /// (`/admin%2Fusers` is `/admin/users`) before routing and authorization, so rules see
     /// the path the application acts on.
@@ -217,6 +229,17 @@ impl TcpChain {
     /// Adds access logs.
     pub fn access_logs(mut self, logs: impl IntoIterator<Item = AccessLog>) -> TcpChain {
         self.proxy.access_log.extend(logs);
+        self
+    }
+
+    /// Attaches telemetry: access logs (metrics, the JSON log), one entry flushed when the
+    /// upstream connection opens (the opened counter) and one when it closes.
+    pub fn telemetry(mut self, logs: Vec<AccessLog>) -> TcpChain {
+        self.proxy.access_log.extend(logs);
+        self.proxy.access_log_options = Some(TcpAccessLogOptions {
+            flush_access_log_on_connected: super::telemetry::TCP_FLUSH_ON_CONNECT,
+            ..Default::default()
+        });
         self
     }
 

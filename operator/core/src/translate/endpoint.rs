@@ -26,27 +26,48 @@ pub fn load_assignment<'a>(
 ) -> ClusterLoadAssignment {
     mesh_load_assignment(
         cluster,
-        endpoints
-            .into_iter()
-            .map(|(ip, port)| (ip, port, false, None)),
+        endpoints.into_iter().map(|(ip, port)| MeshEndpoint {
+            ip,
+            port,
+            meshed: false,
+            zone: None,
+            workload: None,
+        }),
     )
 }
 
+/// One endpoint of a mesh cluster, as [`mesh_load_assignment`] takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MeshEndpoint<'a> {
+    /// Address.
+    pub ip: &'a str,
+    /// Pod port.
+    pub port: u16,
+    /// Its pod carries a sidecar that takes mTLS.
+    pub meshed: bool,
+    /// Its zone.
+    pub zone: Option<&'a str>,
+    /// Its pod's workload (telemetry labels the requests it serves).
+    pub workload: Option<&'a str>,
+}
+
 /// As [`load_assignment`], marking the endpoints whose pods carry a sidecar (the
-/// cluster's mTLS transport socket applies to them) and grouping them by zone (one
-/// locality per zone, endpoints without a zone first).
+/// cluster's mTLS transport socket applies to them), naming their workload (the host
+/// name, for telemetry) and grouping them by zone (one locality per zone, endpoints without a zone
+/// first).
 pub fn mesh_load_assignment<'a>(
     cluster: &str,
-    endpoints: impl IntoIterator<Item = (&'a str, u16, bool, Option<&'a str>)>,
+    endpoints: impl IntoIterator<Item = MeshEndpoint<'a>>,
 ) -> ClusterLoadAssignment {
     let mut by_zone: std::collections::BTreeMap<Option<&str>, Vec<LbEndpoint>> = Default::default();
-    for (ip, port, with_sidecar, zone) in endpoints {
-        by_zone.entry(zone).or_default().push(LbEndpoint {
+    for ep in endpoints {
+        by_zone.entry(ep.zone).or_default().push(LbEndpoint {
             host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
-                address: Some(socket_address(ip, port)),
+                address: Some(socket_address(ep.ip, ep.port)),
+                hostname: super::telemetry::endpoint_hostname(ep.workload),
                 ..Default::default()
             })),
-            metadata: with_sidecar.then(super::mtls::meshed_endpoint_metadata),
+            metadata: ep.meshed.then(super::mtls::meshed_endpoint_metadata),
             ..Default::default()
         });
     }
@@ -108,13 +129,20 @@ mod tests {
 
     #[test]
     fn endpoints_are_grouped_by_zone_and_a_zone_goes_first_for_its_proxies() {
+        let ep = |ip, meshed, zone| MeshEndpoint {
+            ip,
+            port: 80,
+            meshed,
+            zone,
+            workload: None,
+        };
         let cla = mesh_load_assignment(
             "c",
             [
-                ("10.0.0.1", 80, true, Some("a")),
-                ("10.0.0.2", 80, true, Some("b")),
-                ("10.0.0.3", 80, true, Some("a")),
-                ("10.0.0.4", 80, false, None),
+                ep("10.0.0.1", true, Some("a")),
+                ep("10.0.0.2", true, Some("b")),
+                ep("10.0.0.3", true, Some("a")),
+                ep("10.0.0.4", false, None),
             ],
         );
         assert_eq!(
@@ -128,7 +156,7 @@ mod tests {
         );
         // A zone with no endpoints here, or all of them: nothing to prefer.
         assert!(prefer_zone(&cla, "c").is_none());
-        let only_a = mesh_load_assignment("c", [("10.0.0.1", 80, true, Some("a"))]);
+        let only_a = mesh_load_assignment("c", [ep("10.0.0.1", true, Some("a"))]);
         assert!(prefer_zone(&only_a, "a").is_none());
     }
 }

@@ -29,26 +29,37 @@ use super::listener_filters::{
 };
 use super::mtls::{downstream_mtls, uri_san, ALPN_HTTP, ALPN_TCP, INBOUND_HTTP_ALPN};
 use super::pb;
+use super::telemetry::{self, ServedPorts, Side, Telemetry};
 use crate::authorization::{InboundAuthorization, PortAuthorization};
 use crate::identity::SpiffeId;
 pub use crate::index::Workload;
 use crate::names;
 
-/// The metadata namespace of what Weir tells about a listener.
-pub const METADATA_NAMESPACE: &str = "weir";
+/// The metadata namespace of what Weir tells about a listener (and clusters, endpoints).
+pub use crate::mesh::METADATA_NAMESPACE;
 
 /// The inbound listener of a workload with inbound mTLS `mode` in `trust_domain`.
-pub fn listener(mode: MtlsMode, trust_domain: &str, workload: &Workload) -> Listener {
+pub fn listener(
+    mode: MtlsMode,
+    trust_domain: &str,
+    telemetry: &Telemetry,
+    workload: &Workload,
+) -> Listener {
     let metadata = metadata(workload);
+    let mesh = InboundMesh {
+        trust_domain,
+        telemetry,
+        served: &workload.served,
+        reports: workload.reports,
+    };
     let authz = workload.authorization.as_deref();
     let mut chains = Vec::new();
     // Ports some policy covers get chains of their own (Envoy picks chains by destination
     // port first), then the chains for every other port.
-    let reports = workload.reports;
     for port in authz.map(|a| a.ports.as_slice()).unwrap_or_default() {
-        chains.extend(chains_for(mode, trust_domain, authz, Some(port), reports));
+        chains.extend(chains_for(mode, &mesh, authz, Some(port)));
     }
-    chains.extend(chains_for(mode, trust_domain, authz, None, reports));
+    chains.extend(chains_for(mode, &mesh, authz, None));
     let tls_detection = mode != MtlsMode::Disable;
     Listener {
         name: names::INBOUND_LISTENER.into(),
@@ -69,16 +80,25 @@ pub fn listener(mode: MtlsMode, trust_domain: &str, workload: &Workload) -> List
     }
 }
 
+/// What every inbound chain of a workload depends on beyond its port.
+struct InboundMesh<'a> {
+    trust_domain: &'a str,
+    telemetry: &'a Telemetry,
+    served: &'a ServedPorts,
+    /// The proxy reports denials to the operator.
+    reports: bool,
+}
+
 /// The chains for connections to `port` (`None`: to a port no policy covers): mesh HTTP,
 /// mesh TCP, and plaintext where the mode accepts it.
 fn chains_for(
     mode: MtlsMode,
-    trust_domain: &str,
+    mesh: &InboundMesh,
     authz: Option<&InboundAuthorization>,
     port: Option<&PortAuthorization>,
-    reports: bool,
 ) -> Vec<FilterChain> {
-    use authorization::{denial_logs, DenialLog};
+    use authorization::{denial_filter, denial_logs, DenialLog};
+    let (trust_domain, reports) = (mesh.trust_domain, mesh.reports);
     let number = port.map(|p| p.port);
     let suffix = number.map(|p| format!("_{p}")).unwrap_or_default();
     let on_port = |m: FilterChainMatch| FilterChainMatch {
@@ -87,7 +107,7 @@ fn chains_for(
     };
     let mut chains = Vec::new();
     if mode != MtlsMode::Disable {
-        let mesh = |alpn: &str| {
+        let mesh_match = |alpn: &str| {
             on_port(FilterChainMatch {
                 transport_protocol: "tls".into(),
                 application_protocols: vec![alpn.to_string()],
@@ -95,11 +115,10 @@ fn chains_for(
             })
         };
         let everyone = vec![uri_san(&SpiffeId::trust_domain_prefix(trust_domain), true)];
-        chains.push(http_chain(
+        chains.push(inbound_http(mesh, Side::InboundMesh).build(
             &format!("inbound_mtls_http{suffix}"),
-            mesh(ALPN_HTTP),
-            downstream_mtls(everyone.clone(), INBOUND_HTTP_ALPN),
-            reports,
+            Some(mesh_match(ALPN_HTTP)),
+            Some(downstream_mtls(everyone.clone(), INBOUND_HTTP_ALPN)),
         ));
         let name = format!("inbound_mtls{suffix}");
         let peers = match authz {
@@ -107,7 +126,7 @@ fn chains_for(
             None => everyone.clone(),
         };
         chains.push(if peers.is_empty() {
-            closing_chain(&name, Some(mesh(ALPN_TCP)))
+            closing_chain(&name, Some(mesh_match(ALPN_TCP)))
         } else {
             let restricted = peers != everyone;
             let shadow = authz
@@ -121,9 +140,16 @@ fn chains_for(
             if logged {
                 tcp = tcp.access_logs(denial_logs(DenialLog::Connection, reports));
             }
-            tcp.build(
+            let denials = logged.then(|| denial_filter(DenialLog::Connection));
+            tcp.telemetry(telemetry::tcp_logs(
+                Side::InboundMesh,
+                mesh.telemetry,
+                mesh.served,
+                denials,
+            ))
+            .build(
                 &name,
-                Some(mesh(ALPN_TCP)),
+                Some(mesh_match(ALPN_TCP)),
                 Some(downstream_mtls(peers, &[ALPN_TCP])),
             )
         });
@@ -135,7 +161,7 @@ fn chains_for(
         // and every one of a deny rule). The port is HTTP: the connection manager takes
         // whatever is not mesh mTLS.
         let matched = on_port(FilterChainMatch::default());
-        chains.push(inbound_http(reports).build(
+        chains.push(inbound_http(mesh, Side::InboundPlaintext).build(
             &format!("inbound_http{suffix}"),
             Some(matched),
             None,
@@ -151,13 +177,22 @@ fn chains_for(
             let shadow = authz
                 .zip(port)
                 .and_then(|(a, p)| authorization::network_shadow(a, p, trust_domain, true));
-            let logs = match shadow {
-                Some(_) => denial_logs(DenialLog::Connection, reports),
-                None => Vec::new(),
+            let (logs, denials) = match shadow {
+                Some(_) => (
+                    denial_logs(DenialLog::Connection, reports),
+                    Some(denial_filter(DenialLog::Connection)),
+                ),
+                None => (Vec::new(), None),
             };
             TcpChain::to(&name, names::INBOUND_PASSTHROUGH_CLUSTER)
                 .filters(shadow)
                 .access_logs(logs)
+                .telemetry(telemetry::tcp_logs(
+                    Side::InboundPlaintext,
+                    mesh.telemetry,
+                    mesh.served,
+                    denials,
+                ))
                 .build(&name, matched, None)
         });
     }
@@ -194,22 +229,14 @@ fn metadata(workload: &Workload) -> Option<Metadata> {
     })
 }
 
-/// Inbound HTTP after mTLS: see [`inbound_http`].
-fn http_chain(
-    name: &str,
-    matched: FilterChainMatch,
-    tls: envoy_types::pb::envoy::config::core::v3::TransportSocket,
-    reports: bool,
-) -> FilterChain {
-    inbound_http(reports).build(name, Some(matched), Some(tls))
-}
-
 /// The inbound connection manager: paths normalized (dot segments, repeated slashes, so
 /// rules see the spelling the application acts on), authorization (the rules come with the
 /// route table: see [`route_table`]), then the caller's SPIFFE ID goes to the application
-/// in `x-forwarded-client-cert` (a header the caller sent is replaced, never trusted). The
-/// same for every workload, so an authorization edit never drains a connection.
-fn inbound_http(reports: bool) -> HttpChain {
+/// in `x-forwarded-client-cert` (a header the caller sent is replaced, never trusted).
+/// Telemetry reports as the destination (`side`: whether the caller proved an identity).
+/// The same for every workload's port, so an authorization edit never drains a connection.
+fn inbound_http(mesh: &InboundMesh, side: Side) -> HttpChain {
+    use authorization::DenialLog;
     HttpChain::new(
         "inbound_http",
         Routes::Rds(names::INBOUND_ROUTE_CONFIG.to_string()),
@@ -217,10 +244,16 @@ fn inbound_http(reports: bool) -> HttpChain {
     .normalize_path()
     .merge_slashes()
     .filters([authorization::http_rbac_filter()])
-    .access_logs(authorization::denial_logs(
-        authorization::DenialLog::Http,
-        reports,
-    ))
+    .access_logs(authorization::denial_logs(DenialLog::Http, mesh.reports))
+    .telemetry(
+        telemetry::http_logs(
+            side,
+            mesh.telemetry,
+            mesh.served,
+            Some(authorization::denial_filter(DenialLog::Http)),
+        ),
+        telemetry::tracing(side, mesh.telemetry),
+    )
     .forward_client_identity()
 }
 

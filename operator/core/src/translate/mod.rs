@@ -33,6 +33,7 @@ pub mod mtls;
 pub mod outbound;
 pub mod pb;
 pub mod port;
+pub mod telemetry;
 
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::protobuf::Any;
@@ -172,8 +173,8 @@ impl Changes {
 struct ClusterSlot {
     name: Arc<str>,
     port: u16,
-    /// For a subset, the pod labels that select its endpoints.
-    subset_labels: Option<BTreeMap<String, String>>,
+    /// For a subset, its name and the pod labels that select its endpoints.
+    subset: Option<(String, BTreeMap<String, String>)>,
     /// The governing routes' connection pool, outlier detection and load balancing.
     upstream: Upstream,
 }
@@ -198,6 +199,8 @@ pub struct Translator {
     trust_domain: String,
     /// Per Service with attachments, the binding of the last translation (status reads it).
     bindings: HashMap<ObjectKey, Arc<ServiceBinding>>,
+    /// What every chain reports (the operator's flags).
+    telemetry: Arc<telemetry::Telemetry>,
 }
 
 /// A port's protocol as `/debug/config` shows it.
@@ -267,6 +270,19 @@ impl Translator {
         &self.trust_domain
     }
 
+    /// The mesh's telemetry settings.
+    pub fn telemetry(&self) -> &Arc<telemetry::Telemetry> {
+        &self.telemetry
+    }
+
+    /// Sets the telemetry settings; listeners are reassembled.
+    pub fn set_telemetry(&mut self, telemetry: telemetry::Telemetry) {
+        if *self.telemetry != telemetry {
+            self.telemetry = Arc::new(telemetry);
+            self.ports_generation += 1;
+        }
+    }
+
     /// Whether some port's routes send traffic to the cluster.
     pub fn is_referenced(&self, cluster: &str) -> bool {
         self.referenced.contains_key(cluster)
@@ -321,7 +337,7 @@ impl Translator {
                 new.clusters.push(ClusterSlot {
                     name: names::cluster_name(key, port.port, None).into(),
                     port: port.port,
-                    subset_labels: None,
+                    subset: None,
                     upstream: upstream.clone(),
                 });
                 for subset in routes
@@ -331,7 +347,7 @@ impl Translator {
                     new.clusters.push(ClusterSlot {
                         name: names::cluster_name(key, port.port, Some(&subset.name)).into(),
                         port: port.port,
-                        subset_labels: Some(subset.labels.clone()),
+                        subset: Some((subset.name.clone(), subset.labels.clone())),
                         upstream: upstream.clone(),
                     });
                 }
@@ -416,7 +432,12 @@ impl Translator {
             let (eps, peers) = if let Addressing::ExternalName(_) = svc.addressing {
                 (Vec::new(), BTreeSet::new()) // resolved by DNS, no load assignment
             } else {
-                endpoints_of(index, key, &service_port.name, slot.subset_labels.as_ref())
+                endpoints_of(
+                    index,
+                    key,
+                    &service_port.name,
+                    slot.subset.as_ref().map(|(_, labels)| labels),
+                )
             };
             let pool = slot.upstream.pool.as_ref();
             let mut cluster = match &svc.addressing {
@@ -426,6 +447,7 @@ impl Translator {
                 _ => cluster::eds_cluster(&slot.name, protocol, pool),
             };
             shaping::shape_cluster(&mut cluster, &slot.upstream);
+
             if !peers.is_empty() {
                 let upstream_mtls = mtls::UpstreamMtls {
                     peer_ids: peers
@@ -436,14 +458,21 @@ impl Translator {
                 };
                 cluster = mtls::with_upstream_mtls(cluster, &upstream_mtls);
             }
-            let resource = Resource::new(slot.name.clone(), &cluster);
+            let subset = slot.subset.as_ref().map(|(name, _)| name.as_str());
+            let resource = telemetry::cluster_resource(&cluster, key, subset);
             upsert(&mut self.clusters, resource, &mut changes.clusters);
             if !matches!(svc.addressing, Addressing::ExternalName(_)) {
                 let assignment = endpoint::mesh_load_assignment(
                     &slot.name,
-                    eps.iter().map(|(ip, port, meshed, zone)| {
-                        (ip.as_str(), *port, *meshed, zone.as_deref())
-                    }),
+                    eps.iter().map(
+                        |(ip, port, meshed, zone, workload)| endpoint::MeshEndpoint {
+                            ip,
+                            port: *port,
+                            meshed: *meshed,
+                            zone: zone.as_deref(),
+                            workload: workload.as_deref(),
+                        },
+                    ),
                 );
                 let resource = Resource::new(slot.name.clone(), &assignment);
                 upsert(&mut self.endpoints, resource, &mut changes.endpoints);
@@ -453,8 +482,8 @@ impl Translator {
 }
 
 /// One ready endpoint: address, pod port, whether its pod has a sidecar that takes mTLS,
-/// its zone.
-type MeshEndpoint = (String, u16, bool, Option<Arc<str>>);
+/// its zone, its pod's workload.
+type MeshEndpoint = (String, u16, bool, Option<Arc<str>>, Option<Arc<str>>);
 /// A workload identity: namespace, service account.
 type Identity = (String, String);
 
@@ -489,7 +518,14 @@ fn endpoints_of(
             if let Some((p, model)) = pod.filter(|_| meshed) {
                 peers.insert((p.namespace.clone(), model.service_account.to_string()));
             }
-            eps.push((ep.address.clone(), *target, meshed, ep.zone.clone()));
+            let workload = pod.map(|(_, model)| model.workload.clone());
+            eps.push((
+                ep.address.clone(),
+                *target,
+                meshed,
+                ep.zone.clone(),
+                workload,
+            ));
         }
     }
     eps.sort_unstable();
@@ -626,7 +662,7 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
             (
                 vec![Resource::new(
                     names::OUTBOUND_LISTENER,
-                    &listener::explicit_outbound(port),
+                    &listener::explicit_outbound(port, &translator.telemetry),
                 )],
                 vec![route_table(names::EXPLICIT_ROUTE_CONFIG, vhosts, None)],
             )
@@ -657,13 +693,14 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
             let listeners = vec![
                 Resource::new(
                     names::OUTBOUND_LISTENER,
-                    &listener::transparent_outbound(&by_port),
+                    &listener::transparent_outbound(&by_port, &translator.telemetry),
                 ),
                 Resource::new(
                     names::INBOUND_LISTENER,
                     &inbound::listener(
                         profile.inbound,
                         &translator.trust_domain,
+                        &translator.telemetry,
                         &inbound::Workload::default(),
                     ),
                 ),
@@ -700,8 +737,10 @@ fn route_table<'a>(
 }
 
 /// Clusters a profile needs beyond the shared ones.
-pub fn profile_clusters(profile: &ProxyProfile) -> Vec<Resource> {
-    match profile.capture {
+pub fn profile_clusters(profile: &ProxyProfile, telemetry: &telemetry::Telemetry) -> Vec<Resource> {
+    let tracing = telemetry::tracing_cluster(telemetry)
+        .map(|c| Resource::new(crate::mesh::TRACING_CLUSTER, &c));
+    let mut clusters = match profile.capture {
         Capture::Explicit { .. } => Vec::new(),
         Capture::Transparent => vec![
             Resource::new(
@@ -717,5 +756,7 @@ pub fn profile_clusters(profile: &ProxyProfile) -> Vec<Resource> {
                 &cluster::original_dst_http_cluster(names::INBOUND_PASSTHROUGH_HTTP_CLUSTER),
             ),
         ],
-    }
+    };
+    clusters.extend(tracing);
+    clusters
 }

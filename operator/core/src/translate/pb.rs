@@ -52,3 +52,96 @@ pub fn ads() -> envoy_types::pb::envoy::config::core::v3::ConfigSource {
         ..Default::default()
     }
 }
+
+/// A wrapped u64.
+pub fn u64v(value: u64) -> envoy_types::pb::google::protobuf::UInt64Value {
+    envoy_types::pb::google::protobuf::UInt64Value { value }
+}
+
+/// Encodings with sorted maps. Envoy's types keep protobuf maps in `HashMap`s, whose
+/// order changes from one map to the next; a resource must encode the same way every time
+/// (its version is a hash of its bytes). These mirror the few map-bearing messages Weir
+/// writes, field for field, with `BTreeMap`s.
+pub mod sorted {
+    use envoy_types::pb::google::protobuf::{Any, Value};
+    use prost::Message;
+    use std::collections::BTreeMap;
+
+    /// `google.protobuf.Struct`.
+    #[derive(Clone, PartialEq, Message)]
+    pub struct Struct {
+        /// Fields by name.
+        #[prost(btree_map = "string, message", tag = "1")]
+        pub fields: BTreeMap<String, Value>,
+    }
+
+    impl Struct {
+        /// A struct of string fields.
+        pub fn strings<'a>(fields: impl IntoIterator<Item = (&'a str, String)>) -> Struct {
+            Struct {
+                fields: fields
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let value = Value {
+                            kind: Some(
+                                envoy_types::pb::google::protobuf::value::Kind::StringValue(v),
+                            ),
+                        };
+                        (k.to_string(), value)
+                    })
+                    .collect(),
+            }
+        }
+    }
+
+    /// `envoy.config.core.v3.Metadata` (filter metadata only).
+    #[derive(Clone, PartialEq, Message)]
+    pub struct Metadata {
+        /// Per filter namespace.
+        #[prost(btree_map = "string, message", tag = "1")]
+        pub filter_metadata: BTreeMap<String, Struct>,
+    }
+
+    /// `envoy.config.core.v3.SubstitutionFormatString` with a JSON format.
+    #[derive(Clone, PartialEq, Message)]
+    struct JsonFormat {
+        #[prost(message, optional, tag = "2")]
+        json_format: Option<Struct>,
+    }
+
+    /// `envoy.extensions.access_loggers.file.v3.FileAccessLog` with a JSON log format.
+    #[derive(Clone, PartialEq, Message)]
+    struct JsonFileAccessLog {
+        #[prost(string, tag = "1")]
+        path: String,
+        #[prost(message, optional, tag = "5")]
+        log_format: Option<JsonFormat>,
+    }
+
+    /// A file access log writing one JSON object per entry to `path`.
+    pub fn json_file_access_log(path: &str, fields: Struct) -> Any {
+        use prost::Name;
+        let log = JsonFileAccessLog {
+            path: path.to_string(),
+            log_format: Some(JsonFormat {
+                json_format: Some(fields),
+            }),
+        };
+        Any {
+            type_url: envoy_types::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog::type_url(),
+            value: log.encode_to_vec(),
+        }
+    }
+
+    /// `message` encoded with `metadata` as its field `tag` (appended: protobuf takes
+    /// fields in any order).
+    pub fn with_metadata(message: &impl Message, tag: u32, metadata: &Metadata) -> Vec<u8> {
+        use prost::encoding::{encode_key, encode_varint, WireType};
+        let mut buf = message.encode_to_vec();
+        let md = metadata.encode_to_vec();
+        encode_key(tag, WireType::LengthDelimited, &mut buf);
+        encode_varint(md.len() as u64, &mut buf);
+        buf.extend_from_slice(&md);
+        buf
+    }
+}

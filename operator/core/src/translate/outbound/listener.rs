@@ -8,7 +8,8 @@
 //! ```text
 //! port p, ClusterIP of an http/http2/grpc Service  --> HTTP (route table outbound|p, by Host)
 //! port p, ClusterIP of an undeclared port           --> HTTP if the first bytes are HTTP
-//!                                                       (http_inspector), else TCP
+//!                                                       (http_inspector; one chain for every
+//!                                                       such ClusterIP of p), else TCP
 //! port p, ClusterIP of a tcp/tls Service            --> TCP proxy (spec.tcp split, or the
 //!                                                       Service); TLS by SNI first
 //! port p, any other address, SNI naming a tls Service --> TCP proxy to that Service
@@ -33,21 +34,30 @@ use crate::translate::listener_filters::{
 };
 use crate::translate::pb::u32v;
 use crate::translate::port::{PortOutput, WeightedClusters};
+use crate::translate::telemetry::{self, Side, Telemetry};
 
 /// The explicit-mode listener.
-pub fn explicit_outbound(port: u16) -> Listener {
+pub fn explicit_outbound(port: u16, telemetry: &Telemetry) -> Listener {
     Listener {
         name: names::OUTBOUND_LISTENER.into(),
         address: Some(socket_address("127.0.0.1", port)),
         traffic_direction: TrafficDirection::Outbound as i32,
-        filter_chains: vec![http_chain("outbound", names::EXPLICIT_ROUTE_CONFIG, None)],
+        filter_chains: vec![http_chain(
+            "outbound",
+            names::EXPLICIT_ROUTE_CONFIG,
+            None,
+            telemetry,
+        )],
         ..Default::default()
     }
 }
 
 /// The transparent-mode outbound listener: filter chains for every Service port in the
 /// mesh, by port, by ClusterIP and by protocol (see the module docs).
-pub fn transparent_outbound(by_port: &BTreeMap<u16, Vec<&PortOutput>>) -> Listener {
+pub fn transparent_outbound(
+    by_port: &BTreeMap<u16, Vec<&PortOutput>>,
+    telemetry: &Telemetry,
+) -> Listener {
     let mut chains = Vec::new();
     let (mut sniffed, mut with_sni) = (Vec::new(), Vec::new());
     for (port, outs) in by_port {
@@ -69,22 +79,19 @@ pub fn transparent_outbound(by_port: &BTreeMap<u16, Vec<&PortOutput>>) -> Listen
                 &format!("outbound_{port}"),
                 &route_config,
                 Some(matched),
+                telemetry,
             ));
         }
+        // ClusterIPs of undeclared ports: one HTTP chain for all of them (the route table
+        // is the port's), taken when the first bytes are HTTP.
+        let mut sniffed_ips = Vec::new();
         for out in outs {
             let (Some(ip), Some(tcp)) = (out.cluster_ip.as_deref(), &out.tcp) else {
                 continue;
             };
             let at = format!("{port}_{ip}");
             if out.protocol == Protocol::Detect {
-                let mut matched = chain_match(port, &[ip]);
-                matched.application_protocols = vec!["http/1.1".into(), "h2c".into()];
-                chains.push(http_chain(
-                    &format!("outbound_{at}_http"),
-                    &route_config,
-                    Some(matched),
-                ));
-                sniffed.push(port);
+                sniffed_ips.push(ip);
             }
             for (i, (hosts, split)) in tcp.by_sni.iter().enumerate() {
                 let mut matched = chain_match(port, &[ip]);
@@ -93,12 +100,14 @@ pub fn transparent_outbound(by_port: &BTreeMap<u16, Vec<&PortOutput>>) -> Listen
                     &format!("outbound_{at}_sni{i}"),
                     split,
                     Some(matched),
+                    telemetry,
                 ));
             }
             chains.push(tcp_chain(
                 &format!("outbound_{at}"),
                 &tcp.default,
                 Some(chain_match(port, &[ip])),
+                telemetry,
             ));
             if out.protocol == Protocol::Tls {
                 // A TLS client that reached the Service by another address still names it.
@@ -111,12 +120,24 @@ pub fn transparent_outbound(by_port: &BTreeMap<u16, Vec<&PortOutput>>) -> Listen
                     &format!("outbound_{at}_by_name"),
                     &tcp.default,
                     Some(matched),
+                    telemetry,
                 ));
                 with_sni.push(port);
             }
             if !tcp.by_sni.is_empty() {
                 with_sni.push(port);
             }
+        }
+        if !sniffed_ips.is_empty() {
+            let mut matched = chain_match(port, &sniffed_ips);
+            matched.application_protocols = vec!["http/1.1".into(), "h2c".into()];
+            chains.push(http_chain(
+                &format!("outbound_{port}_http"),
+                &route_config,
+                Some(matched),
+                telemetry,
+            ));
+            sniffed.push(port);
         }
     }
     let mut listener_filters = vec![original_dst()];
@@ -139,13 +160,12 @@ pub fn transparent_outbound(by_port: &BTreeMap<u16, Vec<&PortOutput>>) -> Listen
         listener_filters_timeout: inspecting.then_some(DETECTION_TIMEOUT),
         continue_on_listener_filters_timeout: inspecting,
         filter_chains: chains,
-        default_filter_chain: Some(
-            TcpChain::to("passthrough", names::PASSTHROUGH_CLUSTER).build(
-                "passthrough",
-                None,
-                None,
-            ),
-        ),
+        default_filter_chain: Some(tcp_chain(
+            "passthrough",
+            &vec![(names::PASSTHROUGH_CLUSTER.to_string(), 100)],
+            None,
+            telemetry,
+        )),
         ..Default::default()
     }
 }
@@ -166,19 +186,31 @@ fn chain_match(port: u16, ips: &[&str]) -> FilterChainMatch {
 }
 
 /// An outbound HTTP chain: routes from the table `route_config`, with the shaping filters
-/// (fault injection, local rate limits) before the router.
-fn http_chain(name: &str, route_config: &str, matched: Option<FilterChainMatch>) -> FilterChain {
+/// (fault injection, local rate limits) before the router; reports as the source.
+fn http_chain(
+    name: &str,
+    route_config: &str,
+    matched: Option<FilterChainMatch>,
+    telemetry: &Telemetry,
+) -> FilterChain {
     HttpChain::new(name, Routes::Rds(route_config.into()))
         .filters(shaping::outbound_http_filters())
         .normalize_path()
+        .telemetry(
+            telemetry::http_logs(Side::Outbound, telemetry, &[], None),
+            telemetry::tracing(Side::Outbound, telemetry),
+        )
         .build(name, matched, None)
 }
 
-/// An outbound TCP chain splitting connections over `split`.
+/// An outbound TCP chain splitting connections over `split`; reports as the source.
 fn tcp_chain(
     name: &str,
     split: &WeightedClusters,
     matched: Option<FilterChainMatch>,
+    telemetry: &Telemetry,
 ) -> FilterChain {
-    TcpChain::new(name, split).build(name, matched, None)
+    TcpChain::new(name, split)
+        .telemetry(telemetry::tcp_logs(Side::Outbound, telemetry, &[], None))
+        .build(name, matched, None)
 }

@@ -18,11 +18,13 @@ use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 use super::shaping;
 use crate::binding::{BoundBackend, PortRoutes, Resolution};
 use crate::index::ObjectKey;
+use crate::mesh::{SOURCE_NAMESPACE_HEADER, SOURCE_WORKLOAD_HEADER};
 use crate::names;
 use crate::protocol::Protocol;
 use crate::routing::{HeaderEdits, HttpMatch, HttpRule, NamedMatch, PathMatch, ValueMatch};
 use crate::translate::chain::catch_all_virtual_host;
 use crate::translate::pb::{self, duration as pb_duration, NO_TIMEOUT};
+use crate::translate::telemetry;
 
 /// Retry conditions when a policy asks for retries without saying on what.
 const DEFAULT_RETRY_ON: &str = "5xx,connect-failure,refused-stream,reset";
@@ -118,6 +120,11 @@ pub fn route_configuration(name: &str, virtual_hosts: Vec<VirtualHost>) -> Route
         virtual_hosts,
         // Clusters arrive over the same stream; never reject routes for a missing one.
         validate_clusters: Some(pb::boolv(false)),
+        // The caller's workload for the server's sidecar (see translate::telemetry)...
+        request_headers_to_add: telemetry::source_headers(),
+        // ...which the passthrough virtual host removes again: the more specific edits
+        // apply last.
+        most_specific_header_mutations_wins: true,
         ..Default::default()
     }
 }
@@ -260,7 +267,13 @@ fn grpc_path(service: Option<&str>, method: Option<&str>, is_regex: bool) -> Pat
 /// The last virtual host of a transparent-mode route table: requests to a mesh address
 /// whose Host names no Service go on to their original destination, untouched.
 pub fn passthrough_virtual_host() -> VirtualHost {
-    catch_all_virtual_host("passthrough", names::PASSTHROUGH_CLUSTER)
+    let mut host = catch_all_virtual_host("passthrough", names::PASSTHROUGH_CLUSTER);
+    // Outside the mesh nobody reads them: the caller's workload stays inside.
+    host.request_headers_to_remove = vec![
+        SOURCE_WORKLOAD_HEADER.into(),
+        SOURCE_NAMESPACE_HEADER.into(),
+    ];
+    host
 }
 
 /// A condition on one header.
