@@ -316,6 +316,16 @@ spec:
             .collect()
     }
 
+    /// One TCP connection from `side` to `host:port` sending [`TCP_LINE`]; the answer.
+    fn tcp(&self, side: Side, host: &str, port: &str) -> String {
+        let out = self
+            .net
+            .command(side, &[PYTHON, &self.app, "tcp", host, port, TCP_LINE])
+            .output()
+            .expect("tcp client");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// Polls the instant query until `check` accepts its samples; panics with the last
     /// ones (or the error) otherwise.
     fn until(
@@ -378,13 +388,7 @@ fn golden_metrics_access_logs_and_traces_from_real_sidecars() {
     for host in ["a.example", "b.example", "c.example"] {
         fx.get(web, 1, &format!("http://{API_IP}:8080/"), Some(host));
     }
-    let echo = fx
-        .net
-        .command(web, &[PYTHON, &fx.app, "tcp", API, "7000", TCP_LINE])
-        .output()
-        .expect("tcp client");
-    let answer = String::from_utf8_lossy(&echo.stdout).trim().to_string();
-    assert_eq!(answer, format!("api: {TCP_LINE}"));
+    assert_eq!(fx.tcp(web, API, "7000"), format!("api: {TCP_LINE}"));
 
     // Requests as the server's sidecar saw them, by caller, exactly as sent: 20 + 1 served,
     // 5 denied, 3 attempts of the retried request.
@@ -429,20 +433,7 @@ fn golden_metrics_access_logs_and_traces_from_real_sidecars() {
         1.0,
     );
 
-    // Request rate by caller, success rate by Service, p99 from the histogram.
-    let rates = fx.until(
-        r#"sum by (source_workload) (rate(weir_requests_total{reporter="destination"}[1m]))"#,
-        |s| {
-            s.iter()
-                .any(|s| s.label("source_workload") == "web" && s.value > 0.0)
-        },
-    );
-    assert!(
-        rates
-            .iter()
-            .all(|s| ["web", "api"].contains(&s.label("source_workload"))),
-        "{rates:?}"
-    );
+    // Success rate by Service.
     let success = |svc: &str, want: f64| {
         fx.equals(
             &format!(r#"sum(weir_requests_total{{reporter="source",destination_service="{svc}",response_code!~"5.."}}) / sum(weir_requests_total{{reporter="source",destination_service="{svc}"}})"#),
@@ -455,11 +446,6 @@ fn golden_metrics_access_logs_and_traces_from_real_sidecars() {
         &format!(r#"sum(weir_requests_total{{reporter="source",destination_service="{BROKEN}",response_code="503",response_flags="UH"}})"#),
         3.0,
     );
-    let p99 = fx.until(
-        &format!(r#"histogram_quantile(0.99, sum by (le) (rate(weir_request_duration_milliseconds_bucket{{reporter="destination",destination_service="{API}"}}[1m])))"#),
-        |s| s.len() == 1 && s[0].value.is_finite(),
-    );
-    assert!((0.0..=10_000.0).contains(&p99[0].value), "{p99:?}");
     fx.equals(
         &format!(r#"sum(weir_request_duration_milliseconds_count{{reporter="destination",destination_service="{API}",source_workload="web"}})"#),
         29.0,
@@ -498,6 +484,39 @@ fn golden_metrics_access_logs_and_traces_from_real_sidecars() {
         &format!(r#"sum(weir_tcp_received_bytes_total{{reporter="source",source_workload="web",destination_service="{API}",connection_security_policy="mutual_tls"}})"#),
         (TCP_LINE.len() + 1) as f64,
     );
+
+    // Rates: Prometheus saw each series first with the counts above (a sidecar exports
+    // only what was updated), so rates need a second wave of the same traffic.
+    assert_eq!(all(fx.get(web, 10, &api_url("/hello"), None), "200"), 10);
+    assert_eq!(all(fx.get(web, 1, &api_url("/admin"), None), "403"), 1);
+    assert_eq!(
+        all(
+            fx.get(web, 2, &format!("http://{BROKEN}:8080/"), None),
+            "503"
+        ),
+        2
+    );
+    assert_eq!(all(fx.get(web, 1, &call, None), "200"), 1);
+    assert_eq!(fx.tcp(web, API, "7000"), format!("api: {TCP_LINE}"));
+    // Request rate by caller, p99 from the histogram.
+    let rates = fx.until(
+        r#"sum by (source_workload) (rate(weir_requests_total{reporter="destination"}[1m]))"#,
+        |s| {
+            s.iter()
+                .any(|s| s.label("source_workload") == "web" && s.value > 0.0)
+        },
+    );
+    assert!(
+        rates
+            .iter()
+            .all(|s| ["web", "api"].contains(&s.label("source_workload"))),
+        "{rates:?}"
+    );
+    let p99 = fx.until(
+        &format!(r#"histogram_quantile(0.99, sum by (le) (rate(weir_request_duration_milliseconds_bucket{{reporter="destination",destination_service="{API}"}}[1m])))"#),
+        |s| s.len() == 1 && s[0].value.is_finite(),
+    );
+    assert!((0.0..=10_000.0).contains(&p99[0].value), "{p99:?}");
 
     // Access logs (Envoy writes its log files out every few seconds): errors only by
     // default (no 200 on web's or api's sidecar), every request on db's (its annotation

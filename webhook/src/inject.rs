@@ -179,8 +179,19 @@ pub fn decide(
     }
 }
 
-/// Injects a pod the caller decided to inject.
+/// Injects a pod the caller decided to inject; its workload (what telemetry names it by)
+/// is its owner's (see `weir_core::owner`).
 pub fn inject(pod: &Pod, namespace: &str, config: &MeshConfig) -> Injection {
+    inject_as(
+        pod,
+        namespace,
+        config,
+        &weir_core::owner::workload_name(&pod.metadata),
+    )
+}
+
+/// As [`inject`], for a pod of `workload` (a pod template: the object that holds it).
+pub fn inject_as(pod: &Pod, namespace: &str, config: &MeshConfig, workload: &str) -> Injection {
     let (overrides, mut warnings) = annotations::parse(
         pod.metadata
             .annotations
@@ -198,14 +209,13 @@ pub fn inject(pod: &Pod, namespace: &str, config: &MeshConfig) -> Injection {
         .clone()
         .filter(|sa| !sa.is_empty())
         .unwrap_or_else(|| "default".into());
-    let workload = weir_core::owner::workload_name(&pod.metadata);
     let proxy = proxy_container(
         config,
         &overrides,
         Identity {
             namespace,
             service_account: &service_account,
-            workload: &workload,
+            workload,
         },
         probes,
         grpc_probes,
@@ -492,6 +502,9 @@ fn proxy_container(
             "--concurrency".into(),
             concurrency,
             "--disable-hot-restart".into(),
+            // The access log reaches `kubectl logs` within a second (Envoy's default: 10 s).
+            "--file-flush-interval-msec".into(),
+            "1000".into(),
         ]),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),

@@ -8,7 +8,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
-use crate::inject::{decide, inject, MeshConfig};
+use crate::inject::{decide, inject, inject_as, MeshConfig};
 
 /// A manifest that cannot be injected.
 #[derive(Debug, thiserror::Error)]
@@ -109,7 +109,12 @@ fn inject_document(
         ));
         return Ok(doc);
     }
-    let injection = inject(&pod, &namespace, config);
+    // A template's pods belong to the object that holds it, named as users name it.
+    let injection = if path.is_empty() {
+        inject(&pod, &namespace, config)
+    } else {
+        inject_as(&pod, &namespace, config, &name)
+    };
     warnings.extend(
         injection
             .warnings

@@ -149,7 +149,7 @@ impl ProxyTelemetry {
 /// Envoy's own statistics a sidecar keeps (everything else is never created, which is
 /// most of the per-cluster statistics of a large mesh): the mesh's request and
 /// connection metrics, server and xDS health, listener and connection-manager totals,
-/// and per cluster only what explains a failure (ejections, overflows, retries,
+/// authorization (the RBAC filters' counters), and per cluster only what explains a failure (ejections, overflows, retries,
 /// timeouts, connect failures, membership) and the upstream protocol in use.
 fn stats_matcher() -> Value {
     let prefixes = [
@@ -184,6 +184,8 @@ fn stats_matcher() -> Value {
         "membership_total",
     ];
     let mut patterns: Vec<Value> = prefixes.iter().map(|p| json!({"prefix": p})).collect();
+    // Connection authorization: the network RBAC filters of inbound ports.
+    patterns.push(json!({"safe_regex": {"regex": "^inbound_[0-9]+\\.rbac\\..*"}}));
     patterns.push(
         json!({"safe_regex": {"regex": format!("^cluster\\..*\\.({})$", per_cluster.join("|"))}}),
     );
@@ -298,7 +300,8 @@ pub fn bootstrap(params: &BootstrapParams) -> Result<Value, BootstrapError> {
             "stats_matcher": stats_matcher(),
             // Request and response sizes: decades from 1 byte to 10 MB.
             "histogram_bucket_settings": [{
-                "match": {"safe_regex": {"regex": "^weir\\.(request|response)_bytes"}},
+                // The whole name, labels included (`weir.request_bytes.reporter.source...`).
+                "match": {"safe_regex": {"regex": "^weir\\.(request|response)_bytes(\\..*)?$"}},
                 "buckets": [1, 10, 100, 1000, 10_000, 100_000, 1_000_000, 10_000_000],
             }],
         },
@@ -395,14 +398,13 @@ fn static_resources(params: &BootstrapParams) -> Result<Value, BootstrapError> {
                 vec![route],
             ));
         }
+        // Only the statistics something updated: a sidecar that never called most of the
+        // mesh's Services exports none of their clusters' counters.
+        let used_only = format!("{}?usedonly", mesh::PROMETHEUS_PATH);
         listeners.push(http_listener(
             "prometheus",
             sidecar.prometheus_port,
-            vec![route(
-                mesh::PROMETHEUS_PATH,
-                ADMIN_CLUSTER,
-                mesh::PROMETHEUS_PATH,
-            )],
+            vec![route(mesh::PROMETHEUS_PATH, ADMIN_CLUSTER, &used_only)],
         ));
     }
     Ok(json!({"clusters": clusters, "listeners": listeners}))

@@ -431,8 +431,14 @@ impl Jaeger {
 }
 
 async fn prometheus_text(admin: u16) -> Result<String> {
+    prometheus_text_query(admin, "").await
+}
+
+/// As [`prometheus_text`], with a query string (`?usedonly`: what the sidecar's
+/// Prometheus port serves).
+async fn prometheus_text_query(admin: u16, query: &str) -> Result<String> {
     let url = format!(
-        "http://127.0.0.1:{admin}{}",
+        "http://127.0.0.1:{admin}{}{query}",
         weir_core::mesh::PROMETHEUS_PATH
     );
     let resp = reqwest::get(&url).await?;
@@ -578,17 +584,42 @@ async fn cpu(lines: &mut Vec<serde_json::Value>) -> Result<()> {
         println!("  (not exactly one destination and one response code: the figure is not per pair and is not recorded)");
     } else {
         lines.push(serde_json::json!({"run": "telemetry", "measure": "mesh metric series per (destination, response code)", "goal": "reported", "figure": weir.len(), "unit": "series"}));
+        // The byte histograms' buckets against what the sidecar's stats_config asks for.
+        let config: serde_json::Value = serde_json::from_str(&sidecar_stats_config()?)?;
+        let asked = config["stats_config"]["histogram_bucket_settings"][0]["buckets"]
+            .as_array()
+            .map(Vec::len);
+        let buckets = |metric: &str| {
+            weir.iter()
+                .filter(|l| l.starts_with(&format!("{metric}_bucket{{")))
+                .filter(|l| !l.contains("le=\"+Inf\""))
+                .count()
+        };
+        let (request, response) = (
+            buckets("envoy_weir_request_bytes"),
+            buckets("envoy_weir_response_bytes"),
+        );
+        match asked {
+            Some(asked) if asked == request && asked == response => println!(
+                "  byte histograms: {asked} buckets each, as the sidecar's histogram_bucket_settings ask"
+            ),
+            Some(asked) => println!(
+                "  byte histograms: request {request}, response {response} buckets; the sidecar's histogram_bucket_settings ask for {asked}: NOT applied"
+            ),
+            None => println!("  byte histograms: request {request}, response {response} buckets (the sidecar bootstrap sets no bucket settings)"),
+        }
     }
     Ok(())
 }
 
-/// RSS (KiB) and Prometheus series of one Envoy from `bootstrap` (JSON), fed the mesh at
-/// `xds`, once every cluster is warm.
+/// RSS (KiB) and Prometheus series (all, and those updated: what the sidecar's port
+/// serves) of one Envoy from `bootstrap` (JSON), fed the mesh at `xds`, once every
+/// cluster is warm.
 async fn sidecar(
     mut bootstrap: serde_json::Value,
     params: &BootstrapParams,
     trimmed: bool,
-) -> Result<(u64, usize)> {
+) -> Result<(u64, usize, usize)> {
     if !trimmed {
         bootstrap
             .as_object_mut()
@@ -621,8 +652,9 @@ async fn sidecar(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = proc_status_kib(envoy.pid().context("Envoy has no pid")?, "VmRSS")?;
     let n = series(&prometheus_text(envoy.admin_port).await?).count();
+    let served = series(&prometheus_text_query(envoy.admin_port, "?usedonly").await?).count();
     envoy.stop().await;
-    Ok((rss, n))
+    Ok((rss, n, served))
 }
 
 async fn series_and_memory(lines: &mut Vec<serde_json::Value>) -> Result<()> {
@@ -647,26 +679,29 @@ async fn series_and_memory(lines: &mut Vec<serde_json::Value>) -> Result<()> {
         };
         let params = sidecar_params(node, mesh.plane.xds_addr);
         let bootstrap = weir_core::bootstrap::bootstrap(&params)?;
-        let (rss, n) = sidecar(bootstrap, &params, trimmed).await?;
+        let (rss, n, served) = sidecar(bootstrap, &params, trimmed).await?;
         let what = if trimmed {
             "sidecar bootstrap (trimmed statistics)"
         } else {
             "without stats_config (all of Envoy's statistics)"
         };
         println!(
-            "  {what:<48} RSS {:6.1} MiB, {n:>7} series",
+            "  {what:<48} RSS {:6.1} MiB, {n:>7} series ({served} updated, what port 15090 serves)",
             rss as f64 / 1024.0
         );
+        if trimmed {
+            lines.push(serde_json::json!({"run": "telemetry", "measure": format!("sidecar Prometheus series served (usedonly), {SERVICES} Services, no traffic"), "goal": "reported", "figure": served, "unit": "series"}));
+        }
         figures.push((rss as f64 / 1024.0, n));
     }
     mesh.plane.stop().await;
     let ((rss_trim, n_trim), (rss_full, n_full)) = (figures[0], figures[1]);
     let saved_mib = rss_full - rss_trim;
-    let saved_series = n_full as f64 - n_trim as f64;
+    let saved_series = n_full as i64 - n_trim as i64;
     println!(
-        "  saving: {saved_mib:.1} MiB ({:.0} % of RSS), {saved_series:.0} series ({:.1} % of them)",
+        "  saving: {saved_mib:.1} MiB ({:.0} % of RSS), {saved_series} series ({:.1} % of them)",
         100.0 * saved_mib / rss_full,
-        100.0 * saved_series / n_full as f64
+        100.0 * saved_series as f64 / n_full as f64
     );
     let m = |what: &str| format!("{what}, {SERVICES} Services");
     lines.push(serde_json::json!({"run": "telemetry", "measure": m("sidecar RSS, trimmed statistics"), "goal": "reported", "figure": rss_trim, "unit": "MiB"}));

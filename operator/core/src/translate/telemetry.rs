@@ -237,13 +237,6 @@ impl Label {
         }
     }
 
-    /// The value of `format`, empty when Envoy does not know it: the scrape configuration
-    /// names empty values `unknown` (one rule there rather than one in every chain of
-    /// every sidecar).
-    fn known(name: &'static str, format: impl Into<String>) -> Label {
-        Label::plain(name, format)
-    }
-
     /// A fixed value.
     fn fixed(name: &'static str, value: &str) -> Label {
         // A format string without operators is its text (a `%` would start one).
@@ -317,18 +310,19 @@ enum Traffic {
 }
 
 /// The labels of a request or connection seen from `side` (see the module docs and the
-/// README's table).
+/// README's table). A value Envoy does not know is empty: the scrape configuration names
+/// it `unknown` (one rule there rather than one in every chain of every sidecar); rules
+/// here only keep out what would be unbounded (addresses, content types).
 fn labels(side: Side, traffic: Traffic, served: &ServedPorts) -> Vec<Label> {
-    let own_workload = Label::known("", env(WORKLOAD_ENV));
-    let own_namespace = Label::known("", env(WORKLOAD_NAMESPACE_ENV));
-    let named = |l: Label, name: &'static str| Label { name, ..l };
-    let mut out = Vec::with_capacity(17);
+    let own_workload = env(WORKLOAD_ENV);
+    let own_namespace = env(WORKLOAD_NAMESPACE_ENV);
+    let mut out = Vec::with_capacity(16);
     match side {
         Side::Outbound => {
             out.push(Label::fixed("reporter", "source"));
-            out.push(named(own_workload, "source_workload"));
-            out.push(named(own_namespace, "source_namespace"));
-            out.push(Label::known("source_principal", "%UPSTREAM_LOCAL_URI_SAN%"));
+            out.push(Label::plain("source_workload", own_workload));
+            out.push(Label::plain("source_namespace", own_namespace));
+            out.push(Label::plain("source_principal", "%UPSTREAM_LOCAL_URI_SAN%"));
             // The endpoint's host name is its pod's workload (see `endpoint_hostname`);
             // an address (ip:port, outside the mesh) is no workload.
             out.push(Label {
@@ -340,20 +334,20 @@ fn labels(side: Side, traffic: Traffic, served: &ServedPorts) -> Vec<Label> {
             });
             let cluster = |key: &str| format!("%CLUSTER_METADATA({METADATA_NAMESPACE}:{key})%");
             // A Service's pods are in its namespace.
-            out.push(Label::known(
+            out.push(Label::plain(
                 "destination_namespace",
                 cluster("service_namespace"),
             ));
-            out.push(Label::known(
+            out.push(Label::plain(
                 "destination_principal",
                 "%UPSTREAM_PEER_URI_SAN%",
             ));
-            out.push(Label::known("destination_service", cluster("service")));
-            out.push(Label::known(
+            out.push(Label::plain("destination_service", cluster("service")));
+            out.push(Label::plain(
                 "destination_service_name",
                 cluster("service_name"),
             ));
-            out.push(Label::known(
+            out.push(Label::plain(
                 "destination_service_namespace",
                 cluster("service_namespace"),
             ));
@@ -372,11 +366,11 @@ fn labels(side: Side, traffic: Traffic, served: &ServedPorts) -> Vec<Label> {
             // a plaintext caller could write anything, so it is not asked.
             let header = |h: &str| format!("%REQ({h}):63%");
             if mesh && traffic == Traffic::Http {
-                out.push(Label::known(
+                out.push(Label::plain(
                     "source_workload",
                     header(SOURCE_WORKLOAD_HEADER),
                 ));
-                out.push(Label::known(
+                out.push(Label::plain(
                     "source_namespace",
                     header(SOURCE_NAMESPACE_HEADER),
                 ));
@@ -385,17 +379,17 @@ fn labels(side: Side, traffic: Traffic, served: &ServedPorts) -> Vec<Label> {
                 out.push(Label::fixed("source_namespace", UNKNOWN));
             }
             if mesh {
-                out.push(Label::known(
+                out.push(Label::plain(
                     "source_principal",
                     "%DOWNSTREAM_PEER_URI_SAN%",
                 ));
             } else {
                 out.push(Label::fixed("source_principal", UNKNOWN));
             }
-            out.push(named(own_workload, "destination_workload"));
-            out.push(named(own_namespace, "destination_namespace"));
+            out.push(Label::plain("destination_workload", own_workload));
+            out.push(Label::plain("destination_namespace", own_namespace));
             if mesh {
-                out.push(Label::known(
+                out.push(Label::plain(
                     "destination_principal",
                     "%DOWNSTREAM_LOCAL_URI_SAN%",
                 ));
