@@ -144,3 +144,30 @@ pub fn spawn_local_operator(
         .context("starting weir-operator")?;
     Ok((operator, xds, admin))
 }
+
+/// Whether the Go-built binaries `names` are in `dir` (e.g. `kube::bin_dir()`): in CI
+/// their absence is a failure, elsewhere a skip of `test` that says to run `make
+/// <target>`.
+pub fn built_binaries(test: &str, dir: Result<PathBuf>, names: &[&str], target: &str) -> bool {
+    let missing: Vec<String> = match dir {
+        Ok(dir) => names
+            .iter()
+            .filter(|b| !dir.join(b).exists())
+            .map(|b| dir.join(b).display().to_string())
+            .collect(),
+        Err(err) => vec![err.to_string()],
+    };
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "{} missing: run `make {target}` (needs Go)",
+        missing.join(", ")
+    );
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} cannot run in CI: {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    false
+}

@@ -51,29 +51,17 @@ pub fn bin_dir() -> Result<PathBuf> {
 /// Whether the binaries are built; in CI their absence is a failure, elsewhere a skip
 /// that says how to build them.
 pub fn can_run(test: &str) -> bool {
-    let missing: Vec<String> = match bin_dir() {
-        Ok(dir) => [
+    crate::bins::built_binaries(
+        test,
+        bin_dir(),
+        &[
             "etcd",
             "kube-apiserver",
             "kube-controller-manager",
             "kubectl",
-        ]
-        .iter()
-        .filter(|b| !dir.join(b).exists())
-        .map(|b| dir.join(b).display().to_string())
-        .collect(),
-        Err(err) => vec![err.to_string()],
-    };
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!("{} missing: run `make k8s` (needs Go)", missing.join(", "));
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} cannot run in CI: {why}"
-    );
-    eprintln!("SKIPPED {test}: {why}");
-    false
+        ],
+        "k8s",
+    )
 }
 
 /// The test CA: it signs the API server's serving certificate, client certificates and

@@ -45,27 +45,7 @@ pub fn bin_dir() -> Result<PathBuf> {
 /// Whether Prometheus and Jaeger are built; in CI their absence is a failure, elsewhere a
 /// skip that says how to build them.
 pub fn can_run(test: &str) -> bool {
-    let missing: Vec<String> = match bin_dir() {
-        Ok(dir) => ["prometheus", "jaeger"]
-            .iter()
-            .filter(|b| !dir.join(b).exists())
-            .map(|b| dir.join(b).display().to_string())
-            .collect(),
-        Err(err) => vec![err.to_string()],
-    };
-    if missing.is_empty() {
-        return true;
-    }
-    let why = format!(
-        "{} missing: run `make telemetry` (needs Go)",
-        missing.join(", ")
-    );
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} cannot run in CI: {why}"
-    );
-    eprintln!("SKIPPED {test}: {why}");
-    false
+    crate::bins::built_binaries(test, bin_dir(), &["prometheus", "jaeger"], "telemetry")
 }
 
 /// A file of the repository, e.g. `config/observability/prometheus-scrape.yaml`.

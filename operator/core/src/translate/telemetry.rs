@@ -488,6 +488,14 @@ fn stats_log(config: StatsConfig, filter: Option<AccessLogFilter>) -> AccessLog 
     }
 }
 
+/// The tags of every stat of a chain.
+fn tags(side: Side, traffic: Traffic, served: &ServedPorts) -> Vec<stats::Tag> {
+    labels(side, traffic, served)
+        .iter()
+        .map(Label::tag)
+        .collect()
+}
+
 /// The access logs of an HTTP connection manager on `side`: request metrics, then the JSON
 /// log (with `denials`: what counts as a denial on this chain).
 pub fn http_logs(
@@ -496,10 +504,7 @@ pub fn http_logs(
     served: &ServedPorts,
     denials: Option<AccessLogFilter>,
 ) -> Vec<AccessLog> {
-    let tags: Vec<stats::Tag> = labels(side, Traffic::Http, served)
-        .iter()
-        .map(Label::tag)
-        .collect();
+    let tags = tags(side, Traffic::Http, served);
     let metrics = StatsConfig {
         stats_scope: Some(scope()),
         counters: vec![counter("requests_total", &tags, None)],
@@ -543,10 +548,7 @@ pub fn tcp_logs(
     served: &ServedPorts,
     denials: Option<AccessLogFilter>,
 ) -> Vec<AccessLog> {
-    let tags: Vec<stats::Tag> = labels(side, Traffic::Tcp, served)
-        .iter()
-        .map(Label::tag)
-        .collect();
+    let tags = tags(side, Traffic::Tcp, served);
     let opened = StatsConfig {
         stats_scope: Some(scope()),
         counters: vec![counter("tcp_connections_opened_total", &tags, None)],
