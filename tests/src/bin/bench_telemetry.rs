@@ -179,10 +179,19 @@ fn static_bootstrap(
         .normalize_path();
     let mut clusters = vec![cluster];
     if let Some(telemetry) = telemetry {
-        chain = chain.telemetry(
-            tel::http_logs(Side::Outbound, telemetry, &[], None),
-            tel::tracing(Side::Outbound, telemetry),
-        );
+        // WEIR_BENCH_TELEMETRY_PARTS (metrics,log,tracing; all by default) measures the
+        // parts apart.
+        let parts = std::env::var("WEIR_BENCH_TELEMETRY_PARTS")
+            .unwrap_or_else(|_| "metrics,log,tracing".into());
+        let mut logs = tel::http_logs(Side::Outbound, telemetry, &[], None);
+        if !parts.contains("log") {
+            logs.pop();
+        }
+        if !parts.contains("metrics") {
+            logs.remove(0);
+        }
+        let tracing = tel::tracing(Side::Outbound, telemetry).filter(|_| parts.contains("tracing"));
+        chain = chain.telemetry(logs, tracing);
         clusters.extend(tel::tracing_cluster(telemetry));
     }
     Bootstrap {
@@ -491,7 +500,11 @@ async fn cpu(lines: &mut Vec<serde_json::Value>) -> Result<()> {
     let mut runs: BTreeMap<bool, Vec<Run>> = BTreeMap::new();
     let mut traces: Option<usize> = None;
     let mut weir_series: Option<Vec<String>> = None;
-    for (i, on) in [false, true, false, true].into_iter().enumerate() {
+    // Off and on interleaved, WEIR_BENCH_TELEMETRY_PAIRS times (the machine's noise
+    // shows as much between runs as between the variants).
+    let pairs = env_usize("WEIR_BENCH_TELEMETRY_PAIRS", 3);
+    let order = (0..pairs).flat_map(|_| [false, true]);
+    for (i, on) in order.enumerate() {
         let dir = scratch_dir(&format!("bench-telemetry-{i}"));
         let (port, admin) = (free_port(), free_port());
         let bootstrap = static_bootstrap(port, admin, backend.addr, on.then_some(&telemetry));
@@ -540,7 +553,7 @@ async fn cpu(lines: &mut Vec<serde_json::Value>) -> Result<()> {
     let (rss_off, rss_on) = (figure(false, |r| r.rss_mib), figure(true, |r| r.rss_mib));
     let ratio = cpu_on / cpu_off;
     println!(
-        "  mean of 2: CPU off {cpu_off:.1} %, on {cpu_on:.1} % (on / off x{ratio:.2}, goal <= 1.10); RSS off {rss_off:.1} MiB, on {rss_on:.1} MiB"
+        "  mean of {pairs}: CPU off {cpu_off:.1} %, on {cpu_on:.1} % (on / off x{ratio:.2}, goal <= 1.10); RSS off {rss_off:.1} MiB, on {rss_on:.1} MiB"
     );
     if let Some(n) = traces {
         println!("  traces Jaeger received from the two \"on\" runs: {n}");
@@ -718,6 +731,9 @@ async fn main() -> Result<()> {
     let mut lines = Vec::new();
     println!("Telemetry: sidecar CPU with and without telemetry (real Envoy 1.40, the outbound HTTP chain):");
     cpu(&mut lines).await?;
+    if std::env::var_os("WEIR_BENCH_TELEMETRY_CPU_ONLY").is_some() {
+        return Ok(());
+    }
     println!("Telemetry: series and memory per sidecar, {SERVICES} Services x 5 endpoints (explicit capture, delta ADS):");
     series_and_memory(&mut lines).await?;
     append_results(&lines)?;

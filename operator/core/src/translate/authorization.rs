@@ -50,10 +50,13 @@ use crate::mesh::{
     NETWORK_RBAC_FILTER, REPORTS_CLUSTER, TCP_GRPC_ACCESS_LOG,
 };
 use envoy_types::pb::envoy::config::accesslog::v3::{
-    access_log, access_log_filter::FilterSpecifier, extension_filter, AccessLog, AccessLogFilter,
-    ExtensionFilter, MetadataFilter, OrFilter,
+    access_log, access_log_filter::FilterSpecifier, comparison_filter, extension_filter, AccessLog,
+    AccessLogFilter, AndFilter, ComparisonFilter, ExtensionFilter, MetadataFilter, OrFilter,
+    StatusCodeFilter,
 };
-use envoy_types::pb::envoy::config::core::v3::{grpc_service, ApiVersion, GrpcService};
+use envoy_types::pb::envoy::config::core::v3::{
+    grpc_service, ApiVersion, GrpcService, RuntimeUInt32,
+};
 use envoy_types::pb::envoy::extensions::access_loggers::filters::cel::v3::ExpressionFilter;
 use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
     CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
@@ -667,9 +670,27 @@ pub fn denial_filter(kind: DenialLog) -> AccessLogFilter {
     };
     let mut any_of = vec![denied("shadow_engine_result")];
     match kind {
-        DenialLog::Http => any_of.push(cel(
-            "response.code_details.startsWith('rbac_access_denied')",
-        )),
+        // The expression only for a 403: it is evaluated for every request that ends.
+        DenialLog::Http => any_of.push(AccessLogFilter {
+            filter_specifier: Some(FilterSpecifier::AndFilter(AndFilter {
+                filters: vec![
+                    AccessLogFilter {
+                        filter_specifier: Some(FilterSpecifier::StatusCodeFilter(
+                            StatusCodeFilter {
+                                comparison: Some(ComparisonFilter {
+                                    op: comparison_filter::Op::Eq as i32,
+                                    value: Some(RuntimeUInt32 {
+                                        default_value: 403,
+                                        runtime_key: "weir.access_log.denied_status".into(),
+                                    }),
+                                }),
+                            },
+                        )),
+                    },
+                    cel("response.code_details.startsWith('rbac_access_denied')"),
+                ],
+            })),
+        }),
         // A peer the restricted handshake refused.
         DenialLog::Connection => any_of.push(cel("connection.transport_failure_reason != ''")),
     }
