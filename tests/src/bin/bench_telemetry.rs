@@ -556,7 +556,7 @@ async fn cpu(lines: &mut Vec<serde_json::Value>) -> Result<()> {
         "  mean of {pairs}: CPU off {cpu_off:.1} %, on {cpu_on:.1} % (on / off x{ratio:.2}, goal <= 1.10); RSS off {rss_off:.1} MiB, on {rss_on:.1} MiB"
     );
     if let Some(n) = traces {
-        println!("  traces Jaeger received from the two \"on\" runs: {n}");
+        println!("  traces Jaeger received from the \"on\" runs: {n}");
     }
     let cpu_measure = |what: &str| format!("sidecar CPU at {RATE} req/s, telemetry {what}");
     lines.push(serde_json::json!({"run": "telemetry", "measure": cpu_measure("off"), "goal": "reported", "figure": cpu_off, "unit": "% of a core"}));
