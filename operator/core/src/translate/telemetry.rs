@@ -538,7 +538,7 @@ pub fn http_logs(
         stats_log(metrics, None),
         json_log(
             json_fields(side, Traffic::Http),
-            logged(telemetry.access_log, errors),
+            Some(logged(telemetry.access_log, errors)),
         ),
     ]
 }
@@ -579,10 +579,7 @@ pub fn tcp_logs(
         stats_log(closed, Some(at_end.clone())),
         json_log(
             json_fields(side, Traffic::Tcp),
-            Some(all_of(vec![
-                at_end,
-                logged(telemetry.access_log, errors).unwrap_or_else(never),
-            ])),
+            Some(all_of(vec![at_end, logged(telemetry.access_log, errors)])),
         ),
     ]
 }
@@ -592,17 +589,13 @@ pub const TCP_FLUSH_ON_CONNECT: bool = true;
 
 /// Which entries the JSON log writes: every one where the pod's runtime (or the mesh
 /// default) says `all`, failed ones where it says `errors`.
-fn logged(default: AccessLogMode, errors: AccessLogFilter) -> Option<AccessLogFilter> {
+fn logged(default: AccessLogMode, errors: AccessLogFilter) -> AccessLogFilter {
     let (all, err) = default.runtime_percents();
     // Cheapest first for a healthy request: the status and flags fail, one runtime look-up.
-    Some(any_of(vec![
+    any_of(vec![
         all_of(vec![errors, runtime(ACCESS_LOG_ERRORS_RUNTIME, err)]),
         runtime(ACCESS_LOG_ALL_RUNTIME, all),
-    ]))
-}
-
-fn never() -> AccessLogFilter {
-    runtime(ACCESS_LOG_ALL_RUNTIME, 0)
+    ])
 }
 
 fn runtime(key: &str, percent: u32) -> AccessLogFilter {
