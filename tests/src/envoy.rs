@@ -24,6 +24,30 @@ pub struct Envoy {
     pub log: PathBuf,
 }
 
+/// How [`Envoy::start_from_with`] runs Envoy.
+#[derive(Debug, Clone)]
+pub struct EnvoyOptions {
+    /// Worker threads.
+    pub concurrency: u32,
+    /// Envoy's log level.
+    pub log_level: &'static str,
+    /// YAML merged over the bootstrap file (`--config-yaml`).
+    pub config_yaml: Option<String>,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for EnvoyOptions {
+    fn default() -> Self {
+        EnvoyOptions {
+            concurrency: 1,
+            log_level: "info",
+            config_yaml: None,
+            env: Vec::new(),
+        }
+    }
+}
+
 impl Envoy {
     /// Starts Envoy with a bootstrap for an explicit-capture proxy pointed at `xds_addr`,
     /// and waits until it is ready (its listeners and clusters arrived).
@@ -97,19 +121,31 @@ impl Envoy {
         outbound_port: u16,
         admin_port: u16,
     ) -> Result<Envoy> {
+        let options = EnvoyOptions::default();
+        Self::start_from_with(bootstrap, node_id, outbound_port, admin_port, &options).await
+    }
+
+    /// As [`Envoy::start_from`], with worker threads, configuration merged over the file
+    /// and an environment of its own (what a sidecar's container gives it).
+    pub async fn start_from_with(
+        bootstrap: &Path,
+        node_id: &str,
+        outbound_port: u16,
+        admin_port: u16,
+        options: &EnvoyOptions,
+    ) -> Result<Envoy> {
         let log = bootstrap.with_file_name("envoy.log");
-        let child = tokio::process::Command::new(envoy_bin()?)
-            .arg("-c")
-            .arg(bootstrap)
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                "1",
-                "--log-level",
-                "info",
-                "--log-path",
-            ])
+        let mut command = tokio::process::Command::new(envoy_bin()?);
+        command.arg("-c").arg(bootstrap);
+        if let Some(yaml) = &options.config_yaml {
+            command.arg("--config-yaml").arg(yaml);
+        }
+        let child = command
+            .args(["--disable-hot-restart", "--concurrency"])
+            .arg(options.concurrency.to_string())
+            .args(["--log-level", options.log_level, "--log-path"])
             .arg(&log)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -28,7 +28,7 @@ pub mod xds_client;
 
 pub use backend::{Backend, Behavior};
 pub use bins::*;
-pub use envoy::Envoy;
+pub use envoy::{Envoy, EnvoyOptions};
 pub use manifests::*;
 pub use mesh::*;
 pub use wait::*;

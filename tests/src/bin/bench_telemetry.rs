@@ -213,71 +213,25 @@ fn static_bootstrap(
     }
 }
 
-/// An Envoy of (a): `--concurrency 2`, the sidecar's environment (its workload), the
-/// sidecar's `stats_config` merged over the static bootstrap.
-struct Proxy {
-    child: tokio::process::Child,
-    pid: u32,
-    port: u16,
-    admin: u16,
-}
-
-impl Proxy {
-    async fn start(dir: &Path, bootstrap: &Bootstrap, port: u16, admin: u16) -> Result<Proxy> {
-        let path = dir.join("bootstrap.pb");
-        std::fs::write(&path, bootstrap.encode_to_vec())?;
-        let log = dir.join("envoy.log");
-        let mut child = tokio::process::Command::new(envoy_bin()?)
-            .arg("-c")
-            .arg(&path)
-            .arg("--config-yaml")
-            .arg(sidecar_stats_config()?)
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                "2",
-                "--log-level",
-                "warn",
-                "--log-path",
-            ])
-            .arg(&log)
-            .env(WORKLOAD_ENV, WORKLOAD)
-            .env(WORKLOAD_NAMESPACE_ENV, NAMESPACE)
-            .env(
-                weir_core::mesh::OTEL_RESOURCE_ATTRIBUTES_ENV,
+/// The Envoy of one CPU run: the static bootstrap written where it runs, two workers,
+/// the environment a sidecar's container gives it.
+async fn start_proxy(dir: &Path, bootstrap: &Bootstrap, port: u16, admin: u16) -> Result<Envoy> {
+    let path = dir.join("bootstrap.pb");
+    std::fs::write(&path, bootstrap.encode_to_vec())?;
+    let options = EnvoyOptions {
+        concurrency: 2,
+        log_level: "warn",
+        config_yaml: Some(sidecar_stats_config()?),
+        env: vec![
+            (WORKLOAD_ENV.into(), WORKLOAD.into()),
+            (WORKLOAD_NAMESPACE_ENV.into(), NAMESPACE.into()),
+            (
+                weir_core::mesh::OTEL_RESOURCE_ATTRIBUTES_ENV.into(),
                 format!("service.name={WORKLOAD}"),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting envoy")?;
-        let pid = child.id().context("Envoy has no pid")?;
-        let ready = eventually("Envoy to be ready", DEADLINE, || async {
-            let url = format!("http://127.0.0.1:{admin}/ready");
-            let resp = reqwest::get(&url).await.ok()?;
-            resp.status().is_success().then_some(())
-        })
-        .await;
-        if let Ok(Some(status)) = child.try_wait() {
-            bail!(
-                "envoy exited ({status}); log:\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        ready.with_context(|| std::fs::read_to_string(&log).unwrap_or_default())?;
-        Ok(Proxy {
-            child,
-            pid,
-            port,
-            admin,
-        })
-    }
-
-    async fn stop(mut self) {
-        let _ = self.child.kill().await;
-    }
+            ),
+        ],
+    };
+    Envoy::start_from_with(&path, "bench-telemetry", port, admin, &options).await
 }
 
 /// Requests answered during a load run.
@@ -334,23 +288,24 @@ struct Run {
 }
 
 /// Drives the load through `proxy`: warm-up, then CPU and RSS over the window.
-async fn measure(proxy: &Proxy) -> Result<Run> {
+async fn measure(proxy: &Envoy) -> Result<Run> {
+    let pid = proxy.pid().context("Envoy has no pid")?;
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks = start_load(proxy.port, counters.clone(), stop.clone());
+    let tasks = start_load(proxy.outbound_port, counters.clone(), stop.clone());
     tokio::time::sleep(WARM_UP).await;
     let (cpu0, t0, ok0) = (
-        cpu_time(proxy.pid)?,
+        cpu_time(pid)?,
         Instant::now(),
         counters.ok.load(Ordering::Relaxed),
     );
     tokio::time::sleep(WINDOW).await;
     let (cpu1, elapsed, ok1) = (
-        cpu_time(proxy.pid)?,
+        cpu_time(pid)?,
         t0.elapsed(),
         counters.ok.load(Ordering::Relaxed),
     );
-    let rss = proc_status_kib(proxy.pid, "VmRSS")?;
+    let rss = proc_status_kib(pid, "VmRSS")?;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await??;
@@ -508,7 +463,7 @@ async fn cpu(lines: &mut Vec<serde_json::Value>) -> Result<()> {
         let dir = scratch_dir(&format!("bench-telemetry-{i}"));
         let (port, admin) = (free_port(), free_port());
         let bootstrap = static_bootstrap(port, admin, backend.addr, on.then_some(&telemetry));
-        let proxy = Proxy::start(&dir, &bootstrap, port, admin).await?;
+        let proxy = start_proxy(&dir, &bootstrap, port, admin).await?;
         let before = match &jaeger {
             Ok(j) => Some(j.traces().await?),
             Err(_) => None,
@@ -530,7 +485,7 @@ async fn cpu(lines: &mut Vec<serde_json::Value>) -> Result<()> {
                 print!(", {n} traces in Jaeger");
                 *traces.get_or_insert(0) += n;
             }
-            let text = prometheus_text(proxy.admin).await?;
+            let text = prometheus_text(proxy.admin_port).await?;
             weir_series = Some(
                 series(&text)
                     .filter(|l| l.starts_with("envoy_weir_"))
