@@ -237,7 +237,7 @@ impl TcpChain {
     pub fn telemetry(mut self, logs: Vec<AccessLog>) -> TcpChain {
         self.proxy.access_log.extend(logs);
         self.proxy.access_log_options = Some(TcpAccessLogOptions {
-            flush_access_log_on_connected: super::telemetry::TCP_FLUSH_ON_CONNECT,
+            flush_access_log_on_connected: true,
             ..Default::default()
         });
         self

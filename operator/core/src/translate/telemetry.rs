@@ -545,7 +545,7 @@ pub fn http_logs(
 
 /// The access logs of a TCP proxy on `side`: connection metrics (opened when the upstream
 /// connection is made, the rest when it closes), then the JSON log of closed connections.
-/// The proxy must flush a log entry on connect: see [`TCP_FLUSH_ON_CONNECT`].
+/// The proxy must flush a log entry on connect (`TcpChain::telemetry` sets it).
 pub fn tcp_logs(
     side: Side,
     telemetry: &Telemetry,
@@ -583,9 +583,6 @@ pub fn tcp_logs(
         ),
     ]
 }
-
-/// TCP proxies log once when the upstream connection is made (the opened counter).
-pub const TCP_FLUSH_ON_CONNECT: bool = true;
 
 /// Which entries the JSON log writes: every one where the pod's runtime (or the mesh
 /// default) says `all`, failed ones where it says `errors`.
