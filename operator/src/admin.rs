@@ -12,6 +12,26 @@ use weir_core::views::proxies::ProxyView;
 use weir_core::ResourceType;
 
 use crate::mesh_state::MeshState;
+use crate::xds::proxies::ProxyRecord;
+use base64::Engine;
+
+/// A Secret's encoding with the private key of its certificate removed (what the debug
+/// views may show: private keys go to the proxy that owns them and nowhere else). What
+/// does not decode is not shown at all.
+fn without_private_key(encoded: &[u8]) -> Vec<u8> {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+    use prost::Message;
+    let Ok(mut secret) = Secret::decode(encoded) else {
+        return Vec::new();
+    };
+    if let Some(secret::Type::TlsCertificate(cert)) = &mut secret.r#type {
+        cert.private_key = None;
+        cert.private_key_provider = None;
+        cert.pkcs12 = None;
+        cert.password = None;
+    }
+    secret.encode_to_vec()
+}
 
 /// The admin routes.
 pub fn router(state: Arc<MeshState>) -> Router {
@@ -64,13 +84,48 @@ async fn status(State(state): State<Arc<MeshState>>) -> Response {
 }
 
 async fn proxies(State(state): State<Arc<MeshState>>) -> Response {
-    let proxies: Vec<ProxyView> = state.proxies.list().iter().map(|p| p.view()).collect();
+    let proxies: Vec<ProxyView> = state
+        .proxies
+        .list()
+        .iter()
+        .map(|p| proxy_view(&state, p))
+        .collect();
     Json(proxies).into_response()
+}
+
+/// A proxy's record with what only the mesh state knows: the versions its profile is
+/// served now (a proxy that ACKed an older one is stale) and its certificate's expiry.
+fn proxy_view(state: &MeshState, record: &ProxyRecord) -> ProxyView {
+    let mut view = record.view();
+    let snapshot = state.current(record.profile);
+    let secrets = state
+        .identity
+        .served_secrets(&record.namespace, &record.service_account);
+    for (short, type_state) in &mut view.types {
+        let Some(t) = ResourceType::ALL.into_iter().find(|t| t.short() == short) else {
+            continue;
+        };
+        type_state.latest_version = match (t, &secrets) {
+            (ResourceType::Secret, Some((s, _))) => Some(format!("{:016x}", s.version)),
+            (ResourceType::Secret, None) => None,
+            _ => Some(snapshot.version_string(t)),
+        };
+    }
+    view.certificate_expires_at = secrets.and_then(|(_, expiry)| {
+        expiry?
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_secs())
+    });
+    view
 }
 
 #[derive(Deserialize)]
 struct ConfigQuery {
     node: String,
+    /// Include each resource's encoded body.
+    #[serde(default)]
+    bodies: bool,
 }
 
 /// What the node is served now: per type, every resource with its version and size, and
@@ -87,19 +142,34 @@ async fn config(State(state): State<Arc<MeshState>>, Query(q): Query<ConfigQuery
             .into_response();
     };
     let snapshot = state.current(proxy.profile);
+    let secrets = state
+        .identity
+        .served_secrets(&proxy.namespace, &proxy.service_account)
+        .map(|(s, _)| s);
     let served = ResourceType::ALL
         .into_iter()
         .map(|t| {
-            let resources = snapshot
-                .of(t)
+            // Secrets are per workload identity, not in the profile's snapshot.
+            let (version, map) = match (t, &secrets) {
+                (ResourceType::Secret, Some(s)) => (format!("{:016x}", s.version), &s.resources),
+                _ => (snapshot.version_string(t), snapshot.of(t)),
+            };
+            let resources = map
                 .values()
                 .map(|r| ServedResource {
                     name: r.name.to_string(),
                     version: r.version_string(),
                     bytes: r.body.value.len(),
+                    body: q.bodies.then(|| {
+                        let bytes = if t == ResourceType::Secret {
+                            without_private_key(&r.body.value)
+                        } else {
+                            r.body.value.clone()
+                        };
+                        base64::engine::general_purpose::STANDARD.encode(bytes)
+                    }),
                 })
                 .collect();
-            let version = snapshot.version_string(t);
             (t.short().to_string(), ServedType { version, resources })
         })
         .collect();
@@ -116,7 +186,7 @@ async fn config(State(state): State<Arc<MeshState>>, Query(q): Query<ConfigQuery
     Json(ConfigView {
         node: proxy.node.clone(),
         generation: snapshot.generation,
-        proxy: proxy.view(),
+        proxy: proxy_view(&state, &proxy),
         served,
         ports,
     })

@@ -272,6 +272,21 @@ impl Authority {
         rx
     }
 
+    /// The secrets a workload identity is served now and when its certificate expires,
+    /// without issuing one (`None`: no proxy of it has asked).
+    pub fn served_secrets(
+        &self,
+        namespace: &str,
+        service_account: &str,
+    ) -> Option<(Arc<TypeSnapshot>, Option<SystemTime>)> {
+        let state = self.lock();
+        let w = state
+            .workloads
+            .get(&(namespace.to_string(), service_account.to_string()))?;
+        let secrets = w.tx.borrow().clone();
+        Some((secrets, w.cert.as_ref().map(|c| c.not_after)))
+    }
+
     /// Certificates issued since start.
     pub fn issued(&self) -> u64 {
         self.metrics.certificates_issued.get()

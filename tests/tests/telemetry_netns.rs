@@ -666,6 +666,79 @@ fn golden_metrics_access_logs_and_traces_from_real_sidecars() {
 
     // Every panel of the shipped dashboards evaluates, and has data, on this mesh.
     dashboards_evaluate(&fx);
+
+    // `kubectl weir stat` reads the same series: api's golden signals, by caller.
+    let cli = weir_tests::workspace_binary("kubectl-weir").expect("kubectl-weir is built");
+    let prometheus = format!("http://{}", telemetry::PROMETHEUS_ADDR);
+    let stat = |args: &[&str]| {
+        let out = fx
+            .net
+            .command(Side::Peer, &[cli.to_str().unwrap()])
+            .args(args)
+            .args([
+                "--prometheus",
+                &prometheus,
+                "--window",
+                "5m",
+                "-n",
+                "backend",
+            ])
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("kubectl-weir stat");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Rates need increases of series Prometheus already has (histograms are flushed every
+    // 5 s): once it has them, more of the same traffic.
+    fx.until(
+        r#"sum(weir_request_duration_milliseconds_count{reporter="destination",destination_workload="api"})"#,
+        |s| s.len() == 1 && s[0].value >= 29.0,
+    );
+    assert_eq!(all(fx.get(web, 20, &api_url("/hello"), None), "200"), 20);
+    assert_eq!(all(fx.get(web, 2, &api_url("/status/503"), None), "503"), 2);
+    let end = Instant::now() + DEADLINE;
+    let report = loop {
+        let report: serde_json::Value =
+            serde_json::from_str(&stat(&["stat", "deploy", "api", "-o", "json"]))
+                .unwrap_or_default();
+        let ready = report["by_caller"].as_array().is_some_and(|rows| {
+            rows.iter().any(|r| {
+                r["from"] == "shop/web"
+                    && r["p99_ms"].is_number()
+                    && r["success_rate"].as_f64().is_some_and(|s| s < 1.0)
+            })
+        });
+        if ready {
+            break report;
+        }
+        assert!(Instant::now() < end, "kubectl weir stat: {report}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let row = &report["rows"][0];
+    assert_eq!(
+        (row["namespace"].as_str(), row["name"].as_str()),
+        (Some("backend"), Some("api")),
+        "{report}"
+    );
+    let success = row["success_rate"].as_f64().unwrap();
+    // 20 answered, 6 attempts answered 503 (two requests, each retried twice).
+    assert!(success > 0.5 && success < 1.0, "{report}");
+    assert!(row["rps"].as_f64().unwrap() > 0.0, "{report}");
+    let table = stat(&["stat", "deploy", "api"]);
+    assert!(
+        table
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .starts_with("NAMESPACE"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("backend") && l.contains("shop/web")),
+        "{table}"
+    );
 }
 
 /// Each `expr` of every panel of `config/observability/dashboards/*.json`, with the

@@ -5,10 +5,12 @@
 //! - [`inject`]: Pod + namespace + mesh configuration -> injected Pod and JSON patch (pure),
 //!   with [`annotations`] for per-pod overrides.
 //! - [`manifests`]: the same on YAML manifests (`weir-webhook inject -f`).
+//! - [`cli`]: the flags and `inject -f` that `weir-webhook` and `kubectl weir` share.
 //! - [`server`]: the HTTPS AdmissionReview v1 server (`weir-webhook serve`).
 
 pub mod annotations;
 pub mod capture;
+pub mod cli;
 pub mod inject;
 pub mod manifests;
 pub mod server;

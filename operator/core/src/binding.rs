@@ -253,6 +253,11 @@ impl BoundHttpRule {
         &self.routes.http[self.index]
     }
 
+    /// The route set the rule comes from (an attachment's `routes`).
+    pub fn route_set(&self) -> &Arc<RouteSet> {
+        &self.routes
+    }
+
     /// The matches this binding applies: `None` stands for "every request".
     pub fn matches(&self) -> Vec<Option<&HttpMatch>> {
         let rule = self.rule();
@@ -277,6 +282,11 @@ impl BoundTcpRule {
     /// The rule.
     pub fn rule(&self) -> &TcpRule {
         &self.routes.tcp[self.index]
+    }
+
+    /// The route set the rule comes from (an attachment's `routes`).
+    pub fn route_set(&self) -> &Arc<RouteSet> {
+        &self.routes
     }
 }
 

@@ -22,6 +22,7 @@ pub mod authorization;
 pub mod binding;
 pub mod bootstrap;
 pub mod conditions;
+pub mod explain;
 mod hash_map;
 pub mod identity;
 pub mod index;

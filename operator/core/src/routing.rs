@@ -436,3 +436,203 @@ pub struct RateLimit {
     /// Refill interval.
     pub fill_interval: Duration,
 }
+
+/// What route matching looks at in one HTTP request (what `kubectl weir explain` is asked
+/// about). The semantics are Envoy's as the translator configures it: the path is compared
+/// without its query; a prefix ends on a segment boundary; regular expressions match the
+/// whole value; a header's values are joined with `,`; a query parameter's first value
+/// counts.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    /// The method, e.g. `GET`.
+    pub method: String,
+    /// The path, with its query if any.
+    pub path: String,
+    /// Headers, names lower-cased, in the order given.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestFacts {
+    /// The path without its query.
+    pub fn path_only(&self) -> &str {
+        self.path.split('?').next().unwrap_or("")
+    }
+
+    /// The value of a header (several joined with `,`), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let values: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        (!values.is_empty()).then(|| values.join(","))
+    }
+
+    /// The first value of a query parameter, if present.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.path.split_once('?')?.1;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| v.to_string())
+        })
+    }
+}
+
+impl HttpMatch {
+    /// Whether `request` meets every condition: `Err` names the first that fails.
+    pub fn check(&self, request: &RequestFacts) -> Result<(), String> {
+        if let Some(path) = &self.path {
+            path.check(request.path_only())?;
+        }
+        if let Some(method) = self.method {
+            if request.method != method.as_str() {
+                return Err(format!(
+                    "method is {}, the rule wants {}",
+                    request.method,
+                    method.as_str()
+                ));
+            }
+        }
+        for h in &self.headers {
+            let value = request.header(&h.name);
+            if !h.value.check(value.as_deref()) {
+                return Err(match value {
+                    None => format!("header {} is absent, the rule wants it {}", h.name, h.value),
+                    Some(v) => format!("header {} is {v:?}, the rule wants it {}", h.name, h.value),
+                });
+            }
+        }
+        for q in &self.query_params {
+            let value = request.query_param(&q.name);
+            if !q.value.check(value.as_deref()) {
+                return Err(match value {
+                    None => format!(
+                        "query parameter {} is absent, the rule wants it {}",
+                        q.name, q.value
+                    ),
+                    Some(v) => format!(
+                        "query parameter {} is {v:?}, the rule wants it {}",
+                        q.name, q.value
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PathMatch {
+    /// Whether `path` (without its query) meets the condition.
+    pub fn check(&self, path: &str) -> Result<(), String> {
+        let ok = match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => {
+                let p = p.trim_end_matches('/');
+                p.is_empty()
+                    || path == p
+                    || path
+                        .strip_prefix(p)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }
+            PathMatch::RegularExpression(re) => whole_match(re, path),
+            PathMatch::Grpc {
+                service,
+                method,
+                regex,
+            } => {
+                let mut parts = path.strip_prefix('/').unwrap_or("\u{0}").splitn(2, '/');
+                let (s, m) = (parts.next().unwrap_or(""), parts.next());
+                let part = |want: &Option<String>, got: Option<&str>| match (want, got) {
+                    (_, None) => false,
+                    (None, Some(got)) => !got.is_empty() && !got.contains('/'),
+                    (Some(w), Some(got)) if *regex => whole_match(w, got),
+                    (Some(w), Some(got)) => w == got,
+                };
+                match (service, method) {
+                    // A service alone is a path prefix: `/<service>` and below.
+                    (Some(_), None) if !*regex => part(service, Some(s)),
+                    _ => part(service, Some(s)) && part(method, m),
+                }
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("path {path} does not match {self}"))
+        }
+    }
+}
+
+impl ValueMatch {
+    /// Whether a value (`None`: absent) meets the condition.
+    pub fn check(&self, value: Option<&str>) -> bool {
+        match (self, value) {
+            (_, None) => false,
+            (ValueMatch::Present, Some(_)) => true,
+            (ValueMatch::Exact(want), Some(v)) => v == want,
+            (ValueMatch::Prefix(want), Some(v)) => v.starts_with(want.as_str()),
+            (ValueMatch::RegularExpression(re), Some(v)) => whole_match(re, v),
+        }
+    }
+}
+
+/// Whether the RE2 expression matches all of `value` (an invalid one matches nothing; the
+/// source refuses those before they get here).
+fn whole_match(expression: &str, value: &str) -> bool {
+    regex::Regex::new(&format!("^(?:{expression})$")).is_ok_and(|re| re.is_match(value))
+}
+
+impl std::fmt::Display for PathMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathMatch::Exact(p) => write!(f, "exactly {p}"),
+            PathMatch::Prefix(p) => write!(f, "prefix {p}"),
+            PathMatch::RegularExpression(p) => write!(f, "regex {p}"),
+            PathMatch::Grpc {
+                service,
+                method,
+                regex,
+            } => write!(
+                f,
+                "gRPC {}{}/{}",
+                if *regex { "regex " } else { "" },
+                service.as_deref().unwrap_or("*"),
+                method.as_deref().unwrap_or("*")
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for ValueMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValueMatch::Exact(v) => write!(f, "= {v:?}"),
+            ValueMatch::Prefix(v) => write!(f, "to start with {v:?}"),
+            ValueMatch::RegularExpression(v) => write!(f, "to match {v:?}"),
+            ValueMatch::Present => write!(f, "present"),
+        }
+    }
+}
+
+impl std::fmt::Display for HttpMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(p) = &self.path {
+            parts.push(format!("path {p}"));
+        }
+        if let Some(m) = self.method {
+            parts.push(format!("method {}", m.as_str()));
+        }
+        for h in &self.headers {
+            parts.push(format!("header {} {}", h.name, h.value));
+        }
+        for q in &self.query_params {
+            parts.push(format!("query {} {}", q.name, q.value));
+        }
+        if parts.is_empty() {
+            parts.push("every request".into());
+        }
+        f.write_str(&parts.join(", "))
+    }
+}

@@ -34,6 +34,13 @@ pub struct ProxyRecord {
     pub types: PerType<TypeState>,
 }
 
+/// Seconds since the epoch.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// The profile as `/debug/proxies` writes it.
 fn profile_string(p: &ProxyProfile) -> String {
     let mut text = match p.capture {
@@ -65,6 +72,7 @@ impl ProxyRecord {
                 .filter(|(_, t)| t.subscribed || t.pushes > 0)
                 .map(|(t, state)| (t.short().to_string(), state.clone()))
                 .collect(),
+            certificate_expires_at: None,
         }
     }
 
@@ -83,6 +91,7 @@ impl ProxyRecord {
         s.pending_nonce = Some(response.nonce.to_string());
         s.pushes += 1;
         s.resources_sent += response.resources.len() as u64;
+        s.sent_at = Some(now());
     }
 
     /// Records the proxy's answer to our last response of a type.
@@ -93,6 +102,7 @@ impl ProxyRecord {
         };
         let s = &mut self.types[t];
         s.pending_nonce = None;
+        s.answered_at = Some(now());
         if nack.is_none() {
             s.acked_version = version.or_else(|| s.sent_version.clone());
         }
@@ -146,10 +156,7 @@ impl ProxyRegistry {
             pod: meta.pod.clone(),
             service_account: service_account.to_string(),
             profile,
-            connected_at: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            connected_at: now(),
             generation: 0,
             types: PerType::default(),
         }));

@@ -5,8 +5,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use std::io::Read;
-use weir_webhook::inject::MeshConfig;
+use weir_webhook::cli::MeshArgs;
 
 #[derive(Parser)]
 #[command(name = "weir-webhook", version, about = "The Weir sidecar injector")]
@@ -42,35 +41,6 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
-struct MeshArgs {
-    /// The Envoy image.
-    #[arg(long, default_value_t = MeshConfig::default().proxy_image)]
-    proxy_image: String,
-    /// The weir-init image.
-    #[arg(long, default_value_t = MeshConfig::default().init_image)]
-    init_image: String,
-    /// The operator's xDS address as pods reach it.
-    #[arg(long, default_value_t = MeshConfig::default().xds_address)]
-    xds_address: String,
-    /// Inject Envoy as a regular container (for clusters before Kubernetes 1.29) instead of
-    /// a native sidecar.
-    #[arg(long)]
-    no_native_sidecars: bool,
-}
-
-impl MeshArgs {
-    fn config(self) -> MeshConfig {
-        MeshConfig {
-            proxy_image: self.proxy_image,
-            init_image: self.init_image,
-            xds_address: self.xds_address,
-            native_sidecars: !self.no_native_sidecars,
-            ..MeshConfig::default()
-        }
-    }
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
@@ -98,20 +68,7 @@ async fn main() -> Result<()> {
             .await
         }
         Command::Inject { file, mesh } => {
-            let mut text = String::new();
-            if file == "-" {
-                std::io::stdin()
-                    .read_to_string(&mut text)
-                    .context("reading standard input")?;
-            } else {
-                text = std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
-            }
-            let (yaml, warnings) =
-                weir_webhook::manifests::inject_manifests(&text, &mesh.config())?;
-            for w in warnings {
-                eprintln!("warning: {w}");
-            }
-            print!("{yaml}");
+            print!("{}", weir_webhook::cli::inject_file(&file, &mesh.config())?);
             Ok(())
         }
     }

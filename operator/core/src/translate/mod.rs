@@ -487,23 +487,43 @@ type MeshEndpoint = (String, u16, bool, Option<Arc<str>>, Option<Arc<str>>);
 /// A workload identity: namespace, service account.
 type Identity = (String, String);
 
-/// The ready endpoints of a Service port (narrowed to a subset's pods), sorted; and the
-/// identities of the pods with a sidecar among them.
-fn endpoints_of(
+/// One endpoint of a Service port as its EndpointSlices give it, ready or not.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortEndpoint {
+    /// Address.
+    pub address: String,
+    /// The pod port the Service port maps to there.
+    pub port: u16,
+    /// Ready per the slice: only ready endpoints are served.
+    pub ready: bool,
+    /// Its pod carries a sidecar that takes mTLS (the caller's sidecar talks mTLS to it).
+    pub meshed: bool,
+    /// Its zone.
+    pub zone: Option<Arc<str>>,
+    /// Its pod, when the slice names one the index knows.
+    pub pod: Option<ObjectKey>,
+    /// Its pod's workload.
+    pub workload: Option<Arc<str>>,
+    /// Its pod's service account.
+    pub service_account: Option<Arc<str>>,
+}
+
+/// Every endpoint of a Service port (narrowed to the pods a subset's labels select), ready
+/// or not, sorted: what the translator serves (the ready ones) and what `explain` shows.
+pub fn port_endpoints(
     index: &Index,
     key: &ObjectKey,
     port_name: &str,
     subset: Option<&BTreeMap<String, String>>,
-) -> (Vec<MeshEndpoint>, BTreeSet<Identity>) {
-    let mut eps: Vec<MeshEndpoint> = Vec::new();
-    let mut peers = BTreeSet::new();
+) -> Vec<PortEndpoint> {
+    let mut eps = Vec::new();
     for slice in index.slices_for(key) {
         // The slice says which pod port the Service port maps to (a named targetPort can
         // differ per pod, and so per slice).
         let Some((_, target)) = slice.ports.iter().find(|(n, _)| n == port_name) else {
             continue;
         };
-        for ep in slice.endpoints.iter().filter(|e| e.ready) {
+        for ep in &slice.endpoints {
             let pod = ep.pod.as_ref().and_then(|p| Some((p, index.pod(p)?)));
             if let Some(labels) = subset {
                 let selected = pod.is_some_and(|(_, model)| {
@@ -515,18 +535,41 @@ fn endpoints_of(
             }
             let meshed = pod.is_some_and(|(_, model)| model.meshed)
                 && pod.is_some_and(|(p, _)| index.mtls_mode(p) != weir_api::MtlsMode::Disable);
-            if let Some((p, model)) = pod.filter(|_| meshed) {
-                peers.insert((p.namespace.clone(), model.service_account.to_string()));
-            }
-            let workload = pod.map(|(_, model)| model.workload.clone());
-            eps.push((
-                ep.address.clone(),
-                *target,
+            eps.push(PortEndpoint {
+                address: ep.address.clone(),
+                port: *target,
+                ready: ep.ready,
                 meshed,
-                ep.zone.clone(),
-                workload,
-            ));
+                zone: ep.zone.clone(),
+                pod: pod.map(|(p, _)| p.clone()),
+                workload: pod.map(|(_, model)| model.workload.clone()),
+                service_account: pod.map(|(_, model)| model.service_account.clone()),
+            });
         }
+    }
+    eps.sort_unstable();
+    eps.dedup();
+    eps
+}
+
+/// The ready endpoints of a Service port (narrowed to a subset's pods), sorted; and the
+/// identities of the pods with a sidecar among them.
+fn endpoints_of(
+    index: &Index,
+    key: &ObjectKey,
+    port_name: &str,
+    subset: Option<&BTreeMap<String, String>>,
+) -> (Vec<MeshEndpoint>, BTreeSet<Identity>) {
+    let mut eps: Vec<MeshEndpoint> = Vec::new();
+    let mut peers = BTreeSet::new();
+    for ep in port_endpoints(index, key, port_name, subset)
+        .into_iter()
+        .filter(|e| e.ready)
+    {
+        if let (true, Some(pod), Some(sa)) = (ep.meshed, &ep.pod, &ep.service_account) {
+            peers.insert((pod.namespace.clone(), sa.to_string()));
+        }
+        eps.push((ep.address, ep.port, ep.meshed, ep.zone, ep.workload));
     }
     eps.sort_unstable();
     eps.dedup();

@@ -18,6 +18,8 @@
 //! }
 //! ```
 //!
+//! `&bodies=true` adds each resource's encoded protobuf (`body`, base64); `sds` holds the
+//! proxy's workload secrets, never their private key.
 //! `served` has every type by short name (`cds`, `eds`, `lds`, `rds`, `sds`), empty ones
 //! too. `protocol` is one of `http`, `http2`, `grpc`, `tcp`, `tls`, `detect`; `decidedBy`
 //! one of `appProtocol`, `portName`, `serverFirstPort`, `detection`. A node that is not
@@ -61,6 +63,11 @@ pub struct ServedResource {
     pub version: String,
     /// Size of its encoded body.
     pub bytes: usize,
+    /// With `&bodies=true`: the encoded protobuf message (standard base64), of the type
+    /// the resource type names (`envoy.config.cluster.v3.Cluster` for `cds`...). Secrets
+    /// come without their private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 /// A Service port's protocol and the rule that decided it.
@@ -98,6 +105,7 @@ mod tests {
                             name: "outbound|9080||reviews.default.svc.cluster.local".into(),
                             version: "e562e9db7eb1d1b8".into(),
                             bytes: 114,
+                            body: None,
                         }],
                     },
                 ),

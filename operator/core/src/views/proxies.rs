@@ -48,6 +48,9 @@ pub struct ProxyView {
     pub generation: u64,
     /// By short type name, the types the proxy asked for or was sent.
     pub types: BTreeMap<String, TypeState>,
+    /// When its workload certificate expires (seconds since the epoch), once issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_expires_at: Option<u64>,
 }
 
 /// What one proxy was sent of one type and what it answered.
@@ -67,12 +70,37 @@ pub struct TypeState {
     pub pushes: u64,
     /// Resources sent, all responses together.
     pub resources_sent: u64,
+    /// When the last response was sent (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<u64>,
+    /// When the proxy last answered (ACK or NACK; seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_at: Option<u64>,
+    /// The version the operator serves the proxy's profile now: a proxy that ACKed an
+    /// older one is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_version: Option<String>,
 }
 
 impl TypeState {
     /// Neither waiting for an answer nor rejected.
     pub fn acked(&self) -> bool {
         self.pending_nonce.is_none() && self.nack.is_none()
+    }
+
+    /// `NACKED` (the last answer rejected), `STALE` (waiting for an answer, or holding an
+    /// older version than the one served now) or `SYNCED`.
+    pub fn sync(&self) -> &'static str {
+        if self.nack.is_some() {
+            "NACKED"
+        } else if self.pending_nonce.is_some()
+            || self.acked_version.is_none()
+            || (self.latest_version.is_some() && self.latest_version != self.acked_version)
+        {
+            "STALE"
+        } else {
+            "SYNCED"
+        }
     }
 }
 
@@ -103,6 +131,7 @@ pub(crate) mod tests {
                         nack: Some("Invalid duration".into()),
                         pushes: 2,
                         resources_sent: 4,
+                        ..TypeState::default()
                     },
                 ),
                 (
@@ -117,6 +146,7 @@ pub(crate) mod tests {
                     },
                 ),
             ]),
+            certificate_expires_at: None,
         }
     }
 
