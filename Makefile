@@ -21,7 +21,7 @@ JAEGER_VERSION := $(shell awk '$$1 == "require" { $$1 = ""; $$0 = $$0 } $$1 == "
 WEIR_TELEMETRY_BIN ?= $(WEIR_TELEMETRY_CACHE)/$(PROMETHEUS_VERSION)-$(JAEGER_VERSION)
 export WEIR_TELEMETRY_CACHE WEIR_TELEMETRY_BIN
 
-.PHONY: all build test demo envoy sysdeps k8s telemetry crds lint fmt bench e2e install clean
+.PHONY: all build test demo envoy sysdeps k8s telemetry crds lint fmt bench e2e install krew clean
 
 all: build
 
@@ -113,6 +113,19 @@ e2e:
 	  kind load docker-image $(OPERATOR_IMAGE) --name "$$(kubectl config current-context | sed 's/^kind-//')"; \
 	fi
 	$(CARGO) run -p weir-e2e
+
+## The kubectl plugin's archive for krew (this machine's platform unless KREW_OS/KREW_ARCH
+## and CARGO_BUILD_TARGET say otherwise), its sha256 written into plugins/krew/weir.yaml.
+KREW_OS ?= $(shell uname -s | tr A-Z a-z)
+KREW_ARCH ?= $(shell uname -m | sed -e 's/x86_64/amd64/' -e 's/aarch64/arm64/')
+KREW_ARCHIVE := target/krew/kubectl-weir-$(KREW_OS)-$(KREW_ARCH).tar.gz
+krew:
+	$(CARGO) build --release --bin kubectl-weir
+	mkdir -p target/krew
+	tar -C target/$(if $(CARGO_BUILD_TARGET),$(CARGO_BUILD_TARGET)/)release -czf $(KREW_ARCHIVE) kubectl-weir
+	sha=$$(sha256sum $(KREW_ARCHIVE) | cut -d' ' -f1); \
+	sed -i "/kubectl-weir-$(KREW_OS)-$(KREW_ARCH).tar.gz/{n;s/sha256: .*/sha256: \"$$sha\"/}" plugins/krew/weir.yaml; \
+	echo "$(KREW_ARCHIVE) sha256 $$sha (plugins/krew/weir.yaml updated)"
 
 install:
 	kubectl apply -f crds/

@@ -229,7 +229,10 @@ async fn pre(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow::Resu
             ..Default::default()
         };
         let api: Api<SelfSubjectAccessReview> = Api::all(cluster.client.clone());
-        let answer = api.create(&PostParams::default(), &review).await?;
+        let answer = api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(crate::cluster::api_error)?;
         let allowed = answer.status.as_ref().is_some_and(|s| s.allowed);
         let what = format!(
             "{verb} {resource}{}",
@@ -249,21 +252,52 @@ async fn pre(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow::Resu
 }
 
 async fn installed(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow::Result<()> {
-    crds(cluster, checks).await?;
-    let pods = operator(cluster, g, checks).await?;
-    leader(cluster, g, checks).await?;
-    webhook(cluster, g, checks).await?;
+    // A part that cannot be read (no permission, the API down) fails as a check of its
+    // own; the other parts still run.
+    let unreadable = |checks: &mut Checks, area: &'static str, e: anyhow::Error| {
+        checks.fail(area, "read", format!("{e:#}: bind the weir-cli roles (config/rbac/cli_roles.yaml) or run as a cluster admin"));
+    };
+    if let Err(e) = crds(cluster, checks).await {
+        unreadable(checks, "CRDs", e);
+    }
+    let pods = match operator(cluster, g, checks).await {
+        Ok(pods) => pods,
+        Err(e) => {
+            unreadable(checks, "operator", e);
+            Vec::new()
+        }
+    };
+    if let Err(e) = leader(cluster, g, checks).await {
+        unreadable(checks, "operator", e);
+    }
+    if let Err(e) = webhook(cluster, g, checks).await {
+        unreadable(checks, "webhook", e);
+    }
     let status = match pods.first() {
-        Some(pod) => Some(cluster.admin_json::<MeshStatusView>(pod, "/status").await?),
+        Some(pod) => match cluster.admin_json::<MeshStatusView>(pod, "/status").await {
+            Ok(status) => Some(status),
+            Err(e) => {
+                unreadable(checks, "CA", e);
+                None
+            }
+        },
         None => None,
     };
     ca(status.as_ref(), checks);
     let proxies = if pods.is_empty() {
         Vec::new()
     } else {
-        cluster.proxies(&g.mesh_namespace).await?
+        match cluster.proxies(&g.mesh_namespace).await {
+            Ok(p) => p,
+            Err(e) => {
+                unreadable(checks, "pods", e);
+                Vec::new()
+            }
+        }
     };
-    meshed_pods(cluster, g, &proxies, checks).await?;
+    if let Err(e) = meshed_pods(cluster, g, &proxies, checks).await {
+        unreadable(checks, "pods", e);
+    }
     Ok(())
 }
 
@@ -282,7 +316,11 @@ async fn crds(cluster: &Cluster, checks: &mut Checks) -> anyhow::Result<()> {
             .filter(|v| v.served)
             .map(|v| v.name.clone())
             .collect();
-        let Some(found) = api.get_opt(&name).await? else {
+        let Some(found) = api
+            .get_opt(&name)
+            .await
+            .map_err(crate::cluster::api_error)?
+        else {
             checks.fail("CRDs", name, "missing: kubectl apply -f crds/");
             continue;
         };
@@ -376,7 +414,11 @@ async fn operator(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow:
 
 async fn leader(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow::Result<()> {
     let api: Api<Lease> = Api::namespaced(cluster.client.clone(), &g.mesh_namespace);
-    let Some(lease) = api.get_opt("weir-operator").await? else {
+    let Some(lease) = api
+        .get_opt("weir-operator")
+        .await
+        .map_err(crate::cluster::api_error)?
+    else {
         checks.fail("operator", "leader", "no Lease weir-operator: no replica has led yet (statuses are not written); read the operator's logs");
         return Ok(());
     };
@@ -403,7 +445,11 @@ async fn leader(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow::R
 
 async fn webhook(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow::Result<()> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(cluster.client.clone());
-    let Some(config) = api.get_opt(WEBHOOK_CONFIGURATION).await? else {
+    let Some(config) = api
+        .get_opt(WEBHOOK_CONFIGURATION)
+        .await
+        .map_err(crate::cluster::api_error)?
+    else {
         checks.fail("webhook", "configuration", format!("MutatingWebhookConfiguration {WEBHOOK_CONFIGURATION} missing: kubectl apply -k config/"));
         return Ok(());
     };
@@ -467,7 +513,8 @@ async fn webhook(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow::
     let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
     let meshed = namespaces
         .list(&ListParams::default().labels(&format!("{INJECT_KEY}=enabled")))
-        .await?
+        .await
+        .map_err(crate::cluster::api_error)?
         .items
         .into_iter()
         .filter_map(|n| n.metadata.name)
@@ -484,7 +531,19 @@ async fn webhook(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow::
     match pods.create(&PostParams { dry_run: true, ..Default::default() }, &probe).await {
         Ok(pod) if injected(&pod) => checks.ok("webhook", "reachable", format!("a dry-run Pod in {namespace} came back with its sidecar")),
         Ok(_) => checks.fail("webhook", "reachable", format!("a dry-run Pod in {namespace} came back without a sidecar: the webhook configuration does not select it; re-apply config/webhook")),
-        Err(e) => checks.fail("webhook", "reachable", format!("a dry-run Pod in {namespace} was refused: {e}; check the webhook pods and their certificate")),
+        Err(kube::Error::Api(e)) if e.code == 403 && e.message.contains("cannot create resource") => checks.warn(
+            "webhook",
+            "reachable",
+            format!("not exercised: you may not create pods in {namespace} (even as a dry run)"),
+        ),
+        Err(e) => checks.fail(
+            "webhook",
+            "reachable",
+            format!(
+                "a dry-run Pod in {namespace} was refused: {}; check the webhook pods and their certificate",
+                crate::cluster::api_error(e)
+            ),
+        ),
     }
     Ok(())
 }
@@ -554,7 +613,8 @@ async fn meshed_pods(
     let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
     let labelled: Vec<String> = namespaces
         .list(&ListParams::default().labels(&format!("{INJECT_KEY}=enabled")))
-        .await?
+        .await
+        .map_err(crate::cluster::api_error)?
         .items
         .into_iter()
         .filter_map(|n| n.metadata.name)
@@ -565,7 +625,12 @@ async fn meshed_pods(
         .collect();
     let now = output::now();
     let mut count = 0;
-    for pod in api.list(&ListParams::default()).await?.items {
+    for pod in api
+        .list(&ListParams::default())
+        .await
+        .map_err(crate::cluster::api_error)?
+        .items
+    {
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
         let annotated = pod

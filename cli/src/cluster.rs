@@ -12,6 +12,14 @@ use weir_core::views::proxies::ProxyView;
 
 use crate::Global;
 
+/// A client error in the API server's words (its Status message), without the debug dump.
+pub fn api_error(e: kube::Error) -> anyhow::Error {
+    match e {
+        kube::Error::Api(status) => anyhow::anyhow!("{} ({})", status.message, status.reason),
+        other => anyhow::Error::new(other),
+    }
+}
+
 /// The label selector of the operator's pods (config/operator/deployment.yaml).
 pub const OPERATOR_SELECTOR: &str =
     "app.kubernetes.io/name=weir,app.kubernetes.io/component=operator";
@@ -60,6 +68,7 @@ impl Cluster {
         let mut list = pods
             .list(&ListParams::default().labels(OPERATOR_SELECTOR))
             .await
+            .map_err(api_error)
             .with_context(|| format!("listing the operator's pods in {mesh_namespace}"))?
             .items;
         list.retain(|p| {
@@ -82,6 +91,7 @@ impl Cluster {
         self.client
             .request_text(request)
             .await
+            .map_err(api_error)
             .with_context(|| format!("GET {path} from operator pod {namespace}/{name}"))
     }
 

@@ -231,7 +231,8 @@ pub async fn from_cluster(client: &kube::Client) -> anyhow::Result<Model> {
                 continue;
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("listing {}", kind.plural()));
+                return Err(crate::cluster::api_error(e))
+                    .with_context(|| format!("listing {}", kind.plural()));
             }
         };
         for item in list.items {

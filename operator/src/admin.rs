@@ -192,3 +192,37 @@ async fn config(State(state): State<Arc<MeshState>>, Query(q): Query<ConfigQuery
     })
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        secret, Secret, TlsCertificate,
+    };
+    use prost::Message;
+
+    #[test]
+    fn secrets_leave_the_operator_without_their_key() {
+        let inline = |text: &str| DataSource {
+            specifier: Some(Specifier::InlineString(text.into())),
+            ..Default::default()
+        };
+        let served = Secret {
+            name: "workload".into(),
+            r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+                certificate_chain: Some(inline("CERTIFICATE")),
+                private_key: Some(inline("PRIVATE KEY")),
+                ..Default::default()
+            })),
+        };
+        let shown =
+            Secret::decode(without_private_key(&served.encode_to_vec()).as_slice()).unwrap();
+        let Some(secret::Type::TlsCertificate(cert)) = shown.r#type else {
+            panic!("{shown:?}");
+        };
+        assert_eq!(cert.certificate_chain, Some(inline("CERTIFICATE")));
+        assert_eq!(cert.private_key, None);
+        assert!(without_private_key(b"not a secret").is_empty());
+    }
+}

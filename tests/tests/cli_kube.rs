@@ -468,6 +468,61 @@ async fn steps(cluster: &'static Cluster, plane: &weir_operator::ControlPlane) -
         "{table}"
     );
 
+    // Someone with only the shipped weir-cli roles (config/rbac/cli_roles.yaml) reads
+    // everything; someone without them is told they may not.
+    let _ = kubectl(cluster, &["create", "serviceaccount", "reader", "-n", NS]);
+    let _ = kubectl(cluster, &["create", "serviceaccount", "stranger", "-n", NS]);
+    let _ = kubectl(
+        cluster,
+        &[
+            "create",
+            "clusterrolebinding",
+            "weir-cli-reader",
+            "--clusterrole=weir-cli",
+            &format!("--serviceaccount={NS}:reader"),
+        ],
+    );
+    let _ = kubectl(
+        cluster,
+        &[
+            "create",
+            "rolebinding",
+            "weir-cli-reader",
+            "-n",
+            MESH_NAMESPACE,
+            "--role=weir-cli",
+            &format!("--serviceaccount={NS}:reader"),
+        ],
+    );
+    let reader = tokio::task::block_in_place(|| {
+        let token = cluster.token(NS, "reader", None)?;
+        cluster.token_kubeconfig("cli-reader", &token, None)
+    })?;
+    let (code, out) = weir_as(&reader, &["proxy-status", "-A"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("web-1.clitest"), "{out}");
+    let (code, out) = weir_as(&reader, &["check", "-o", "json"]);
+    assert_eq!(code, 0, "the read-only roles suffice: {out}");
+    let reachable = check_row(&out, "reachable").context("the webhook check")?;
+    assert_eq!(reachable["status"], "warn", "{reachable}");
+    let stranger = tokio::task::block_in_place(|| {
+        let token = cluster.token(NS, "stranger", None)?;
+        cluster.token_kubeconfig("cli-stranger", &token, None)
+    })?;
+    let denied = tokio::task::block_in_place(|| {
+        std::process::Command::new(workspace_binary("kubectl-weir").unwrap())
+            .arg("--kubeconfig")
+            .arg(&stranger)
+            .args(["proxy-status", "-A"])
+            .output()
+    })?;
+    assert_eq!(denied.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        err.contains("forbidden") && err.contains("weir-system"),
+        "{err}"
+    );
+
     // A caBundle that does not verify the webhook's certificate.
     let other_ca = base64_of(&cluster.ca.pem);
     kubectl(

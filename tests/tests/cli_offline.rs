@@ -188,3 +188,46 @@ fn inject_prints_what_the_webhook_command_prints() {
         "{ours}"
     );
 }
+
+/// The krew manifest names the binary the workspace builds, at the workspace's version,
+/// with the archive names `make krew` produces.
+#[test]
+fn the_krew_manifest_matches_the_build() {
+    let text = std::fs::read_to_string(path("plugins/krew/weir.yaml")).unwrap();
+    let manifest: Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(
+        manifest["apiVersion"],
+        "krew.googlecontainertools.github.com/v1alpha2"
+    );
+    assert_eq!(manifest["kind"], "Plugin");
+    assert_eq!(manifest["metadata"]["name"], "weir", "kubectl weir");
+    let version = format!("v{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(manifest["spec"]["version"], version.as_str());
+    let makefile = std::fs::read_to_string(path("Makefile")).unwrap();
+    assert!(makefile.contains("kubectl-weir-$(KREW_OS)-$(KREW_ARCH).tar.gz"));
+    let mut platforms = Vec::new();
+    for p in manifest["spec"]["platforms"].as_array().unwrap() {
+        let labels = &p["selector"]["matchLabels"];
+        let (os, arch) = (
+            labels["os"].as_str().unwrap(),
+            labels["arch"].as_str().unwrap(),
+        );
+        assert_eq!(p["bin"], "kubectl-weir");
+        let uri = p["uri"].as_str().unwrap();
+        assert!(
+            uri.ends_with(&format!("/{version}/kubectl-weir-{os}-{arch}.tar.gz")),
+            "{uri}"
+        );
+        let sha = p["sha256"].as_str().unwrap();
+        assert!(
+            sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()),
+            "{sha}"
+        );
+        platforms.push(format!("{os}/{arch}"));
+    }
+    platforms.sort();
+    assert_eq!(
+        platforms,
+        ["darwin/amd64", "darwin/arm64", "linux/amd64", "linux/arm64"]
+    );
+}

@@ -171,7 +171,8 @@ pub struct Share {
     /// Percent of requests.
     pub percent: f64,
     /// `forwarded`, `denied`, `fault`, `no_healthy_upstream`, `no_cluster`, `reset`,
-    /// `passthrough`, `rejected`.
+    /// `passthrough` (not the mesh's: sent on untouched), `no_such_host` (a cluster name
+    /// that does not resolve).
     pub result: String,
     /// The HTTP status the client sees, when there is one.
     pub status: Option<u16>,
@@ -217,6 +218,18 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
     let Some((service, sp)) =
         find_destination(index, query, &source_key.namespace, &mut out.notes)?
     else {
+        if let Some(detail) = unresolvable(index, &query.to, &source_key.namespace) {
+            out.outcome.push(Share {
+                percent: 100.0,
+                result: "no_such_host".into(),
+                status: None,
+                grpc_status: None,
+                service: None,
+                subset: None,
+                detail,
+            });
+            return Ok(out);
+        }
         out.outcome.push(Share {
             percent: 100.0,
             result: "passthrough".into(),
@@ -805,6 +818,45 @@ fn find_destination(
     Ok(Some((service, sp)))
 }
 
+/// Why `to`, which names no Service, does not resolve from `namespace` at all (a cluster
+/// name: a bare name, `name.namespace` of a namespace the mesh knows, `*.svc.<domain>`);
+/// `None` for other names and addresses (they pass through).
+fn unresolvable(index: &Index, to: &str, namespace: &str) -> Option<String> {
+    let host = to
+        .rsplit_once(':')
+        .map_or(to, |(h, _)| h)
+        .trim_end_matches('.');
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let parts: Vec<&str> = host.split('.').collect();
+    let known_namespace = |ns: &str| {
+        index.namespace(ns).is_some() || index.services().any(|(k, _)| k.namespace == ns)
+    };
+    let cluster_name = match parts.as_slice() {
+        [_] => true,
+        [_, ns] => known_namespace(ns),
+        [_, _, "svc", ..] => true,
+        _ => false,
+    };
+    if !cluster_name {
+        return None;
+    }
+    let elsewhere: Vec<String> = index
+        .services()
+        .filter(|(k, _)| k.name == parts[0])
+        .map(|(k, _)| format!("{}.{}", k.name, k.namespace))
+        .collect();
+    let hint = if elsewhere.is_empty() {
+        "no Service has that name".to_string()
+    } else {
+        format!("did you mean {}?", elsewhere.join(" or "))
+    };
+    Some(format!(
+        "{host} names no Service: it does not resolve from namespace {namespace} (DNS answers NXDOMAIN, nothing is sent); {hint}"
+    ))
+}
+
 /// The Service port a resolved backend names, and the labels of its subset (`None` for the
 /// whole Service, or a subset its Service's governing routes do not define).
 #[allow(clippy::type_complexity)]
@@ -1012,17 +1064,245 @@ fn settings(
         ));
     }
     if let Some(pool) = &governing.upstream.pool {
+        let mut limits = Vec::new();
+        let mut limit = |what: &str, v: Option<u32>| {
+            if let Some(v) = v {
+                limits.push(format!("{what} {v}"));
+            }
+        };
+        limit("connections", pool.max_connections);
+        limit("pending requests", pool.max_pending_requests);
+        limit("requests", pool.max_requests);
+        limit("retries", pool.max_retries);
+        limit("requests per connection", pool.max_requests_per_connection);
+        if let Some(t) = pool.connect_timeout {
+            limits.push(format!("connect timeout {t:?}"));
+        }
+        if let Some(t) = pool.idle_timeout {
+            limits.push(format!("idle timeout {t:?}"));
+        }
+        if let Some((percent, min)) = pool.retry_budget {
+            limits.push(format!(
+                "retry budget {percent}%{}",
+                min.map(|m| format!(" (at least {m})")).unwrap_or_default()
+            ));
+        }
         out.push(format!(
-            "connection pool: {pool:?}; over its limits, 503 (overflow)"
+            "connection pool: {}; over a limit, 503 (overflow)",
+            limits.join(", ")
         ));
     }
-    if let Some(outlier) = &governing.upstream.outlier {
+    if let Some(o) = &governing.upstream.outlier {
+        let mut when = Vec::new();
+        if let Some(n) = o.consecutive_errors {
+            when.push(format!("{n} consecutive 5xx"));
+        }
+        if let Some(n) = o.consecutive_gateway_errors {
+            when.push(format!("{n} consecutive 502/503/504"));
+        }
         out.push(format!(
-            "outlier detection: {outlier:?}; which endpoints are ejected now only the caller's \
-             sidecar knows"
+            "outlier detection: an endpoint is ejected after {}{}{}; which ones are ejected now only the caller's sidecar knows",
+            if when.is_empty() { "Envoy's default of 5 consecutive 5xx".into() } else { when.join(" or ") },
+            o.base_ejection_time.map(|t| format!(", for {t:?} at first")).unwrap_or_default(),
+            o.max_ejection_percent.map(|p| format!(", at most {p}% of them")).unwrap_or_default(),
         ));
     }
     if let Some(balancer) = &governing.upstream.balancer {
-        out.push(format!("load balancing: {balancer:?}"));
+        let key = match &balancer.hash {
+            None => String::new(),
+            Some(crate::routing::HashKey::Header(h)) => format!(" by header {h}"),
+            Some(crate::routing::HashKey::Cookie { name, .. }) => format!(" by cookie {name}"),
+            Some(crate::routing::HashKey::SourceIp) => " by source IP".into(),
+            Some(crate::routing::HashKey::QueryParameter(q)) => format!(" by query parameter {q}"),
+        };
+        out.push(format!("load balancing: {:?}{key}", balancer.algorithm));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{HttpMatch, Method, NamedMatch, PathMatch, ValueMatch};
+    use crate::testing::{mk_meshed_pod, mk_policy, mk_policy_spec, mk_service, mk_slice};
+    use crate::{Event, Object};
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestFacts {
+        RequestFacts {
+            method: method.into(),
+            path: path.into(),
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn path(p: PathMatch) -> HttpMatch {
+        HttpMatch {
+            path: Some(p),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn matches_read_requests_as_envoy_does() {
+        let get = |p: &str| request("GET", p, &[]);
+        let prefix = path(PathMatch::Prefix("/api".into()));
+        assert!(prefix.check(&get("/api")).is_ok());
+        assert!(prefix.check(&get("/api/v1?x=1")).is_ok());
+        assert!(prefix.check(&get("/apix")).is_err(), "a segment boundary");
+        let exact = path(PathMatch::Exact("/login".into()));
+        assert!(
+            exact.check(&get("/login?next=/")).is_ok(),
+            "the query is not the path"
+        );
+        let regex = path(PathMatch::RegularExpression("/items/[0-9]+".into()));
+        assert!(regex.check(&get("/items/12")).is_ok());
+        assert!(regex.check(&get("/items/12/x")).is_err(), "the whole path");
+        let service = path(PathMatch::Grpc {
+            service: Some("shop.Cart".into()),
+            method: None,
+            regex: false,
+        });
+        assert!(service
+            .check(&request("POST", "/shop.Cart/Add", &[]))
+            .is_ok());
+        assert!(service
+            .check(&request("POST", "/shop.Carts/Add", &[]))
+            .is_err());
+        let method = path(PathMatch::Grpc {
+            service: None,
+            method: Some("Add".into()),
+            regex: false,
+        });
+        assert!(method.check(&request("POST", "/any.Svc/Add", &[])).is_ok());
+        assert!(method
+            .check(&request("POST", "/any.Svc/Addx", &[]))
+            .is_err());
+
+        let header = HttpMatch {
+            headers: vec![NamedMatch {
+                name: "x-user".into(),
+                value: ValueMatch::Exact("a,b".into()),
+            }],
+            method: Some(Method::Post),
+            ..Default::default()
+        };
+        let twice = request("POST", "/", &[("x-user", "a"), ("x-user", "b")]);
+        assert!(header.check(&twice).is_ok(), "values joined with ','");
+        let why = header.check(&request("GET", "/", &[])).unwrap_err();
+        assert_eq!(why, "method is GET, the rule wants POST");
+        let query = HttpMatch {
+            query_params: vec![NamedMatch {
+                name: "debug".into(),
+                value: ValueMatch::Present,
+            }],
+            ..Default::default()
+        };
+        assert!(query.check(&get("/?debug")).is_ok());
+        assert!(query.check(&get("/?debugging=1")).is_err());
+    }
+
+    /// `shop/web` calls; `shop/reviews` (ports 9080, 9090) has a v1 pod and a 100% split
+    /// to it; `other/ratings` has one port.
+    fn index() -> Index {
+        let mut index = Index::new();
+        let objects = vec![
+            Object::Service(mk_service("shop", "reviews", "10.96.0.1", &[9080, 9090])),
+            Object::Service(mk_service("other", "ratings", "10.96.0.2", &[8080])),
+            Object::Pod(mk_meshed_pod("shop", "web", "web", &[("app", "web")])),
+            Object::Pod(mk_meshed_pod(
+                "shop",
+                "reviews-1",
+                "reviews",
+                &[("app", "reviews"), ("version", "v1")],
+            )),
+            Object::EndpointSlice(mk_slice(
+                "shop",
+                "reviews-1",
+                "reviews",
+                "http",
+                9080,
+                &[("10.0.0.1", "reviews-1")],
+            )),
+            Object::TrafficPolicy(mk_policy(
+                "shop",
+                "reviews",
+                mk_policy_spec("reviews", &[("v1", 100)]),
+            )),
+        ];
+        for o in objects {
+            index.apply(Event::apply(o));
+        }
+        index
+    }
+
+    fn query(to: &str, port: Option<u16>) -> Query {
+        Query {
+            from: "web".into(),
+            namespace: "shop".into(),
+            to: to.into(),
+            port,
+            request: None,
+        }
+    }
+
+    #[test]
+    fn a_request_is_followed_to_the_subset_that_serves_it() {
+        let e = explain(&index(), &query("reviews:9080", None)).unwrap();
+        let d = e.destination.as_ref().unwrap();
+        assert_eq!((d.service.as_str(), d.port), ("shop/reviews", 9080));
+        assert_eq!(d.governed_by.as_deref(), Some("TrafficPolicy shop/reviews"));
+        assert_eq!(e.outcome.len(), 1, "{e:#?}");
+        assert_eq!(e.outcome[0].result, "forwarded");
+        assert_eq!(e.outcome[0].subset.as_deref(), Some("v1"));
+        assert_eq!(
+            e.backends[0].expected_identities,
+            ["spiffe://cluster.local/ns/shop/sa/reviews"]
+        );
+    }
+
+    #[test]
+    fn names_resolve_as_the_caller_resolves_them() {
+        let index = index();
+        // The short name in the caller's namespace, the ClusterIP, the FQDN.
+        for to in ["reviews", "10.96.0.1", "reviews.shop.svc.cluster.local"] {
+            let e = explain(&index, &query(to, Some(9080))).unwrap();
+            assert_eq!(e.destination.unwrap().service, "shop/reviews", "{to}");
+        }
+        // Another namespace's Service by its short name does not resolve.
+        let e = explain(&index, &query("ratings", None)).unwrap();
+        assert_eq!(e.outcome[0].result, "no_such_host");
+        assert!(
+            e.outcome[0].detail.contains("did you mean ratings.other?"),
+            "{e:#?}"
+        );
+        let e = explain(&index, &query("example.com:443", None)).unwrap();
+        assert_eq!(e.outcome[0].result, "passthrough");
+        let e = explain(&index, &query("ratings.other", None)).unwrap();
+        assert_eq!(e.destination.unwrap().port, 8080, "its only port");
+    }
+
+    #[test]
+    fn questions_that_cannot_be_answered_say_what_to_give() {
+        let index = index();
+        let err = explain(&index, &query("reviews", None)).unwrap_err();
+        assert!(
+            err.0.contains("several ports (9080, 9090): add --port"),
+            "{err}"
+        );
+        let err = explain(&index, &query("reviews:1234", None)).unwrap_err();
+        assert!(
+            err.0.contains("has no port 1234 (it has 9080, 9090)"),
+            "{err}"
+        );
+        let mut q = query("reviews:9080", None);
+        q.from = "nobody".into();
+        let err = explain(&index, &q).unwrap_err();
+        assert!(
+            err.0
+                .contains("no pod or workload \"nobody\" in namespace shop"),
+            "{err}"
+        );
     }
 }

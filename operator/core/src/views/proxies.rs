@@ -151,6 +151,33 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_type_is_synced_only_when_it_acked_what_is_served_now() {
+        let acked = TypeState {
+            subscribed: true,
+            sent_version: Some("b".into()),
+            acked_version: Some("b".into()),
+            latest_version: Some("b".into()),
+            ..TypeState::default()
+        };
+        assert_eq!(acked.sync(), "SYNCED");
+        let behind = TypeState {
+            latest_version: Some("c".into()),
+            ..acked.clone()
+        };
+        assert_eq!(behind.sync(), "STALE", "a newer version is served");
+        let waiting = TypeState {
+            pending_nonce: Some("4".into()),
+            ..acked.clone()
+        };
+        assert_eq!(waiting.sync(), "STALE", "no answer yet");
+        let rejected = TypeState {
+            nack: Some("bad".into()),
+            ..acked
+        };
+        assert_eq!(rejected.sync(), "NACKED");
+    }
+
+    #[test]
     fn a_filled_proxy_round_trips() {
         round_trip(&vec![filled()]);
         assert!(!filled().types["cds"].acked(), "NACKed");
