@@ -309,13 +309,7 @@ async fn crds(cluster: &Cluster, checks: &mut Checks) -> anyhow::Result<()> {
         weir_api::MeshStatus::crd(),
     ] {
         let name = expected.metadata.name.clone().unwrap_or_default();
-        let want: Vec<String> = expected
-            .spec
-            .versions
-            .iter()
-            .filter(|v| v.served)
-            .map(|v| v.name.clone())
-            .collect();
+        let want = served_versions(&expected);
         let Some(found) = api
             .get_opt(&name)
             .await
@@ -331,13 +325,7 @@ async fn crds(cluster: &Cluster, checks: &mut Checks) -> anyhow::Result<()> {
             .into_iter()
             .flatten()
             .any(|c| c.type_ == "Established" && c.status == "True");
-        let served: Vec<String> = found
-            .spec
-            .versions
-            .iter()
-            .filter(|v| v.served)
-            .map(|v| v.name.clone())
-            .collect();
+        let served = served_versions(&found);
         let missing: Vec<&String> = want.iter().filter(|v| !served.contains(v)).collect();
         if !established {
             checks.fail(
@@ -364,6 +352,15 @@ async fn crds(cluster: &Cluster, checks: &mut Checks) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn served_versions(crd: &CustomResourceDefinition) -> Vec<String> {
+    crd.spec
+        .versions
+        .iter()
+        .filter(|v| v.served)
+        .map(|v| v.name.clone())
+        .collect()
 }
 
 async fn operator(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow::Result<Vec<Pod>> {

@@ -115,20 +115,21 @@ fn node_with(namespace: &str, pod: &str, capture: &[(&str, &str)]) -> Node {
     }
 }
 
-/// Opens a delta ADS stream with `token` (if any) as bearer token, subscribes to clusters
-/// as `node`, and returns the first response, or the status the server refused with.
-pub async fn first_response(
+/// A delta ADS stream opened with `first` and `token` (if any) as bearer token: the sender
+/// of further requests (the stream ends when it is dropped) and the responses.
+pub type DeltaStream = (
+    tokio::sync::mpsc::Sender<DeltaDiscoveryRequest>,
+    tonic::Streaming<DeltaDiscoveryResponse>,
+);
+
+/// Opens a delta ADS stream: `first` is sent at once, `token` (if any) as bearer token.
+pub async fn delta_stream(
     channel: Channel,
     token: Option<&str>,
-    node: Node,
-) -> std::result::Result<DeltaDiscoveryResponse, tonic::Status> {
+    first: DeltaDiscoveryRequest,
+) -> std::result::Result<DeltaStream, tonic::Status> {
     let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let first = DeltaDiscoveryRequest {
-        node: Some(node),
-        type_url: weir_core::ResourceType::Cluster.type_url().to_string(),
-        ..Default::default()
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(first).await.expect("the channel is open");
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     if let Some(token) = token {
@@ -137,10 +138,26 @@ pub async fn first_response(
             .map_err(|_| tonic::Status::invalid_argument("token is not a header value"))?;
         request.metadata_mut().insert("authorization", value);
     }
-    let mut responses = client
+    let responses = client
         .delta_aggregated_resources(request)
         .await?
         .into_inner();
+    Ok((tx, responses))
+}
+
+/// Opens a delta ADS stream with `token` (if any) as bearer token, subscribes to clusters
+/// as `node`, and returns the first response, or the status the server refused with.
+pub async fn first_response(
+    channel: Channel,
+    token: Option<&str>,
+    node: Node,
+) -> std::result::Result<DeltaDiscoveryResponse, tonic::Status> {
+    let first = DeltaDiscoveryRequest {
+        node: Some(node),
+        type_url: weir_core::ResourceType::Cluster.type_url().to_string(),
+        ..Default::default()
+    };
+    let (tx, mut responses) = delta_stream(channel, token, first).await?;
     let response = responses
         .message()
         .await?

@@ -197,23 +197,25 @@ async fn steps(cluster: &'static Cluster, plane: &weir_operator::ControlPlane) -
         (!b.is_empty()).then_some(b)
     })
     .await?;
-    let webhook_patch = |bundle: &str| -> Value {
-        json!((0..2)
+    // Both webhooks of the configuration call the injector by URL, trusting `bundle`.
+    let point_webhook = |bundle: &str| -> Result<String> {
+        let patch = json!((0..2)
             .map(|i| json!({"op": "replace", "path": format!("/webhooks/{i}/clientConfig"),
                 "value": {"url": format!("https://127.0.0.1:{webhook_port}/inject"), "caBundle": bundle}}))
-            .collect::<Vec<_>>())
+            .collect::<Vec<_>>());
+        kubectl(
+            cluster,
+            &[
+                "patch",
+                "mutatingwebhookconfiguration",
+                WEBHOOK_CONFIGURATION,
+                "--type=json",
+                "-p",
+                &patch.to_string(),
+            ],
+        )
     };
-    kubectl(
-        cluster,
-        &[
-            "patch",
-            "mutatingwebhookconfiguration",
-            WEBHOOK_CONFIGURATION,
-            "--type=json",
-            "-p",
-            &webhook_patch(&bundle).to_string(),
-        ],
-    )?;
+    point_webhook(&bundle)?;
 
     // A meshed namespace, a Service with an endpoint, and two pods created through the API.
     let _ = kubectl(cluster, &["create", "namespace", NS]);
@@ -525,17 +527,7 @@ async fn steps(cluster: &'static Cluster, plane: &weir_operator::ControlPlane) -
 
     // A caBundle that does not verify the webhook's certificate.
     let other_ca = base64_of(&cluster.ca.pem);
-    kubectl(
-        cluster,
-        &[
-            "patch",
-            "mutatingwebhookconfiguration",
-            WEBHOOK_CONFIGURATION,
-            "--type=json",
-            "-p",
-            &webhook_patch(&other_ca).to_string(),
-        ],
-    )?;
+    point_webhook(&other_ca)?;
     let (code, out) = weir(cluster, &["check", "-o", "json"]);
     assert_eq!(code, 1);
     let row =
@@ -545,17 +537,7 @@ async fn steps(cluster: &'static Cluster, plane: &weir_operator::ControlPlane) -
         row["detail"].as_str().unwrap().contains("does not verify"),
         "{row}"
     );
-    kubectl(
-        cluster,
-        &[
-            "patch",
-            "mutatingwebhookconfiguration",
-            WEBHOOK_CONFIGURATION,
-            "--type=json",
-            "-p",
-            &webhook_patch(&bundle).to_string(),
-        ],
-    )?;
+    point_webhook(&bundle)?;
 
     // A missing CRD.
     kubectl(cluster, &["delete", "crd", "meshstatuses.weir.dev"])?;
@@ -655,29 +637,16 @@ impl NackingProxy {
         plane: &weir_operator::ControlPlane,
         root: &str,
     ) -> Result<NackingProxy> {
-        use envoy_types::pb::envoy::service::discovery::v3::{
-            aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
-            DeltaDiscoveryRequest,
-        };
+        use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
         let token = cluster.pod_token(NS, "web", "web-2", "weir")?;
         let channel = xds_client::tls_channel(plane.xds_addr, "127.0.0.1", root).await?;
-        let mut client = AggregatedDiscoveryServiceClient::new(channel);
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let cds = weir_core::ResourceType::Cluster.type_url().to_string();
-        tx.send(DeltaDiscoveryRequest {
+        let first = DeltaDiscoveryRequest {
             node: Some(xds_client::node(NS, "web-2")),
             type_url: cds.clone(),
             ..Default::default()
-        })
-        .await?;
-        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse()?);
-        let mut stream = client
-            .delta_aggregated_resources(request)
-            .await?
-            .into_inner();
+        };
+        let (tx, mut stream) = xds_client::delta_stream(channel, Some(&token), first).await?;
         let first = stream.message().await?.context("a first response")?;
         tx.send(DeltaDiscoveryRequest {
             type_url: cds,

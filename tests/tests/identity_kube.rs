@@ -463,29 +463,16 @@ async fn workload_certificate(
     pod: &str,
 ) -> Result<String> {
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret::Type, Secret};
-    use envoy_types::pb::envoy::service::discovery::v3::{
-        aggregated_discovery_service_client::AggregatedDiscoveryServiceClient,
-        DeltaDiscoveryRequest,
-    };
+    use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
     use prost::Message;
     let channel = xds_client::tls_channel(xds, "127.0.0.1", root).await?;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel);
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(DeltaDiscoveryRequest {
+    let first = DeltaDiscoveryRequest {
         node: Some(xds_client::node("authn", pod)),
         type_url: weir_core::ResourceType::Secret.type_url().into(),
         resource_names_subscribe: vec!["workload".into()],
         ..Default::default()
-    })
-    .await?;
-    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let mut stream = client
-        .delta_aggregated_resources(request)
-        .await?
-        .into_inner();
+    };
+    let (_tx, mut stream) = xds_client::delta_stream(channel, Some(token), first).await?;
     let response = stream.message().await?.context("no response")?;
     let resource = response.resources.first().context("no secret")?;
     let secret = Secret::decode(
