@@ -20,8 +20,12 @@ PROMETHEUS_VERSION := $(shell awk '$$1 == "require" { $$1 = ""; $$0 = $$0 } $$1 
 JAEGER_VERSION := $(shell awk '$$1 == "require" { $$1 = ""; $$0 = $$0 } $$1 == "github.com/jaegertracing/jaeger" { print $$2; exit }' tests/telemetry/jaeger/go.mod)
 WEIR_TELEMETRY_BIN ?= $(WEIR_TELEMETRY_CACHE)/$(PROMETHEUS_VERSION)-$(JAEGER_VERSION)
 export WEIR_TELEMETRY_CACHE WEIR_TELEMETRY_BIN
+# Gateway API's CRDs and mesh conformance cases (tests/gateway-api), copied from its Go
+# modules into this cache.
+WEIR_GATEWAY_API_CACHE ?= $(HOME)/.cache/weir/gateway-api
+export WEIR_GATEWAY_API_CACHE
 
-.PHONY: all build test demo envoy sysdeps k8s telemetry crds lint fmt bench e2e install krew clean
+.PHONY: all build test demo envoy sysdeps k8s telemetry gateway-api crds lint fmt bench e2e install krew clean
 
 all: build
 
@@ -63,9 +67,13 @@ k8s:
 telemetry:
 	tests/telemetry/build.sh >/dev/null
 
-test: envoy sysdeps k8s telemetry
+## Gateway API's CRDs and conformance cases (needs Go; a no-op once fetched).
+gateway-api:
+	tests/gateway-api/fetch.sh >/dev/null
+
+test: envoy sysdeps k8s telemetry gateway-api
 	$(CARGO) build --workspace --all-targets
-	$(CARGO) test --workspace
+	WEIR_GATEWAY_API_DIR=$$(tests/gateway-api/fetch.sh) $(CARGO) test --workspace
 
 demo: envoy
 	$(CARGO) build --bin weir-operator --bin weir-demo

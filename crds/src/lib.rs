@@ -6,6 +6,7 @@
 #![allow(clippy::duplicated_attributes)]
 
 mod duration;
+pub mod gateway_api;
 mod mesh_identity;
 mod mesh_status;
 mod traffic_policy;

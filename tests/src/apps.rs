@@ -288,6 +288,59 @@ pub async fn serve_http(name: &str, listener: TcpListener) -> Result<()> {
     }
 }
 
+/// Serves HTTP/1.1 and h2c, answering every request with what it received, as JSON (as
+/// Gateway API's conformance echo server does): `{"pod", "namespace", "method", "path",
+/// "host", "headers": {lower-case name: [values]}}`.
+pub async fn serve_echo(pod: &str, namespace: &str, listener: TcpListener) -> Result<()> {
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let who: Arc<(String, String)> = Arc::new((pod.to_string(), namespace.to_string()));
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let who = who.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let mut headers: std::collections::BTreeMap<String, Vec<String>> =
+                    Default::default();
+                for (name, value) in req.headers() {
+                    headers
+                        .entry(name.as_str().to_string())
+                        .or_default()
+                        .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+                }
+                let host = req
+                    .uri()
+                    .authority()
+                    .map(|a| a.to_string())
+                    .or_else(|| headers.get("host").and_then(|h| h.first().cloned()))
+                    .unwrap_or_default();
+                let body = serde_json::json!({
+                    "pod": who.0,
+                    "namespace": who.1,
+                    "method": req.method().as_str(),
+                    "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
+                    "host": host,
+                    "headers": headers,
+                })
+                .to_string();
+                async move {
+                    let mut response = http::Response::new(http_body_util::Full::new(
+                        hyper::body::Bytes::from(body),
+                    ));
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, std::convert::Infallible>(response)
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 /// GET over h2c (HTTP/2 prior knowledge) to `addr` with `:authority`: the body's first line.
 pub async fn get_h2c(addr: SocketAddr, authority: &str) -> Result<String> {
     use http_body_util::BodyExt;

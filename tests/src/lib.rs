@@ -18,6 +18,7 @@ pub mod backend;
 pub mod bins;
 pub mod envoy;
 pub mod fake_api;
+pub mod gateway_api;
 pub mod kube;
 pub mod manifests;
 pub mod mesh;

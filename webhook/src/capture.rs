@@ -2,8 +2,11 @@
 //!
 //! ```text
 //! inbound:  PREROUTING -> WEIR_INBOUND  -> (excluded ports, probe ports: RETURN) -> REDIRECT :15006
-//! outbound: OUTPUT     -> WEIR_OUTPUT   -> (proxy uid/gid, loopback, excluded ports and
-//!                                           CIDRs: RETURN) -> REDIRECT :15001
+//! outbound: OUTPUT     -> WEIR_OUTPUT   -> (the proxy to its application from 127.0.0.6:
+//!                                           RETURN; the proxy to the pod's own address:
+//!                                           WEIR_IN_REDIRECT; proxy uid/gid, loopback,
+//!                                           excluded ports and CIDRs: RETURN)
+//!                                           -> REDIRECT :15001
 //! ```
 //!
 //! The rules are rendered as `iptables-restore` input, so they are applied in one atomic
@@ -12,8 +15,8 @@
 use std::net::Ipv4Addr;
 
 use weir_core::mesh::{
-    GRPC_PROBE_PORTS, INBOUND_CAPTURE_PORT, OUTBOUND_CAPTURE_PORT, PROBE_PORT, PROMETHEUS_PORT,
-    PROXY_UID,
+    GRPC_PROBE_PORTS, INBOUND_CAPTURE_PORT, INBOUND_SOURCE_ADDRESS, OUTBOUND_CAPTURE_PORT,
+    PROBE_PORT, PROMETHEUS_PORT, PROXY_UID,
 };
 
 /// An IPv4 CIDR such as `10.0.0.0/8`.
@@ -180,6 +183,18 @@ pub fn iptables_rules(config: &CaptureConfig, current: &str) -> String {
     // loop), loopback, and what the pod excludes.
     if !has_jump(JUMPS[1]) {
         line(JUMPS[1].into());
+    }
+    // The sidecar's connections to its application leave from INBOUND_SOURCE_ADDRESS: let
+    // them through. Its other connections to the pod's own address (a Service that chose
+    // this pod) go through the inbound listener, as any caller's would.
+    line(format!(
+        "-A WEIR_OUTPUT -s {INBOUND_SOURCE_ADDRESS}/32 -o lo -j RETURN"
+    ));
+    for owner in ["uid", "gid"] {
+        line(format!(
+            "-A WEIR_OUTPUT ! -d 127.0.0.1/32 -o lo -m owner --{owner}-owner {} -j WEIR_IN_REDIRECT",
+            config.proxy_uid
+        ));
     }
     line(format!(
         "-A WEIR_OUTPUT -m owner --uid-owner {} -j RETURN",

@@ -35,6 +35,10 @@ use crate::routing::{Backend, HttpMatch, HttpRule, PathMatch, RouteSet, TcpRule}
 pub enum SourceRef {
     /// A TrafficPolicy.
     TrafficPolicy(ObjectKey),
+    /// A Gateway API HTTPRoute.
+    HttpRoute(ObjectKey),
+    /// A Gateway API GRPCRoute.
+    GrpcRoute(ObjectKey),
 }
 
 impl SourceRef {
@@ -42,13 +46,17 @@ impl SourceRef {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceRef::TrafficPolicy(_) => "TrafficPolicy",
+            SourceRef::HttpRoute(_) => "HTTPRoute",
+            SourceRef::GrpcRoute(_) => "GRPCRoute",
         }
     }
 
     /// The resource.
     pub fn key(&self) -> &ObjectKey {
         match self {
-            SourceRef::TrafficPolicy(key) => key,
+            SourceRef::TrafficPolicy(key)
+            | SourceRef::HttpRoute(key)
+            | SourceRef::GrpcRoute(key) => key,
         }
     }
 }
@@ -83,9 +91,15 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    /// Precedence order: older first (no timestamp first), then the source.
-    fn precedence(&self) -> (Option<&Time>, &SourceRef) {
-        (self.created.as_ref(), &self.source)
+    /// Precedence order: routes (merging sources) before TrafficPolicies, so that routes
+    /// decide the routing of the ports they attach to; then older first (no timestamp
+    /// first), then the source.
+    fn precedence(&self) -> (bool, Option<&Time>, &SourceRef) {
+        (
+            self.merge != Merge::Rules,
+            self.created.as_ref(),
+            &self.source,
+        )
     }
 }
 
@@ -103,6 +117,18 @@ pub fn attachments(index: &Index, service: &ObjectKey) -> Vec<Attachment> {
             })
         })
         .collect();
+    for (id, entry, sets) in index.routes_for(service) {
+        let source = match id.0 {
+            crate::index::gateway_route::RouteKind::Http => SourceRef::HttpRoute(id.1.clone()),
+            crate::index::gateway_route::RouteKind::Grpc => SourceRef::GrpcRoute(id.1.clone()),
+        };
+        out.extend(sets.into_iter().map(|routes| Attachment {
+            source: source.clone(),
+            routes,
+            created: entry.created.clone(),
+            merge: Merge::Rules,
+        }));
+    }
     out.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
     out
 }
@@ -232,6 +258,9 @@ pub struct PortRoutes {
     pub http: Vec<BoundHttpRule>,
     /// TCP rules in the order they are tried, backends resolved for this port.
     pub tcp: Vec<BoundTcpRule>,
+    /// Gateway API routes attach to the port: a request no rule matches is answered 404
+    /// (there is no route to the Service as a whole).
+    pub routes_decide: bool,
 }
 
 /// An HTTP rule (or one match of it) bound to a port.
@@ -402,10 +431,16 @@ fn claim(
         return Outcome::Active { ports };
     }
     let shares = |merge: Merge| merge == Merge::Rules && attachment.merge == Merge::Rules;
+    // A TrafficPolicy without rules on a port routes decide: its subsets and upstream
+    // settings apply there (it governs the backends, not the routing).
+    let beside_routes = attachment.merge == Merge::Exclusive
+        && attachment.routes.http.is_empty()
+        && attachment.routes.tcp.is_empty();
     let clash: Vec<(u16, &Claim)> = ports
         .iter()
         .filter_map(|p| claims.get(p).map(|claim| (*p, claim)))
         .filter(|(_, (_, _, merge))| !shares(*merge))
+        .filter(|(_, (_, _, merge))| !(beside_routes && *merge == Merge::Rules))
         .collect();
     // The winner named is the attachment of highest precedence among those in the way.
     if let Some((_, (_, winner, _))) = clash.iter().min_by_key(|(_, (at, _, _))| *at) {
@@ -450,7 +485,14 @@ fn protocol_mismatches(
 
 /// The routes of one port from its active attachments (in precedence order).
 fn port_routes(index: &Index, active: &[Attachment], port: u16) -> PortRoutes {
-    let governing = active[0].routes.clone();
+    // The upstream settings and subsets are an exclusive source's (a TrafficPolicy beside
+    // routes), else the first attachment's.
+    let governing = active
+        .iter()
+        .find(|a| a.merge == Merge::Exclusive)
+        .unwrap_or(&active[0])
+        .routes
+        .clone();
     let mut http: Vec<(MatchRank, BoundHttpRule)> = Vec::new();
     let mut tcp = Vec::new();
     for attachment in active {
@@ -504,6 +546,7 @@ fn port_routes(index: &Index, active: &[Attachment], port: u16) -> PortRoutes {
         governing,
         http: http.into_iter().map(|(_, rule)| rule).collect(),
         tcp,
+        routes_decide: active.iter().any(|a| a.merge == Merge::Rules),
     }
 }
 

@@ -172,7 +172,8 @@ pub struct Share {
     pub percent: f64,
     /// `forwarded`, `denied`, `fault`, `no_healthy_upstream`, `no_cluster`, `reset`,
     /// `passthrough` (not the mesh's: sent on untouched), `no_such_host` (a cluster name
-    /// that does not resolve).
+    /// that does not resolve), `no_route` (404: no rule of the port's Gateway API routes
+    /// matches).
     pub result: String,
     /// The HTTP status the client sees, when there is one.
     pub status: Option<u16>,
@@ -395,6 +396,18 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
             }
         }
     }
+    if chosen.is_none() && http && routes.is_some_and(|r| r.routes_decide) {
+        out.outcome.push(Share {
+            percent: 100.0,
+            result: "no_route".into(),
+            status: Some(404),
+            grpc_status: Some(12),
+            service: None,
+            subset: None,
+            detail: "no rule of the Gateway API routes on this port matches: 404 (routes send nothing to the Service as a whole)".into(),
+        });
+        return Ok(out);
+    }
     let chosen = chosen.unwrap_or_else(|| {
         out.rules.push(RuleCheck {
             source: "(none)".into(),
@@ -465,6 +478,37 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
         remaining -= f64::from(percent);
     }
     let total_weight: u32 = chosen.backends.iter().map(|(_, (_, w, _))| *w).sum();
+    if let Some(rule) = &chosen.http {
+        let answered = match &rule.redirect {
+            Some(r) => Some((
+                "redirect",
+                r.status,
+                format!("rule {} answers a {} redirect", chosen.name, r.status),
+            )),
+            None if total_weight == 0 => Some((
+                "no_backend",
+                rule.unresolved_status,
+                format!(
+                    "rule {} has no backend with weight: {}",
+                    chosen.name, rule.unresolved_status
+                ),
+            )),
+            None => None,
+        };
+        if let Some((result, status, detail)) = answered {
+            shares.push(Share {
+                percent: remaining,
+                result: result.into(),
+                status: Some(status),
+                grpc_status: None,
+                service: None,
+                subset: None,
+                detail,
+            });
+            out.outcome = shares;
+            return Ok(out);
+        }
+    }
     for (backend, (cluster, weight, resolution)) in &chosen.backends {
         let mut view = BackendView {
             cluster: cluster.clone(),

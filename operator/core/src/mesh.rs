@@ -16,6 +16,10 @@ use std::time::Duration;
 pub const OUTBOUND_CAPTURE_PORT: u16 = 15001;
 /// Where iptables redirects a pod's inbound TCP traffic (Envoy's inbound listener).
 pub const INBOUND_CAPTURE_PORT: u16 = 15006;
+/// The source address of the sidecar's connections to its application (inbound): the
+/// capture rules let loopback traffic from it through, so that a call that comes back to
+/// the pod's own address reaches the application after the inbound listener.
+pub const INBOUND_SOURCE_ADDRESS: &str = "127.0.0.6";
 /// Envoy's admin port, on 127.0.0.1 only.
 pub const ENVOY_ADMIN_PORT: u16 = 15000;
 /// Plaintext port on which the sidecar serves its readiness and the application's rewritten

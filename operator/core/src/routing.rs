@@ -108,7 +108,55 @@ pub struct HttpRule {
     pub fault: Option<Fault>,
     /// Where copies of the requests go.
     pub mirror: Option<Mirror>,
+    /// Response header changes.
+    pub response_headers: HeaderEdits,
+    /// Answer with a redirect instead of routing (the rule has no backends then).
+    pub redirect: Option<Redirect>,
+    /// How the request is rewritten before it goes upstream.
+    pub rewrite: Option<Rewrite>,
+    /// Timeout of each request to a backend (each retry has its own).
+    pub backend_timeout: Option<Duration>,
+    /// What the caller gets for the share of a backend that does not resolve (and for a
+    /// rule with no backend at all): TrafficPolicy 503, Gateway API 500.
+    pub unresolved_status: u16,
 }
+
+/// A redirect answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// `http` or `https`; the request's when `None`.
+    pub scheme: Option<String>,
+    /// The host; the request's when `None`.
+    pub host: Option<String>,
+    /// The port; the scheme's default (or the request's) when `None`.
+    pub port: Option<u16>,
+    /// The path; the request's when `None`.
+    pub path: Option<PathRewrite>,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+}
+
+/// A request rewritten before it goes upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rewrite {
+    /// The Host (`:authority`) sent upstream.
+    pub host: Option<String>,
+    /// The path sent upstream.
+    pub path: Option<PathRewrite>,
+}
+
+/// How a path is replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathRewrite {
+    /// The whole path.
+    Full(String),
+    /// The part the rule's path prefix matched (the rule matches a prefix).
+    Prefix(String),
+}
+
+/// What a TrafficPolicy's unresolved backend answers (Envoy's default for a missing
+/// cluster).
+pub const UNRESOLVED_STATUS: u16 = 503;
 
 /// One TCP routing rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,8 +269,13 @@ pub enum ValueMatch {
 pub struct WeightedBackend {
     /// Where the traffic goes.
     pub backend: Backend,
-    /// Share in percent (100 for a single backend without a weight).
+    /// Its share: relative to the rule's other backends (TrafficPolicy writes percents,
+    /// 100 for a single backend; Gateway API relative weights, 1 by default).
     pub weight: u32,
+    /// Request header changes for this backend's share only.
+    pub request_headers: HeaderEdits,
+    /// Response header changes for this backend's share only.
+    pub response_headers: HeaderEdits,
 }
 
 /// Where traffic goes, before it is resolved against the index: a Service (the target or

@@ -30,6 +30,11 @@ use weir_core::{Event, Kind, Object, ObjectKey};
 
 use crate::mesh_state::{MeshState, SourceError};
 
+/// How often the API is asked whether it serves an optional kind (Gateway API routes)
+/// that it did not serve: CRDs installed after the operator started are picked up within
+/// this long, without a restart.
+pub const OPTIONAL_KIND_RECHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How many listed objects go to the pipeline in one batch.
 const INIT_BATCH: usize = 500;
 
@@ -186,6 +191,9 @@ pub async fn run(
                 config = config.labels(selector);
             }
             let context = WatchContext { kind, shared };
+            if kind.optional() {
+                context.until_served(&client, &resource).await;
+            }
             match kind.watch_mode() {
                 WatchMode::Full => {
                     let api = Api::<DynamicObject>::all_with(client, &resource);
@@ -320,6 +328,41 @@ impl WatchContext {
 
     async fn send(&self, events: Vec<Event>) -> bool {
         events.is_empty() || self.shared.tx.send(events).await.is_ok()
+    }
+
+    /// For a kind whose CRD may be absent (Gateway API's): counts it as listed (empty) for
+    /// readiness, and returns once the API serves it, checking every
+    /// [`OPTIONAL_KIND_RECHECK`]; says once that it is not installed.
+    async fn until_served(&self, client: &Client, resource: &ApiResource) {
+        let mut told = false;
+        loop {
+            match client.list_api_group_resources(&resource.api_version).await {
+                Ok(list) if list.resources.iter().any(|r| r.name == resource.plural) => {
+                    if told {
+                        tracing::info!(kind = %self.kind, "the API serves it now: watching");
+                    }
+                    return;
+                }
+                Ok(_) | Err(kube::Error::Api(_)) => {
+                    if !told {
+                        tracing::info!(
+                            kind = %self.kind,
+                            api_version = %resource.api_version,
+                            "not served (Gateway API's CRDs are not installed): its routes are not read; checking again every {}s",
+                            OPTIONAL_KIND_RECHECK.as_secs()
+                        );
+                        told = true;
+                        if self.completes_listing() {
+                            self.shared.state.mark_listed(&self.shared.tx).await;
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(kind = %self.kind, %err, "cannot ask the API whether it serves this kind; retrying");
+                }
+            }
+            tokio::time::sleep(OPTIONAL_KIND_RECHECK).await;
+        }
     }
 
     /// Records that this kind was listed; whether that completes the initial state.

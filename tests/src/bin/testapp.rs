@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! weir-testapp serve grpc|http|tcp|tls NAME ADDR [--fail-first N] [--dir DIR --names A,B]
+//! weir-testapp serve echo NAMESPACE/POD ADDR        answers what it received, as JSON
 //! weir-testapp call grpc ADDR AUTHORITY METHOD      prints the server's name
 //! weir-testapp call h2c ADDR AUTHORITY              prints `<status> <body line>`
 //! weir-testapp call tcp ADDR LINE                   prints the answer line
@@ -76,6 +77,11 @@ async fn main() -> Result<()> {
                     apps::serve_grpc(apps::EchoServer::new(&name, fail_first), listener).await
                 }
                 "http" => apps::serve_http(&name, listener).await,
+                // NAME is `namespace/pod`.
+                "echo" => {
+                    let (namespace, pod) = name.split_once('/').unwrap_or(("default", &name));
+                    apps::serve_echo(pod, namespace, listener).await
+                }
                 "tcp" => apps::serve_tcp_echo(&name, listener).await,
                 "tls" => {
                     let dir = dir.unwrap_or_else(std::env::temp_dir);

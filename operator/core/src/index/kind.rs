@@ -6,6 +6,7 @@
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use weir_api::gateway_api::{GRPCRoute, HTTPRoute, GATEWAY_API_VERSION};
 use weir_api::{MeshIdentity, TrafficPolicy};
 
 use super::ObjectKey;
@@ -42,6 +43,10 @@ kinds! {
         MeshIdentity,
         /// core/v1 Namespace.
         Namespace,
+        /// gateway.networking.k8s.io/v1 HTTPRoute (optional: Gateway API's CRDs).
+        HttpRoute,
+        /// gateway.networking.k8s.io/v1 GRPCRoute (optional: Gateway API's CRDs).
+        GrpcRoute,
     }
 }
 
@@ -79,6 +84,10 @@ pub enum Object {
     MeshIdentity(MeshIdentity),
     /// core/v1 Namespace.
     Namespace(Namespace),
+    /// gateway.networking.k8s.io/v1 HTTPRoute.
+    HttpRoute(HTTPRoute),
+    /// gateway.networking.k8s.io/v1 GRPCRoute.
+    GrpcRoute(GRPCRoute),
 }
 
 impl Kind {
@@ -88,6 +97,7 @@ impl Kind {
             Kind::Service | Kind::Pod | Kind::Namespace => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::TrafficPolicy | Kind::MeshIdentity => weir_api::API_VERSION,
+            Kind::HttpRoute | Kind::GrpcRoute => GATEWAY_API_VERSION,
         }
     }
 
@@ -98,6 +108,8 @@ impl Kind {
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Pod => "Pod",
             Kind::TrafficPolicy => "TrafficPolicy",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
             Kind::MeshIdentity => "MeshIdentity",
             Kind::Namespace => "Namespace",
         }
@@ -112,7 +124,15 @@ impl Kind {
             Kind::TrafficPolicy => "trafficpolicies",
             Kind::MeshIdentity => "meshidentities",
             Kind::Namespace => "namespaces",
+            Kind::HttpRoute => "httproutes",
+            Kind::GrpcRoute => "grpcroutes",
         }
+    }
+
+    /// Whether the kind's CRD is someone else's and may be absent: the Kubernetes source
+    /// watches it only while the API serves it.
+    pub fn optional(self) -> bool {
+        matches!(self, Kind::HttpRoute | Kind::GrpcRoute)
     }
 
     /// Namespaced or cluster-scoped.
@@ -172,6 +192,8 @@ impl Kind {
             Kind::EndpointSlice => Object::EndpointSlice(decode(json, kind, &name)?),
             Kind::Pod => Object::Pod(decode(json, kind, &name)?),
             Kind::TrafficPolicy => Object::TrafficPolicy(decode(json, kind, &name)?),
+            Kind::HttpRoute => Object::HttpRoute(decode(json, kind, &name)?),
+            Kind::GrpcRoute => Object::GrpcRoute(decode(json, kind, &name)?),
             Kind::MeshIdentity => Object::MeshIdentity(decode(json, kind, &name)?),
             Kind::Namespace => Object::Namespace(decode(json, kind, &name)?),
         })
@@ -192,6 +214,8 @@ impl Object {
             Object::EndpointSlice(_) => Kind::EndpointSlice,
             Object::Pod(_) => Kind::Pod,
             Object::TrafficPolicy(_) => Kind::TrafficPolicy,
+            Object::HttpRoute(_) => Kind::HttpRoute,
+            Object::GrpcRoute(_) => Kind::GrpcRoute,
             Object::MeshIdentity(_) => Kind::MeshIdentity,
             Object::Namespace(_) => Kind::Namespace,
         }
@@ -203,6 +227,8 @@ impl Object {
             Object::EndpointSlice(o) => &o.metadata,
             Object::Pod(o) => &o.metadata,
             Object::TrafficPolicy(o) => &o.metadata,
+            Object::HttpRoute(o) => &o.metadata,
+            Object::GrpcRoute(o) => &o.metadata,
             Object::MeshIdentity(o) => &o.metadata,
             Object::Namespace(o) => &o.metadata,
         }

@@ -15,6 +15,7 @@
 //! and keys in its own module; [`kind`] describes the kinds for the sources.
 
 mod endpoint_slice;
+pub mod gateway_route;
 pub mod kind;
 mod mesh_identity;
 mod namespace;
@@ -26,6 +27,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use weir_api::gateway_api::{GRPCRoute, HTTPRoute};
 use weir_api::{MeshIdentity, TrafficPolicy};
 
 use crate::hash_map::HashMap;
@@ -120,6 +122,9 @@ pub struct Index {
     policies: BTreeMap<ObjectKey, PolicyEntry>,
     policies_by_target: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
     policies_by_backend: HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    routes: BTreeMap<gateway_route::RouteId, gateway_route::RouteEntry>,
+    routes_by_target: HashMap<ObjectKey, BTreeSet<gateway_route::RouteId>>,
+    routes_by_backend: HashMap<ObjectKey, BTreeSet<gateway_route::RouteId>>,
     identities: BTreeMap<String, MeshIdentity>,
     identity: IdentityConfig,
     namespaces: BTreeMap<String, NamespaceModel>,
@@ -146,6 +151,8 @@ impl Index {
                 Object::TrafficPolicy(o) => IndexKind::apply(self, o),
                 Object::MeshIdentity(o) => IndexKind::apply(self, o),
                 Object::Namespace(o) => IndexKind::apply(self, o),
+                Object::HttpRoute(o) => IndexKind::apply(self, o),
+                Object::GrpcRoute(o) => IndexKind::apply(self, o),
             },
             Event::Delete(kind, key) => match kind {
                 Kind::Service => <Service as IndexKind>::delete(self, &key),
@@ -154,6 +161,8 @@ impl Index {
                 Kind::TrafficPolicy => <TrafficPolicy as IndexKind>::delete(self, &key),
                 Kind::MeshIdentity => <MeshIdentity as IndexKind>::delete(self, &key),
                 Kind::Namespace => <Namespace as IndexKind>::delete(self, &key),
+                Kind::HttpRoute => <HTTPRoute as IndexKind>::delete(self, &key),
+                Kind::GrpcRoute => <GRPCRoute as IndexKind>::delete(self, &key),
             },
         }
     }
@@ -168,6 +177,8 @@ impl Index {
             Kind::TrafficPolicy => <TrafficPolicy as IndexKind>::keys(self),
             Kind::MeshIdentity => <MeshIdentity as IndexKind>::keys(self),
             Kind::Namespace => <Namespace as IndexKind>::keys(self),
+            Kind::HttpRoute => <HTTPRoute as IndexKind>::keys(self),
+            Kind::GrpcRoute => <GRPCRoute as IndexKind>::keys(self),
         }
     }
 
@@ -183,6 +194,9 @@ impl Index {
         self.dirty
             .services
             .extend(self.policies_by_target.keys().cloned());
+        self.dirty
+            .services
+            .extend(self.routes_by_target.keys().cloned());
     }
 
     /// Counts for memory accounting and status.

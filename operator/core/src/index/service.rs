@@ -115,5 +115,7 @@ impl Index {
             .filter_map(|p| self.policies.get(p))
             .flat_map(|e| e.targets.iter().cloned());
         self.dirty.services.extend(targets.collect::<Vec<_>>());
+        let route_targets = self.route_referrers(key);
+        self.dirty.services.extend(route_targets);
     }
 }

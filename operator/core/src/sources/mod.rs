@@ -4,9 +4,11 @@
 //!
 //! ```text
 //! TrafficPolicy --traffic_policy::parse--> RouteSet | Rejection
-//! (HTTPRoute, GRPCRoute: next, into the same RouteSet)
+//! HTTPRoute, GRPCRoute --gateway_route::parse_http / parse_grpc--> per Service parent:
+//!                                              RouteSet | RouteRejection
 //! ```
 
+pub mod gateway_route;
 pub mod traffic_policy;
 
 pub use traffic_policy::Rejection;

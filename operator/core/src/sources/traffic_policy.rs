@@ -362,6 +362,11 @@ fn parse_rule(
         request_headers,
         fault,
         mirror,
+        response_headers: HeaderEdits::default(),
+        redirect: None,
+        rewrite: None,
+        backend_timeout: None,
+        unresolved_status: crate::routing::UNRESOLVED_STATUS,
     }
 }
 
@@ -723,6 +728,8 @@ fn parse_destination(
     WeightedBackend {
         backend,
         weight: dest.weight.unwrap_or(100),
+        request_headers: HeaderEdits::default(),
+        response_headers: HeaderEdits::default(),
     }
 }
 
@@ -983,11 +990,15 @@ mod tests {
             vec![
                 WeightedBackend {
                     backend: subset("v1"),
-                    weight: 80
+                    weight: 80,
+                    request_headers: HeaderEdits::default(),
+                    response_headers: HeaderEdits::default(),
                 },
                 WeightedBackend {
                     backend: subset("v2"),
-                    weight: 20
+                    weight: 20,
+                    request_headers: HeaderEdits::default(),
+                    response_headers: HeaderEdits::default(),
                 },
             ]
         );

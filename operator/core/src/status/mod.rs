@@ -5,6 +5,8 @@
 //! Index (verdicts) + Translator::binding per target (outcome, unresolved, mismatches)
 //!   + AckSummary (what the connected proxies ACKed)
 //!   --traffic_policy::policy_statuses--> PolicyStatus { Accepted, ResolvedRefs, Programmed }
+//! Index::routes + the same bindings --gateway_route::route_statuses--> per route and
+//!   Service parent { Accepted, ResolvedRefs } (Gateway API's reasons)
 //! CA source problem + CA expiry --ca::ca_condition--> MeshStatus CAReady
 //! ```
 //!
@@ -12,6 +14,7 @@
 //! Kubernetes status writer and `/status` both render these; neither decides anything.
 
 pub mod ca;
+pub mod gateway_route;
 pub mod traffic_policy;
 
 pub use crate::conditions::{

@@ -146,14 +146,17 @@ fn accepted(entry: &PolicyEntry, binding: Option<&AttachmentBinding>) -> Conditi
         Ok(valid) => valid,
     };
     if let Some(Outcome::Conflicted { winner, ports }) = binding.map(|b| &b.outcome) {
-        return ConditionView::new(
-            false,
-            AcceptedReason::Conflicted,
-            format!(
+        let message = match winner {
+            SourceRef::TrafficPolicy(_) => format!(
                 "{winner} already governs port {} of this Service and takes precedence (older, or the same age and its name sorts first): merge the two policies or target another port",
                 port_list(ports)
             ),
-        );
+            SourceRef::HttpRoute(_) | SourceRef::GrpcRoute(_) => format!(
+                "{winner} routes port {} of this Service, and Gateway API routes decide the routing of the ports they attach to: remove this policy's http and tcp rules (without them its subsets, connection pool, outlier detection, load balancing and rate limit apply there), or target another port",
+                port_list(ports)
+            ),
+        };
+        return ConditionView::new(false, AcceptedReason::Conflicted, message);
     }
     let notes: String = binding
         .map(|b| {

@@ -161,11 +161,29 @@ pub fn original_dst_cluster(name: &str) -> Cluster {
     }
 }
 
-/// An original-destination cluster for HTTP that speaks to the application in the
-/// protocol the caller used (inbound, after mTLS termination).
+/// An original-destination cluster to the application (inbound): its connections leave
+/// from [`crate::mesh::INBOUND_SOURCE_ADDRESS`], which the capture rules let through to
+/// the application even when the original destination is the pod's own address (a call
+/// the pod's own sidecar sent through a Service that chose this pod).
+pub fn inbound_original_dst_cluster(name: &str) -> Cluster {
+    use envoy_types::pb::envoy::config::core::v3::BindConfig;
+    Cluster {
+        upstream_bind_config: Some(BindConfig {
+            source_address: Some(super::endpoint::socket_address_value(
+                crate::mesh::INBOUND_SOURCE_ADDRESS,
+                0,
+            )),
+            ..Default::default()
+        }),
+        ..original_dst_cluster(name)
+    }
+}
+
+/// An inbound original-destination cluster for HTTP that speaks to the application in
+/// the protocol the caller used (after mTLS termination).
 pub fn original_dst_http_cluster(name: &str) -> Cluster {
     with_http_options(
-        original_dst_cluster(name),
+        inbound_original_dst_cluster(name),
         UpstreamHttp::LikeDownstream,
         None,
     )

@@ -11,11 +11,18 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 /// A TCP socket address.
 pub fn socket_address(ip: &str, port: u16) -> Address {
     Address {
-        address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.to_string(),
-            port_specifier: Some(PortSpecifier::PortValue(u32::from(port))),
-            ..Default::default()
-        })),
+        address: Some(address::Address::SocketAddress(socket_address_value(
+            ip, port,
+        ))),
+    }
+}
+
+/// The socket address itself (what a bind config takes).
+pub fn socket_address_value(ip: &str, port: u16) -> SocketAddress {
+    SocketAddress {
+        address: ip.to_string(),
+        port_specifier: Some(PortSpecifier::PortValue(u32::from(port))),
+        ..Default::default()
     }
 }
 

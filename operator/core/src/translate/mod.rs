@@ -792,7 +792,7 @@ pub fn profile_clusters(profile: &ProxyProfile, telemetry: &telemetry::Telemetry
             ),
             Resource::new(
                 names::INBOUND_PASSTHROUGH_CLUSTER,
-                &cluster::original_dst_cluster(names::INBOUND_PASSTHROUGH_CLUSTER),
+                &cluster::inbound_original_dst_cluster(names::INBOUND_PASSTHROUGH_CLUSTER),
             ),
             Resource::new(
                 names::INBOUND_PASSTHROUGH_HTTP_CLUSTER,

@@ -6,12 +6,13 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
-    route::Action, route_action::ClusterSpecifier, route_match::PathSpecifier,
-    weighted_cluster::ClusterWeight, HeaderMatcher, QueryParameterMatcher, RetryPolicy, Route,
-    RouteAction, RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
+    route::Action, route_action::ClusterSpecifier, route_action::HostRewriteSpecifier,
+    route_match::PathSpecifier, weighted_cluster::ClusterWeight, DirectResponseAction,
+    HeaderMatcher, QueryParameterMatcher, RedirectAction, RetryPolicy, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost, WeightedCluster,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    string_matcher::MatchPattern, RegexMatcher, StringMatcher,
+    string_matcher::MatchPattern, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
 };
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
 
@@ -21,7 +22,10 @@ use crate::index::ObjectKey;
 use crate::mesh::{SOURCE_NAMESPACE_HEADER, SOURCE_WORKLOAD_HEADER};
 use crate::names;
 use crate::protocol::Protocol;
-use crate::routing::{HeaderEdits, HttpMatch, HttpRule, NamedMatch, PathMatch, ValueMatch};
+use crate::routing::{
+    HeaderEdits, HttpMatch, HttpRule, NamedMatch, PathMatch, PathRewrite, Redirect, Rewrite,
+    ValueMatch,
+};
 use crate::translate::chain::catch_all_virtual_host;
 use crate::translate::pb::{self, duration as pb_duration, NO_TIMEOUT};
 use crate::translate::telemetry;
@@ -68,18 +72,43 @@ pub fn virtual_host(
             })
             .collect();
         for m in bound_rule.matches() {
+            // The matched prefix, for rewrites and redirects that replace it.
+            let prefix = m.and_then(|m| match &m.path {
+                Some(PathMatch::Prefix(p)) => Some(p.trim_end_matches('/').to_string()),
+                _ => None,
+            });
+            let route_action = match &rule.redirect {
+                Some(redirect) => Action::Redirect(redirect_action(redirect, prefix.as_deref())),
+                None if action.cluster_specifier.is_none() => {
+                    Action::DirectResponse(DirectResponseAction {
+                        status: u32::from(rule.unresolved_status),
+                        ..Default::default()
+                    })
+                }
+                None => {
+                    let mut action = action.clone();
+                    if let Some(rewrite) = &rule.rewrite {
+                        rewrite_action(&mut action, rewrite, prefix.as_deref());
+                    }
+                    Action::Route(action)
+                }
+            };
             routes.push(Route {
                 name: rule.name.clone(),
                 r#match: Some(route_match(m)),
-                action: Some(Action::Route(action.clone())),
+                action: Some(route_action),
                 request_headers_to_add: headers_to_add(&rule.request_headers),
                 request_headers_to_remove: rule.request_headers.remove.clone(),
+                response_headers_to_add: headers_to_add(&rule.response_headers),
+                response_headers_to_remove: rule.response_headers.remove.clone(),
                 typed_per_filter_config: faults.clone(),
                 ..Default::default()
             });
         }
     }
-    routes.push(Route {
+    // Gateway API: a request that no route's rule matches gets 404, not the Service.
+    let routes_decide = bound.is_some_and(|b| b.routes_decide);
+    routes.extend((!routes_decide).then(|| Route {
         name: "default".into(),
         r#match: Some(RouteMatch {
             path_specifier: Some(PathSpecifier::Prefix("/".into())),
@@ -94,7 +123,7 @@ pub fn virtual_host(
             ..Default::default()
         })),
         ..Default::default()
-    });
+    }));
     let rate_limit = bound.and_then(|p| p.governing.rate_limit.as_ref());
     VirtualHost {
         name: names::vhost_name(svc, port),
@@ -132,28 +161,37 @@ pub fn route_configuration(name: &str, virtual_hosts: Vec<VirtualHost>) -> Route
 // Envoy's default route timeout is 15s; a mesh should not cut long requests it was not
 // asked to cut, so routes without a rule timeout have none (NO_TIMEOUT).
 
+/// The route action of a rule; without a cluster specifier when no backend has weight
+/// (the caller answers the rule's `unresolved_status` then).
 fn rule_action(rule: &HttpRule, backends: &[BoundBackend], protocol: Protocol) -> RouteAction {
-    // Unresolved backends keep their (missing) cluster: Envoy answers 503 for that share,
-    // and status says BackendNotFound.
-    let mut weighted: Vec<(String, u32)> = backends
+    // Unresolved backends keep their (missing) cluster: Envoy answers the rule's status
+    // for that share (`cluster_not_found_response_code`), and status says BackendNotFound.
+    let weighted: Vec<(&BoundBackend, &crate::routing::WeightedBackend)> = backends
         .iter()
-        .filter(|b| b.weight > 0)
-        .map(|b| (b.cluster.clone(), b.weight))
+        .zip(&rule.backends)
+        .filter(|(b, _)| b.weight > 0)
         .collect();
-    let cluster_specifier = if weighted.len() == 1 {
-        ClusterSpecifier::Cluster(weighted.remove(0).0)
-    } else {
-        ClusterSpecifier::WeightedClusters(WeightedCluster {
+    let edits = |w: &crate::routing::WeightedBackend| {
+        w.request_headers != HeaderEdits::default() || w.response_headers != HeaderEdits::default()
+    };
+    let cluster_specifier = match weighted.as_slice() {
+        [] => None,
+        [(only, w)] if !edits(w) => Some(ClusterSpecifier::Cluster(only.cluster.clone())),
+        _ => Some(ClusterSpecifier::WeightedClusters(WeightedCluster {
             clusters: weighted
-                .into_iter()
-                .map(|(name, weight)| ClusterWeight {
-                    name,
-                    weight: Some(UInt32Value { value: weight }),
+                .iter()
+                .map(|(b, w)| ClusterWeight {
+                    name: b.cluster.clone(),
+                    weight: Some(UInt32Value { value: b.weight }),
+                    request_headers_to_add: headers_to_add(&w.request_headers),
+                    request_headers_to_remove: w.request_headers.remove.clone(),
+                    response_headers_to_add: headers_to_add(&w.response_headers),
+                    response_headers_to_remove: w.response_headers.remove.clone(),
                     ..Default::default()
                 })
                 .collect(),
             ..Default::default()
-        })
+        })),
     };
     let retry_policy = rule
         .retry
@@ -174,13 +212,104 @@ fn rule_action(rule: &HttpRule, backends: &[BoundBackend], protocol: Protocol) -
                     .join(",")
             },
             num_retries: Some(UInt32Value { value: r.attempts }),
-            per_try_timeout: r.per_try_timeout.map(pb_duration),
+            per_try_timeout: r.per_try_timeout.or(rule.backend_timeout).map(pb_duration),
             ..Default::default()
+        })
+        // A backend timeout without retries: one try, with its own timeout.
+        .or_else(|| {
+            rule.backend_timeout.map(|t| RetryPolicy {
+                num_retries: Some(UInt32Value { value: 0 }),
+                per_try_timeout: Some(pb_duration(t)),
+                ..Default::default()
+            })
         });
     RouteAction {
-        cluster_specifier: Some(cluster_specifier),
+        cluster_specifier,
         timeout: Some(rule.timeout.map(pb_duration).unwrap_or(NO_TIMEOUT)),
         retry_policy,
+        cluster_not_found_response_code: not_found_code(rule.unresolved_status),
+        ..Default::default()
+    }
+}
+
+/// Envoy's code for a missing cluster: 503 (its default), 500 or 404.
+fn not_found_code(status: u16) -> i32 {
+    use envoy_types::pb::envoy::config::route::v3::route_action::ClusterNotFoundResponseCode as C;
+    match status {
+        500 => C::InternalServerError as i32,
+        404 => C::NotFound as i32,
+        _ => C::ServiceUnavailable as i32,
+    }
+}
+
+/// A path rewrite as Envoy's regex rewrite of the path (query kept): the whole path, or
+/// the matched prefix (segment-wise: `/prefix` -> `/new` turns `/prefix/x` into `/new/x`
+/// and `/prefix` into `/new`; replacing with `/` turns `/prefix/x` into `/x`).
+fn path_regex_rewrite(path: &PathRewrite, prefix: Option<&str>) -> RegexMatchAndSubstitute {
+    let (pattern, substitution) = match (path, prefix) {
+        (PathRewrite::Full(p), _) => ("^/[^?]*".to_string(), p.clone()),
+        (PathRewrite::Prefix(p), Some(prefix)) if !prefix.is_empty() => {
+            let replacement = p.trim_end_matches('/');
+            if replacement.is_empty() {
+                // What follows the prefix, as an absolute path (`/` when nothing does).
+                (
+                    format!("^{}/*([^?]*)", regex::escape(prefix)),
+                    "/\\1".to_string(),
+                )
+            } else {
+                (
+                    format!("^{}(/[^?]*)?", regex::escape(prefix)),
+                    format!("{replacement}\\1"),
+                )
+            }
+        }
+        // No prefix matched (the rule matches every path): the prefix is `/`.
+        (PathRewrite::Prefix(p), _) => (
+            "^/([^?]*)".to_string(),
+            format!("{}/\\1", p.trim_end_matches('/')),
+        ),
+    };
+    RegexMatchAndSubstitute {
+        pattern: Some(regex(&pattern)),
+        substitution,
+    }
+}
+
+fn rewrite_action(action: &mut RouteAction, rewrite: &Rewrite, prefix: Option<&str>) {
+    if let Some(host) = &rewrite.host {
+        action.host_rewrite_specifier =
+            Some(HostRewriteSpecifier::HostRewriteLiteral(host.clone()));
+    }
+    if let Some(path) = &rewrite.path {
+        action.regex_rewrite = Some(path_regex_rewrite(path, prefix));
+    }
+}
+
+fn redirect_action(redirect: &Redirect, prefix: Option<&str>) -> RedirectAction {
+    use envoy_types::pb::envoy::config::route::v3::redirect_action::{
+        PathRewriteSpecifier, RedirectResponseCode as Code, SchemeRewriteSpecifier,
+    };
+    let response_code = match redirect.status {
+        302 => Code::Found,
+        303 => Code::SeeOther,
+        307 => Code::TemporaryRedirect,
+        308 => Code::PermanentRedirect,
+        _ => Code::MovedPermanently,
+    } as i32;
+    RedirectAction {
+        host_redirect: redirect.host.clone().unwrap_or_default(),
+        port_redirect: redirect.port.map(u32::from).unwrap_or_default(),
+        response_code,
+        scheme_rewrite_specifier: redirect
+            .scheme
+            .clone()
+            .map(SchemeRewriteSpecifier::SchemeRedirect),
+        path_rewrite_specifier: redirect.path.as_ref().map(|path| match path {
+            PathRewrite::Full(p) => PathRewriteSpecifier::PathRedirect(p.clone()),
+            PathRewrite::Prefix(_) => {
+                PathRewriteSpecifier::RegexRewrite(path_regex_rewrite(path, prefix))
+            }
+        }),
         ..Default::default()
     }
 }

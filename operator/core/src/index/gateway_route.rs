@@ -1,0 +1,223 @@
+//! HTTPRoutes and GRPCRoutes: parsed once per change into per-parent route sets (or
+//! rejections), with the last accepted rules of each parent Service kept while a later
+//! edit is refused, and linked to the Services they attach to and route to so that a
+//! change on either side dirties the right Services.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use weir_api::gateway_api::{GRPCRoute, HTTPRoute};
+
+use super::{Index, IndexKind, Kind, ObjectKey};
+use crate::routing::RouteSet;
+use crate::sources::gateway_route::{self, ParentRoutes};
+
+/// Which kind of route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RouteKind {
+    /// HTTPRoute.
+    Http,
+    /// GRPCRoute.
+    Grpc,
+}
+
+impl RouteKind {
+    /// The index kind.
+    pub fn kind(self) -> Kind {
+        match self {
+            RouteKind::Http => Kind::HttpRoute,
+            RouteKind::Grpc => Kind::GrpcRoute,
+        }
+    }
+}
+
+/// A route as the index keeps it.
+#[derive(Debug, Clone)]
+pub struct RouteEntry {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `metadata.creationTimestamp`: the older route's rules win ties.
+    pub created: Option<Time>,
+    /// Per Service parentRef, the latest spec's verdict.
+    pub parents: Vec<ParentRoutes>,
+    /// Per parent Service, the rules served: the latest accepted ones (kept while a later
+    /// edit is refused).
+    pub served: BTreeMap<ObjectKey, Arc<RouteSet>>,
+    targets: BTreeSet<ObjectKey>,
+    backends: BTreeSet<ObjectKey>,
+}
+
+impl IndexKind for HTTPRoute {
+    fn apply(index: &mut Index, route: HTTPRoute) {
+        let parents = gateway_route::parse_http(&route);
+        apply_route(index, RouteKind::Http, &route.metadata, parents);
+    }
+
+    fn delete(index: &mut Index, key: &ObjectKey) {
+        delete_route(index, RouteKind::Http, key);
+    }
+
+    fn keys(index: &Index) -> Vec<ObjectKey> {
+        route_keys(index, RouteKind::Http)
+    }
+}
+
+impl IndexKind for GRPCRoute {
+    fn apply(index: &mut Index, route: GRPCRoute) {
+        let parents = gateway_route::parse_grpc(&route);
+        apply_route(index, RouteKind::Grpc, &route.metadata, parents);
+    }
+
+    fn delete(index: &mut Index, key: &ObjectKey) {
+        delete_route(index, RouteKind::Grpc, key);
+    }
+
+    fn keys(index: &Index) -> Vec<ObjectKey> {
+        route_keys(index, RouteKind::Grpc)
+    }
+}
+
+fn route_keys(index: &Index, kind: RouteKind) -> Vec<ObjectKey> {
+    index
+        .routes
+        .keys()
+        .filter(|(k, _)| *k == kind)
+        .map(|(_, key)| key.clone())
+        .collect()
+}
+
+fn apply_route(index: &mut Index, kind: RouteKind, meta: &ObjectMeta, parents: Vec<ParentRoutes>) {
+    let key = kind.kind().key(meta);
+    let id = (kind, key.clone());
+    if let Some(old) = index.routes.get(&id) {
+        // Status writes do not bump the generation: nothing to redo.
+        if old.generation.is_some()
+            && old.generation == meta.generation
+            && old.created == meta.creation_timestamp
+        {
+            return;
+        }
+    }
+    let old_served = index
+        .routes
+        .get(&id)
+        .map(|e| e.served.clone())
+        .unwrap_or_default();
+    let mut served = BTreeMap::new();
+    for p in &parents {
+        match (&p.verdict, old_served.get(&p.service)) {
+            (Ok(set), _) => {
+                served.insert(p.service.clone(), set.clone());
+            }
+            (Err(_), Some(previous)) => {
+                served.insert(p.service.clone(), previous.clone());
+            }
+            (Err(_), None) => {}
+        }
+    }
+    let targets: BTreeSet<ObjectKey> = parents.iter().map(|p| p.service.clone()).collect();
+    let backends: BTreeSet<ObjectKey> =
+        served.values().flat_map(|s| s.backend_services()).collect();
+    delete_route(index, kind, &key);
+    for target in &targets {
+        index
+            .routes_by_target
+            .entry(target.clone())
+            .or_default()
+            .insert(id.clone());
+        index.dirty.services.insert(target.clone());
+    }
+    for backend in &backends {
+        index
+            .routes_by_backend
+            .entry(backend.clone())
+            .or_default()
+            .insert(id.clone());
+    }
+    index.routes.insert(
+        id,
+        RouteEntry {
+            generation: meta.generation,
+            created: meta.creation_timestamp.clone(),
+            parents,
+            served,
+            targets,
+            backends,
+        },
+    );
+}
+
+fn delete_route(index: &mut Index, kind: RouteKind, key: &ObjectKey) {
+    let id = (kind, key.clone());
+    let Some(old) = index.routes.remove(&id) else {
+        return;
+    };
+    for target in &old.targets {
+        index.dirty.services.insert(target.clone());
+        unlink_route(&mut index.routes_by_target, target, &id);
+    }
+    for backend in &old.backends {
+        unlink_route(&mut index.routes_by_backend, backend, &id);
+    }
+}
+
+/// A route's id: its kind and key.
+pub type RouteId = (RouteKind, ObjectKey);
+
+fn unlink_route(
+    map: &mut crate::hash_map::HashMap<ObjectKey, BTreeSet<RouteId>>,
+    at: &ObjectKey,
+    id: &RouteId,
+) {
+    if let Some(set) = map.get_mut(at) {
+        set.remove(id);
+        if set.is_empty() {
+            map.remove(at);
+        }
+    }
+}
+
+impl Index {
+    /// Every route, in kind and key order.
+    pub fn routes(&self) -> impl Iterator<Item = (&RouteId, &RouteEntry)> {
+        self.routes.iter()
+    }
+
+    /// Routes whose served rules attach to the Service, with those rules (a route may name
+    /// the Service in several parentRefs, with different ports: one set each).
+    pub fn routes_for(
+        &self,
+        service: &ObjectKey,
+    ) -> Vec<(&RouteId, &RouteEntry, Vec<Arc<RouteSet>>)> {
+        self.routes_by_target
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.routes.get_key_value(id))
+            .map(|(id, entry)| {
+                let mut sets: Vec<Arc<RouteSet>> = entry
+                    .parents
+                    .iter()
+                    .filter(|p| p.service == *service)
+                    .filter_map(|p| p.verdict.as_ref().ok().cloned())
+                    .collect();
+                if sets.is_empty() {
+                    sets.extend(entry.served.get(service).cloned());
+                }
+                (id, entry, sets)
+            })
+            .filter(|(_, _, sets)| !sets.is_empty())
+            .collect()
+    }
+
+    /// Services whose routes name `service` as a backend (their routes resolve it).
+    pub(super) fn route_referrers(&self, service: &ObjectKey) -> Vec<ObjectKey> {
+        self.routes_by_backend
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.routes.get(id))
+            .flat_map(|e| e.targets.iter().cloned())
+            .collect()
+    }
+}
