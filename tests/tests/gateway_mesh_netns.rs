@@ -118,6 +118,9 @@ struct Case {
     /// The case's manifest under `tests/` of the conformance module.
     manifest: Option<&'static str>,
     requests: Vec<(Req, Want)>,
+    /// A weighted distribution to check after the requests: over HTTP (`None`) or gRPC
+    /// (`Some(port)`), the expected share per backend.
+    weights: Option<(Option<u16>, Vec<(&'static str, f64)>)>,
     /// Why Weir does not pass it yet, when it does not.
     gap: Option<&'static str>,
 }
@@ -127,6 +130,7 @@ fn cases() -> Vec<Case> {
         name,
         manifest,
         requests,
+        weights: None,
         gap: None,
     };
     vec![
@@ -304,6 +308,14 @@ fn cases() -> Vec<Case> {
             ],
         ),
         Case {
+            weights: Some((None, vec![("echo-v1", 0.7), ("echo-v2", 0.3)])),
+            ..case("HTTPRouteWeight", Some("httproute-weight.yaml"), vec![(get("/"), status(200))])
+        },
+        Case {
+            weights: Some((Some(7070), vec![("echo-v1", 0.7), ("echo-v2", 0.3)])),
+            ..case("GRPCRouteWeight", Some("grpcroute-weight.yaml"), Vec::new())
+        },
+        Case {
             gap: Some("consumer routes (a route in the caller's namespace for a Service elsewhere) are refused with Accepted=False UnsupportedValue: per-namespace route tables are not built yet"),
             ..case(
                 "MeshConsumerRoute",
@@ -398,7 +410,13 @@ fn gateway_api_mesh_conformance_cases() {
                 )
             })
             .collect();
-        let outcome = converge(&net, &script, &requests);
+        // A case noted as a gap gets less time to show that it still fails.
+        let patience = Duration::from_secs(if case.gap.is_some() { 10 } else { 30 });
+        let outcome =
+            converge(&net, &script, &requests, patience).and_then(|()| match &case.weights {
+                None => Ok(()),
+                Some((grpc, want)) => distribution(&net, &script, *grpc, want),
+            });
         let passed = outcome.is_ok();
         eprintln!(
             "{}: {}",
@@ -490,10 +508,15 @@ fn pod_object(name: &str) -> k8s_openapi::api::core::v1::Pod {
     .unwrap()
 }
 
-/// Three consecutive rounds in which every request gets what it wants, within 30 s; else
-/// what the last round saw wrong.
-fn converge(net: &Net, script: &Path, requests: &[(Req, Want)]) -> Result<(), String> {
-    let end = Instant::now() + Duration::from_secs(30);
+/// Three consecutive rounds in which every request gets what it wants, within `patience`
+/// (30 s upstream); else what the last round saw wrong.
+fn converge(
+    net: &Net,
+    script: &Path,
+    requests: &[(Req, Want)],
+    patience: Duration,
+) -> Result<(), String> {
+    let end = Instant::now() + patience;
     let mut streak = 0;
     loop {
         let answers = send(net, script, requests);
@@ -519,6 +542,70 @@ fn converge(net: &Net, script: &Path, requests: &[(Req, Want)]) -> Result<(), St
             std::thread::sleep(Duration::from_millis(300));
         }
     }
+}
+
+/// As upstream: 500 requests (HTTP `GET /` to echo, or gRPC calls to echo:PORT), each
+/// backend's share within 0.05 of its weight's, up to 3 tries.
+fn distribution(
+    net: &Net,
+    script: &Path,
+    grpc: Option<u16>,
+    want: &[(&str, f64)],
+) -> Result<(), String> {
+    const TOTAL: usize = 500;
+    let mut last = String::new();
+    for _ in 0..3 {
+        // Time for the route to reach the client's sidecar (the requests before it only
+        // show that something answers).
+        std::thread::sleep(Duration::from_secs(1));
+        let backends: Vec<String> = match grpc {
+            None => send(net, script, &vec![(get("/"), Want::default()); TOTAL])
+                .iter()
+                .map(|a| {
+                    let body: Value = serde_json::from_str(a["body"].as_str().unwrap_or(""))
+                        .unwrap_or(Value::Null);
+                    body["pod"].as_str().unwrap_or("?").to_string()
+                })
+                .collect(),
+            Some(port) => {
+                let app = weir_tests::workspace_binary("weir-testapp").unwrap();
+                (0..TOTAL)
+                    .map(|_| {
+                        let out = net
+                            .command(Side::Pod, &["timeout", "10"])
+                            .arg(&app)
+                            .args([
+                                "call",
+                                "grpc",
+                                &format!("{}:{port}", IPS[0].1),
+                                &format!("echo:{port}"),
+                                "Say",
+                            ])
+                            .output()
+                            .unwrap();
+                        String::from_utf8_lossy(&out.stdout)
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("?")
+                            .to_string()
+                    })
+                    .collect()
+            }
+        };
+        let share = |prefix: &str| {
+            backends.iter().filter(|b| b.starts_with(prefix)).count() as f64 / TOTAL as f64
+        };
+        let off: Vec<String> = want
+            .iter()
+            .filter(|(b, w)| (share(b) - w).abs() > 0.05)
+            .map(|(b, w)| format!("{b} got {:.3}, wants {w} +/- 0.05", share(b)))
+            .collect();
+        if off.is_empty() {
+            return Ok(());
+        }
+        last = off.join("; ");
+    }
+    Err(last)
 }
 
 fn send(net: &Net, script: &Path, requests: &[(Req, Want)]) -> Vec<Value> {
