@@ -36,6 +36,16 @@ use serde::{Deserialize, Serialize};
         json_path = ".status.policiesRejected"
     ),
     printcolumn(
+        name = "Routes",
+        type_ = "integer",
+        json_path = ".status.routesAccepted"
+    ),
+    printcolumn(
+        name = "RoutesRejected",
+        type_ = "integer",
+        json_path = ".status.routesRejected"
+    ),
+    printcolumn(
         name = "Certs",
         type_ = "integer",
         json_path = ".status.certificatesIssued"
@@ -62,6 +72,12 @@ pub struct MeshStatusStatus {
     pub policies_accepted: u32,
     /// TrafficPolicies rejected.
     pub policies_rejected: u32,
+    /// Gateway API routes (HTTPRoute, GRPCRoute) accepted on every Service parent.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub routes_accepted: u32,
+    /// Gateway API routes not accepted on some Service parent (their status says why).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub routes_rejected: u32,
     /// Workload certificates issued since the operator started.
     pub certificates_issued: u64,
     /// When the CA issuing certificates expires, RFC 3339.
@@ -79,6 +95,10 @@ pub struct MeshStatusStatus {
     /// Overall conditions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A policy the operator rejected.

@@ -423,15 +423,20 @@ impl MeshState {
     pub fn mesh_status(&self) -> MeshReport {
         // One look at the proxies, so that the counts and Programmed agree.
         let proxies = self.proxies.list();
-        let (policies, counts) = {
+        let (policies, routes, counts) = {
             let model = self.model();
             let policies = policy_statuses(
                 &model.index,
                 model.snapshots.translator(),
                 ack_summary(&proxies),
             );
-            (policies, model.index.counts())
+            let routes = weir_core::status::gateway_route::route_statuses(
+                &model.index,
+                model.snapshots.translator(),
+            );
+            (policies, routes, model.index.counts())
         };
+        let routes_rejected = routes.iter().filter(|r| !r.accepted()).count() as u32;
         let rejected: Vec<_> = policies.iter().filter(|p| !p.accepted().status).collect();
         let last_push = *crate::sync::lock(&self.last_push);
         MeshReport {
@@ -440,6 +445,8 @@ impl MeshState {
                 proxies_in_sync: proxies.iter().filter(|p| p.in_sync()).count() as u32,
                 policies_accepted: (policies.len() - rejected.len()) as u32,
                 policies_rejected: rejected.len() as u32,
+                routes_accepted: routes.len() as u32 - routes_rejected,
+                routes_rejected,
                 certificates_issued: self.identity.issued(),
                 ca_expiry: self.identity.ca_expiry().map(rfc3339),
                 last_push: last_push.map(rfc3339),
@@ -474,6 +481,7 @@ impl MeshState {
                 SystemTime::now(),
             ),
             policies,
+            routes,
             source_errors: crate::sync::lock(&self.source_errors).clone(),
             objects: counts,
         }
@@ -490,6 +498,8 @@ pub struct MeshReport {
     pub ca: ConditionView,
     /// Conditions of every policy.
     pub policies: Vec<PolicyStatus>,
+    /// Conditions of every Gateway API route, per Service parent.
+    pub routes: Vec<weir_core::status::gateway_route::RouteStatus>,
     /// Documents the source could not load.
     pub source_errors: Vec<SourceError>,
     /// What the index holds.

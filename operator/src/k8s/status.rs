@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use weir_api::{MeshStatus, MeshStatusStatus, TrafficPolicy, TrafficPolicyStatus};
+use weir_core::status::gateway_route::RouteStatus;
 use weir_core::status::{ConditionType, ConditionView, PolicyStatus};
 use weir_core::ObjectKey;
 
@@ -55,6 +56,8 @@ pub struct StatusWriter {
     mesh_last_write: Option<Instant>,
     /// When each policy's status was last written (denial counts are throttled).
     denials_written: HashMap<ObjectKey, Instant>,
+    /// Our `status.parents` entries last written per route (kind, key), without times.
+    routes_written: HashMap<(&'static str, ObjectKey), serde_json::Value>,
 }
 
 impl StatusWriter {
@@ -79,6 +82,7 @@ impl StatusWriter {
             mesh_exists: false,
             mesh_last_write: None,
             denials_written: HashMap::new(),
+            routes_written: HashMap::new(),
         }
     }
 
@@ -113,6 +117,7 @@ impl StatusWriter {
             if !*leading.borrow_and_update() {
                 // A new term starts from what the server has, not from our memory.
                 self.written.clear();
+                self.routes_written.clear();
                 self.mesh_written = None;
                 self.mesh_exists = false;
                 held_back = false;
@@ -143,6 +148,18 @@ impl StatusWriter {
                 return false;
             }
             self.write_policy(policy).await;
+        }
+        let live_routes: std::collections::HashSet<(&'static str, ObjectKey)> = view
+            .routes
+            .iter()
+            .map(|r| (r.kind, ObjectKey::new(r.namespace.clone(), r.name.clone())))
+            .collect();
+        self.routes_written.retain(|k, _| live_routes.contains(k));
+        for route in &view.routes {
+            if !*leading.borrow() {
+                return false;
+            }
+            self.write_route(route).await;
         }
         let since = self.mesh_last_write.map(|at| at.elapsed());
         let due = since.is_none_or(|s| s >= MESH_STATUS_PERIOD);
@@ -222,6 +239,106 @@ impl StatusWriter {
                 tracing::warn!(policy = %key, %err, "status write failed; retrying on the next pass");
             }
         }
+    }
+
+    /// Our entries of a route's `status.parents` (one per Service parentRef, controller
+    /// `weir.dev/mesh-controller`), beside other controllers' entries, which are kept as
+    /// they are: the list is read, ours replaced, and written back with the version read
+    /// (a concurrent writer makes us retry on the next pass, never overwrite it).
+    async fn write_route(&mut self, route: &RouteStatus) {
+        use weir_api::gateway_api::MESH_CONTROLLER_NAME;
+        let key = ObjectKey::new(route.namespace.clone(), route.name.clone());
+        let desired: Vec<serde_json::Value> = route
+            .parents
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "parentRef": p.parent,
+                    "controllerName": MESH_CONTROLLER_NAME,
+                    "conditions": p.conditions.iter().map(|c| serde_json::json!({
+                        "type": c.type_,
+                        "status": if c.status { "True" } else { "False" },
+                        "reason": c.reason,
+                        "message": truncate(&c.message, 32_000),
+                        "observedGeneration": route.observed_generation.unwrap_or(0),
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let desired = serde_json::Value::Array(desired);
+        let id = (route.kind, key.clone());
+        if self.routes_written.get(&id) == Some(&desired) {
+            return;
+        }
+        let kind = match route.kind {
+            "GRPCRoute" => weir_core::Kind::GrpcRoute,
+            _ => weir_core::Kind::HttpRoute,
+        };
+        let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &key.namespace,
+            &super::watch::api_resource(kind),
+        );
+        let current = match api.get_opt(&key.name).await {
+            Ok(Some(object)) => object,
+            Ok(None) => return,
+            Err(err) => {
+                self.state.metrics.status_write_errors.inc();
+                tracing::warn!(route = %key, kind = route.kind, %err, "cannot read the route for its status; retrying on the next pass");
+                return;
+            }
+        };
+        let existing: Vec<serde_json::Value> = current.data["status"]["parents"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let now = Timestamp::now().to_string();
+        let mut parents: Vec<serde_json::Value> = existing
+            .iter()
+            .filter(|p| p["controllerName"] != MESH_CONTROLLER_NAME)
+            .cloned()
+            .collect();
+        for entry in desired.as_array().into_iter().flatten() {
+            let mut entry = entry.clone();
+            let before = existing.iter().find(|p| {
+                p["controllerName"] == MESH_CONTROLLER_NAME && p["parentRef"] == entry["parentRef"]
+            });
+            for c in entry["conditions"].as_array_mut().into_iter().flatten() {
+                // The transition time moves only when the status flips.
+                let kept = before
+                    .and_then(|b| b["conditions"].as_array())
+                    .and_then(|cs| {
+                        cs.iter()
+                            .find(|o| o["type"] == c["type"] && o["status"] == c["status"])
+                    })
+                    .and_then(|o| o["lastTransitionTime"].as_str().map(str::to_string));
+                c["lastTransitionTime"] = serde_json::json!(kept.unwrap_or_else(|| now.clone()));
+            }
+            parents.push(entry);
+        }
+        let unchanged =
+            existing.len() == parents.len() && parents.iter().all(|p| existing.contains(p));
+        if !unchanged {
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": current.metadata.resource_version},
+                "status": {"parents": parents},
+            });
+            match api
+                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    self.state.metrics.status_writes.inc();
+                }
+                Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => return,
+                Err(err) => {
+                    self.state.metrics.status_write_errors.inc();
+                    tracing::warn!(route = %key, kind = route.kind, %err, "route status write failed; retrying on the next pass");
+                    return;
+                }
+            }
+        }
+        self.routes_written.insert(id, desired);
     }
 
     /// A Warning Event for each condition that newly went False for a new reason.

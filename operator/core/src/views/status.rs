@@ -122,6 +122,8 @@ mod tests {
                 proxies_in_sync: 1,
                 policies_accepted: 1,
                 policies_rejected: 1,
+                routes_accepted: 2,
+                routes_rejected: 1,
                 certificates_issued: 3,
                 ca_expiry: Some("2036-12-02T08:15:06Z".into()),
                 last_push: Some("2026-12-05T08:15:06Z".into()),
