@@ -55,8 +55,9 @@ pub async fn run(g: &Global, args: Args) -> Outcome {
     if problems.is_empty() {
         let policies = model.index.policies().count();
         println!(
-            "{} No problems: {policies} TrafficPolicies, {} Services checked.",
+            "{} No problems: {policies} TrafficPolicies, {} routes, {} Services checked.",
             output::state("ok"),
+            model.index.routes().count(),
             model.index.services().count()
         );
         return Ok(true);
@@ -127,6 +128,29 @@ pub fn analyze(model: &mut Model) -> Vec<Problem> {
                 reason: Some(c.reason.as_str().to_string()),
                 message,
             });
+        }
+    }
+    for route in weir_core::status::gateway_route::route_statuses(&model.index, &translator) {
+        let key = ObjectKey::new(&route.namespace, &route.name);
+        let kind = if route.kind == "GRPCRoute" {
+            Kind::GrpcRoute
+        } else {
+            Kind::HttpRoute
+        };
+        for parent in &route.parents {
+            for c in parent.conditions.iter().filter(|c| !c.status) {
+                out.push(Problem {
+                    severity: "error",
+                    origin: model.origin(kind, &key),
+                    object: Some(format!(
+                        "{} {key} (parent Service {})",
+                        route.kind, parent.parent.name
+                    )),
+                    field: field_of(&c.message),
+                    reason: Some(c.reason.to_string()),
+                    message: c.message.clone(),
+                });
+            }
         }
     }
     out

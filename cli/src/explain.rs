@@ -179,10 +179,11 @@ pub fn render(e: &Explanation) -> String {
     }
     if !e.backends.is_empty() {
         heading(&mut out, "Backends");
+        let total: u32 = e.backends.iter().map(|b| b.weight).sum();
         for b in &e.backends {
             out.push_str(&format!(
                 "   {}% {}{} ({}, {})\n",
-                b.weight,
+                (b.weight * 100).checked_div(total).unwrap_or(0),
                 b.service,
                 b.subset
                     .as_ref()

@@ -113,6 +113,9 @@ impl Want {
     }
 }
 
+/// Over HTTP (`None`) or gRPC (`Some(port)`): each backend's expected share.
+type Weights = (Option<u16>, Vec<(&'static str, f64)>);
+
 struct Case {
     name: &'static str,
     /// The case's manifest under `tests/` of the conformance module.
@@ -120,7 +123,7 @@ struct Case {
     requests: Vec<(Req, Want)>,
     /// A weighted distribution to check after the requests: over HTTP (`None`) or gRPC
     /// (`Some(port)`), the expected share per backend.
-    weights: Option<(Option<u16>, Vec<(&'static str, f64)>)>,
+    weights: Option<Weights>,
     /// Why Weir does not pass it yet, when it does not.
     gap: Option<&'static str>,
 }
