@@ -219,6 +219,8 @@ pub async fn from_cluster(client: &kube::Client) -> anyhow::Result<Model> {
         }
         let list = match api.list(&params).await {
             Ok(list) => list,
+            // Gateway API's CRDs are optional: without them there are no routes to read.
+            Err(kube::Error::Api(e)) if e.code == 404 && kind.optional() => continue,
             Err(kube::Error::Api(e)) if e.code == 404 => {
                 model.problems.push(ReadProblem::new(
                     "cluster",

@@ -358,21 +358,8 @@ fn value_matches(
 }
 
 fn check_regex(field: &str, pattern: &str, problems: &mut Vec<RouteRejection>) {
-    if let Err(err) = regex::Regex::new(pattern) {
-        let detail = err
-            .to_string()
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        unsupported(
-            problems,
-            field.to_string(),
-            format!(
-                "{pattern:?} is not a valid RE2 regular expression ({detail}): fix the pattern"
-            ),
-        );
+    if let Some(message) = super::regex_problem(pattern) {
+        unsupported(problems, field.to_string(), message);
     }
 }
 

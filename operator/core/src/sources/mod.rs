@@ -12,3 +12,19 @@ pub mod gateway_route;
 pub mod traffic_policy;
 
 pub use traffic_policy::Rejection;
+
+/// Why `pattern` is not an RE2 expression Envoy would compile, if it is not. Rust's
+/// `regex` accepts RE2's syntax, so a pattern refused here would be refused by Envoy too.
+pub(crate) fn regex_problem(pattern: &str) -> Option<String> {
+    let err = regex::Regex::new(pattern).err()?;
+    let detail = err
+        .to_string()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Some(format!(
+        "{pattern:?} is not a valid RE2 regular expression ({detail}): fix the pattern"
+    ))
+}

@@ -867,24 +867,9 @@ fn parse_value_match(
     }
 }
 
-/// Envoy compiles regexes with RE2; Rust's `regex` accepts the same syntax, minus nothing
-/// that RE2 has, so a pattern that fails here would fail in Envoy too.
 fn check_regex(field: &str, pattern: &str, problems: &mut Problems) {
-    if let Err(err) = regex::Regex::new(pattern) {
-        let detail = err
-            .to_string()
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        problems.report(
-            Reason::InvalidRegex,
-            field,
-            format!(
-                "{pattern:?} is not a valid RE2 regular expression ({detail}): fix the pattern"
-            ),
-        );
+    if let Some(message) = super::regex_problem(pattern) {
+        problems.report(Reason::InvalidRegex, field, message);
     }
 }
 
