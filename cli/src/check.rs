@@ -351,6 +351,26 @@ async fn crds(cluster: &Cluster, checks: &mut Checks) -> anyhow::Result<()> {
             );
         }
     }
+    // Gateway API's routes are optional: say whether the mesh reads them.
+    for name in [
+        "httproutes.gateway.networking.k8s.io",
+        "grpcroutes.gateway.networking.k8s.io",
+    ] {
+        match api.get_opt(name).await.map_err(crate::cluster::api_error)? {
+            Some(crd) if served_versions(&crd).iter().any(|v| v == "v1") => {
+                checks.ok("CRDs", name, "installed, v1 served: the mesh reads these routes")
+            }
+            Some(crd) => checks.warn(
+                "CRDs",
+                name,
+                format!(
+                    "installed without v1 (serves {}): install Gateway API v1.6 or later for the mesh to read these routes",
+                    served_versions(&crd).join(",")
+                ),
+            ),
+            None => checks.ok("CRDs", name, "not installed (optional): no such routes are read"),
+        }
+    }
     Ok(())
 }
 

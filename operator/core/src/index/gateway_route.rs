@@ -221,3 +221,119 @@ impl Index {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::binding::{Outcome, ServiceBinding, SourceRef};
+    use crate::routing::PathMatch;
+    use crate::{Event, Index, ObjectKey};
+
+    fn apply(index: &mut Index, yaml: &str) {
+        for doc in crate::yaml::documents(yaml) {
+            let object = crate::index::decode_document(doc.unwrap())
+                .unwrap()
+                .unwrap();
+            index.apply(Event::apply(object));
+        }
+    }
+
+    const MESH: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {clusterIP: 10.96.0.1, ports: [{name: http, port: 9080}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: older, namespace: shop, creationTimestamp: "2026-12-01T00:00:00Z", generation: 1}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews}]
+  rules:
+  - name: older-prefix
+    matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: reviews, port: 9080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: newer, namespace: shop, creationTimestamp: "2026-12-02T00:00:00Z", generation: 1}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, port: 9080}]
+  rules:
+  - name: newer-prefix
+    matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: reviews, port: 9080}]
+  - name: newer-exact
+    matches: [{path: {type: Exact, value: /api/x}}]
+    backendRefs: [{name: reviews, port: 9080}]
+  - name: newer-longer
+    matches: [{path: {type: PathPrefix, value: /api/v2}, method: GET}]
+    backendRefs: [{name: reviews, port: 9080}]
+---
+apiVersion: weir.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: a-upstream, namespace: shop, creationTimestamp: "2026-11-01T00:00:00Z"}
+spec:
+  targetRef: {service: reviews}
+  connectionPool: {maxConnections: 7}
+---
+apiVersion: weir.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: b-rules, namespace: shop, creationTimestamp: "2026-11-01T00:00:00Z"}
+spec:
+  targetRef: {service: reviews}
+  http: [{name: all, timeout: 1s, destinations: [{}]}]
+"#;
+
+    #[test]
+    fn routes_merge_by_precedence_and_policies_govern_beside_them() {
+        let mut index = Index::new();
+        apply(&mut index, MESH);
+        let binding = ServiceBinding::bind(&index, &ObjectKey::new("shop", "reviews"));
+        let port = binding.port(9080).expect("the port is routed");
+        let order: Vec<&str> = port.http.iter().map(|r| r.rule().name.as_str()).collect();
+        // Exact first, then the longer prefix, then equal prefixes by age (older first),
+        // whatever the order written.
+        assert_eq!(
+            order,
+            [
+                "newer-exact",
+                "newer-longer",
+                "older-prefix",
+                "newer-prefix"
+            ]
+        );
+        assert!(matches!(
+            port.http[0].matches()[0].and_then(|m| m.path.as_ref()),
+            Some(PathMatch::Exact(_))
+        ));
+        assert!(port.routes_decide, "no match is a 404");
+        // The older TrafficPolicy without rules governs the backends beside the routes...
+        assert_eq!(
+            port.governing
+                .upstream
+                .pool
+                .as_ref()
+                .and_then(|p| p.max_connections),
+            Some(7)
+        );
+        // ...the one with rules yields to the route, whatever its age.
+        let b = binding
+            .attachment(&SourceRef::TrafficPolicy(ObjectKey::new("shop", "b-rules")))
+            .unwrap();
+        assert!(
+            matches!(&b.outcome, Outcome::Conflicted { winner: SourceRef::HttpRoute(k), .. } if k.name == "older"),
+            "{:?}",
+            b.outcome
+        );
+        // Deleting the routes gives the port back to the policy with rules.
+        for name in ["older", "newer"] {
+            index.apply(Event::Delete(
+                crate::Kind::HttpRoute,
+                ObjectKey::new("shop", name),
+            ));
+        }
+        let binding = ServiceBinding::bind(&index, &ObjectKey::new("shop", "reviews"));
+        let port = binding.port(9080).unwrap();
+        assert!(!port.routes_decide);
+    }
+}
