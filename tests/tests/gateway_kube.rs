@@ -177,5 +177,46 @@ async fn routes_are_read_once_their_crds_exist_and_get_status_per_parent() -> Re
     }
     .await;
     plane.stop().await;
-    result
+    result?;
+
+    // An operator whose ClusterRole does not let it read routes (upgraded without its
+    // RBAC) is ready all the same, and says why it reads no routes.
+    let role = kubectl(
+        cluster,
+        &["get", "clusterrole", "weir-operator", "-o", "json"],
+    )?;
+    let mut reduced: Value = serde_json::from_str(&role)?;
+    reduced["rules"]
+        .as_array_mut()
+        .context("rules")?
+        .retain(|r| r["apiGroups"][0] != "gateway.networking.k8s.io");
+    reduced["metadata"]
+        .as_object_mut()
+        .context("metadata")?
+        .remove("resourceVersion");
+    apply(cluster, &reduced)?;
+    let plane = start_operator_on(
+        client_from(&kubeconfig).await?,
+        "weir-gamma-1",
+        loopback_options(),
+    )
+    .await?;
+    let ready = async {
+        let end = Instant::now() + Duration::from_secs(30);
+        while !plane.state.is_synced() {
+            anyhow::ensure!(Instant::now() < end, "not ready without RBAC for routes");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    plane.stop().await;
+    let restored: Value = serde_json::from_str(&role)?;
+    let mut restored = restored;
+    restored["metadata"]
+        .as_object_mut()
+        .context("metadata")?
+        .remove("resourceVersion");
+    apply(cluster, &restored)?;
+    ready
 }

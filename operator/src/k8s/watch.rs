@@ -334,31 +334,48 @@ impl WatchContext {
     /// readiness, and returns once the API serves it, checking every
     /// [`OPTIONAL_KIND_RECHECK`]; says once that it is not installed.
     async fn until_served(&self, client: &Client, resource: &ApiResource) {
-        let mut told = false;
+        let mut told = None;
         loop {
-            match client.list_api_group_resources(&resource.api_version).await {
+            let why_not = match client.list_api_group_resources(&resource.api_version).await {
                 Ok(list) if list.resources.iter().any(|r| r.name == resource.plural) => {
-                    if told {
-                        tracing::info!(kind = %self.kind, "the API serves it now: watching");
-                    }
-                    return;
-                }
-                Ok(_) | Err(kube::Error::Api(_)) => {
-                    if !told {
-                        tracing::info!(
-                            kind = %self.kind,
-                            api_version = %resource.api_version,
-                            "not served (Gateway API's CRDs are not installed): its routes are not read; checking again every {}s",
-                            OPTIONAL_KIND_RECHECK.as_secs()
-                        );
-                        told = true;
-                        if self.completes_listing() {
-                            self.shared.state.mark_listed(&self.shared.tx).await;
+                    // Served: watch it, unless our RBAC does not let us list it (an
+                    // operator upgraded without its ClusterRole), which would keep the
+                    // operator from ever being ready.
+                    let api = Api::<DynamicObject>::all_with(client.clone(), resource);
+                    match api.list(&kube::api::ListParams::default().limit(1)).await {
+                        Err(kube::Error::Api(e)) if e.code == 403 => Some(format!(
+                            "the API serves it but the operator may not list it ({}): re-apply config/rbac/cluster_role.yaml; its routes are not read",
+                            e.message
+                        )),
+                        _ => {
+                            if told.is_some() {
+                                tracing::info!(kind = %self.kind, "readable now: watching");
+                            }
+                            return;
                         }
                     }
                 }
+                Ok(_) | Err(kube::Error::Api(_)) => Some(
+                    "not served (Gateway API's CRDs are not installed): its routes are not read"
+                        .to_string(),
+                ),
                 Err(err) => {
                     tracing::warn!(kind = %self.kind, %err, "cannot ask the API whether it serves this kind; retrying");
+                    None
+                }
+            };
+            if let Some(why) = why_not {
+                if told.as_ref() != Some(&why) {
+                    tracing::info!(
+                        kind = %self.kind,
+                        api_version = %resource.api_version,
+                        "{why}; checking again every {}s",
+                        OPTIONAL_KIND_RECHECK.as_secs()
+                    );
+                    if told.is_none() && self.completes_listing() {
+                        self.shared.state.mark_listed(&self.shared.tx).await;
+                    }
+                    told = Some(why);
                 }
             }
             tokio::time::sleep(OPTIONAL_KIND_RECHECK).await;
