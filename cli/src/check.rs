@@ -270,7 +270,10 @@ async fn installed(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow
     if let Err(e) = leader(cluster, g, checks).await {
         unreadable(checks, "operator", e);
     }
-    if let Err(e) = webhook(cluster, g, checks).await {
+    // Namespaces labelled for injection: the webhook is exercised in one, and their pods
+    // are checked.
+    let labelled = labelled_namespaces(cluster).await;
+    if let Err(e) = webhook(cluster, g, &labelled, checks).await {
         unreadable(checks, "webhook", e);
     }
     let status = match pods.first() {
@@ -295,7 +298,7 @@ async fn installed(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow
             }
         }
     };
-    if let Err(e) = meshed_pods(cluster, g, &proxies, checks).await {
+    if let Err(e) = meshed_pods(cluster, g, &labelled, &proxies, checks).await {
         unreadable(checks, "pods", e);
     }
     Ok(())
@@ -460,7 +463,30 @@ async fn leader(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow::R
     Ok(())
 }
 
-async fn webhook(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow::Result<()> {
+/// The namespaces labelled `weir.dev/inject=enabled`.
+async fn labelled_namespaces(cluster: &Cluster) -> anyhow::Result<Vec<String>> {
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    Ok(namespaces
+        .list(&ListParams::default().labels(&format!("{INJECT_KEY}=enabled")))
+        .await
+        .map_err(crate::cluster::api_error)?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect())
+}
+
+/// The list's error again, for each check that needs the list.
+fn listed(labelled: &anyhow::Result<Vec<String>>) -> anyhow::Result<&[String]> {
+    labelled.as_deref().map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+async fn webhook(
+    cluster: &Cluster,
+    g: &Global,
+    labelled: &anyhow::Result<Vec<String>>,
+    checks: &mut Checks,
+) -> anyhow::Result<()> {
     let api: Api<MutatingWebhookConfiguration> = Api::all(cluster.client.clone());
     let Some(config) = api
         .get_opt(WEBHOOK_CONFIGURATION)
@@ -527,15 +553,10 @@ async fn webhook(cluster: &Cluster, g: &Global, checks: &mut Checks) -> anyhow::
         }
     }
     // The real path: a dry-run Pod in a meshed namespace comes back injected.
-    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
-    let meshed = namespaces
-        .list(&ListParams::default().labels(&format!("{INJECT_KEY}=enabled")))
-        .await
-        .map_err(crate::cluster::api_error)?
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .find(|n| *n != g.mesh_namespace);
+    let meshed = listed(labelled)?
+        .iter()
+        .find(|n| **n != g.mesh_namespace)
+        .cloned();
     let Some(namespace) = meshed else {
         checks.warn("webhook", "reachable", format!("no namespace labelled {INJECT_KEY}=enabled: label one to mesh it; the webhook was not exercised"));
         return Ok(());
@@ -619,6 +640,7 @@ fn ca(status: Option<&MeshStatusView>, checks: &mut Checks) {
 async fn meshed_pods(
     cluster: &Cluster,
     g: &Global,
+    labelled: &anyhow::Result<Vec<String>>,
     proxies: &[(String, ProxyView)],
     checks: &mut Checks,
 ) -> anyhow::Result<()> {
@@ -627,15 +649,7 @@ async fn meshed_pods(
     } else {
         Api::namespaced(cluster.client.clone(), &cluster.namespace)
     };
-    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
-    let labelled: Vec<String> = namespaces
-        .list(&ListParams::default().labels(&format!("{INJECT_KEY}=enabled")))
-        .await
-        .map_err(crate::cluster::api_error)?
-        .items
-        .into_iter()
-        .filter_map(|n| n.metadata.name)
-        .collect();
+    let labelled = listed(labelled)?;
     let by_pod: BTreeMap<(String, String), &ProxyView> = proxies
         .iter()
         .map(|(_, p)| ((p.namespace.clone(), p.pod.clone()), p))

@@ -12,7 +12,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::core::GroupVersionKind;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use weir_core::index::{decode_document, Kind, Scope};
+use weir_core::index::{decode_document, Kind};
 use weir_core::{Event, Index, ObjectKey};
 
 /// A problem found while reading, before any object is analysed.
@@ -210,9 +210,8 @@ pub async fn from_cluster(client: &kube::Client) -> anyhow::Result<Model> {
             &GroupVersionKind::gvk(group, version, kind.name()),
             kind.plural(),
         );
-        let api: Api<DynamicObject> = match kind.scope() {
-            Scope::Namespaced | Scope::Cluster => Api::all_with(client.clone(), &resource),
-        };
+        // Every namespace for namespaced kinds; cluster-scoped ones have none.
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
         let mut params = ListParams::default();
         if let Some(selector) = kind.label_selector() {
             params = params.labels(selector);

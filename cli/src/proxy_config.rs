@@ -193,15 +193,14 @@ fn listeners(resources: &[(String, Vec<u8>)]) -> anyhow::Result<Table> {
         let chains = listener
             .filter_chains
             .iter()
-            .map(|c| (c.name.clone(), Some(c)))
+            .map(|c| (c.name.clone(), c))
             .chain(
                 listener
                     .default_filter_chain
                     .as_ref()
-                    .map(|c| (format!("{} (default)", c.name), Some(c))),
+                    .map(|c| (format!("{} (default)", c.name), c)),
             );
         for (chain_name, chain) in chains {
-            let chain = chain.expect("a chain");
             table.row(vec![
                 name.clone(),
                 addr.clone(),

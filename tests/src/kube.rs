@@ -688,6 +688,45 @@ pub async fn start_operator_as(
     .await
 }
 
+/// A real Envoy for pod `namespace/pod` (ServiceAccount `sa`) of the cluster, as the
+/// injector bootstraps it: ADS over TLS to `xds` verified against the mesh `root`, the
+/// pod's TokenRequest token (audience `weir`) from a file, explicit capture.
+pub async fn start_pod_envoy(
+    cluster: &Cluster,
+    xds: SocketAddr,
+    root: &str,
+    (namespace, sa, pod): (&str, &str, &str),
+) -> Result<crate::Envoy> {
+    use weir_core::mesh::ROOT_CERT_KEY;
+    let files = scratch_dir(&format!("envoy-{pod}"));
+    std::fs::write(files.join(ROOT_CERT_KEY), root)?;
+    std::fs::write(
+        files.join("token"),
+        cluster.pod_token(namespace, sa, pod, weir_core::mesh::TOKEN_AUDIENCE)?,
+    )?;
+    let params = weir_core::bootstrap::BootstrapParams {
+        node_id: format!("{pod}.{namespace}"),
+        meta: weir_core::bootstrap::ProxyMeta {
+            namespace: namespace.into(),
+            pod: pod.into(),
+            service_account: None,
+            capture: weir_core::Capture::Explicit { port: free_port() },
+            zone: None,
+            reports: true,
+        },
+        xds_address: xds.to_string(),
+        protocol: weir_core::bootstrap::XdsProtocol::Delta,
+        admin_port: free_port(),
+        sidecar: None,
+        xds_tls: Some(weir_core::bootstrap::XdsTlsFiles {
+            root_cert: files.join(ROOT_CERT_KEY).to_string_lossy().into_owned(),
+            token: files.join("token").to_string_lossy().into_owned(),
+        }),
+        telemetry: Default::default(),
+    };
+    crate::Envoy::start_params(&params).await
+}
+
 /// Waits (bounded) until `plane` holds the leader Lease.
 pub async fn wait_leading(plane: &weir_operator::ControlPlane, deadline: Duration) -> Result<()> {
     let mut leading = plane.leading.clone();

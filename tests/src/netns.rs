@@ -245,6 +245,25 @@ impl Net {
         cmd
     }
 
+    /// Runs `args` in a namespace with `input` on its standard input; its standard output.
+    pub fn run_with_input(&self, side: Side, args: &[&str], input: &str) -> String {
+        use std::io::Write;
+        let mut child = self
+            .command(side, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn in the namespace");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write the input");
+        let out = child.wait_with_output().expect("wait for it");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Starts a long-running process in a namespace; it is killed on drop.
     pub fn spawn(&mut self, side: Side, args: &[&str]) -> &mut Child {
         let child = self

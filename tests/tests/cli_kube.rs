@@ -11,10 +11,10 @@
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-use weir_core::mesh::{INJECT_KEY, MESH_NAMESPACE, ROOT_CERT_KEY, WEBHOOK_CONFIGURATION};
+use weir_core::mesh::{INJECT_KEY, MESH_NAMESPACE, WEBHOOK_CONFIGURATION};
 use weir_tests::kube::{
-    can_run, client_from, installed, local_pod_ips, operator_slot, start_operator_on, wait_leading,
-    Cluster,
+    can_run, client_from, installed, local_pod_ips, operator_slot, start_operator_on,
+    start_pod_envoy, wait_leading, Cluster,
 };
 use weir_tests::{free_port, scratch_dir, workspace_binary, xds_client};
 
@@ -276,33 +276,7 @@ async fn steps(cluster: &'static Cluster, plane: &weir_operator::ControlPlane) -
     );
 
     // web-1's sidecar: a real Envoy proving its pod.
-    let files = scratch_dir("cli-envoy");
-    std::fs::write(files.join(ROOT_CERT_KEY), &root)?;
-    std::fs::write(
-        files.join("token"),
-        cluster.pod_token(NS, "web", "web-1", "weir")?,
-    )?;
-    let params = weir_core::bootstrap::BootstrapParams {
-        node_id: format!("web-1.{NS}"),
-        meta: weir_core::bootstrap::ProxyMeta {
-            namespace: NS.into(),
-            pod: "web-1".into(),
-            service_account: None,
-            capture: weir_core::Capture::Explicit { port: free_port() },
-            zone: None,
-            reports: true,
-        },
-        xds_address: plane.xds_addr.to_string(),
-        protocol: weir_core::bootstrap::XdsProtocol::Delta,
-        admin_port: free_port(),
-        sidecar: None,
-        xds_tls: Some(weir_core::bootstrap::XdsTlsFiles {
-            root_cert: files.join(ROOT_CERT_KEY).to_string_lossy().into_owned(),
-            token: files.join("token").to_string_lossy().into_owned(),
-        }),
-        telemetry: Default::default(),
-    };
-    let envoy = weir_tests::Envoy::start_params(&params).await?;
+    let envoy = start_pod_envoy(cluster, plane.xds_addr, &root, (NS, "web", "web-1")).await?;
 
     // proxy-status: every type of web-1 SYNCED, in the table and in JSON.
     let status = eventually("web-1 in sync", || {

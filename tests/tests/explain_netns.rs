@@ -15,7 +15,6 @@
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use weir_core::testing::{mk_meshed_pod, mk_slice};
 use weir_tests::netns::*;
@@ -383,22 +382,9 @@ fn http_batch(net: &Net, side: Side, script: &Path, requests: &[Request]) -> Vec
             Request::Grpc(_) => unreachable!("HTTP only"),
         })
         .collect();
-    let mut child = net
-        .command(side, &["timeout", "120", "python3"])
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+    let script = script.to_string_lossy();
+    let lines: Vec<String> = net
+        .run_with_input(side, &["timeout", "120", "python3", &script], &input)
         .lines()
         .map(str::to_string)
         .collect();

@@ -16,7 +16,6 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use weir_tests::netns::*;
 use weir_tests::{scratch_dir, write_file};
@@ -621,22 +620,8 @@ fn send(net: &Net, script: &Path, requests: &[(Req, Want)]) -> Vec<Value> {
             )
         })
         .collect();
-    let mut child = net
-        .command(Side::Pod, &["timeout", "60", "python3"])
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)
+    let script = script.to_string_lossy();
+    net.run_with_input(Side::Pod, &["timeout", "60", "python3", &script], &input)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
         .collect()

@@ -24,7 +24,8 @@ use weir_core::mesh::{
 };
 use weir_operator::{ControlPlane, Options};
 use weir_tests::kube::{
-    can_run, client_from, installed, loopback_options, operator_slot, start_operator_on, Cluster,
+    can_run, client_from, installed, loopback_options, operator_slot, start_operator_on,
+    start_pod_envoy, Cluster,
 };
 use weir_tests::xds_client;
 
@@ -312,35 +313,7 @@ async fn proxies_prove_their_pod_with_a_token_and_everything_else_is_refused() -
 
         // A real Envoy with the injected kind of bootstrap: TLS verified against the mesh
         // root, the pod's TokenRequest token from a file.
-        let files = weir_tests::scratch_dir("authn-envoy");
-        std::fs::write(files.join(ROOT_CERT_KEY), &root)?;
-        std::fs::write(
-            files.join("token"),
-            cluster.pod_token(ns, "web", "web-1", "weir")?,
-        )?;
-        let params = weir_core::bootstrap::BootstrapParams {
-            node_id: "web-1.authn".into(),
-            meta: weir_core::bootstrap::ProxyMeta {
-                namespace: ns.into(),
-                pod: "web-1".into(),
-                service_account: None,
-                capture: weir_core::Capture::Explicit {
-                    port: weir_tests::free_port(),
-                },
-                zone: None,
-                reports: true,
-            },
-            xds_address: xds.to_string(),
-            protocol: weir_core::bootstrap::XdsProtocol::Delta,
-            admin_port: weir_tests::free_port(),
-            sidecar: None,
-            xds_tls: Some(weir_core::bootstrap::XdsTlsFiles {
-                root_cert: files.join(ROOT_CERT_KEY).to_string_lossy().into_owned(),
-                token: files.join("token").to_string_lossy().into_owned(),
-            }),
-            telemetry: Default::default(),
-        };
-        let envoy = weir_tests::Envoy::start_params(&params).await?;
+        let envoy = start_pod_envoy(cluster, xds, &root, (ns, "web", "web-1")).await?;
         let record = plane
             .state
             .proxies

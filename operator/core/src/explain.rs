@@ -334,22 +334,12 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
                     });
                     if result.is_ok() {
                         let rule = bound.rule();
-                        chosen = Some(Chosen {
-                            source: source.clone(),
-                            name: rule.name.clone(),
-                            backends: rule
-                                .backends
-                                .iter()
-                                .map(|b| b.backend.clone())
-                                .zip(
-                                    bound
-                                        .backends
-                                        .iter()
-                                        .map(|b| (b.cluster.clone(), b.weight, b.resolution)),
-                                )
-                                .collect(),
-                            http: Some(bound.rule().clone()),
-                        });
+                        chosen = Some(Chosen::new(
+                            &rule.name,
+                            &rule.backends,
+                            &bound.backends,
+                            Some(rule.clone()),
+                        ));
                     }
                 }
             }
@@ -371,28 +361,18 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
                     continue;
                 }
                 out.rules.push(RuleCheck {
-                    source: source.clone(),
+                    source,
                     rule: rule.name.clone(),
                     match_: "every connection".into(),
                     matched: true,
                     reason: None,
                 });
-                chosen = Some(Chosen {
-                    source,
-                    name: rule.name.clone(),
-                    backends: rule
-                        .backends
-                        .iter()
-                        .map(|b| b.backend.clone())
-                        .zip(
-                            bound
-                                .backends
-                                .iter()
-                                .map(|b| (b.cluster.clone(), b.weight, b.resolution)),
-                        )
-                        .collect(),
-                    http: None,
-                });
+                chosen = Some(Chosen::new(
+                    &rule.name,
+                    &rule.backends,
+                    &bound.backends,
+                    None,
+                ));
             }
         }
     }
@@ -422,7 +402,6 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
             reason: None,
         });
         Chosen {
-            source: "(none)".into(),
             name: "default".into(),
             backends: vec![(
                 Backend {
@@ -614,7 +593,8 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
             // The verdict of the first ready endpoint's sidecar; others are named when they
             // differ.
             let mut verdicts: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            let mut first: Option<(Option<String>, bool)> = None;
+            // The first ready endpoint's denial, if it denies.
+            let mut first: Option<Option<String>> = None;
             let mut reset = None;
             for ep in &ready {
                 let (verdict, denied) = match &ep.pod {
@@ -647,7 +627,7 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
                     ),
                 };
                 if first.is_none() {
-                    first = Some((denied.clone(), true));
+                    first = Some(denied.clone());
                 }
                 verdicts.entry(verdict).or_default().push(
                     ep.pod
@@ -656,7 +636,7 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
                 );
                 if first
                     .as_ref()
-                    .is_some_and(|(d, _)| d.is_some() != denied.is_some())
+                    .is_some_and(|d| d.is_some() != denied.is_some())
                 {
                     out.notes.push(format!(
                         "the pods of {cluster} decide differently: requests may be allowed or \
@@ -677,7 +657,7 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
                     .collect::<Vec<_>>()
                     .join("; "),
             );
-            let denied = first.and_then(|(d, _)| d);
+            let denied = first.flatten();
             if let Some(reason) = reset {
                 shares.push(share("reset", None, None, reason));
             } else if let Some(denial) = denied {
@@ -723,12 +703,35 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
     Ok(out)
 }
 
+/// The rule that routes the request: its name, its backends with the cluster, weight and
+/// resolution the binding gave each, and the HTTP rule itself (`None` for TCP).
 struct Chosen {
-    #[allow(dead_code)]
-    source: String,
     name: String,
     backends: Vec<(Backend, (String, u32, Resolution))>,
     http: Option<crate::routing::HttpRule>,
+}
+
+impl Chosen {
+    fn new(
+        name: &str,
+        backends: &[crate::routing::WeightedBackend],
+        bound: &[crate::binding::BoundBackend],
+        http: Option<crate::routing::HttpRule>,
+    ) -> Chosen {
+        Chosen {
+            name: name.to_string(),
+            backends: backends
+                .iter()
+                .map(|b| b.backend.clone())
+                .zip(
+                    bound
+                        .iter()
+                        .map(|b| (b.cluster.clone(), b.weight, b.resolution)),
+                )
+                .collect(),
+            http,
+        }
+    }
 }
 
 /// `TrafficPolicy ns/name` of the attachment holding `routes`.

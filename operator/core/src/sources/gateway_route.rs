@@ -91,23 +91,25 @@ pub fn parse_http(route: &HTTPRoute) -> Vec<ParentRoutes> {
                     .enumerate()
                     .map(|(k, m)| http_match(&format!("{at}.matches[{k}]"), m, problems))
                     .collect();
+                // Timeouts before filters and backends: the first problem is the one named.
                 let timeouts = rule.timeouts.as_ref();
-                let mut parsed = base_rule(rule.name.as_deref(), i, matches);
-                parsed.timeout = timeouts
+                let timeout = timeouts
                     .and_then(|t| t.request.as_deref())
                     .and_then(|d| duration(&format!("{at}.timeouts.request"), d, problems));
-                parsed.backend_timeout = timeouts
+                let backend_timeout = timeouts
                     .and_then(|t| t.backend_request.as_deref())
                     .and_then(|d| duration(&format!("{at}.timeouts.backendRequest"), d, problems));
-                filters(
+                let mut parsed = route_rule(
                     &namespace,
-                    &at,
-                    &rule.filters,
-                    &mut parsed,
+                    (i, &at),
+                    rule.name.as_deref(),
+                    matches,
+                    (&rule.filters, &rule.backend_refs),
                     problems,
                     refused,
                 );
-                parsed.backends = backends(&namespace, &at, &rule.backend_refs, problems, refused);
+                parsed.timeout = timeout;
+                parsed.backend_timeout = backend_timeout;
                 parsed
             })
             .collect()
@@ -158,20 +160,35 @@ pub fn parse_grpc(route: &GRPCRoute) -> Vec<ParentRoutes> {
                         }
                     })
                     .collect();
-                let mut parsed = base_rule(rule.name.as_deref(), i, matches);
-                filters(
+                route_rule(
                     &namespace,
-                    &at,
-                    &rule.filters,
-                    &mut parsed,
+                    (i, &at),
+                    rule.name.as_deref(),
+                    matches,
+                    (&rule.filters, &rule.backend_refs),
                     problems,
                     refused,
-                );
-                parsed.backends = backends(&namespace, &at, &rule.backend_refs, problems, refused);
-                parsed
+                )
             })
             .collect()
     })
+}
+
+/// What HTTPRoute and GRPCRoute rules share: the name, the filters and the backends,
+/// around the matches each kind parsed its own way.
+fn route_rule(
+    namespace: &str,
+    (i, at): (usize, &str),
+    name: Option<&str>,
+    matches: Vec<HttpMatch>,
+    (rule_filters, backend_refs): (&[HTTPRouteFilter], &[HTTPBackendRef]),
+    problems: &mut Vec<RouteRejection>,
+    refused: &mut Vec<RefusedRef>,
+) -> HttpRule {
+    let mut rule = base_rule(name, i, matches);
+    filters(namespace, at, rule_filters, &mut rule, problems, refused);
+    rule.backends = backends(namespace, at, backend_refs, problems, refused);
+    rule
 }
 
 fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
