@@ -595,6 +595,8 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
             let mut verdicts: BTreeMap<String, Vec<String>> = BTreeMap::new();
             // The first ready endpoint's denial, if it denies.
             let mut first: Option<Option<String>> = None;
+            // Whether some endpoint's sidecar decides otherwise than the first's.
+            let mut mixed = false;
             let mut reset = None;
             for ep in &ready {
                 let (verdict, denied) = match &ep.pod {
@@ -634,15 +636,15 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
                         .as_ref()
                         .map_or(ep.address.clone(), |p| p.to_string()),
                 );
-                if first
+                mixed |= first
                     .as_ref()
-                    .is_some_and(|d| d.is_some() != denied.is_some())
-                {
-                    out.notes.push(format!(
-                        "the pods of {cluster} decide differently: requests may be allowed or \
-                         denied depending on the endpoint"
-                    ));
-                }
+                    .is_some_and(|d| d.is_some() != denied.is_some());
+            }
+            if mixed {
+                out.notes.push(format!(
+                    "the pods of {cluster} decide differently: requests may be allowed or \
+                     denied depending on the endpoint"
+                ));
             }
             view.authorization = Some(
                 verdicts
