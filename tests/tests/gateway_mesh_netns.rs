@@ -21,6 +21,8 @@ use weir_tests::netns::*;
 use weir_tests::{scratch_dir, write_file};
 
 const NS: &str = "gateway-conformance-mesh";
+/// The namespace of consumer routes and of the client in it.
+const CONSUMER_NS: &str = "gateway-conformance-mesh-consumer";
 /// ClusterIPs given to the manifests' Services (they have none of their own).
 const IPS: [(&str, &str); 3] = [
     ("echo", "10.96.5.10"),
@@ -120,6 +122,8 @@ struct Case {
     /// The case's manifest under `tests/` of the conformance module.
     manifest: Option<&'static str>,
     requests: Vec<(Req, Want)>,
+    /// Requests sent from the client in the consumer namespace.
+    consumer_requests: Vec<(Req, Want)>,
     /// A weighted distribution to check after the requests: over HTTP (`None`) or gRPC
     /// (`Some(port)`), the expected share per backend.
     weights: Option<Weights>,
@@ -132,6 +136,7 @@ fn cases() -> Vec<Case> {
         name,
         manifest,
         requests,
+        consumer_requests: Vec::new(),
         weights: None,
         gap: None,
     };
@@ -318,11 +323,17 @@ fn cases() -> Vec<Case> {
             ..case("GRPCRouteWeight", Some("grpcroute-weight.yaml"), Vec::new())
         },
         Case {
-            gap: Some("consumer routes (a route in the caller's namespace for a Service elsewhere) are refused with Accepted=False UnsupportedValue: per-namespace route tables are not built yet"),
+            consumer_requests: vec![(
+                get("/").host("echo-v1.gateway-conformance-mesh"),
+                ok("echo-v1").answers("X-Header-Set", "set"),
+            )],
             ..case(
                 "MeshConsumerRoute",
                 Some("mesh-consumer-route.yaml"),
-                vec![(get("/").host("echo-v1.gateway-conformance-mesh"), ok("echo-v1").answers("X-Header-Set", "set"))],
+                vec![(
+                    get("/").host("echo-v1.gateway-conformance-mesh"),
+                    ok("echo-v1").without("X-Header-Set"),
+                )],
             )
         },
     ]
@@ -359,6 +370,7 @@ fn gateway_api_mesh_conformance_cases() {
     let conformance = upstream.join("conformance");
     let mut net = Net::new("gamma");
     let v2 = net.add_host();
+    let consumer = net.add_host();
     let (v1_ip, v2_ip) = (net.ip(Side::Pod), net.ip(v2));
     let dir = scratch_dir("gamma-mesh");
     let ca_dir = scratch_dir("gamma-ca");
@@ -369,8 +381,9 @@ fn gateway_api_mesh_conformance_cases() {
     for (side, pod) in [(Side::Pod, "echo-v1-0"), (v2, "echo-v2-0")] {
         net.serve_app(side, &["echo", &format!("{NS}/{pod}"), "0.0.0.0:8080"]);
         net.serve_app(side, &["grpc", pod, "0.0.0.0:7070"]);
-        net.start_sidecar(side, &pod_object(pod), &ca_dir);
+        net.start_sidecar(side, &pod_object(NS, pod), &ca_dir);
     }
+    net.start_sidecar(consumer, &pod_object(CONSUMER_NS, "echo-v1-0"), &ca_dir);
     let mut hosts: Vec<(String, String)> = IPS
         .iter()
         .map(|(name, ip)| {
@@ -386,6 +399,7 @@ fn gateway_api_mesh_conformance_cases() {
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
     net.hosts(Side::Pod, &entries);
+    net.hosts(consumer, &entries);
 
     let mut table = Vec::new();
     let mut unexpected = Vec::new();
@@ -394,28 +408,31 @@ fn gateway_api_mesh_conformance_cases() {
         if let Some(path) = &manifest {
             std::fs::copy(path, dir.join("case.yaml")).unwrap();
         }
-        let requests: Vec<(Req, Want)> = case
-            .requests
-            .iter()
-            .map(|(r, w)| {
-                let host = if r.host.starts_with("V2_POD") {
-                    r.host.replace("V2_POD", &v2_ip)
-                } else {
-                    r.host.to_string()
-                };
-                (
-                    Req {
-                        host: Box::leak(host.into_boxed_str()),
-                        ..r.clone()
-                    },
-                    w.clone(),
-                )
-            })
-            .collect();
+        let place = |requests: &[(Req, Want)]| -> Vec<(Req, Want)> {
+            requests
+                .iter()
+                .map(|(r, w)| {
+                    let host = if r.host.starts_with("V2_POD") {
+                        r.host.replace("V2_POD", &v2_ip)
+                    } else {
+                        r.host.to_string()
+                    };
+                    (
+                        Req {
+                            host: Box::leak(host.into_boxed_str()),
+                            ..r.clone()
+                        },
+                        w.clone(),
+                    )
+                })
+                .collect()
+        };
+        let (requests, consumer_requests) = (place(&case.requests), place(&case.consumer_requests));
         // A case noted as a gap gets less time to show that it still fails.
         let patience = Duration::from_secs(if case.gap.is_some() { 10 } else { 30 });
-        let outcome =
-            converge(&net, &script, &requests, patience).and_then(|()| match &case.weights {
+        let outcome = converge(&net, Side::Pod, &script, &requests, patience)
+            .and_then(|()| converge(&net, consumer, &script, &consumer_requests, patience))
+            .and_then(|()| match &case.weights {
                 None => Ok(()),
                 Some((grpc, want)) => distribution(&net, &script, *grpc, want),
             });
@@ -496,6 +513,11 @@ fn write_mesh(dir: &Path, conformance: &Path, v1_ip: &str, v2_ip: &str) {
             );
         }
     }
+    // The client in the consumer namespace (it serves nothing).
+    objects.push(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "echo-v1-0", "namespace": CONSUMER_NS, "labels": {"app": "echo", "version": "v1"},
+            "annotations": {"weir.dev/injected": "true"}},
+        "spec": {"containers": [{"name": "echo", "image": "echo"}]}}));
     let yaml: Vec<String> = objects
         .iter()
         .map(|o| serde_saphyr::to_string(o).unwrap())
@@ -503,9 +525,9 @@ fn write_mesh(dir: &Path, conformance: &Path, v1_ip: &str, v2_ip: &str) {
     write_file(dir, "pods.yaml", &yaml.join("---\n")).unwrap();
 }
 
-fn pod_object(name: &str) -> k8s_openapi::api::core::v1::Pod {
+fn pod_object(namespace: &str, name: &str) -> k8s_openapi::api::core::v1::Pod {
     serde_saphyr::from_str(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  containers: [{{name: echo, image: echo}}]\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  containers: [{{name: echo, image: echo}}]\n"
     ))
     .unwrap()
 }
@@ -514,14 +536,18 @@ fn pod_object(name: &str) -> k8s_openapi::api::core::v1::Pod {
 /// (30 s upstream); else what the last round saw wrong.
 fn converge(
     net: &Net,
+    from: Side,
     script: &Path,
     requests: &[(Req, Want)],
     patience: Duration,
 ) -> Result<(), String> {
+    if requests.is_empty() {
+        return Ok(());
+    }
     let end = Instant::now() + patience;
     let mut streak = 0;
     loop {
-        let answers = send(net, script, requests);
+        let answers = send(net, from, script, requests);
         let wrong: Vec<String> = requests
             .iter()
             .zip(&answers)
@@ -561,14 +587,19 @@ fn distribution(
         // show that something answers).
         std::thread::sleep(Duration::from_secs(1));
         let backends: Vec<String> = match grpc {
-            None => send(net, script, &vec![(get("/"), Want::default()); TOTAL])
-                .iter()
-                .map(|a| {
-                    let body: Value = serde_json::from_str(a["body"].as_str().unwrap_or(""))
-                        .unwrap_or(Value::Null);
-                    body["pod"].as_str().unwrap_or("?").to_string()
-                })
-                .collect(),
+            None => send(
+                net,
+                Side::Pod,
+                script,
+                &vec![(get("/"), Want::default()); TOTAL],
+            )
+            .iter()
+            .map(|a| {
+                let body: Value =
+                    serde_json::from_str(a["body"].as_str().unwrap_or("")).unwrap_or(Value::Null);
+                body["pod"].as_str().unwrap_or("?").to_string()
+            })
+            .collect(),
             Some(port) => {
                 let app = weir_tests::workspace_binary("weir-testapp").unwrap();
                 (0..TOTAL)
@@ -610,7 +641,7 @@ fn distribution(
     Err(last)
 }
 
-fn send(net: &Net, script: &Path, requests: &[(Req, Want)]) -> Vec<Value> {
+fn send(net: &Net, from: Side, script: &Path, requests: &[(Req, Want)]) -> Vec<Value> {
     let input: String = requests
         .iter()
         .map(|(r, _)| {
@@ -621,7 +652,7 @@ fn send(net: &Net, script: &Path, requests: &[(Req, Want)]) -> Vec<Value> {
         })
         .collect();
     let script = script.to_string_lossy();
-    net.run_with_input(Side::Pod, &["timeout", "60", "python3", &script], &input)
+    net.run_with_input(from, &["timeout", "60", "python3", &script], &input)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or(Value::Null))
         .collect()

@@ -103,8 +103,21 @@ impl Attachment {
     }
 }
 
-/// Every attachment on `service`, highest precedence first.
+/// Every attachment on `service` that applies to every caller (TrafficPolicies and
+/// producer routes, in the Service's namespace), highest precedence first.
 pub fn attachments(index: &Index, service: &ObjectKey) -> Vec<Attachment> {
+    attachments_for(index, service, None)
+}
+
+/// Every attachment on `service` for callers in `caller` (None: every caller, the producer
+/// view), highest precedence first. A consumer route (in a namespace other than the
+/// Service's) applies to callers in its namespace only, and there it replaces the producer
+/// routes on the ports it attaches to (GAMMA); TrafficPolicies apply to every caller.
+pub fn attachments_for(
+    index: &Index,
+    service: &ObjectKey,
+    caller: Option<&str>,
+) -> Vec<Attachment> {
     let mut out: Vec<Attachment> = index
         .policies_for(service)
         .into_iter()
@@ -117,20 +130,71 @@ pub fn attachments(index: &Index, service: &ObjectKey) -> Vec<Attachment> {
             })
         })
         .collect();
+    let consumer = caller.filter(|ns| *ns != service.namespace);
+    let mut producer = Vec::new();
+    let mut consumed = Vec::new();
     for (id, entry, sets) in index.routes_for(service) {
         let source = match id.0 {
             crate::index::gateway_route::RouteKind::Http => SourceRef::HttpRoute(id.1.clone()),
             crate::index::gateway_route::RouteKind::Grpc => SourceRef::GrpcRoute(id.1.clone()),
         };
-        out.extend(sets.into_iter().map(|routes| Attachment {
+        let into = if id.1.namespace == service.namespace {
+            &mut producer
+        } else if Some(id.1.namespace.as_str()) == consumer {
+            &mut consumed
+        } else {
+            continue;
+        };
+        into.extend(sets.into_iter().map(|routes| Attachment {
             source: source.clone(),
             routes,
             created: entry.created.clone(),
             merge: Merge::Rules,
         }));
     }
+    // The ports the caller's own routes take from the producer's.
+    let all_ports: Vec<u16> = index
+        .service(service)
+        .map(|s| s.ports.iter().map(|p| p.port).collect())
+        .unwrap_or_default();
+    let taken: BTreeSet<u16> = consumed
+        .iter()
+        .flat_map(|a: &Attachment| match a.routes.target.port {
+            Some(p) => vec![p],
+            None => all_ports.clone(),
+        })
+        .collect();
+    for a in producer {
+        match a.routes.target.port {
+            Some(p) if taken.contains(&p) => {}
+            Some(_) => out.push(a),
+            None if taken.is_empty() => out.push(a),
+            None => {
+                // Keep the producer's rules on the ports the caller's routes leave alone.
+                for port in all_ports.iter().filter(|p| !taken.contains(p)) {
+                    let mut routes = (*a.routes).clone();
+                    routes.target.port = Some(*port);
+                    out.push(Attachment {
+                        routes: Arc::new(routes),
+                        ..a.clone()
+                    });
+                }
+            }
+        }
+    }
+    out.extend(consumed);
     out.sort_by(|a, b| a.precedence().cmp(&b.precedence()));
     out
+}
+
+/// The namespaces whose own routes (consumer routes) attach to `service`.
+pub fn consumer_namespaces(index: &Index, service: &ObjectKey) -> BTreeSet<String> {
+    index
+        .routes_for(service)
+        .into_iter()
+        .map(|(id, _, _)| id.1.namespace.clone())
+        .filter(|ns| *ns != service.namespace)
+        .collect()
 }
 
 /// What the attachments on one Service do to it.
@@ -345,6 +409,16 @@ impl ServiceBinding {
     /// Binds every attachment on `service`.
     pub fn bind(index: &Index, service: &ObjectKey) -> ServiceBinding {
         Self::bind_attachments(index, service, attachments(index, service))
+    }
+
+    /// Binds what applies to callers in namespace `caller`: the producer binding with the
+    /// caller's own routes (consumer routes) over it.
+    pub fn bind_for(index: &Index, service: &ObjectKey, caller: &str) -> ServiceBinding {
+        Self::bind_attachments(
+            index,
+            service,
+            attachments_for(index, service, Some(caller)),
+        )
     }
 
     /// Binds the given attachments (highest precedence first) on `service`.

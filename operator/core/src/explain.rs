@@ -253,7 +253,7 @@ pub fn explain(index: &Index, query: &Query) -> Result<Explanation, QueryError> 
         Addressing::Headless => "(headless: pod IPs)".into(),
         Addressing::ExternalName(name) => format!("(ExternalName {name})"),
     };
-    let binding = ServiceBinding::bind(index, &service);
+    let binding = ServiceBinding::bind_for(index, &service, &source_key.namespace);
     let routes = binding.port(sp.port);
     let governed_by = routes.map(|r| source_name(&binding, &r.governing));
     let http = protocol.is_http() || (protocol == Protocol::Detect && query.request.is_some());

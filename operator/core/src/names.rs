@@ -59,6 +59,16 @@ pub const EXPLICIT_ROUTE_CONFIG: &str = "outbound";
 pub fn port_route_config(port: u16) -> String {
     format!("outbound|{port}")
 }
+/// Where a profile snapshot keeps the route table `table` as callers in `namespace` get it
+/// (their consumer routes in it): never subscribed to under this key, served under
+/// `table` to the proxies of that namespace.
+pub fn consumer_route_key(namespace: &str, table: &str) -> String {
+    format!("{}{table}", consumer_route_prefix(namespace))
+}
+/// The common start of [`consumer_route_key`]s of one namespace.
+pub fn consumer_route_prefix(namespace: &str) -> String {
+    format!("consumer/{namespace}/")
+}
 /// Cluster for traffic to destinations outside the mesh (transparent mode).
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
 /// Cluster for inbound traffic to the local application (transparent mode).

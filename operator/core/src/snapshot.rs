@@ -316,11 +316,12 @@ impl SnapshotBuilder {
     /// The LDS and RDS maps of a profile, assembled from the translator's virtual hosts.
     fn assembled_maps(&self, profile: &ProxyProfile) -> (ResourceMap, ResourceMap) {
         let (listeners, routes) = translate::assemble(&self.translator, profile);
-        let [listeners, routes] = [listeners, routes].map(|rs| {
+        let [listeners, mut routes] = [listeners, routes].map(|rs| {
             rs.into_iter()
                 .map(|r| (r.name.clone(), r))
                 .collect::<ResourceMap>()
         });
+        routes.extend(translate::consumer_route_tables(&self.translator, profile));
         (listeners, routes)
     }
 
@@ -469,7 +470,7 @@ impl Derivations {
         profile: ProxyProfile,
         workload: &Workload,
         base: &Arc<TypeSnapshot>,
-        derive: impl FnOnce() -> Resource,
+        derive: impl FnOnce() -> Vec<Resource>,
     ) -> Arc<TypeSnapshot> {
         let newest = self.newest.entry(profile).or_default();
         if base.generation > *newest {
@@ -492,7 +493,7 @@ impl Derivations {
                 .retain(|_, (_, derived)| Arc::strong_count(derived) > 1);
             self.kept = self.entries.len();
         }
-        let derived = Arc::new(base.with([derive()]));
+        let derived = Arc::new(base.with(derive()));
         self.entries.insert(key, (base.clone(), derived.clone()));
         derived
     }
@@ -540,25 +541,52 @@ impl WorkloadListeners {
         self.listeners.get(profile, workload, base, || {
             let inbound =
                 translate::inbound::listener(profile.inbound, trust_domain, telemetry, workload);
-            Resource::new(names::INBOUND_LISTENER, &inbound)
+            vec![Resource::new(names::INBOUND_LISTENER, &inbound)]
         })
     }
 
     /// The route tables a proxy of `profile` whose pod is `workload` gets over `base` (its
-    /// profile's route snapshot): `base` itself unless the workload authorizes HTTP.
+    /// profile's route snapshot): `base` itself unless the workload authorizes HTTP or its
+    /// namespace has routes of its own (consumer routes: the outbound tables they change,
+    /// served under their usual names).
     pub fn routes(
         &mut self,
         profile: ProxyProfile,
         workload: &Workload,
         base: &Arc<TypeSnapshot>,
     ) -> Arc<TypeSnapshot> {
-        if workload.authorization.is_none() || profile.capture != Capture::Transparent {
+        if profile.capture != Capture::Transparent {
+            return base.clone();
+        }
+        let prefix = names::consumer_route_prefix(&workload.namespace);
+        let has_consumer_tables = !workload.namespace.is_empty()
+            && base
+                .resources
+                .range::<_, str>((
+                    std::ops::Bound::Included(prefix.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .next()
+                .is_some_and(|(key, _)| key.starts_with(&prefix));
+        if workload.authorization.is_none() && !has_consumer_tables {
             return base.clone();
         }
         let trust_domain = &self.trust_domain;
         self.routes.get(profile, workload, base, || {
-            let table = translate::inbound::route_table(trust_domain, workload);
-            Resource::new(names::INBOUND_ROUTE_CONFIG, &table)
+            let mut tables: Vec<Resource> = base
+                .resources
+                .range::<_, str>((
+                    std::ops::Bound::Included(prefix.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(key, _)| key.starts_with(&prefix))
+                .map(|(_, table)| table.clone())
+                .collect();
+            if workload.authorization.is_some() {
+                let table = translate::inbound::route_table(trust_domain, workload);
+                tables.push(Resource::new(names::INBOUND_ROUTE_CONFIG, &table));
+            }
+            tables
         })
     }
 
@@ -816,6 +844,94 @@ mod tests {
         // A new trust domain drops everything.
         workloads.set_trust_domain("example.org");
         assert!(workloads.is_empty());
+    }
+
+    #[test]
+    fn a_consumer_route_changes_the_outbound_table_of_its_namespace_only() {
+        let mut index = index();
+        index.apply(Event::apply(Object::Pod(mk_meshed_pod(
+            "consumer",
+            "c1",
+            "app",
+            &[],
+        ))));
+        for doc in crate::yaml::documents(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: add-header, namespace: consumer, generation: 1}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, namespace: default}]
+  rules:
+  - filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-consumer, value: "yes"}]}
+    backendRefs: [{name: reviews, namespace: default, port: 9080}]
+"#,
+        ) {
+            let object = crate::index::decode_document(doc.unwrap())
+                .unwrap()
+                .unwrap();
+            index.apply(Event::apply(object));
+        }
+        let mut builder = SnapshotBuilder::new();
+        builder.update(&mut index);
+        let profile = ProxyProfile::new(Capture::Transparent, MtlsMode::Strict);
+        let snapshot = builder.snapshot(profile);
+        builder.check(profile, &snapshot).unwrap();
+        let base = snapshot.types[ResourceType::Route].clone();
+        let table = names::port_route_config(9080);
+        let mut workloads = WorkloadListeners::new(builder.translator().trust_domain());
+        let consumer = workloads.routes(
+            profile,
+            &index.workload(&ObjectKey::new("consumer", "c1")),
+            &base,
+        );
+        let producer = workloads.routes(
+            profile,
+            &index.workload(&ObjectKey::new("default", "r2")),
+            &base,
+        );
+        let sets_header = |t: &TypeSnapshot| {
+            let body = &t.resources[table.as_str()].body.value;
+            body.windows(b"x-consumer".len())
+                .any(|w| w == b"x-consumer")
+        };
+        assert!(
+            sets_header(&consumer),
+            "the consumer's callers get the route"
+        );
+        assert!(!sets_header(&producer), "other callers do not");
+        assert!(Arc::ptr_eq(&producer, &base));
+        assert_eq!(consumer.resources[table.as_str()].name.as_ref(), table);
+        // The binding status reads: the consumer route is active for its namespace.
+        let binding = builder
+            .translator()
+            .binding_for(&ObjectKey::new("default", "reviews"), "consumer")
+            .unwrap();
+        assert!(binding.port(9080).unwrap().routes_decide);
+        assert!(builder
+            .translator()
+            .binding(&ObjectKey::new("default", "reviews"))
+            .is_none_or(|b| b.port(9080).is_none_or(|p| !p.routes_decide)));
+        // The route goes: so does the consumer table.
+        index.apply(Event::Delete(
+            crate::Kind::HttpRoute,
+            ObjectKey::new("consumer", "add-header"),
+        ));
+        let (_, built) = builder.update(&mut index);
+        let snapshot = built
+            .into_iter()
+            .find(|(p, _)| *p == profile)
+            .map(|(_, s)| s.unwrap())
+            .unwrap();
+        let base = snapshot.types[ResourceType::Route].clone();
+        let consumer = workloads.routes(
+            profile,
+            &index.workload(&ObjectKey::new("consumer", "c1")),
+            &base,
+        );
+        assert!(Arc::ptr_eq(&consumer, &base));
     }
 
     #[test]

@@ -100,6 +100,7 @@ impl Index {
         workload.authorization =
             crate::authorization::inbound(self, key, &workload.services).map(Arc::new);
         workload.served = self.served_ports(key, &workload.services).into();
+        workload.namespace = key.namespace.as_str().into();
         workload
     }
 
@@ -242,6 +243,9 @@ pub struct Workload {
     /// Whether the proxy reports denials to the operator (its bootstrap has the cluster;
     /// set per stream from the proxy's node metadata, not by the index).
     pub reports: bool,
+    /// The pod's namespace: the routes of its namespace (consumer routes) apply to its
+    /// outbound requests.
+    pub namespace: Arc<str>,
 }
 
 impl Workload {
@@ -254,6 +258,7 @@ impl Workload {
             authorization: None,
             served: Arc::new([]),
             reports: false,
+            namespace: Arc::from(""),
         }
     }
 

@@ -12,8 +12,11 @@
 //! What Gateway API fixes and TrafficPolicy does not: weights are relative (1 by default,
 //! 0 sends nothing), a backend that does not resolve answers 500 for its share, a rule
 //! without backends answers 500, hostnames do not apply in the mesh. A route in another
-//! namespace than its Service (a consumer route) is not supported yet and is refused with
-//! that reason, never silently ignored.
+//! namespace than its Service is a consumer route: it applies to callers in its own namespace
+//! only (the binding and the translator keep it apart from the producer routes). A
+//! backendRef into another namespace is permitted when it names one of the route's own
+//! Service parents (the route only steers traffic already bound for that Service); any
+//! other needs a ReferenceGrant, which Weir does not read, and is refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,8 +79,8 @@ pub fn is_service_parent(parent: &ParentReference) -> bool {
 
 /// An HTTPRoute's routes, per Service parent.
 pub fn parse_http(route: &HTTPRoute) -> Vec<ParentRoutes> {
-    let namespace = namespace_of(&route.metadata);
-    parents(&namespace, &route.spec.parent_refs, |problems, refused| {
+    let origin = Origin::of(&route.metadata, &route.spec.parent_refs);
+    parents(&origin, &route.spec.parent_refs, |problems, refused| {
         route
             .spec
             .rules
@@ -100,7 +103,7 @@ pub fn parse_http(route: &HTTPRoute) -> Vec<ParentRoutes> {
                     .and_then(|t| t.backend_request.as_deref())
                     .and_then(|d| duration(&format!("{at}.timeouts.backendRequest"), d, problems));
                 let mut parsed = route_rule(
-                    &namespace,
+                    &origin,
                     (i, &at),
                     rule.name.as_deref(),
                     matches,
@@ -118,8 +121,8 @@ pub fn parse_http(route: &HTTPRoute) -> Vec<ParentRoutes> {
 
 /// A GRPCRoute's routes, per Service parent.
 pub fn parse_grpc(route: &GRPCRoute) -> Vec<ParentRoutes> {
-    let namespace = namespace_of(&route.metadata);
-    parents(&namespace, &route.spec.parent_refs, |problems, refused| {
+    let origin = Origin::of(&route.metadata, &route.spec.parent_refs);
+    parents(&origin, &route.spec.parent_refs, |problems, refused| {
         route
             .spec
             .rules
@@ -161,7 +164,7 @@ pub fn parse_grpc(route: &GRPCRoute) -> Vec<ParentRoutes> {
                     })
                     .collect();
                 route_rule(
-                    &namespace,
+                    &origin,
                     (i, &at),
                     rule.name.as_deref(),
                     matches,
@@ -177,7 +180,7 @@ pub fn parse_grpc(route: &GRPCRoute) -> Vec<ParentRoutes> {
 /// What HTTPRoute and GRPCRoute rules share: the name, the filters and the backends,
 /// around the matches each kind parsed its own way.
 fn route_rule(
-    namespace: &str,
+    origin: &Origin,
     (i, at): (usize, &str),
     name: Option<&str>,
     matches: Vec<HttpMatch>,
@@ -186,18 +189,48 @@ fn route_rule(
     refused: &mut Vec<RefusedRef>,
 ) -> HttpRule {
     let mut rule = base_rule(name, i, matches);
-    filters(namespace, at, rule_filters, &mut rule, problems, refused);
-    rule.backends = backends(namespace, at, backend_refs, problems, refused);
+    filters(origin, at, rule_filters, &mut rule, problems, refused);
+    rule.backends = backends(origin, at, backend_refs, problems, refused);
     rule
 }
 
-fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
-    meta.namespace.clone().unwrap_or_else(|| "default".into())
+/// Where a route's references are resolved from: its namespace and the Services it
+/// attaches to.
+struct Origin {
+    namespace: String,
+    parents: Vec<ObjectKey>,
+}
+
+impl Origin {
+    fn of(
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        parent_refs: &[ParentReference],
+    ) -> Origin {
+        let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let mut origin = Origin {
+            namespace,
+            parents: Vec::new(),
+        };
+        origin.parents = parent_refs
+            .iter()
+            .filter(|p| is_service_parent(p))
+            .map(|p| origin.parent(p))
+            .collect();
+        origin
+    }
+
+    /// The Service a parentRef names (its namespace defaults to the route's).
+    fn parent(&self, parent: &ParentReference) -> ObjectKey {
+        ObjectKey::new(
+            parent.namespace.as_deref().unwrap_or(&self.namespace),
+            &parent.name,
+        )
+    }
 }
 
 /// Per Service parent: the rules (parsed once for all parents), or why not.
 fn parents(
-    namespace: &str,
+    origin: &Origin,
     parent_refs: &[ParentReference],
     rules: impl FnOnce(&mut Vec<RouteRejection>, &mut Vec<RefusedRef>) -> Vec<HttpRule>,
 ) -> Vec<ParentRoutes> {
@@ -212,21 +245,11 @@ fn parents(
     });
     parent_refs
         .iter()
-        .enumerate()
-        .filter(|(_, p)| is_service_parent(p))
-        .map(|(i, parent)| {
-            let service_ns = parent.namespace.clone().unwrap_or_else(|| namespace.to_string());
-            let service = ObjectKey::new(&service_ns, &parent.name);
+        .filter(|p| is_service_parent(p))
+        .map(|parent| {
+            let service = origin.parent(parent);
             let port = parent.port.and_then(|p| u16::try_from(p).ok());
-            let verdict = if service_ns != namespace {
-                Err(RouteRejection {
-                    reason: "UnsupportedValue",
-                    field: format!("spec.parentRefs[{i}].namespace"),
-                    message: format!(
-                        "a route in namespace {namespace} for Service {service} (a consumer route, for callers in {namespace} only) is not supported yet: put the route in namespace {service_ns} (a producer route, for every caller)"
-                    ),
-                })
-            } else if let Some(problem) = &first_problem {
+            let verdict = if let Some(problem) = &first_problem {
                 Err(problem.clone())
             } else {
                 Ok(Arc::new(RouteSet {
@@ -410,7 +433,7 @@ fn header_edits(m: &HeaderModifier) -> HeaderEdits {
 
 /// A rule's filters into the rule.
 fn filters(
-    namespace: &str,
+    origin: &Origin,
     at: &str,
     filters: &[HTTPRouteFilter],
     rule: &mut HttpRule,
@@ -467,7 +490,7 @@ fn filters(
                         (None, None) => 100,
                     };
                     rule.mirror = Some(Mirror {
-                        backend: backend(namespace, &format!("{at}.requestMirror.backendRef"), &m.backend_ref, problems, refused),
+                        backend: backend(origin, &format!("{at}.requestMirror.backendRef"), &m.backend_ref, problems, refused),
                         percent: percent as u32,
                     });
                 }
@@ -534,7 +557,7 @@ fn path_modifier(
 /// this namespace (another kind, another namespace) are refused and name a Service that
 /// cannot exist (an empty namespace), so that their share fails with the rule's status.
 fn backend(
-    namespace: &str,
+    origin: &Origin,
     at: &str,
     r: &BackendRef,
     problems: &mut Vec<RouteRejection>,
@@ -555,11 +578,13 @@ fn backend(
         });
         return nowhere;
     }
-    if let Some(ns) = r.namespace.as_deref().filter(|ns| *ns != namespace) {
+    let namespace = r.namespace.as_deref().unwrap_or(&origin.namespace);
+    let service = ObjectKey::new(namespace, &r.name);
+    if namespace != origin.namespace && !origin.parents.contains(&service) {
         refused.push(RefusedRef {
             reason: "RefNotPermitted",
             field: format!("{at}.namespace"),
-            message: format!("Service {ns}/{} is in another namespace: Weir does not read ReferenceGrants yet; route to a Service of namespace {namespace}", r.name),
+            message: format!("Service {service} is in another namespace and is not a parent of this route: Weir does not read ReferenceGrants yet; route to a Service of namespace {} or to the parent Service", origin.namespace),
         });
         return nowhere;
     }
@@ -572,14 +597,14 @@ fn backend(
         );
     }
     Backend {
-        service: ObjectKey::new(namespace, &r.name),
+        service,
         port,
         subset: None,
     }
 }
 
 fn backends(
-    namespace: &str,
+    origin: &Origin,
     at: &str,
     refs: &[HTTPBackendRef],
     problems: &mut Vec<RouteRejection>,
@@ -590,7 +615,7 @@ fn backends(
         .map(|(k, r)| {
             let at = format!("{at}.backendRefs[{k}]");
             let mut scratch = base_rule(None, 0, Vec::new());
-            filters(namespace, &at, &r.filters, &mut scratch, problems, refused);
+            filters(origin, &at, &r.filters, &mut scratch, problems, refused);
             if scratch.redirect.is_some() || scratch.rewrite.is_some() || scratch.mirror.is_some() {
                 unsupported(
                     problems,
@@ -599,7 +624,7 @@ fn backends(
                 );
             }
             WeightedBackend {
-                backend: backend(namespace, &at, &r.backend, problems, refused),
+                backend: backend(origin, &at, &r.backend, problems, refused),
                 weight: r.weight.unwrap_or(1).max(0) as u32,
                 request_headers: scratch.request_headers,
                 response_headers: scratch.response_headers,
@@ -687,13 +712,42 @@ spec:
 "#,
         ));
         assert_eq!(parsed.len(), 2);
-        let consumer = parsed[0].verdict.as_ref().unwrap_err();
-        assert_eq!(consumer.field, "spec.parentRefs[0].namespace");
-        assert!(consumer.message.contains("consumer route"), "{consumer:?}");
+        assert_eq!(parsed[0].service, ObjectKey::new("producer", "echo"));
         let local = parsed[1].verdict.as_ref().unwrap_err();
         assert_eq!(local.reason, "UnsupportedValue");
         assert_eq!(local.field, "spec.rules[0].filters[0].type");
+        // The parent in another namespace may be a backend; a Bucket may not.
         let reasons: Vec<&str> = parsed[1].refused.iter().map(|r| r.reason).collect();
-        assert_eq!(reasons, ["RefNotPermitted", "InvalidKind"]);
+        assert_eq!(reasons, ["InvalidKind"]);
+    }
+
+    #[test]
+    fn a_consumer_route_may_send_to_its_parent_but_not_to_other_namespaces() {
+        let parsed = parse_http(&route(
+            r#"
+metadata: {name: r, namespace: consumer}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, namespace: producer}]
+  rules:
+  - backendRefs:
+    - {name: echo, port: 80, namespace: producer}
+    - {name: other, port: 80, namespace: producer}
+    - {name: local, port: 80}
+"#,
+        ));
+        let set = parsed[0].verdict.as_ref().unwrap();
+        let services: Vec<String> = set.http[0]
+            .backends
+            .iter()
+            .map(|b| b.backend.service.to_string())
+            .collect();
+        assert_eq!(services[0], "producer/echo");
+        assert_eq!(services[2], "consumer/local");
+        assert_eq!(parsed[0].refused.len(), 1);
+        assert_eq!(parsed[0].refused[0].reason, "RefNotPermitted");
+        assert_eq!(
+            parsed[0].refused[0].field,
+            "spec.rules[0].backendRefs[1].namespace"
+        );
     }
 }

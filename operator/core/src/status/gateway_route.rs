@@ -102,11 +102,13 @@ fn parent_conditions(
         RouteKind::Http => SourceRef::HttpRoute(id.1.clone()),
         RouteKind::Grpc => SourceRef::GrpcRoute(id.1.clone()),
     };
-    let binding = translator.binding(&p.service).and_then(|b| {
-        b.attachments
-            .iter()
-            .find(|a| a.source == source && Some(&a.routes) == p.verdict.as_ref().ok())
-    });
+    let binding = translator
+        .binding_for(&p.service, &id.1.namespace)
+        .and_then(|b| {
+            b.attachments
+                .iter()
+                .find(|a| a.source == source && Some(&a.routes) == p.verdict.as_ref().ok())
+        });
     let accepted = match (&p.verdict, index.service(&p.service)) {
         (Err(rejection), _) => cond(
             "Accepted",

@@ -199,6 +199,9 @@ pub struct Translator {
     trust_domain: String,
     /// Per Service with attachments, the binding of the last translation (status reads it).
     bindings: HashMap<ObjectKey, Arc<ServiceBinding>>,
+    /// Per Service and namespace with consumer routes on it, the binding for that
+    /// namespace's callers.
+    consumer_bindings: BTreeMap<(ObjectKey, String), Arc<ServiceBinding>>,
     /// What every chain reports (the operator's flags).
     telemetry: Arc<telemetry::Telemetry>,
 }
@@ -265,6 +268,15 @@ impl Translator {
         self.bindings.get(service).map(|b| b.as_ref())
     }
 
+    /// The binding for callers in `namespace`: the one of its consumer routes when it has
+    /// some on the Service, else the producer binding.
+    pub fn binding_for(&self, service: &ObjectKey, namespace: &str) -> Option<&ServiceBinding> {
+        self.consumer_bindings
+            .get(&(service.clone(), namespace.to_string()))
+            .map(|b| b.as_ref())
+            .or_else(|| self.binding(service))
+    }
+
     /// The trust domain of the last update.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
@@ -320,6 +332,14 @@ impl Translator {
         let old = self.services.remove(key).unwrap_or_default();
         let mut new = ServiceOutput::default();
         let binding = ServiceBinding::bind(index, key);
+        let consumers: BTreeMap<String, ServiceBinding> =
+            crate::binding::consumer_namespaces(index, key)
+                .into_iter()
+                .map(|ns| {
+                    let b = ServiceBinding::bind_for(index, key, &ns);
+                    (ns, b)
+                })
+                .collect();
         if let Some(svc) = index.service(key) {
             let bare_port = svc
                 .ports
@@ -351,15 +371,28 @@ impl Translator {
                         upstream: upstream.clone(),
                     });
                 }
-                let output = PortOutputBuilder {
+                let builder = PortOutputBuilder {
                     key,
                     svc,
                     port: port.port,
                     routes,
                     protocol,
                     decided_by,
+                };
+                let owns_bare_names = Some(port.port) == bare_port;
+                let mut output = builder.build(owns_bare_names);
+                if protocol.is_http() {
+                    for (ns, consumer) in &consumers {
+                        let routes = consumer.port(port.port);
+                        let theirs = PortOutputBuilder { routes, ..builder }.build(owns_bare_names);
+                        if theirs.virtual_host != output.virtual_host {
+                            output.clusters.extend(theirs.clusters);
+                            output.consumers.insert(ns.clone(), theirs.virtual_host);
+                        }
+                    }
+                    output.clusters.sort_unstable();
+                    output.clusters.dedup();
                 }
-                .build(Some(port.port) == bare_port);
                 self.set_port_output((key.clone(), port.port), output, changes);
             }
         }
@@ -367,6 +400,19 @@ impl Translator {
             self.bindings.remove(key);
         } else {
             self.bindings.insert(key.clone(), Arc::new(binding));
+        }
+        let stale: Vec<(ObjectKey, String)> = self
+            .consumer_bindings
+            .range((key.clone(), String::new())..)
+            .take_while(|((k, _), _)| k == key)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in stale {
+            self.consumer_bindings.remove(&id);
+        }
+        for (ns, consumer) in consumers {
+            self.consumer_bindings
+                .insert((key.clone(), ns), Arc::new(consumer));
         }
         // Drop what the Service no longer produces.
         let kept: BTreeSet<&Arc<str>> = new.clusters.iter().map(|c| &c.name).collect();
@@ -577,6 +623,7 @@ fn endpoints_of(
 }
 
 /// Everything one port's output is made of.
+#[derive(Clone, Copy)]
 struct PortOutputBuilder<'a> {
     key: &'a ObjectKey,
     svc: &'a ServiceModel,
@@ -618,6 +665,7 @@ impl PortOutputBuilder<'_> {
             virtual_host,
             tcp,
             clusters,
+            consumers: BTreeMap::new(),
         }
     }
 
@@ -751,6 +799,46 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
             (listeners, routes)
         }
     }
+}
+
+/// The route tables whose routing differs for callers of one namespace (their consumer
+/// routes), each under [`names::consumer_route_key`] (transparent mode: explicit mode has
+/// one table for every caller and no namespace to tell them apart).
+pub fn consumer_route_tables(
+    translator: &Translator,
+    profile: &ProxyProfile,
+) -> Vec<(Arc<str>, Resource)> {
+    if profile.capture != Capture::Transparent {
+        return Vec::new();
+    }
+    let namespaces: BTreeSet<&String> = translator
+        .ports()
+        .flat_map(|(_, out)| out.consumers.keys())
+        .collect();
+    if namespaces.is_empty() {
+        return Vec::new();
+    }
+    let mut by_port: BTreeMap<u16, Vec<&PortOutput>> = BTreeMap::new();
+    for ((_, port), out) in translator.ports() {
+        by_port.entry(*port).or_default().push(out);
+    }
+    let passthrough = route::passthrough_virtual_host().encode_to_vec();
+    let mut tables = Vec::new();
+    for ns in namespaces {
+        for (port, outs) in &by_port {
+            if !outs.iter().any(|o| o.consumers.contains_key(ns)) {
+                continue;
+            }
+            let vhosts = outs
+                .iter()
+                .filter_map(|o| o.consumers.get(ns).unwrap_or(&o.virtual_host).as_ref())
+                .map(|v| v.with_bare_names.as_slice());
+            let name = names::port_route_config(*port);
+            let table = route_table(&name, vhosts, Some(&passthrough));
+            tables.push((names::consumer_route_key(ns, &name).into(), table));
+        }
+    }
+    tables
 }
 
 /// A route table from pre-encoded virtual hosts (and a last one, if given): the table's own

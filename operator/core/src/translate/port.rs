@@ -1,6 +1,7 @@
 //! What one Service port contributes to the listeners and route tables of every profile,
 //! encoded once when the Service changes: the leaf both directions' builders read.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::protocol::{DecidedBy, Protocol};
@@ -21,6 +22,10 @@ pub struct PortOutput {
     /// Clusters this port's routes send traffic to that must exist (destinations that do
     /// not resolve are left out: their 503 is deliberate and reported in status).
     pub clusters: Vec<Arc<str>>,
+    /// Per namespace whose own routes (consumer routes) change this port's routing for its
+    /// callers, the virtual host those callers get instead (None: the port's protocol
+    /// gives it none).
+    pub consumers: BTreeMap<String, Option<PortVirtualHost>>,
 }
 
 /// One Service port's virtual host, encoded once when the Service changes, in the two forms
