@@ -164,23 +164,39 @@ pub fn attachments_for(
             None => all_ports.clone(),
         })
         .collect();
+    let per_port = |a: &Attachment, ports: &mut dyn Iterator<Item = &u16>| -> Vec<Attachment> {
+        ports
+            .map(|port| {
+                let mut routes = (*a.routes).clone();
+                routes.target.port = Some(*port);
+                Attachment {
+                    routes: Arc::new(routes),
+                    ..a.clone()
+                }
+            })
+            .collect()
+    };
     for a in producer {
         match a.routes.target.port {
             Some(p) if taken.contains(&p) => {}
             Some(_) => out.push(a),
             None if taken.is_empty() => out.push(a),
-            None => {
-                // Keep the producer's rules on the ports the caller's routes leave alone.
-                for port in all_ports.iter().filter(|p| !taken.contains(p)) {
-                    let mut routes = (*a.routes).clone();
-                    routes.target.port = Some(*port);
-                    out.push(Attachment {
-                        routes: Arc::new(routes),
-                        ..a.clone()
-                    });
-                }
-            }
+            // Keep the producer's rules on the ports the caller's routes leave alone.
+            None => out.extend(per_port(
+                &a,
+                &mut all_ports.iter().filter(|p| !taken.contains(p)),
+            )),
         }
+    }
+    if !taken.is_empty() {
+        // A policy for every port yields the taken ones only: one attachment per port.
+        out = out
+            .into_iter()
+            .flat_map(|a| match (a.merge, a.routes.target.port) {
+                (Merge::Exclusive, None) => per_port(&a, &mut all_ports.iter()),
+                _ => vec![a],
+            })
+            .collect();
     }
     out.extend(consumed);
     out.sort_by(|a, b| a.precedence().cmp(&b.precedence()));

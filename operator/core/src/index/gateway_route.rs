@@ -336,4 +336,51 @@ spec:
         let port = binding.port(9080).unwrap();
         assert!(!port.routes_decide);
     }
+
+    #[test]
+    fn a_consumer_route_is_named_in_the_status_of_the_policy_it_overrides() {
+        let mut index = Index::new();
+        apply(
+            &mut index,
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: shop}
+spec: {clusterIP: 10.96.0.1, ports: [{name: http, port: 9080}, {name: admin, port: 9090}]}
+---
+apiVersion: weir.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: rules, namespace: shop}
+spec:
+  targetRef: {service: reviews}
+  http: [{name: all, timeout: 1s, destinations: [{}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mine, namespace: frontend, generation: 1}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, namespace: shop, port: 9080}]
+  rules: [{backendRefs: [{name: reviews, namespace: shop, port: 9080}]}]
+"#,
+        );
+        let mut translator = crate::translate::Translator::new();
+        translator.update(&mut index);
+        let reviews = ObjectKey::new("shop", "reviews");
+        // Every other caller: the policy governs both ports.
+        let producer = translator.binding(&reviews).unwrap();
+        assert!(!producer.port(9080).unwrap().routes_decide);
+        // Callers in frontend: the route takes 9080, the policy keeps 9090.
+        let frontend = translator.binding_for(&reviews, "frontend").unwrap();
+        assert!(frontend.port(9080).unwrap().routes_decide);
+        assert!(!frontend.port(9090).unwrap().routes_decide);
+        let statuses =
+            crate::status::traffic_policy::policy_statuses(&index, &translator, Default::default());
+        let message = &statuses[0].conditions[0].message;
+        assert!(
+            message.contains("for callers in namespace frontend, HTTPRoute frontend/mine (a consumer route) decides the routing of port(s) 9080"),
+            "{message}"
+        );
+        let routes = crate::status::gateway_route::route_statuses(&index, &translator);
+        assert!(routes[0].accepted(), "{routes:?}");
+    }
 }

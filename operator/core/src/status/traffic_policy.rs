@@ -73,10 +73,12 @@ pub fn policy_statuses(
             });
             let mut accepted = accepted(entry, binding);
             if let (true, Some(served)) = (accepted.status, entry.effective()) {
-                let notes = authorization_notes(index, translator, served);
-                if !notes.is_empty() {
-                    accepted.message.push_str(&notes);
-                }
+                accepted
+                    .message
+                    .push_str(&authorization_notes(index, translator, served));
+                accepted
+                    .message
+                    .push_str(&consumer_notes(translator, key, served));
             }
             let resolved = resolved_refs(binding);
             let active = matches!(binding.map(|b| &b.outcome), Some(Outcome::Active { .. }));
@@ -88,6 +90,33 @@ pub fn policy_statuses(
                 conditions: vec![accepted, resolved, programmed],
                 active,
             }
+        })
+        .collect()
+}
+
+/// `; note: ...` for each namespace whose own routes (consumer routes) take the routing of
+/// ports this policy's rules govern for every other caller.
+fn consumer_notes(
+    translator: &Translator,
+    key: &ObjectKey,
+    served: &crate::routing::RouteSet,
+) -> String {
+    let source = SourceRef::TrafficPolicy(key.clone());
+    translator
+        .consumer_bindings(&served.target.service)
+        .flat_map(|(ns, binding)| {
+            binding
+                .attachments
+                .iter()
+                .filter(|a| a.source == source)
+                .map(move |a| (ns, &a.outcome))
+        })
+        .filter_map(|(ns, outcome)| match outcome {
+            Outcome::Conflicted { winner, ports } => Some(format!(
+                "; note: for callers in namespace {ns}, {winner} (a consumer route) decides the routing of port(s) {} instead of this policy's rules",
+                crate::binding::port_list(ports)
+            )),
+            _ => None,
         })
         .collect()
 }

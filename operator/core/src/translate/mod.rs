@@ -268,6 +268,17 @@ impl Translator {
         self.bindings.get(service).map(|b| b.as_ref())
     }
 
+    /// The bindings of the namespaces with consumer routes on `service`, by namespace.
+    pub fn consumer_bindings<'a>(
+        &'a self,
+        service: &'a ObjectKey,
+    ) -> impl Iterator<Item = (&'a str, &'a ServiceBinding)> + 'a {
+        self.consumer_bindings
+            .range((service.clone(), String::new())..)
+            .take_while(move |((k, _), _)| k == service)
+            .map(|((_, ns), b)| (ns.as_str(), b.as_ref()))
+    }
+
     /// The binding for callers in `namespace`: the one of its consumer routes when it has
     /// some on the Service, else the producer binding.
     pub fn binding_for(&self, service: &ObjectKey, namespace: &str) -> Option<&ServiceBinding> {
