@@ -105,6 +105,7 @@ bench: $(ENVOY_BIN)
 	./target/release/weir-bench-webhook
 	./target/release/weir-bench-authz
 	./target/release/weir-bench-telemetry
+	python3 tests/bench/scope_memory.py $(ENVOY_BIN)
 	./target/release/weir-bench-report
 
 ## Against the cluster in KUBECONFIG (see e2e/README.md); not part of `make test`.
