@@ -68,6 +68,9 @@ pub struct Options {
     pub xds_limits: xds::conn::XdsLimits,
     /// What every sidecar reports (metrics are always on; access log default, tracing).
     pub telemetry: weir_core::translate::telemetry::Telemetry,
+    /// Scoped proxies: a transparent-capture sidecar on delta xDS holds the Services of
+    /// its scope only and fetches the others on first use (see `weir_core::scope`).
+    pub scoped_proxies: bool,
 }
 
 impl Options {
@@ -83,6 +86,7 @@ impl Options {
             rotation_grace: identity::ROTATION_GRACE,
             xds_limits: xds::conn::XdsLimits::default(),
             telemetry: Default::default(),
+            scoped_proxies: false,
         }
     }
 }
@@ -139,6 +143,7 @@ impl ControlPlane {
         }
         let state = Arc::new(MeshState::with_rotation_grace(options.rotation_grace));
         state.set_telemetry(options.telemetry.clone());
+        state.set_scoped_proxies(options.scoped_proxies);
         let tls = if options.xds_names.is_empty() {
             None
         } else {

@@ -178,6 +178,20 @@ struct LimitArgs {
     /// Largest xDS request accepted, in bytes.
     #[arg(long, default_value_t = 4 << 20)]
     xds_max_request_bytes: usize,
+    /// What a sidecar holds: `mesh`, every Service; `learned`, the Services its pod backs
+    /// or names in `weir.dev/dependencies` and those it has called, fetching any other
+    /// on its first call (transparent capture on delta xDS; others hold the mesh).
+    #[arg(long, value_enum, default_value_t = ProxyScopeArg::Mesh)]
+    proxy_scope: ProxyScopeArg,
+}
+
+/// `--proxy-scope`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProxyScopeArg {
+    /// Every Service of the mesh.
+    Mesh,
+    /// What the workload uses, learned; the rest on demand.
+    Learned,
 }
 
 impl LimitArgs {
@@ -334,6 +348,7 @@ async fn run() -> Result<()> {
                 rotation_grace: ca_rotation_step,
                 xds_limits: limits.limits(),
                 telemetry: telemetry.telemetry(),
+                scoped_proxies: limits.proxy_scope == ProxyScopeArg::Learned,
                 ..Options::new(xds_addr, admin_addr)
             };
             serve(source, options).await
@@ -355,6 +370,7 @@ async fn run() -> Result<()> {
                 rotation_grace: ca_rotation_step,
                 xds_limits: limits.limits(),
                 telemetry: telemetry.telemetry(),
+                scoped_proxies: limits.proxy_scope == ProxyScopeArg::Learned,
                 ..Options::new(xds_addr, admin_addr)
             };
             serve(Source::Dir(dir), options).await

@@ -86,6 +86,8 @@ pub struct MeshState {
     pub metrics: Arc<Metrics>,
     /// Connected proxies.
     pub proxies: Arc<ProxyRegistry>,
+    /// Whether proxies that can be scoped are (the operator's `--proxy-scope`).
+    scoped_proxies: std::sync::atomic::AtomicBool,
     /// The mesh CA: workload certificates and the trust bundle.
     pub identity: Arc<Authority>,
     /// Authorization denials the sidecars report, per policy.
@@ -138,6 +140,7 @@ impl MeshState {
             metrics,
             proxies: Arc::new(ProxyRegistry::default()),
             denials: Arc::default(),
+            scoped_proxies: Default::default(),
             placements: watch::channel(Placements::default()).0,
             workload_listeners: Mutex::new(WorkloadListeners::new(
                 weir_core::mesh::DEFAULT_TRUST_DOMAIN,
@@ -154,6 +157,28 @@ impl MeshState {
         model.snapshots.set_telemetry(telemetry);
         let telemetry = model.snapshots.translator().telemetry().clone();
         crate::sync::lock(&self.workload_listeners).set_telemetry(&telemetry);
+    }
+
+    /// Scopes the proxies that can be (transparent capture, delta xDS) from now on;
+    /// before any proxy connects (the operator's flags).
+    pub fn set_scoped_proxies(&self, scoped: bool) {
+        self.scoped_proxies
+            .store(scoped, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether proxies that can be scoped are.
+    pub fn scoped_proxies(&self) -> bool {
+        self.scoped_proxies
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The Service whose ClusterIP is `address`, for a scoped proxy's first request to it.
+    pub fn service_by_address(&self, address: &str) -> Option<weir_core::ObjectKey> {
+        self.model()
+            .index
+            .services()
+            .find(|(_, svc)| svc.cluster_ip.as_deref() == Some(address))
+            .map(|(key, _)| key.clone())
     }
 
     fn model(&self) -> std::sync::MutexGuard<'_, Model> {

@@ -33,6 +33,7 @@ pub mod owner;
 pub mod protocol;
 pub mod resources;
 pub mod routing;
+pub mod scope;
 pub mod snapshot;
 pub mod sources;
 pub mod status;

@@ -61,6 +61,10 @@ pub const MTLS_MODE_KEY: &str = "weir.dev/mtls-mode";
 /// Namespace label and pod annotation overriding the mesh's default authorization
 /// (`AllowAll`, `AllowAuthenticated`, `Deny`).
 pub const DEFAULT_AUTHORIZATION_KEY: &str = "weir.dev/default-authorization";
+/// Pod annotation naming Services a scoped proxy holds from the start (`name` in the pod's
+/// namespace or `name.namespace`, comma-separated): a hint that pre-warms, never needed for
+/// a call to work.
+pub const DEPENDENCIES_KEY: &str = "weir.dev/dependencies";
 /// Pod annotation: the proxy's CPU request.
 pub const PROXY_CPU_ANNOTATION: &str = "weir.dev/proxy-cpu";
 /// Pod annotation: the proxy's memory request.
@@ -196,6 +200,11 @@ pub const RATE_LIMITED_HEADER: &str = "x-weir-rate-limited";
 pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
 /// The TCP proxy network filter.
 pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
+/// The on-demand HTTP filter of scoped proxies (always first): fetches the virtual host of
+/// a Host the proxy does not hold (VHDS) and the clusters its routes name (ODCDS).
+pub const ON_DEMAND_FILTER: &str = "envoy.filters.http.on_demand";
+/// How long a request waits for a cluster fetched on demand before Envoy answers 503.
+pub const ON_DEMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The router HTTP filter (always last).
 pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
 /// Envoy's HTTP RBAC filter (inbound authorization).

@@ -59,6 +59,11 @@ pub const EXPLICIT_ROUTE_CONFIG: &str = "outbound";
 pub fn port_route_config(port: u16) -> String {
     format!("outbound|{port}")
 }
+/// The VHDS name of a virtual host of the route table of `port`: `outbound|<port>/<vhost>`
+/// (Envoy files a VHDS resource under the route table named before the last slash).
+pub fn vhds_name(port: u16, vhost: &str) -> String {
+    format!("{}/{vhost}", port_route_config(port))
+}
 /// Where a profile snapshot keeps the route table `table` as callers in `namespace` get it
 /// (their consumer routes in it): never subscribed to under this key, served under
 /// `table` to the proxies of that namespace.

@@ -19,13 +19,15 @@ pub enum ResourceType {
     Listener,
     /// RDS.
     Route,
+    /// VHDS: virtual hosts of scoped proxies' route tables, by scope and on demand.
+    VirtualHost,
     /// SDS: the workload's certificate and the trust bundle, per identity.
     Secret,
 }
 
 impl ResourceType {
     /// How many types there are: the length of a [`PerType`].
-    pub const COUNT: usize = 5;
+    pub const COUNT: usize = 6;
 
     /// All types, in the order Envoy should apply them (CDS first).
     pub const ALL: [ResourceType; ResourceType::COUNT] = [
@@ -33,6 +35,7 @@ impl ResourceType {
         ResourceType::Endpoint,
         ResourceType::Listener,
         ResourceType::Route,
+        ResourceType::VirtualHost,
         ResourceType::Secret,
     ];
 
@@ -45,6 +48,7 @@ impl ResourceType {
             }
             ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
             ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+            ResourceType::VirtualHost => "type.googleapis.com/envoy.config.route.v3.VirtualHost",
             ResourceType::Secret => {
                 "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
             }
@@ -56,13 +60,14 @@ impl ResourceType {
         ResourceType::ALL.into_iter().find(|t| t.type_url() == url)
     }
 
-    /// Short name for metrics and debug output: cds, eds, lds, rds, sds.
+    /// Short name for metrics and debug output: cds, eds, lds, rds, vhds, sds.
     pub fn short(self) -> &'static str {
         match self {
             ResourceType::Cluster => "cds",
             ResourceType::Endpoint => "eds",
             ResourceType::Listener => "lds",
             ResourceType::Route => "rds",
+            ResourceType::VirtualHost => "vhds",
             ResourceType::Secret => "sds",
         }
     }
@@ -75,7 +80,12 @@ impl ResourceType {
     /// Whether a client subscribes to every resource of the type by default (SotW
     /// responses then carry the whole set).
     pub fn is_wildcard_by_default(self) -> bool {
-        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+        // VHDS starts with an empty subscription that means "what the server wants me to
+        // have" (the proxy's scope), and adds names on demand.
+        matches!(
+            self,
+            ResourceType::Cluster | ResourceType::Listener | ResourceType::VirtualHost
+        )
     }
 }
 

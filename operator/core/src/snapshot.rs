@@ -183,12 +183,13 @@ impl SnapshotBuilder {
         if let Some(state) = self.profiles.get(&profile) {
             return state.snapshot.clone();
         }
-        let (listeners, routes) = self.assembled_maps(&profile);
+        let (listeners, routes, vhosts) = self.assembled_maps(&profile);
         let mut maps = PerType::from_fn(|_| ResourceMap::new());
         maps[ResourceType::Cluster] = self.shared_map(ResourceType::Cluster, &profile);
         maps[ResourceType::Endpoint] = self.shared_map(ResourceType::Endpoint, &profile);
         maps[ResourceType::Listener] = listeners;
         maps[ResourceType::Route] = routes;
+        maps[ResourceType::VirtualHost] = vhosts;
         let snapshot = Arc::new(Snapshot {
             generation: 1,
             types: PerType::from_fn(|t| Arc::new(TypeSnapshot::first(maps[t].clone()))),
@@ -313,16 +314,22 @@ impl SnapshotBuilder {
         map
     }
 
-    /// The LDS and RDS maps of a profile, assembled from the translator's virtual hosts.
-    fn assembled_maps(&self, profile: &ProxyProfile) -> (ResourceMap, ResourceMap) {
+    /// The LDS, RDS and VHDS maps of a profile, assembled from the translator's virtual
+    /// hosts (VHDS for scoped profiles only).
+    fn assembled_maps(&self, profile: &ProxyProfile) -> (ResourceMap, ResourceMap, ResourceMap) {
         let (listeners, routes) = translate::assemble(&self.translator, profile);
-        let [listeners, mut routes] = [listeners, routes].map(|rs| {
+        let vhosts = if profile.scoped {
+            translate::vhds_resources(&self.translator)
+        } else {
+            Vec::new()
+        };
+        let [listeners, mut routes, vhosts] = [listeners, routes, vhosts].map(|rs| {
             rs.into_iter()
                 .map(|r| (r.name.clone(), r))
                 .collect::<ResourceMap>()
         });
         routes.extend(translate::consumer_route_tables(&self.translator, profile));
-        (listeners, routes)
+        (listeners, routes, vhosts)
     }
 
     fn rebuild(&mut self, profile: ProxyProfile, changes: &Changes) -> Option<Arc<Snapshot>> {
@@ -332,9 +339,10 @@ impl SnapshotBuilder {
         let mut next = NextSnapshot::from(&old);
         self.patch_shared(&profile, changes, &mut next);
         if reassemble {
-            let (listeners, routes) = self.assembled_maps(&profile);
+            let (listeners, routes, vhosts) = self.assembled_maps(&profile);
             next.replace(ResourceType::Listener, listeners, &old);
             next.replace(ResourceType::Route, routes, &old);
+            next.replace(ResourceType::VirtualHost, vhosts, &old);
         }
         let next = Arc::new(next.finish(&old)?);
         self.profiles.insert(

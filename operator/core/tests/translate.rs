@@ -204,6 +204,10 @@ fn render(snapshot: &Snapshot) -> String {
                 }
                 ResourceType::Listener => format!("{:#?}", Listener::decode(bytes).unwrap()),
                 ResourceType::Route => format!("{:#?}", RouteConfiguration::decode(bytes).unwrap()),
+                ResourceType::VirtualHost => format!(
+                    "{:#?}",
+                    envoy_types::pb::envoy::config::route::v3::VirtualHost::decode(bytes).unwrap()
+                ),
                 ResourceType::Secret => unreachable!("profile snapshots carry no secrets"),
             };
             out.push_str(&format!(

@@ -293,7 +293,12 @@ async fn drive<C: Connection>(
         }
     };
     let mut placements = state.placements();
-    let mut serving = Serving::new(&state, &meta, placements.borrow_and_update().batch);
+    let mut serving = Serving::new(
+        &state,
+        &meta,
+        placements.borrow_and_update().batch,
+        C::NAME == weir_core::ads::DeltaConnection::NAME,
+    );
     let mut snapshots = state.subscribe(serving.profile);
     let mut secrets = state.identity.subscribe(&meta.namespace, &service_account);
     let mut view = serving.view(
@@ -329,7 +334,16 @@ async fn drive<C: Connection>(
     let mut next = Some(first);
     loop {
         if let Some(req) = next.take() {
-            let step = connection.handle_request(&view, &req);
+            let grew = serving.learn::<C>(&state, &snapshots.borrow(), &req);
+            if grew {
+                view = serving.view(&state, &snapshots.borrow(), &secrets.borrow());
+            }
+            let mut step = connection.handle_request(&view, &req);
+            if grew {
+                // What else the scope's growth brings (the Service's clusters with its
+                // virtual host, or the reverse), after the answer to the request.
+                step.responses.extend(connection.handle_snapshot(&view));
+            }
             if let Some(t) = step.subscribed {
                 io.proxy.update(|p| p.types[t].subscribed = true);
             }
@@ -447,6 +461,10 @@ struct Serving {
     listeners: Option<(Arc<TypeSnapshot>, Workload, Arc<TypeSnapshot>)>,
     /// The same for route tables.
     routes: Option<(Arc<TypeSnapshot>, Workload, Arc<TypeSnapshot>)>,
+    /// The stream speaks delta xDS (a scoped proxy must).
+    delta: bool,
+    /// A scoped proxy's scope (None: it holds the whole mesh).
+    scope: Option<weir_core::scope::Scope>,
 }
 
 /// What a stream serves of one type over `base` for `workload`: the last derivation when
@@ -479,33 +497,86 @@ enum Moved {
 
 impl Serving {
     /// The placement of `meta`'s pod, read after placement batch `seen`.
-    fn new(state: &MeshState, meta: &ProxyMeta, seen: u64) -> Serving {
+    fn new(state: &MeshState, meta: &ProxyMeta, seen: u64, delta: bool) -> Serving {
         let pod = weir_core::ObjectKey::new(meta.namespace.clone(), meta.pod.clone());
-        let (profile, workload) = Self::placed(state, &pod, meta);
-        Serving {
+        let (profile, workload) = Self::placed(state, &pod, meta, delta);
+        let mut serving = Serving {
             pod,
             seen,
             profile,
             workload,
             listeners: None,
             routes: None,
-        }
+            delta,
+            scope: None,
+        };
+        serving.rescope();
+        serving
     }
 
     fn placed(
         state: &MeshState,
         pod: &weir_core::ObjectKey,
         meta: &ProxyMeta,
+        delta: bool,
     ) -> (weir_core::ProxyProfile, Workload) {
         let placement = state.placement(pod);
         let zone = match &meta.zone {
             Some(zone) => weir_core::Zone::new(zone),
             None => placement.zone.and_then(|z| weir_core::Zone::new(&z)),
         };
-        let profile = meta.profile(placement.mode).in_zone(zone);
+        let profile = meta
+            .profile(placement.mode)
+            .in_zone(zone)
+            .scoped(delta && state.scoped_proxies());
         let mut workload = placement.workload;
         workload.reports = meta.reports;
         (profile, workload)
+    }
+
+    /// Keeps the scope in step with the profile (scoped or not) and the declared Services
+    /// (the ones the pod backs, the ones its annotation names).
+    fn rescope(&mut self) {
+        if !self.profile.scoped {
+            self.scope = None;
+            return;
+        }
+        let scope = self
+            .scope
+            .get_or_insert_with(|| weir_core::scope::Scope::new(&self.pod.namespace));
+        scope.declare(
+            self.workload
+                .services
+                .iter()
+                .chain(self.workload.dependencies.iter())
+                .cloned(),
+        );
+    }
+
+    /// Learns from a request what a scoped proxy uses; true when its scope grew (the view
+    /// must be made again before the request is answered).
+    fn learn<C: Connection>(
+        &mut self,
+        state: &MeshState,
+        snapshot: &weir_core::Snapshot,
+        req: &C::Request,
+    ) -> bool {
+        let Some(scope) = &mut self.scope else {
+            return false;
+        };
+        let Some((t, names)) = C::requested_names(req) else {
+            return false;
+        };
+        let learned = scope.learn(
+            t,
+            names,
+            &snapshot.types[ResourceType::VirtualHost].resources,
+            |address| state.service_by_address(address),
+        );
+        if learned {
+            tracing::debug!(pod = %self.pod, services = scope.services().len(), "a scoped proxy's scope grew");
+        }
+        learned
     }
 
     /// Reads the pod's placement again, when batch `now` may have moved it.
@@ -515,7 +586,7 @@ impl Serving {
         if !moved {
             return Moved::Nowhere;
         }
-        let (profile, workload) = Self::placed(state, &self.pod, meta);
+        let (profile, workload) = Self::placed(state, &self.pod, meta, self.delta);
         let moved = if profile != self.profile {
             tracing::info!(pod = %self.pod, inbound = profile.inbound.as_str(), zone = ?profile.zone, "proxy's mTLS mode or zone changed");
             Moved::Profile
@@ -529,6 +600,7 @@ impl Serving {
         }
         self.profile = profile;
         self.workload = workload;
+        self.rescope();
         moved
     }
 
@@ -557,6 +629,11 @@ impl Serving {
         types[ResourceType::Listener] = listeners;
         types[ResourceType::Route] = routes;
         types[ResourceType::Secret] = secrets.clone();
+        if let Some(scope) = &mut self.scope {
+            for t in [ResourceType::Cluster, ResourceType::VirtualHost] {
+                types[t] = scope.cut(t, &snapshot.types[t]);
+            }
+        }
         weir_core::Snapshot {
             generation: snapshot.generation,
             types,

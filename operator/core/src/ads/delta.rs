@@ -205,6 +205,19 @@ impl super::Connection for DeltaConnection {
         out
     }
 
+    fn requested_names(req: &DeltaDiscoveryRequest) -> Option<(ResourceType, Vec<&str>)> {
+        let t = ResourceType::from_type_url(&req.type_url)
+            .filter(|t| matches!(t, ResourceType::Cluster | ResourceType::VirtualHost))?;
+        let names: Vec<&str> = req
+            .resource_names_subscribe
+            .iter()
+            .map(String::as_str)
+            .chain(req.initial_resource_versions.keys().map(String::as_str))
+            .filter(|n| *n != "*")
+            .collect();
+        (!names.is_empty()).then_some((t, names))
+    }
+
     fn message(response: &Response) -> super::wire::Message {
         super::wire::delta(response)
     }

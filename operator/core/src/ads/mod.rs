@@ -52,6 +52,11 @@ pub trait Connection: Default + Send + 'static {
     /// The next snapshot does not follow the ones seen (the stream switched profiles):
     /// compare everything the proxy has with it.
     fn resync(&mut self);
+    /// The names of clusters and virtual hosts a request asks for or says it holds, which
+    /// a scoped proxy's scope learns from (delta only: SotW proxies are not scoped).
+    fn requested_names(_req: &Self::Request) -> Option<(ResourceType, Vec<&str>)> {
+        None
+    }
 }
 
 /// A response to send, before encoding: what the state machine decided.

@@ -26,6 +26,28 @@ pub struct PodModel {
     pub mtls_mode: Option<MtlsMode>,
     /// Its `weir.dev/default-authorization` annotation, when valid.
     pub default_authorization: Option<weir_api::DefaultAuthorization>,
+    /// The Services its `weir.dev/dependencies` annotation names.
+    pub dependencies: Arc<[ObjectKey]>,
+}
+
+/// `name` (in `namespace`) or `name.namespace`, comma-separated; malformed entries are
+/// skipped (the hint only pre-warms).
+fn dependencies(namespace: &str, annotation: &str) -> Arc<[ObjectKey]> {
+    let mut out: Vec<ObjectKey> = annotation
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .filter_map(|d| match d.split_once('.') {
+            None => Some(ObjectKey::new(namespace, d)),
+            Some((name, ns)) if !ns.contains('.') && !name.is_empty() => {
+                Some(ObjectKey::new(ns, name))
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out.into()
 }
 
 impl IndexKind for Pod {
@@ -50,6 +72,10 @@ impl IndexKind for Pod {
             default_authorization: annotations
                 .get(crate::mesh::DEFAULT_AUTHORIZATION_KEY)
                 .and_then(|d| weir_api::DefaultAuthorization::parse(d)),
+            dependencies: annotations
+                .get(crate::mesh::DEPENDENCIES_KEY)
+                .map(|d| dependencies(&key.namespace, d))
+                .unwrap_or_default(),
         };
         if index.pods.get(&key) == Some(&model) {
             index.release_labels(model.labels);
@@ -58,8 +84,12 @@ impl IndexKind for Pod {
         let mode_changed = index
             .pods
             .get(&key)
-            .map(|p| (p.mtls_mode, p.default_authorization))
-            != Some((model.mtls_mode, model.default_authorization));
+            .map(|p| (p.mtls_mode, p.default_authorization, p.dependencies.clone()))
+            != Some((
+                model.mtls_mode,
+                model.default_authorization,
+                model.dependencies.clone(),
+            ));
         if let Some(old) = index.pods.insert(key.clone(), model) {
             index.release_labels(old.labels);
         }
@@ -101,6 +131,9 @@ impl Index {
             crate::authorization::inbound(self, key, &workload.services).map(Arc::new);
         workload.served = self.served_ports(key, &workload.services).into();
         workload.namespace = key.namespace.as_str().into();
+        if let Some(pod) = self.pods.get(key) {
+            workload.dependencies = pod.dependencies.clone();
+        }
         workload
     }
 
@@ -246,6 +279,9 @@ pub struct Workload {
     /// The pod's namespace: the routes of its namespace (consumer routes) apply to its
     /// outbound requests.
     pub namespace: Arc<str>,
+    /// The Services its `weir.dev/dependencies` annotation names (a scoped proxy holds
+    /// them from the start).
+    pub dependencies: Arc<[ObjectKey]>,
 }
 
 impl Workload {
@@ -259,6 +295,7 @@ impl Workload {
             served: Arc::new([]),
             reports: false,
             namespace: Arc::from(""),
+            dependencies: Arc::new([]),
         }
     }
 

@@ -119,6 +119,27 @@ impl HttpChain {
         }
     }
 
+    /// Scoped proxies: the on-demand filter first (every later filter reads the route, so
+    /// the virtual host must be there before them), fetching missing virtual hosts over
+    /// VHDS and missing clusters over ODCDS, both on the ADS stream.
+    pub fn on_demand(mut self) -> HttpChain {
+        use envoy_types::pb::envoy::extensions::filters::http::on_demand::v3::{
+            OnDemand, OnDemandCds,
+        };
+        let config = OnDemand {
+            odcds: Some(OnDemandCds {
+                source: Some(pb::ads()),
+                timeout: Some(pb::duration(crate::mesh::ON_DEMAND_TIMEOUT)),
+                ..Default::default()
+            }),
+        };
+        self.hcm.http_filters.insert(
+            0,
+            http_filter(crate::mesh::ON_DEMAND_FILTER, pack_any(config)),
+        );
+        self
+    }
+
     /// Adds HTTP filters, in order, before the router.
     pub fn filters(mut self, filters: impl IntoIterator<Item = HttpFilter>) -> HttpChain {
         self.hcm.http_filters.extend(filters);
@@ -249,6 +270,18 @@ impl TcpChain {
     pub fn connect_after_handshake(mut self) -> TcpChain {
         self.proxy.upstream_connect_mode = UpstreamConnectMode::OnDownstreamTlsHandshake as i32;
         self.proxy.max_early_data_bytes = Some(pb::u32v(0));
+        self
+    }
+
+    /// Scoped proxies: a cluster the proxy does not hold is fetched on demand (ODCDS over
+    /// the ADS stream) before the connection goes on.
+    pub fn on_demand(mut self) -> TcpChain {
+        use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::OnDemand;
+        self.proxy.on_demand = Some(OnDemand {
+            odcds_config: Some(pb::ads()),
+            timeout: Some(pb::duration(crate::mesh::ON_DEMAND_TIMEOUT)),
+            ..Default::default()
+        });
         self
     }
 

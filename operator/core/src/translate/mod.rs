@@ -35,7 +35,7 @@ pub mod pb;
 pub mod port;
 pub mod telemetry;
 
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, Vhds};
 use envoy_types::pb::google::protobuf::Any;
 use imbl::OrdMap;
 use prost::{Message, Name};
@@ -79,6 +79,10 @@ pub struct ProxyProfile {
     /// The proxy's zone, when known: its load assignments put the endpoints of that zone
     /// first and the others behind them (failover).
     pub zone: Option<Zone>,
+    /// Scoped (transparent capture, delta ADS): the proxy holds the clusters and virtual
+    /// hosts of its scope only and fetches the others on first use (VHDS and ODCDS); its
+    /// route tables are shells whose virtual hosts come over VHDS.
+    pub scoped: bool,
 }
 
 impl ProxyProfile {
@@ -93,6 +97,16 @@ impl ProxyProfile {
             capture,
             inbound,
             zone: None,
+            scoped: false,
+        }
+    }
+
+    /// The same profile, scoped or not (explicit capture is never scoped: one route table
+    /// answers every Host).
+    pub fn scoped(self, scoped: bool) -> ProxyProfile {
+        ProxyProfile {
+            scoped: scoped && self.capture == Capture::Transparent,
+            ..self
         }
     }
 
@@ -692,9 +706,12 @@ impl PortOutputBuilder<'_> {
         );
         let qualified = vhost.encode_to_vec();
         vhost.domains = names::domains(self.key, self.port, cluster_ip, true);
+        let with_bare_names = vhost.encode_to_vec();
+        vhost.name = names::vhds_name(self.port, &vhost.name);
         PortVirtualHost {
             qualified,
-            with_bare_names: vhost.encode_to_vec(),
+            with_bare_names,
+            vhds: vhost.encode_to_vec(),
             owns_bare_names,
         }
     }
@@ -779,11 +796,20 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
                 .iter()
                 .filter(|(_, outs)| outs.iter().any(|o| o.virtual_host.is_some()))
                 .map(|(port, outs)| {
+                    let name = names::port_route_config(*port);
+                    if profile.scoped {
+                        // Virtual hosts come over VHDS: the scope's, then on demand.
+                        let mut table = route::route_configuration(&name, Vec::new());
+                        table.vhds = Some(Vhds {
+                            config_source: Some(pb::ads()),
+                        });
+                        return Resource::new(name, &table);
+                    }
                     let vhosts = outs
                         .iter()
                         .filter_map(|o| o.virtual_host.as_ref())
                         .map(|v| v.with_bare_names.as_slice());
-                    route_table(&names::port_route_config(*port), vhosts, Some(&passthrough))
+                    route_table(&name, vhosts, Some(&passthrough))
                 })
                 .collect();
             // The inbound table of a workload that authorizes nothing (the others get
@@ -795,7 +821,11 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
             let listeners = vec![
                 Resource::new(
                     names::OUTBOUND_LISTENER,
-                    &listener::transparent_outbound(&by_port, &translator.telemetry),
+                    &listener::transparent_outbound(
+                        &by_port,
+                        &translator.telemetry,
+                        profile.scoped,
+                    ),
                 ),
                 Resource::new(
                     names::INBOUND_LISTENER,
@@ -850,6 +880,27 @@ pub fn consumer_route_tables(
         }
     }
     tables
+}
+
+/// Every virtual host as scoped proxies get it over VHDS, named
+/// `outbound|<port>/<fqdn>:<port>` (the route table's name, a slash, the virtual host's
+/// usual name; the resource name and the `VirtualHost.name` are the same, as Envoy keys
+/// its table by the latter). Each stream serves the ones of its scope.
+pub fn vhds_resources(translator: &Translator) -> Vec<Resource> {
+    use envoy_types::pb::envoy::config::route::v3::VirtualHost;
+    translator
+        .ports()
+        .filter_map(|((svc, port), out)| {
+            let vhost = out.virtual_host.as_ref()?;
+            Some(Resource::from_any(
+                names::vhds_name(*port, &names::vhost_name(svc, *port)),
+                Any {
+                    type_url: VirtualHost::type_url(),
+                    value: vhost.vhds.clone(),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// A route table from pre-encoded virtual hosts (and a last one, if given): the table's own

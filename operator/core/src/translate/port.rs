@@ -38,6 +38,8 @@ pub struct PortVirtualHost {
     pub qualified: Vec<u8>,
     /// Encoded `VirtualHost` with the bare names as well.
     pub with_bare_names: Vec<u8>,
+    /// The same, named for VHDS ([`crate::names::vhds_name`]).
+    pub vhds: Vec<u8>,
     /// Whether explicit mode gives the bare names to this port (port 80, else the lowest).
     pub owns_bare_names: bool,
 }

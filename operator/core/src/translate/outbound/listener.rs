@@ -47,6 +47,7 @@ pub fn explicit_outbound(port: u16, telemetry: &Telemetry) -> Listener {
             names::EXPLICIT_ROUTE_CONFIG,
             None,
             telemetry,
+            false,
         )],
         ..Default::default()
     }
@@ -57,6 +58,7 @@ pub fn explicit_outbound(port: u16, telemetry: &Telemetry) -> Listener {
 pub fn transparent_outbound(
     by_port: &BTreeMap<u16, Vec<&PortOutput>>,
     telemetry: &Telemetry,
+    on_demand: bool,
 ) -> Listener {
     let mut chains = Vec::new();
     let (mut sniffed, mut with_sni) = (Vec::new(), Vec::new());
@@ -80,6 +82,7 @@ pub fn transparent_outbound(
                 &route_config,
                 Some(matched),
                 telemetry,
+                on_demand,
             ));
         }
         // ClusterIPs of undeclared ports: one HTTP chain for all of them (the route table
@@ -101,6 +104,7 @@ pub fn transparent_outbound(
                     split,
                     Some(matched),
                     telemetry,
+                    on_demand,
                 ));
             }
             chains.push(tcp_chain(
@@ -108,6 +112,7 @@ pub fn transparent_outbound(
                 &tcp.default,
                 Some(chain_match(port, &[ip])),
                 telemetry,
+                on_demand,
             ));
             if out.protocol == Protocol::Tls {
                 // A TLS client that reached the Service by another address still names it.
@@ -121,6 +126,7 @@ pub fn transparent_outbound(
                     &tcp.default,
                     Some(matched),
                     telemetry,
+                    on_demand,
                 ));
                 with_sni.push(port);
             }
@@ -136,6 +142,7 @@ pub fn transparent_outbound(
                 &route_config,
                 Some(matched),
                 telemetry,
+                on_demand,
             ));
             sniffed.push(port);
         }
@@ -165,6 +172,7 @@ pub fn transparent_outbound(
             &vec![(names::PASSTHROUGH_CLUSTER.to_string(), 100)],
             None,
             telemetry,
+            false,
         )),
         ..Default::default()
     }
@@ -192,9 +200,12 @@ fn http_chain(
     route_config: &str,
     matched: Option<FilterChainMatch>,
     telemetry: &Telemetry,
+    on_demand: bool,
 ) -> FilterChain {
-    HttpChain::new(name, Routes::Rds(route_config.into()))
-        .filters(shaping::outbound_http_filters())
+    let chain = HttpChain::new(name, Routes::Rds(route_config.into()))
+        .filters(shaping::outbound_http_filters());
+    let chain = if on_demand { chain.on_demand() } else { chain };
+    chain
         .normalize_path()
         .telemetry(
             telemetry::http_logs(Side::Outbound, telemetry, &[], None),
@@ -209,8 +220,11 @@ fn tcp_chain(
     split: &WeightedClusters,
     matched: Option<FilterChainMatch>,
     telemetry: &Telemetry,
+    on_demand: bool,
 ) -> FilterChain {
-    TcpChain::new(name, split)
+    let chain = TcpChain::new(name, split);
+    let chain = if on_demand { chain.on_demand() } else { chain };
+    chain
         .telemetry(telemetry::tcp_logs(Side::Outbound, telemetry, &[], None))
         .build(name, matched, None)
 }

@@ -1,0 +1,441 @@
+//! Per-proxy scope: the Services a scoped proxy holds, learned from what it asks for, and
+//! the clusters and virtual hosts it is served of them.
+//!
+//! ```text
+//! the pod's own Services, its `weir.dev/dependencies` hint,
+//! what the proxy asks for on demand (VHDS `outbound|<port>/<host>`, ODCDS cluster names)
+//! and what it says it holds on reconnect  --Scope::learn_*-->  Services in scope
+//! profile snapshot (every cluster, every VHDS virtual host)  --Scope::cut-->
+//!   the CDS and VHDS type snapshots the stream serves: the scope's, the profile's own
+//!   clusters, and one resource per on-demand name (the Service's virtual host under the
+//!   name asked for, or a passthrough virtual host for a Host that is no Service)
+//! ```
+//!
+//! The profile snapshots stay shared by every proxy of a profile; a scope is a set of
+//! Service keys per stream and its cut is recomputed from the change lists, so a scoped
+//! stream costs O(scope), not O(mesh). A cut keeps generations of its own (one per change),
+//! so the ADS state machines diff it like any snapshot.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::route::v3::VirtualHost;
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+
+use crate::names;
+use crate::object_key::ObjectKey;
+use crate::resources::{Resource, ResourceType};
+use crate::snapshot::{ResourceMap, TypeSnapshot};
+
+/// Why a Service is in a scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// The proxy's pod backs it, or its `weir.dev/dependencies` annotation names it.
+    Declared,
+    /// The proxy asked for it (on demand, or it held it when it reconnected).
+    Learned,
+}
+
+/// What an on-demand VHDS name resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Alias {
+    /// The VHDS name of a Service port's virtual host.
+    VirtualHost(Arc<str>),
+    /// A Host that names no Service of the mesh: passed through, as unscoped proxies do.
+    Passthrough,
+}
+
+/// The scope of one stream. See the module docs.
+#[derive(Debug, Default)]
+pub struct Scope {
+    /// The caller's namespace: bare Service names resolve in it.
+    namespace: String,
+    services: BTreeMap<ObjectKey, Reason>,
+    aliases: BTreeMap<Arc<str>, Alias>,
+    /// Bumped whenever the Services or aliases change.
+    version: u64,
+    /// The last cuts: (profile type snapshot cut from, the cut, the scope version).
+    cuts: [Option<(Arc<TypeSnapshot>, Arc<TypeSnapshot>, u64)>; 2],
+}
+
+/// The Service a cluster or VHDS name belongs to (`...|<name>.<ns>.svc.cluster.local`,
+/// `outbound|<port>/<name>.<ns>.svc.cluster.local:<port>`); None for the profile's own
+/// clusters (passthrough, tracing) and for names of no Service.
+pub fn service_of(name: &str) -> Option<ObjectKey> {
+    let fqdn = if let Some((_, vhost)) = name.split_once('/') {
+        vhost.rsplit_once(':').map_or(vhost, |(host, _)| host)
+    } else if name.starts_with("outbound|") {
+        name.rsplit('|').next()?
+    } else {
+        return None;
+    };
+    let stem = fqdn
+        .strip_suffix(names::CLUSTER_DOMAIN)?
+        .strip_suffix(".svc.")?;
+    let (service, namespace) = stem.split_once('.')?;
+    (!service.is_empty() && !namespace.is_empty() && !namespace.contains('.'))
+        .then(|| ObjectKey::new(namespace, service))
+}
+
+impl Scope {
+    /// An empty scope for a proxy in `namespace`.
+    pub fn new(namespace: &str) -> Scope {
+        Scope {
+            namespace: namespace.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// The Services in scope, with why.
+    pub fn services(&self) -> &BTreeMap<ObjectKey, Reason> {
+        &self.services
+    }
+
+    /// Sets the declared Services (the pod's own and its hint); learned ones stay.
+    /// Returns whether the scope changed.
+    pub fn declare(&mut self, declared: impl IntoIterator<Item = ObjectKey>) -> bool {
+        let mut next: BTreeMap<ObjectKey, Reason> = self
+            .services
+            .iter()
+            .filter(|(_, reason)| **reason == Reason::Learned)
+            .map(|(k, r)| (k.clone(), *r))
+            .collect();
+        next.extend(declared.into_iter().map(|k| (k, Reason::Declared)));
+        if next == self.services {
+            return false;
+        }
+        self.services = next;
+        self.version += 1;
+        true
+    }
+
+    /// Learns from names the proxy asked for (or holds) of type `t`: cluster names add their
+    /// Service; VHDS names (`outbound|<port>/<host>`) are resolved against `vhosts` (the
+    /// profile's VHDS map) with `by_address` for a Host that is an address. Returns whether
+    /// the scope changed.
+    pub fn learn<'a>(
+        &mut self,
+        t: ResourceType,
+        names: impl IntoIterator<Item = &'a str>,
+        vhosts: &ResourceMap,
+        by_address: impl Fn(&str) -> Option<ObjectKey>,
+    ) -> bool {
+        let mut changed = false;
+        for name in names {
+            match t {
+                ResourceType::Cluster => {
+                    if let Some(key) = service_of(name) {
+                        changed |= self.add(key);
+                    }
+                }
+                ResourceType::VirtualHost => {
+                    if vhosts.contains_key(name) {
+                        // A name the proxy holds from its scope (a reconnect).
+                        if let Some(key) = service_of(name) {
+                            changed |= self.add(key);
+                        }
+                        continue;
+                    }
+                    if self.aliases.contains_key(name) {
+                        continue;
+                    }
+                    let resolved = self.resolve(name, vhosts, &by_address);
+                    if let Alias::VirtualHost(vhds) = &resolved {
+                        if let Some(key) = service_of(vhds) {
+                            self.add(key);
+                        }
+                    }
+                    self.aliases.insert(name.into(), resolved);
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            self.version += 1;
+        }
+        changed
+    }
+
+    /// Drops a Service (deleted from the mesh, or unused) and the names that led to it.
+    pub fn forget(&mut self, key: &ObjectKey) -> bool {
+        if self.services.remove(key).is_none() {
+            return false;
+        }
+        self.aliases.retain(|_, alias| match alias {
+            Alias::VirtualHost(vhds) => service_of(vhds).as_ref() != Some(key),
+            Alias::Passthrough => true,
+        });
+        self.version += 1;
+        true
+    }
+
+    fn add(&mut self, key: ObjectKey) -> bool {
+        if self.services.contains_key(&key) {
+            return false;
+        }
+        self.services.insert(key, Reason::Learned);
+        true
+    }
+
+    /// What `outbound|<port>/<host>` names: the Service port whose virtual host has that
+    /// Host among its domains (the DNS forms, bare names in the caller's namespace, the
+    /// ClusterIP), with or without the table's port.
+    fn resolve(
+        &self,
+        name: &str,
+        vhosts: &ResourceMap,
+        by_address: &impl Fn(&str) -> Option<ObjectKey>,
+    ) -> Alias {
+        let Some((table, host)) = name.split_once('/') else {
+            return Alias::Passthrough;
+        };
+        let Some(port) = table
+            .strip_prefix("outbound|")
+            .and_then(|p| p.parse::<u16>().ok())
+        else {
+            return Alias::Passthrough;
+        };
+        let host = match host.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => {
+                if p.parse::<u16>().ok() != Some(port) {
+                    return Alias::Passthrough;
+                }
+                h
+            }
+            _ => host,
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let key = if host.parse::<std::net::IpAddr>().is_ok() {
+            by_address(host)
+        } else {
+            let host = host
+                .strip_suffix(&format!(".{}", names::CLUSTER_DOMAIN))
+                .unwrap_or(host);
+            let host = host.strip_suffix(".svc").unwrap_or(host);
+            match host.split_once('.') {
+                None => Some(ObjectKey::new(&self.namespace, host)),
+                Some((service, namespace)) if !namespace.contains('.') => {
+                    Some(ObjectKey::new(namespace, service))
+                }
+                Some(_) => None,
+            }
+        };
+        key.map(|k| names::vhds_name(port, &names::vhost_name(&k, port)))
+            .filter(|vhds| vhosts.contains_key(vhds.as_str()))
+            .map_or(Alias::Passthrough, |vhds| Alias::VirtualHost(vhds.into()))
+    }
+
+    /// What the stream serves of `base` (the profile's CDS or VHDS type snapshot): see
+    /// the module docs. Other types are served as they are.
+    pub fn cut(&mut self, t: ResourceType, base: &Arc<TypeSnapshot>) -> Arc<TypeSnapshot> {
+        let slot = match t {
+            ResourceType::Cluster => 0,
+            ResourceType::VirtualHost => 1,
+            _ => return base.clone(),
+        };
+        if let Some((from, cut, version)) = &self.cuts[slot] {
+            if Arc::ptr_eq(from, base) && *version == self.version {
+                return cut.clone();
+            }
+        }
+        if t == ResourceType::Cluster {
+            // Learned Services that have no cluster any more were deleted: they leave.
+            let present: std::collections::BTreeSet<ObjectKey> = base
+                .resources
+                .keys()
+                .filter_map(|n| service_of(n))
+                .collect();
+            let gone: Vec<ObjectKey> = self
+                .services
+                .iter()
+                .filter(|(k, r)| **r == Reason::Learned && !present.contains(*k))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in &gone {
+                self.forget(key);
+            }
+        }
+        let mut resources = ResourceMap::new();
+        for (name, r) in &base.resources {
+            let wanted = match service_of(name) {
+                Some(key) => self.services.contains_key(&key),
+                // The profile's own clusters (passthrough, tracing).
+                None => t == ResourceType::Cluster,
+            };
+            if wanted {
+                resources.insert(name.clone(), r.clone());
+            }
+        }
+        if t == ResourceType::VirtualHost {
+            for (alias, target) in &self.aliases {
+                let body = match target {
+                    Alias::VirtualHost(vhds) => match base.resources.get(vhds) {
+                        Some(r) => (*r.body).clone(),
+                        None => continue,
+                    },
+                    Alias::Passthrough => passthrough(alias),
+                };
+                // Served under the name asked for: Envoy releases the waiting request when
+                // a resource of that name (or alias) arrives, and files the virtual host
+                // under the name inside it.
+                resources.insert(alias.clone(), Resource::from_any(alias.clone(), body));
+            }
+        }
+        let previous = self.cuts[slot].as_ref().map(|(_, cut, _)| cut.clone());
+        let cut = Arc::new(next_generation(previous.as_deref(), resources));
+        self.cuts[slot] = Some((base.clone(), cut.clone(), self.version));
+        cut
+    }
+}
+
+/// A type snapshot of `resources` following `previous`: the next generation, with what
+/// changed between them.
+fn next_generation(previous: Option<&TypeSnapshot>, resources: ResourceMap) -> TypeSnapshot {
+    let Some(previous) = previous else {
+        return TypeSnapshot::first(resources);
+    };
+    let changed: Vec<Arc<str>> = resources
+        .iter()
+        .filter(|(n, r)| previous.resources.get(*n).map(|p| p.version) != Some(r.version))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let removed: Vec<Arc<str>> = previous
+        .resources
+        .keys()
+        .filter(|n| !resources.contains_key(*n))
+        .cloned()
+        .collect();
+    if changed.is_empty() && removed.is_empty() {
+        return previous.clone();
+    }
+    let mut next = TypeSnapshot::first(resources);
+    next.generation = previous.generation + 1;
+    next.changed = changed.into();
+    next.removed = removed.into();
+    next
+}
+
+/// The virtual host of a Host that is no Service: to its original destination, untouched,
+/// as the route tables of unscoped proxies end.
+fn passthrough(alias: &str) -> Any {
+    let (table, host) = alias.split_once('/').unwrap_or((alias, ""));
+    let mut vhost: VirtualHost = crate::translate::outbound::route::passthrough_virtual_host();
+    vhost.name = format!("{table}/passthrough:{}", host.replace('/', "_"));
+    vhost.domains = vec![host.to_string()];
+    Any {
+        type_url: VirtualHost::type_url(),
+        value: vhost.encode_to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vhosts(names: &[&str]) -> ResourceMap {
+        names
+            .iter()
+            .map(|n| {
+                let r = Resource::from_any(
+                    *n,
+                    Any {
+                        type_url: VirtualHost::type_url(),
+                        value: n.as_bytes().to_vec(),
+                    },
+                );
+                (Arc::from(*n), r)
+            })
+            .collect()
+    }
+
+    const REVIEWS: &str = "outbound|8080/reviews.shop.svc.cluster.local:8080";
+    const RATINGS: &str = "outbound|8080/ratings.shop.svc.cluster.local:8080";
+
+    #[test]
+    fn names_resolve_to_their_service() {
+        assert_eq!(
+            service_of("outbound|8080|v1|reviews.shop.svc.cluster.local"),
+            Some(ObjectKey::new("shop", "reviews"))
+        );
+        assert_eq!(service_of(REVIEWS), Some(ObjectKey::new("shop", "reviews")));
+        assert_eq!(service_of("PassthroughCluster"), None);
+    }
+
+    #[test]
+    fn every_form_of_a_host_resolves_to_the_same_virtual_host_and_others_pass_through() {
+        let map = vhosts(&[REVIEWS, RATINGS]);
+        let ip = |a: &str| (a == "10.96.0.7").then(|| ObjectKey::new("shop", "reviews"));
+        for host in [
+            "reviews",
+            "reviews:8080",
+            "reviews.shop",
+            "reviews.shop.svc:8080",
+            "reviews.shop.svc.cluster.local",
+            "10.96.0.7:8080",
+        ] {
+            let scope = Scope::new("shop");
+            let alias = format!("outbound|8080/{host}");
+            assert_eq!(
+                scope.resolve(&alias, &map, &ip),
+                Alias::VirtualHost(REVIEWS.into()),
+                "{host}"
+            );
+        }
+        let elsewhere = Scope::new("other");
+        for host in ["reviews", "reviews.shop:9090", "example.com", "10.1.2.3"] {
+            assert_eq!(
+                elsewhere.resolve(&format!("outbound|8080/{host}"), &map, &ip),
+                Alias::Passthrough,
+                "{host}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_cut_holds_the_scope_and_follows_it_by_generations() {
+        let clusters: ResourceMap = [
+            "outbound|8080||reviews.shop.svc.cluster.local",
+            "outbound|8080|v1|reviews.shop.svc.cluster.local",
+            "outbound|8080||ratings.shop.svc.cluster.local",
+            "PassthroughCluster",
+        ]
+        .iter()
+        .map(|n| (Arc::from(*n), crate::ads::tests::mk_resource(n, "1")))
+        .collect();
+        let base = Arc::new(TypeSnapshot::first(clusters));
+        let mut scope = Scope::new("shop");
+        let cut = scope.cut(ResourceType::Cluster, &base);
+        assert_eq!(
+            cut.resources.keys().map(|k| k.as_ref()).collect::<Vec<_>>(),
+            ["PassthroughCluster"]
+        );
+        let vhds = vhosts(&[REVIEWS, RATINGS]);
+        assert!(scope.learn(
+            ResourceType::VirtualHost,
+            ["outbound|8080/reviews"],
+            &vhds,
+            |_| None
+        ));
+        let grown = scope.cut(ResourceType::Cluster, &base);
+        assert_eq!(grown.generation, cut.generation + 1);
+        assert_eq!(grown.changed.len(), 2, "the Service's two clusters");
+        let vbase = Arc::new(TypeSnapshot::first(vhds));
+        let served = scope.cut(ResourceType::VirtualHost, &vbase);
+        let names: Vec<&str> = served.resources.keys().map(|k| k.as_ref()).collect();
+        assert_eq!(names, ["outbound|8080/reviews", REVIEWS]);
+        // Learning the same again changes nothing; forgetting drops the alias too.
+        assert!(!scope.learn(
+            ResourceType::VirtualHost,
+            ["outbound|8080/reviews"],
+            &vbase.resources,
+            |_| None
+        ));
+        assert!(scope.forget(&ObjectKey::new("shop", "reviews")));
+        assert!(scope
+            .cut(ResourceType::VirtualHost, &vbase)
+            .resources
+            .is_empty());
+    }
+}
