@@ -86,7 +86,7 @@ impl Options {
             rotation_grace: identity::ROTATION_GRACE,
             xds_limits: xds::conn::XdsLimits::default(),
             telemetry: Default::default(),
-            scoped_proxies: false,
+            scoped_proxies: true,
         }
     }
 }

@@ -181,7 +181,7 @@ struct LimitArgs {
     /// What a sidecar holds: `mesh`, every Service; `learned`, the Services its pod backs
     /// or names in `weir.dev/dependencies` and those it has called, fetching any other
     /// on its first call (transparent capture on delta xDS; others hold the mesh).
-    #[arg(long, value_enum, default_value_t = ProxyScopeArg::Mesh)]
+    #[arg(long, value_enum, default_value_t = ProxyScopeArg::Learned)]
     proxy_scope: ProxyScopeArg,
 }
 

@@ -47,6 +47,16 @@ pub fn domains(svc: &ObjectKey, port: u16, cluster_ip: Option<&str>, bare: bool)
     out
 }
 
+/// The domains a Service port's virtual host has over VHDS: [`domains`] without the short
+/// `name` forms, which mean a different Service in each caller's namespace (a scoped proxy
+/// gets those per caller, on demand: [`crate::scope`]).
+pub fn vhds_domains(svc: &ObjectKey, port: u16, cluster_ip: Option<&str>) -> Vec<String> {
+    domains(svc, port, cluster_ip, true)
+        .into_iter()
+        .filter(|d| d.split(':').next() != Some(svc.name.as_str()))
+        .collect()
+}
+
 /// Listener names.
 pub const OUTBOUND_LISTENER: &str = "outbound";
 /// The inbound listener in transparent mode.

@@ -40,8 +40,12 @@ pub enum Reason {
 /// What an on-demand VHDS name resolved to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Alias {
-    /// The VHDS name of a Service port's virtual host.
+    /// The VHDS name of a Service port's virtual host, whose domains include the Host.
     VirtualHost(Arc<str>),
+    /// The same, for a Host in the short form (`name`, `name:port`), which the virtual
+    /// host leaves out (it means another Service in another namespace): served as a copy
+    /// of its own, named after the request, with that Host as its one domain.
+    Short(Arc<str>),
     /// A Host that names no Service of the mesh: passed through, as unscoped proxies do.
     Passthrough,
 }
@@ -55,9 +59,12 @@ pub struct Scope {
     aliases: BTreeMap<Arc<str>, Alias>,
     /// Bumped whenever the Services or aliases change.
     version: u64,
-    /// The last cuts: (profile type snapshot cut from, the cut, the scope version).
-    cuts: [Option<(Arc<TypeSnapshot>, Arc<TypeSnapshot>, u64)>; 2],
+    /// The last cut of CDS and of VHDS.
+    cuts: [Option<Cut>; 2],
 }
+
+/// A cut: the profile type snapshot it was cut from, the cut, the scope version.
+type Cut = (Arc<TypeSnapshot>, Arc<TypeSnapshot>, u64);
 
 /// The Service a cluster or VHDS name belongs to (`...|<name>.<ns>.svc.cluster.local`,
 /// `outbound|<port>/<name>.<ns>.svc.cluster.local:<port>`); None for the profile's own
@@ -141,7 +148,7 @@ impl Scope {
                         continue;
                     }
                     let resolved = self.resolve(name, vhosts, &by_address);
-                    if let Alias::VirtualHost(vhds) = &resolved {
+                    if let Alias::VirtualHost(vhds) | Alias::Short(vhds) = &resolved {
                         if let Some(key) = service_of(vhds) {
                             self.add(key);
                         }
@@ -164,7 +171,7 @@ impl Scope {
             return false;
         }
         self.aliases.retain(|_, alias| match alias {
-            Alias::VirtualHost(vhds) => service_of(vhds).as_ref() != Some(key),
+            Alias::VirtualHost(vhds) | Alias::Short(vhds) => service_of(vhds).as_ref() != Some(key),
             Alias::Passthrough => true,
         });
         self.version += 1;
@@ -207,6 +214,7 @@ impl Scope {
             _ => host,
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
+        let short = !host.contains('.') && !host.contains(':');
         let key = if host.parse::<std::net::IpAddr>().is_ok() {
             by_address(host)
         } else {
@@ -222,9 +230,14 @@ impl Scope {
                 Some(_) => None,
             }
         };
-        key.map(|k| names::vhds_name(port, &names::vhost_name(&k, port)))
+        match key
+            .map(|k| names::vhds_name(port, &names::vhost_name(&k, port)))
             .filter(|vhds| vhosts.contains_key(vhds.as_str()))
-            .map_or(Alias::Passthrough, |vhds| Alias::VirtualHost(vhds.into()))
+        {
+            None => Alias::Passthrough,
+            Some(vhds) if short => Alias::Short(vhds.into()),
+            Some(vhds) => Alias::VirtualHost(vhds.into()),
+        }
     }
 
     /// What the stream serves of `base` (the profile's CDS or VHDS type snapshot): see
@@ -275,6 +288,10 @@ impl Scope {
                         Some(r) => (*r.body).clone(),
                         None => continue,
                     },
+                    Alias::Short(vhds) => match base.resources.get(vhds) {
+                        Some(r) => renamed(&r.body, alias),
+                        None => continue,
+                    },
                     Alias::Passthrough => passthrough(alias),
                 };
                 // Served under the name asked for: Envoy releases the waiting request when
@@ -315,6 +332,19 @@ fn next_generation(previous: Option<&TypeSnapshot>, resources: ResourceMap) -> T
     next.changed = changed.into();
     next.removed = removed.into();
     next
+}
+
+/// A copy of a virtual host named after the on-demand name `alias`
+/// (`outbound|<port>/<host>`), with that Host as its one domain.
+fn renamed(body: &Any, alias: &str) -> Any {
+    let mut vhost = VirtualHost::decode(body.value.as_slice()).unwrap_or_default();
+    let host = alias.split_once('/').map_or("", |(_, h)| h);
+    vhost.name = alias.to_string();
+    vhost.domains = vec![host.to_string()];
+    Any {
+        type_url: VirtualHost::type_url(),
+        value: vhost.encode_to_vec(),
+    }
 }
 
 /// The virtual host of a Host that is no Service: to its original destination, untouched,
@@ -377,11 +407,12 @@ mod tests {
         ] {
             let scope = Scope::new("shop");
             let alias = format!("outbound|8080/{host}");
-            assert_eq!(
-                scope.resolve(&alias, &map, &ip),
-                Alias::VirtualHost(REVIEWS.into()),
-                "{host}"
-            );
+            let want = if host.starts_with("reviews.") || host.starts_with("10.") {
+                Alias::VirtualHost(REVIEWS.into())
+            } else {
+                Alias::Short(REVIEWS.into())
+            };
+            assert_eq!(scope.resolve(&alias, &map, &ip), want, "{host}");
         }
         let elsewhere = Scope::new("other");
         for host in ["reviews", "reviews.shop:9090", "example.com", "10.1.2.3"] {
@@ -437,5 +468,117 @@ mod tests {
             .cut(ResourceType::VirtualHost, &vbase)
             .resources
             .is_empty());
+    }
+
+    /// Every domain of every virtual host Envoy would hold (it files them by name).
+    fn domains_of(resources: &ResourceMap) -> Vec<String> {
+        let by_name: BTreeMap<String, Vec<String>> = resources
+            .values()
+            .map(|r| VirtualHost::decode(r.body.value.as_slice()).unwrap())
+            .map(|v| (v.name, v.domains))
+            .collect();
+        by_name.into_values().flatten().collect()
+    }
+
+    #[test]
+    fn services_of_one_name_in_two_namespaces_never_share_a_domain() {
+        use crate::testing::mk_service;
+        use crate::{Event, Index, Object, SnapshotBuilder};
+        let mut index = Index::new();
+        for (ns, ip) in [("shop", "10.96.0.1"), ("other", "10.96.0.2")] {
+            index.apply(Event::apply(Object::Service(mk_service(
+                ns,
+                "api",
+                ip,
+                &[8080],
+            ))));
+        }
+        let mut builder = SnapshotBuilder::new();
+        builder.update(&mut index);
+        let profile =
+            crate::ProxyProfile::new(crate::Capture::Transparent, weir_api::MtlsMode::Strict)
+                .scoped(true);
+        let snapshot = builder.snapshot(profile);
+        let base = snapshot.types[ResourceType::VirtualHost].clone();
+        let mut scope = Scope::new("shop");
+        scope.learn(
+            ResourceType::VirtualHost,
+            [
+                "outbound|8080/api:8080",
+                "outbound|8080/api.other:8080",
+                "outbound|8080/api",
+            ],
+            &base.resources,
+            |_| None,
+        );
+        let served = scope.cut(ResourceType::VirtualHost, &base);
+        let mut all = domains_of(&served.resources);
+        let count = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), count, "no domain twice: {all:?}");
+        // The short name is the caller's namespace's Service.
+        let short = VirtualHost::decode(
+            served.resources["outbound|8080/api:8080"]
+                .body
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        assert_eq!(short.domains, ["api:8080"]);
+        let route = format!("{:?}", short.routes);
+        assert!(route.contains("api.shop.svc"), "{route}");
+    }
+
+    #[test]
+    fn an_unscoped_port_table_leaves_out_short_names_two_namespaces_share() {
+        use crate::testing::mk_service;
+        use crate::{Event, Index, Object, SnapshotBuilder};
+        use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+        let mut index = Index::new();
+        for (ns, ip) in [("shop", "10.96.0.1"), ("other", "10.96.0.2")] {
+            index.apply(Event::apply(Object::Service(mk_service(
+                ns,
+                "api",
+                ip,
+                &[8080],
+            ))));
+        }
+        index.apply(Event::apply(Object::Service(mk_service(
+            "shop",
+            "web",
+            "10.96.0.3",
+            &[8080],
+        ))));
+        let mut builder = SnapshotBuilder::new();
+        builder.update(&mut index);
+        let profile =
+            crate::ProxyProfile::new(crate::Capture::Transparent, weir_api::MtlsMode::Strict);
+        let snapshot = builder.snapshot(profile);
+        let table = RouteConfiguration::decode(
+            snapshot.of(ResourceType::Route)["outbound|8080"]
+                .body
+                .value
+                .as_slice(),
+        )
+        .unwrap();
+        let mut all: Vec<String> = table
+            .virtual_hosts
+            .into_iter()
+            .flat_map(|v| v.domains)
+            .collect();
+        let count = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), count, "no domain twice");
+        assert!(
+            !all.contains(&"api:8080".to_string()),
+            "the shared short name is left out"
+        );
+        assert!(
+            all.contains(&"web:8080".to_string()),
+            "a name only one namespace has stays"
+        );
+        assert!(all.contains(&"api.other:8080".to_string()));
     }
 }

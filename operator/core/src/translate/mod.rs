@@ -707,10 +707,13 @@ impl PortOutputBuilder<'_> {
         let qualified = vhost.encode_to_vec();
         vhost.domains = names::domains(self.key, self.port, cluster_ip, true);
         let with_bare_names = vhost.encode_to_vec();
+        vhost.domains = names::vhds_domains(self.key, self.port, cluster_ip);
+        let unambiguous = vhost.encode_to_vec();
         vhost.name = names::vhds_name(self.port, &vhost.name);
         PortVirtualHost {
             qualified,
             with_bare_names,
+            unambiguous,
             vhds: vhost.encode_to_vec(),
             owns_bare_names,
         }
@@ -792,10 +795,22 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
                 by_port.entry(*port).or_default().push(out);
             }
             let passthrough = route::passthrough_virtual_host().encode_to_vec();
+            let mut tables: BTreeMap<u16, Vec<&[u8]>> = BTreeMap::new();
+            if !profile.scoped {
+                let shared = shared_short_names(translator);
+                for ((svc, port), out) in translator.ports() {
+                    if let Some(v) = &out.virtual_host {
+                        tables
+                            .entry(*port)
+                            .or_default()
+                            .push(v.in_port_table(shared.contains(&(*port, svc.name.as_str()))));
+                    }
+                }
+            }
             let mut routes: Vec<Resource> = by_port
                 .iter()
                 .filter(|(_, outs)| outs.iter().any(|o| o.virtual_host.is_some()))
-                .map(|(port, outs)| {
+                .map(|(port, _)| {
                     let name = names::port_route_config(*port);
                     if profile.scoped {
                         // Virtual hosts come over VHDS: the scope's, then on demand.
@@ -805,10 +820,7 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
                         });
                         return Resource::new(name, &table);
                     }
-                    let vhosts = outs
-                        .iter()
-                        .filter_map(|o| o.virtual_host.as_ref())
-                        .map(|v| v.with_bare_names.as_slice());
+                    let vhosts = tables.get(port).into_iter().flatten().copied();
                     route_table(&name, vhosts, Some(&passthrough))
                 })
                 .collect();
@@ -842,6 +854,22 @@ pub fn assemble(translator: &Translator, profile: &ProxyProfile) -> (Vec<Resourc
     }
 }
 
+/// The (port, Service name) pairs that HTTP Services of several namespaces share: their
+/// short names (`name`, `name:port`) mean a different Service in each caller's namespace,
+/// so a port table shared by every caller leaves them out (Envoy refuses a domain twice).
+fn shared_short_names(translator: &Translator) -> BTreeSet<(u16, &str)> {
+    let mut seen: BTreeMap<(u16, &str), usize> = BTreeMap::new();
+    for ((svc, port), out) in translator.ports() {
+        if out.virtual_host.is_some() {
+            *seen.entry((*port, svc.name.as_str())).or_default() += 1;
+        }
+    }
+    seen.into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(k, _)| k)
+        .collect()
+}
+
 /// The route tables whose routing differs for callers of one namespace (their consumer
 /// routes), each under [`names::consumer_route_key`] (transparent mode: explicit mode has
 /// one table for every caller and no namespace to tell them apart).
@@ -859,21 +887,22 @@ pub fn consumer_route_tables(
     if namespaces.is_empty() {
         return Vec::new();
     }
-    let mut by_port: BTreeMap<u16, Vec<&PortOutput>> = BTreeMap::new();
-    for ((_, port), out) in translator.ports() {
-        by_port.entry(*port).or_default().push(out);
+    let mut by_port: BTreeMap<u16, Vec<(&ObjectKey, &PortOutput)>> = BTreeMap::new();
+    for ((svc, port), out) in translator.ports() {
+        by_port.entry(*port).or_default().push((svc, out));
     }
+    let shared = shared_short_names(translator);
     let passthrough = route::passthrough_virtual_host().encode_to_vec();
     let mut tables = Vec::new();
     for ns in namespaces {
         for (port, outs) in &by_port {
-            if !outs.iter().any(|o| o.consumers.contains_key(ns)) {
+            if !outs.iter().any(|(_, o)| o.consumers.contains_key(ns)) {
                 continue;
             }
-            let vhosts = outs
-                .iter()
-                .filter_map(|o| o.consumers.get(ns).unwrap_or(&o.virtual_host).as_ref())
-                .map(|v| v.with_bare_names.as_slice());
+            let vhosts = outs.iter().filter_map(|(svc, o)| {
+                let v = o.consumers.get(ns).unwrap_or(&o.virtual_host).as_ref()?;
+                Some(v.in_port_table(shared.contains(&(*port, svc.name.as_str()))))
+            });
             let name = names::port_route_config(*port);
             let table = route_table(&name, vhosts, Some(&passthrough));
             tables.push((names::consumer_route_key(ns, &name).into(), table));

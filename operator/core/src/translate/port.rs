@@ -38,10 +38,25 @@ pub struct PortVirtualHost {
     pub qualified: Vec<u8>,
     /// Encoded `VirtualHost` with the bare names as well.
     pub with_bare_names: Vec<u8>,
+    /// With the bare names but without the short `name` forms, for a port table where
+    /// another namespace has a Service of the same name (Envoy refuses a domain twice).
+    pub unambiguous: Vec<u8>,
     /// The same, named for VHDS ([`crate::names::vhds_name`]).
     pub vhds: Vec<u8>,
     /// Whether explicit mode gives the bare names to this port (port 80, else the lowest).
     pub owns_bare_names: bool,
+}
+
+impl PortVirtualHost {
+    /// The form a transparent-mode port table holds: with the bare names, less the short
+    /// ones when another namespace has a Service of the same name on the port.
+    pub fn in_port_table(&self, name_shared: bool) -> &[u8] {
+        if name_shared {
+            &self.unambiguous
+        } else {
+            &self.with_bare_names
+        }
+    }
 }
 
 /// A port's TCP routes: connections split over weighted clusters.
