@@ -11,9 +11,9 @@ use weir_core::translate::telemetry::AccessLogMode;
 use weir_core::mesh::{
     ACCESS_LOG_ANNOTATION, CONCURRENCY_ANNOTATION, EXCLUDE_INBOUND_PORTS_ANNOTATION,
     EXCLUDE_OUTBOUND_CIDRS_ANNOTATION, EXCLUDE_OUTBOUND_PORTS_ANNOTATION, INJECTED_ANNOTATION,
-    INJECTOR_ANNOTATIONS, INJECT_KEY, KEY_PREFIX, LOG_LEVEL_ANNOTATION, PROXY_CPU_ANNOTATION,
-    PROXY_CPU_LIMIT_ANNOTATION, PROXY_MEMORY_ANNOTATION, PROXY_MEMORY_LIMIT_ANNOTATION,
-    TRACING_SAMPLING_ANNOTATION,
+    INJECTOR_ANNOTATIONS, INJECT_KEY, KEY_PREFIX, LOG_LEVEL_ANNOTATION, OPERATOR_ANNOTATIONS,
+    PROXY_CPU_ANNOTATION, PROXY_CPU_LIMIT_ANNOTATION, PROXY_MEMORY_ANNOTATION,
+    PROXY_MEMORY_LIMIT_ANNOTATION, TRACING_SAMPLING_ANNOTATION,
 };
 
 const LOG_LEVELS: [&str; 7] = [
@@ -67,7 +67,9 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Overrides, Vec<String>)
                 "false" => o.inject = Some(false),
                 _ => warnings.push(bad(key, value, "\"true\" or \"false\"")),
             },
+            // Read by the operator, not the injector.
             INJECTED_ANNOTATION => {}
+            k if OPERATOR_ANNOTATIONS.contains(&k) => {}
             PROXY_CPU_ANNOTATION
             | PROXY_CPU_LIMIT_ANNOTATION
             | PROXY_MEMORY_ANNOTATION
@@ -144,7 +146,12 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> (Overrides, Vec<String>)
             },
             _ => warnings.push(format!(
                 "annotation {key} is not a Weir annotation and is ignored (known: {})",
-                INJECTOR_ANNOTATIONS.join(", ")
+                INJECTOR_ANNOTATIONS
+                    .iter()
+                    .chain(&OPERATOR_ANNOTATIONS)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )),
         }
     }
@@ -214,5 +221,9 @@ mod tests {
             "{}",
             w[0]
         );
+        // The operator's annotations are Weir's too.
+        for key in weir_core::mesh::OPERATOR_ANNOTATIONS {
+            assert!(parse_one(key, "x").1.is_empty(), "{key}");
+        }
     }
 }

@@ -104,6 +104,10 @@ pub const INJECTOR_ANNOTATIONS: [&str; 13] = [
     TRACING_SAMPLING_ANNOTATION,
 ];
 
+/// Pod annotations the operator reads (the injector accepts them without a warning).
+pub const OPERATOR_ANNOTATIONS: [&str; 3] =
+    [MTLS_MODE_KEY, DEFAULT_AUTHORIZATION_KEY, DEPENDENCIES_KEY];
+
 // Telemetry: what the injector gives the proxy and the translator's config reads.
 
 /// Sidecar environment: the workload (the pod's owner as users name it).

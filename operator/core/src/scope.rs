@@ -28,6 +28,10 @@ use crate::object_key::ObjectKey;
 use crate::resources::{Resource, ResourceType};
 use crate::snapshot::{ResourceMap, TypeSnapshot};
 
+/// How the VHDS map names a namespace's variant of a virtual host (see
+/// [`names::consumer_route_key`]).
+const CONSUMER: &str = "consumer/";
+
 /// Why a Service is in a scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reason {
@@ -70,6 +74,10 @@ type Cut = (Arc<TypeSnapshot>, Arc<TypeSnapshot>, u64);
 /// `outbound|<port>/<name>.<ns>.svc.cluster.local:<port>`); None for the profile's own
 /// clusters (passthrough, tracing) and for names of no Service.
 pub fn service_of(name: &str) -> Option<ObjectKey> {
+    if name.starts_with(CONSUMER) {
+        // A namespace's variant of a virtual host: served in its place, never as itself.
+        return None;
+    }
     let fqdn = if let Some((_, vhost)) = name.split_once('/') {
         vhost.rsplit_once(':').map_or(vhost, |(host, _)| host)
     } else if name.starts_with("outbound|") {
@@ -253,42 +261,84 @@ impl Scope {
                 return cut.clone();
             }
         }
-        if t == ResourceType::Cluster {
-            // Learned Services that have no cluster any more were deleted: they leave.
-            let present: std::collections::BTreeSet<ObjectKey> = base
-                .resources
-                .keys()
-                .filter_map(|n| service_of(n))
-                .collect();
-            let gone: Vec<ObjectKey> = self
-                .services
+        let wanted = |services: &BTreeMap<ObjectKey, Reason>, name: &str| match service_of(name) {
+            Some(key) => services.contains_key(&key),
+            // The profile's own clusters (passthrough, tracing).
+            None => t == ResourceType::Cluster && !name.starts_with(CONSUMER),
+        };
+        // The common case, a change of some resources of the profile and none removed:
+        // patch the last cut with the change list, O(change) rather than O(mesh).
+        let follows = self.cuts[slot].as_ref().filter(|(from, _, version)| {
+            *version == self.version
+                && base.generation == from.generation + 1
+                && base.removed.is_empty()
+        });
+        let mut resources = if let Some((_, last, _)) = follows {
+            let mut resources = last.resources.clone();
+            for name in base.changed.iter() {
+                if let Some(r) = base.resources.get(name) {
+                    if wanted(&self.services, name) {
+                        resources.insert(name.clone(), r.clone());
+                    }
+                }
+            }
+            resources
+        } else {
+            if t == ResourceType::Cluster {
+                // Learned Services that have no cluster any more were deleted: they leave.
+                let present: std::collections::BTreeSet<ObjectKey> = base
+                    .resources
+                    .keys()
+                    .filter_map(|n| service_of(n))
+                    .collect();
+                let gone: Vec<ObjectKey> = self
+                    .services
+                    .iter()
+                    .filter(|(k, r)| **r == Reason::Learned && !present.contains(*k))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in &gone {
+                    self.forget(key);
+                }
+            }
+            base.resources
                 .iter()
-                .filter(|(k, r)| **r == Reason::Learned && !present.contains(*k))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in &gone {
-                self.forget(key);
-            }
-        }
-        let mut resources = ResourceMap::new();
-        for (name, r) in &base.resources {
-            let wanted = match service_of(name) {
-                Some(key) => self.services.contains_key(&key),
-                // The profile's own clusters (passthrough, tracing).
-                None => t == ResourceType::Cluster,
-            };
-            if wanted {
-                resources.insert(name.clone(), r.clone());
-            }
-        }
+                .filter(|(name, _)| wanted(&self.services, name))
+                .map(|(name, r)| (name.clone(), r.clone()))
+                .collect()
+        };
         if t == ResourceType::VirtualHost {
+            // The caller's namespace's own routes (consumer routes) in place of the
+            // producer's, under the usual names.
+            let prefix = names::consumer_route_prefix(&self.namespace);
+            let theirs: BTreeMap<&str, &Resource> = base
+                .resources
+                .range::<_, str>((
+                    std::ops::Bound::Included(prefix.as_str()),
+                    std::ops::Bound::Unbounded,
+                ))
+                .take_while(|(k, _)| k.starts_with(&prefix))
+                .map(|(k, r)| (&k[prefix.len()..], r))
+                .collect();
+            for (name, r) in &theirs {
+                if let Some((key, _)) = resources.get_key_value(*name) {
+                    let key = key.clone();
+                    resources.insert(key.clone(), Resource::from_any(key, (*r.body).clone()));
+                }
+            }
+            let body_of = |vhds: &str| {
+                theirs
+                    .get(vhds)
+                    .copied()
+                    .or_else(|| base.resources.get(vhds))
+            };
             for (alias, target) in &self.aliases {
                 let body = match target {
-                    Alias::VirtualHost(vhds) => match base.resources.get(vhds) {
+                    Alias::VirtualHost(vhds) => match body_of(vhds) {
                         Some(r) => (*r.body).clone(),
                         None => continue,
                     },
-                    Alias::Short(vhds) => match base.resources.get(vhds) {
+                    Alias::Short(vhds) => match body_of(vhds) {
                         Some(r) => renamed(&r.body, alias),
                         None => continue,
                     },
@@ -580,5 +630,66 @@ mod tests {
             "a name only one namespace has stays"
         );
         assert!(all.contains(&"api.other:8080".to_string()));
+    }
+
+    #[test]
+    fn a_scoped_proxy_gets_its_namespaces_consumer_routes() {
+        use crate::testing::mk_service;
+        use crate::{Event, Index, Object, SnapshotBuilder};
+        let mut index = Index::new();
+        index.apply(Event::apply(Object::Service(mk_service(
+            "default",
+            "reviews",
+            "10.0.0.1",
+            &[9080],
+        ))));
+        for doc in crate::yaml::documents(
+            r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: add-header, namespace: consumer, generation: 1}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, namespace: default}]
+  rules:
+  - filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-consumer, value: "yes"}]}
+    backendRefs: [{name: reviews, namespace: default, port: 9080}]
+"#,
+        ) {
+            let object = crate::index::decode_document(doc.unwrap())
+                .unwrap()
+                .unwrap();
+            index.apply(Event::apply(object));
+        }
+        let mut builder = SnapshotBuilder::new();
+        builder.update(&mut index);
+        let profile =
+            crate::ProxyProfile::new(crate::Capture::Transparent, weir_api::MtlsMode::Strict)
+                .scoped(true);
+        let base = builder.snapshot(profile).types[ResourceType::VirtualHost].clone();
+        let sets_header = |namespace: &str, alias: &str| {
+            let mut scope = Scope::new(namespace);
+            scope.learn(ResourceType::VirtualHost, [alias], &base.resources, |_| {
+                None
+            });
+            let served = scope.cut(ResourceType::VirtualHost, &base);
+            served.resources.values().all(|r| {
+                r.body
+                    .value
+                    .windows(b"x-consumer".len())
+                    .any(|w| w == b"x-consumer")
+            }) && !served.resources.is_empty()
+        };
+        let alias = "outbound|9080/reviews.default:9080";
+        assert!(
+            sets_header("consumer", alias),
+            "the consumer's callers get its route"
+        );
+        assert!(!sets_header("default", alias), "the others do not");
+        assert!(sets_header(
+            "consumer",
+            "outbound|9080/reviews.default.svc.cluster.local:9080"
+        ));
     }
 }

@@ -915,21 +915,34 @@ pub fn consumer_route_tables(
 /// `outbound|<port>/<fqdn>:<port>` (the route table's name, a slash, the virtual host's
 /// usual name; the resource name and the `VirtualHost.name` are the same, as Envoy keys
 /// its table by the latter). Each stream serves the ones of its scope.
+/// A namespace whose own routes (consumer routes) change a virtual host has its variant
+/// beside it, under [`names::consumer_route_key`] of the VHDS name: the scope of a proxy of
+/// that namespace serves it under the usual name.
 pub fn vhds_resources(translator: &Translator) -> Vec<Resource> {
     use envoy_types::pb::envoy::config::route::v3::VirtualHost;
-    translator
-        .ports()
-        .filter_map(|((svc, port), out)| {
-            let vhost = out.virtual_host.as_ref()?;
-            Some(Resource::from_any(
-                names::vhds_name(*port, &names::vhost_name(svc, *port)),
-                Any {
-                    type_url: VirtualHost::type_url(),
-                    value: vhost.vhds.clone(),
-                },
-            ))
-        })
-        .collect()
+    let resource = |name: String, vhost: &PortVirtualHost| {
+        Resource::from_any(
+            name,
+            Any {
+                type_url: VirtualHost::type_url(),
+                value: vhost.vhds.clone(),
+            },
+        )
+    };
+    let mut out = Vec::new();
+    for ((svc, port), output) in translator.ports() {
+        let Some(vhost) = output.virtual_host.as_ref() else {
+            continue;
+        };
+        let name = names::vhds_name(*port, &names::vhost_name(svc, *port));
+        for (ns, theirs) in &output.consumers {
+            if let Some(theirs) = theirs {
+                out.push(resource(names::consumer_route_key(ns, &name), theirs));
+            }
+        }
+        out.push(resource(name, vhost));
+    }
+    out
 }
 
 /// A route table from pre-encoded virtual hosts (and a last one, if given): the table's own
