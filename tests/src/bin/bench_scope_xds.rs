@@ -50,7 +50,7 @@ fn scope_of(i: usize, services: usize) -> Vec<usize> {
     let mut scope: Vec<usize> = (0..count)
         .map(|k| 1 + (i * 7919 + k * 104_729) % (services - 1))
         .collect();
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         scope[0] = 0;
     }
     scope.sort_unstable();
@@ -199,7 +199,7 @@ async fn main() -> Result<()> {
 
     *shared.edited_at.lock().expect("lock") = Some(Instant::now());
     write_file(&dir, "policy.yaml", &policy(50))?;
-    let holders = (0..streams).filter(|i| i % 10 == 0).count();
+    let holders = (0..streams).filter(|i| i.is_multiple_of(10)).count();
     eventually(
         "every holder of svc0 to receive the edit",
         Duration::from_secs(120),
