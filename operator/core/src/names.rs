@@ -74,6 +74,10 @@ pub fn port_route_config(port: u16) -> String {
 pub fn vhds_name(port: u16, vhost: &str) -> String {
     format!("{}/{vhost}", port_route_config(port))
 }
+/// The one virtual host every scoped route table gets over VHDS whatever the scope: Envoy
+/// waits (its initial fetch timeout, 15 s) for a first virtual host of each table before
+/// the listener is ready, and an empty scope would give it none.
+pub const VHDS_PLACEHOLDER: &str = "weir-placeholder";
 /// Where a profile snapshot keeps the route table `table` as callers in `namespace` get it
 /// (their consumer routes in it): never subscribed to under this key, served under
 /// `table` to the proxies of that namespace.

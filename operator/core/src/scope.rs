@@ -263,8 +263,8 @@ impl Scope {
         }
         let wanted = |services: &BTreeMap<ObjectKey, Reason>, name: &str| match service_of(name) {
             Some(key) => services.contains_key(&key),
-            // The profile's own clusters (passthrough, tracing).
-            None => t == ResourceType::Cluster && !name.starts_with(CONSUMER),
+            // The profile's own clusters (passthrough, tracing), each table's placeholder.
+            None => !name.starts_with(CONSUMER),
         };
         // The common case, a change of some resources of the profile and none removed:
         // patch the last cut with the change list, O(change) rather than O(mesh).
@@ -488,6 +488,7 @@ mod tests {
         let base = Arc::new(TypeSnapshot::first(clusters));
         let mut scope = Scope::new("shop");
         let cut = scope.cut(ResourceType::Cluster, &base);
+        // Before anything is learned: the profile's own clusters only.
         assert_eq!(
             cut.resources.keys().map(|k| k.as_ref()).collect::<Vec<_>>(),
             ["PassthroughCluster"]
@@ -674,12 +675,18 @@ spec:
                 None
             });
             let served = scope.cut(ResourceType::VirtualHost, &base);
-            served.resources.values().all(|r| {
-                r.body
-                    .value
-                    .windows(b"x-consumer".len())
-                    .any(|w| w == b"x-consumer")
-            }) && !served.resources.is_empty()
+            let vhosts: Vec<&Resource> = served
+                .resources
+                .values()
+                .filter(|r| !r.name.ends_with(names::VHDS_PLACEHOLDER))
+                .collect();
+            !vhosts.is_empty()
+                && vhosts.iter().all(|r| {
+                    r.body
+                        .value
+                        .windows(b"x-consumer".len())
+                        .any(|w| w == b"x-consumer")
+                })
         };
         let alias = "outbound|9080/reviews.default:9080";
         assert!(

@@ -930,10 +930,17 @@ pub fn vhds_resources(translator: &Translator) -> Vec<Resource> {
         )
     };
     let mut out = Vec::new();
+    let mut tables = BTreeSet::new();
     for ((svc, port), output) in translator.ports() {
         let Some(vhost) = output.virtual_host.as_ref() else {
             continue;
         };
+        if tables.insert(*port) {
+            out.push(Resource::new(
+                names::vhds_name(*port, names::VHDS_PLACEHOLDER),
+                &route::placeholder_virtual_host(&names::vhds_name(*port, names::VHDS_PLACEHOLDER)),
+            ));
+        }
         let name = names::vhds_name(*port, &names::vhost_name(svc, *port));
         for (ns, theirs) in &output.consumers {
             if let Some(theirs) = theirs {

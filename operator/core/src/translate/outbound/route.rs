@@ -393,6 +393,30 @@ fn grpc_path(service: Option<&str>, method: Option<&str>, is_regex: bool) -> Pat
     }
 }
 
+/// A virtual host no request reaches (its one domain is in the reserved `.invalid` top
+/// level domain), answering 404 if one did: see [`names::VHDS_PLACEHOLDER`].
+pub fn placeholder_virtual_host(name: &str) -> VirtualHost {
+    use envoy_types::pb::envoy::config::route::v3::{
+        route::Action, route_match::PathSpecifier, DirectResponseAction, Route, RouteMatch,
+    };
+    VirtualHost {
+        name: name.to_string(),
+        domains: vec![format!("{}.invalid", names::VHDS_PLACEHOLDER)],
+        routes: vec![Route {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(PathSpecifier::Prefix("/".into())),
+                ..Default::default()
+            }),
+            action: Some(Action::DirectResponse(DirectResponseAction {
+                status: 404,
+                ..Default::default()
+            })),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 /// The last virtual host of a transparent-mode route table: requests to a mesh address
 /// whose Host names no Service go on to their original destination, untouched.
 pub fn passthrough_virtual_host() -> VirtualHost {
