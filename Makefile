@@ -95,7 +95,7 @@ bench: $(ENVOY_BIN)
 	$(CARGO) bench -p weir-core --bench translate
 	$(CARGO) bench -p weir-core --bench identity
 	$(CARGO) build --release --bin weir-operator --bin weir-bench-xds --bin weir-bench-kube \
-		--bin weir-bench-envoy --bin weir-bench-scope --bin weir-init --bin weir-testapp --bin weir-bench-webhook --bin weir-bench-authz --bin weir-bench-telemetry \
+		--bin weir-bench-envoy --bin weir-bench-scope --bin weir-bench-scope-xds --bin weir-init --bin weir-testapp --bin weir-bench-webhook --bin weir-bench-authz --bin weir-bench-telemetry \
 		--bin weir-bench-report
 	for n in 500 1000 5000; do WEIR_BENCH_STREAMS=$$n WEIR_BENCH_CHURN_SECS=0 ./target/release/weir-bench-xds || exit 1; done
 	WEIR_BENCH_STREAMS=2000 WEIR_BENCH_CHURN_SECS=60 ./target/release/weir-bench-xds
@@ -107,6 +107,8 @@ bench: $(ENVOY_BIN)
 	./target/release/weir-bench-telemetry
 	python3 tests/bench/scope_memory.py $(ENVOY_BIN)
 	./target/release/weir-bench-scope
+	./target/release/weir-bench-scope-xds
+	WEIR_BENCH_SERVICES=100000 WEIR_BENCH_STREAMS=200 ./target/release/weir-bench-scope-xds
 	./target/release/weir-bench-report
 
 ## Against the cluster in KUBECONFIG (see e2e/README.md); not part of `make test`.

@@ -155,6 +155,8 @@ fn main() -> Result<()> {
             std::thread::sleep(Duration::from_millis(500));
         }
         let first = all_ok("first calls", &timed(&net, &script, &urls(0..10)), 10)?;
+        // What the first calls set in motion (clusters, endpoints) settles first.
+        std::thread::sleep(Duration::from_secs(2));
         let again = all_ok("repeated calls", &timed(&net, &script, &urls(0..10)), 10)?;
         // Envoy frees replaced configuration lazily.
         std::thread::sleep(Duration::from_secs(2));
@@ -174,19 +176,22 @@ fn main() -> Result<()> {
             _ => "reported".into(),
         };
         lines.push(serde_json::json!({"run": "scope", "measure": format!("caller's Envoy RSS, {services} Services, --proxy-scope {scope}, 10 called"), "goal": goal, "figure": rss, "unit": "MiB"}));
-        if services == 5000 && scope == "learned" {
+        if services == 5000 {
             let firsts = all_ok("first calls", &timed(&net, &script, &urls(10..210)), 200)?;
+            std::thread::sleep(Duration::from_secs(2));
             let repeats = all_ok("repeated calls", &timed(&net, &script, &urls(10..210)), 200)?;
             let added = percentile(&firsts, 0.99) - percentile(&repeats, 0.99);
             println!(
-                "  first calls to 200 Services: p50 {:.1} ms, p99 {:.1} ms; the same calls again: p50 {:.1} ms, p99 {:.1} ms; added at p99: {added:.1} ms",
+                "  first calls to 200 more Services: p50 {:.1} ms, p99 {:.1} ms; the same calls again: p50 {:.1} ms, p99 {:.1} ms; the first call adds {added:.1} ms at p99",
                 percentile(&firsts, 0.5),
                 percentile(&firsts, 0.99),
                 percentile(&repeats, 0.5),
                 percentile(&repeats, 0.99)
             );
-            lines.push(serde_json::json!({"run": "scope", "measure": "first call to a Service outside the scope: added latency at p99 (5000 Services)", "goal": "<= 100 ms", "figure": added, "unit": "ms"}));
-            lines.push(serde_json::json!({"run": "scope", "measure": "later calls p99 (5000 Services, scoped)", "goal": "reported", "figure": percentile(&repeats, 0.99), "unit": "ms"}));
+            if scope == "learned" {
+                lines.push(serde_json::json!({"run": "scope", "measure": "first call to a Service outside the scope: added latency at p99 (5000 Services)", "goal": "<= 100 ms", "figure": added, "unit": "ms"}));
+            }
+            lines.push(serde_json::json!({"run": "scope", "measure": format!("later calls p99 (5000 Services, --proxy-scope {scope})"), "goal": "as fast as --proxy-scope mesh", "figure": percentile(&repeats, 0.99), "unit": "ms"}));
         }
     }
     append_results(&lines)?;
