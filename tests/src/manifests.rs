@@ -207,7 +207,8 @@ pub fn bench_mesh_yaml(services: usize, endpoints: usize) -> Result<String> {
         mesh.push_str(&service_yaml(
             "default",
             &name,
-            &format!("10.96.{}.{}", s / 250, s % 250),
+            // 10.96.0.0/12 and beyond for meshes above 62,500 Services.
+            &format!("10.{}.{}.{}", 96 + s / 62_500, (s / 250) % 250, s % 250),
             8080,
         ));
         mesh.push_str("---\n");

@@ -334,19 +334,24 @@ impl Scope {
             };
             for (alias, target) in &self.aliases {
                 let body = match target {
-                    Alias::VirtualHost(vhds) => match body_of(vhds) {
-                        Some(r) => (*r.body).clone(),
-                        None => continue,
-                    },
+                    Alias::VirtualHost(vhds) => {
+                        // The Service's own virtual host (shared, not copied), with the name
+                        // asked for as its alias: Envoy goes on with the waiting request
+                        // once a resource of that name or alias arrives.
+                        let own = resources.get(vhds.as_ref()).cloned();
+                        if let Some(mut r) = own.or_else(|| base.resources.get(vhds).cloned()) {
+                            r.alias = Some(alias.clone());
+                            resources.insert(alias.clone(), r);
+                        }
+                        continue;
+                    }
                     Alias::Short(vhds) => match body_of(vhds) {
                         Some(r) => renamed(&r.body, alias),
                         None => continue,
                     },
                     Alias::Passthrough => passthrough(alias),
                 };
-                // Served under the name asked for: Envoy releases the waiting request when
-                // a resource of that name (or alias) arrives, and files the virtual host
-                // under the name inside it.
+                // A virtual host of its own, under the name asked for.
                 resources.insert(alias.clone(), Resource::from_any(alias.clone(), body));
             }
         }

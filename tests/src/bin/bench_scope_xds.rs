@@ -126,6 +126,9 @@ async fn scoped_client(
                 held += resp.resources.len();
                 for r in &resp.resources {
                     pending.remove(&r.name);
+                    for alias in &r.aliases {
+                        pending.remove(alias);
+                    }
                 }
             }
             _ => {}
