@@ -32,6 +32,10 @@ use crate::snapshot::{ResourceMap, TypeSnapshot};
 /// [`names::consumer_route_key`]).
 const CONSUMER: &str = "consumer/";
 
+/// At most this many Hosts that name no Service are remembered per proxy (each is a
+/// virtual host in its Envoy); the oldest go first and are asked for again when used.
+pub const MAX_PASSTHROUGH_ALIASES: usize = 256;
+
 /// Why a Service is in a scope.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reason {
@@ -61,6 +65,9 @@ pub struct Scope {
     namespace: String,
     services: BTreeMap<ObjectKey, Reason>,
     aliases: BTreeMap<Arc<str>, Alias>,
+    /// Passthrough aliases in the order learned: a workload that sends ever new Hosts to
+    /// mesh addresses keeps the newest [`MAX_PASSTHROUGH_ALIASES`] only.
+    passthrough: std::collections::VecDeque<Arc<str>>,
     /// Bumped whenever the Services or aliases change.
     version: u64,
     /// The last cut of CDS and of VHDS.
@@ -161,7 +168,16 @@ impl Scope {
                             self.add(key);
                         }
                     }
-                    self.aliases.insert(name.into(), resolved);
+                    let name: Arc<str> = name.into();
+                    if resolved == Alias::Passthrough {
+                        self.passthrough.push_back(name.clone());
+                        if self.passthrough.len() > MAX_PASSTHROUGH_ALIASES {
+                            if let Some(oldest) = self.passthrough.pop_front() {
+                                self.aliases.remove(&oldest);
+                            }
+                        }
+                    }
+                    self.aliases.insert(name, resolved);
                     changed = true;
                 }
                 _ => {}
@@ -405,9 +421,11 @@ fn renamed(body: &Any, alias: &str) -> Any {
 /// The virtual host of a Host that is no Service: to its original destination, untouched,
 /// as the route tables of unscoped proxies end.
 fn passthrough(alias: &str) -> Any {
-    let (table, host) = alias.split_once('/').unwrap_or((alias, ""));
+    let host = alias.split_once('/').map_or("", |(_, host)| host);
     let mut vhost: VirtualHost = crate::translate::outbound::route::passthrough_virtual_host();
-    vhost.name = format!("{table}/passthrough:{}", host.replace('/', "_"));
+    // Named after the request, so that dropping the name (see MAX_PASSTHROUGH_ALIASES)
+    // removes the virtual host from the proxy.
+    vhost.name = alias.to_string();
     vhost.domains = vec![host.to_string()];
     Any {
         type_url: VirtualHost::type_url(),
@@ -703,5 +721,35 @@ spec:
             "consumer",
             "outbound|9080/reviews.default.svc.cluster.local:9080"
         ));
+    }
+
+    #[test]
+    fn a_flood_of_unknown_hosts_keeps_the_newest_only() {
+        let map = vhosts(&[REVIEWS]);
+        let mut scope = Scope::new("shop");
+        let names: Vec<String> = (0..MAX_PASSTHROUGH_ALIASES + 10)
+            .map(|i| format!("outbound|8080/host-{i}.example.com"))
+            .collect();
+        scope.learn(
+            ResourceType::VirtualHost,
+            names.iter().map(String::as_str),
+            &map,
+            |_| None,
+        );
+        scope.learn(
+            ResourceType::VirtualHost,
+            ["outbound|8080/reviews"],
+            &map,
+            |_| None,
+        );
+        assert_eq!(scope.aliases.len(), MAX_PASSTHROUGH_ALIASES + 1);
+        assert!(!scope
+            .aliases
+            .contains_key("outbound|8080/host-0.example.com"));
+        assert!(scope.aliases.contains_key(names.last().unwrap().as_str()));
+        assert!(
+            scope.aliases.contains_key("outbound|8080/reviews"),
+            "Services stay"
+        );
     }
 }
