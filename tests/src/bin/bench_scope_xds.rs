@@ -158,7 +158,20 @@ async fn main() -> Result<()> {
     let streams = env_usize("WEIR_BENCH_STREAMS", 2000);
     let services = env_usize("WEIR_BENCH_SERVICES", 5000);
     let dir = scratch_dir("bench-scope-xds");
-    write_file(&dir, "mesh.yaml", &bench_mesh_yaml(services, 5)?)?;
+    // The operator reads at most 64 MiB from one file: a large mesh is split at document
+    // boundaries.
+    let mesh = bench_mesh_yaml(services, 5)?;
+    let mut part = String::new();
+    let mut parts = 0;
+    for doc in mesh.split_inclusive("---\n") {
+        part.push_str(doc);
+        if part.len() > 32 << 20 {
+            write_file(&dir, &format!("mesh-{parts}.yaml"), &part)?;
+            parts += 1;
+            part.clear();
+        }
+    }
+    write_file(&dir, &format!("mesh-{parts}.yaml"), &part)?;
     let policy = |w: u32| split_policy_yaml("svc0", "svc0", &[("v1", w), ("v2", 100 - w)]);
     write_file(&dir, "policy.yaml", &policy(100))?;
     let loading = Instant::now();
