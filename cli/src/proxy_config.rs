@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssig
 use envoy_types::pb::envoy::config::listener::v3::{filter, FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, route, route_action::ClusterSpecifier,
-    route_match::PathSpecifier, RouteConfiguration, RouteMatch,
+    route_match::PathSpecifier, RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
@@ -156,9 +156,25 @@ pub async fn run(g: &Global, args: Args) -> Outcome {
         output::structured(g.output, &full)?;
         return Ok(true);
     }
+    // A scoped proxy's route tables get their virtual hosts over VHDS.
+    let mut vhosts: Vec<(String, Vec<u8>)> = Vec::new();
+    if let (What::Routes, Some(vhds)) = (
+        args.what,
+        view.served.get(ResourceType::VirtualHost.short()),
+    ) {
+        for r in &vhds.resources {
+            if args
+                .name
+                .as_ref()
+                .is_none_or(|n| r.name.contains(n.as_str()))
+            {
+                vhosts.push((r.name.clone(), body(r)?));
+            }
+        }
+    }
     let table = match args.what {
         What::Listeners => listeners(&resources)?,
-        What::Routes => routes(&resources)?,
+        What::Routes => routes(&resources, &vhosts)?,
         What::Clusters => clusters(&resources)?,
         What::Endpoints => endpoints(&resources)?,
         What::Secrets => secrets(&resources)?,
@@ -313,7 +329,7 @@ fn abbreviate(items: &[String], keep: usize) -> String {
     }
 }
 
-fn routes(resources: &[(String, Vec<u8>)]) -> anyhow::Result<Table> {
+fn routes(resources: &[(String, Vec<u8>)], vhds: &[(String, Vec<u8>)]) -> anyhow::Result<Table> {
     let mut table = Table::new(&[
         "ROUTE TABLE",
         "VIRTUAL HOST",
@@ -322,20 +338,34 @@ fn routes(resources: &[(String, Vec<u8>)]) -> anyhow::Result<Table> {
         "MATCH",
         "DESTINATION",
     ]);
+    let mut rows = |table_name: &str, vh: &VirtualHost| {
+        for r in &vh.routes {
+            table.row(vec![
+                table_name.to_string(),
+                vh.name.clone(),
+                abbreviate(&vh.domains, 1),
+                r.name.clone(),
+                r.r#match.as_ref().map(route_match).unwrap_or_default(),
+                route_destination(r),
+            ]);
+        }
+    };
     for (name, bytes) in resources {
         let config = RouteConfiguration::decode(bytes.as_slice())?;
         for vh in &config.virtual_hosts {
-            for r in &vh.routes {
-                table.row(vec![
-                    name.clone(),
-                    vh.name.clone(),
-                    abbreviate(&vh.domains, 1),
-                    r.name.clone(),
-                    r.r#match.as_ref().map(route_match).unwrap_or_default(),
-                    route_destination(r),
-                ]);
-            }
+            rows(name, vh);
         }
+    }
+    // Envoy files a VHDS virtual host under the table named before the last slash of its
+    // name; one fetched on demand may come twice (its own name and the name asked for).
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, bytes) in vhds {
+        let vh = VirtualHost::decode(bytes.as_slice())?;
+        if !seen.insert(vh.name.clone()) {
+            continue;
+        }
+        let table_name = vh.name.rsplit_once('/').map_or("", |(t, _)| t).to_string();
+        rows(&format!("{table_name} (VHDS)"), &vh);
     }
     Ok(table)
 }

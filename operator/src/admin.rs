@@ -105,9 +105,12 @@ fn proxy_view(state: &MeshState, record: &ProxyRecord) -> ProxyView {
         let Some(t) = ResourceType::ALL.into_iter().find(|t| t.short() == short) else {
             continue;
         };
-        type_state.latest_version = match (t, &secrets) {
-            (ResourceType::Secret, Some((s, _))) => Some(format!("{:016x}", s.version)),
-            (ResourceType::Secret, None) => None,
+        let serving = record.serving.as_ref().map(|types| &types[t]);
+        type_state.latest_version = match (t, &secrets, serving) {
+            (ResourceType::Secret, Some((s, _)), _) => Some(format!("{:016x}", s.version)),
+            (ResourceType::Secret, None, _) => None,
+            // What the stream serves (its workload's listeners, its scope's clusters).
+            (_, _, Some(served)) => Some(served.version_string()),
             _ => Some(snapshot.version_string(t)),
         };
     }
@@ -150,8 +153,12 @@ async fn config(State(state): State<Arc<MeshState>>, Query(q): Query<ConfigQuery
         .into_iter()
         .map(|t| {
             // Secrets are per workload identity, not in the profile's snapshot.
-            let (version, map) = match (t, &secrets) {
-                (ResourceType::Secret, Some(s)) => (format!("{:016x}", s.version), &s.resources),
+            // What the stream serves: its workload's listeners and route tables, its
+            // scope's clusters and virtual hosts.
+            let serving = proxy.serving.as_ref().map(|types| &types[t]);
+            let (version, map) = match (t, &secrets, serving) {
+                (ResourceType::Secret, Some(s), _) => (format!("{:016x}", s.version), &s.resources),
+                (_, _, Some(served)) => (served.version_string(), &served.resources),
                 _ => (snapshot.version_string(t), snapshot.of(t)),
             };
             let resources = map

@@ -168,6 +168,42 @@ fn a_scoped_sidecar_fetches_what_it_calls_with_mtls_and_policy_on_the_first_call
     }
     assert!(!holds(&net, "ratings"), "{held:?}");
 
+    // What the operator says of the proxy is what it holds: every type in sync with what
+    // its stream serves, and its served clusters those of its scope.
+    eventually(
+        "the caller's proxy in sync",
+        Duration::from_secs(30),
+        || {
+            let text = net.fetch(Side::Peer, "http://127.0.0.1:15099/debug/proxies");
+            let proxies: Vec<weir_core::views::proxies::ProxyView> =
+                serde_json::from_str(&text).ok()?;
+            let web = proxies.iter().find(|p| p.node == "web.shop")?;
+            let unsynced: Vec<String> = web
+                .types
+                .iter()
+                .filter(|(_, t)| t.subscribed && t.sync() != "SYNCED")
+                .map(|(name, t)| format!("{name} {}", t.sync()))
+                .collect();
+            (!unsynced.is_empty()).then(|| format!("{unsynced:?}"))
+        },
+    );
+    let config: serde_json::Value = serde_json::from_str(&net.fetch(
+        Side::Peer,
+        "http://127.0.0.1:15099/debug/config?node=web.shop",
+    ))
+    .expect("/debug/config is JSON");
+    let served: Vec<&str> = config["served"]["cds"]["resources"]
+        .as_array()
+        .expect("the clusters served")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(
+        served.contains(&format!("outbound|8080||{REVIEWS}").as_str()),
+        "{served:?}"
+    );
+    assert!(!served.iter().any(|n| n.contains("ratings")), "{served:?}");
+
     // A Service deleted from the mesh leaves the scope.
     write_mesh(&dir, &net.ip(v1), &net.ip(v2), false);
     eventually(

@@ -313,6 +313,7 @@ async fn drive<C: Connection>(
         serving.profile,
         &service_account,
     );
+    proxy.update(|p| p.serve(&view));
     state.metrics.connected_proxies.inc();
     tracing::info!(
         node,
@@ -337,6 +338,7 @@ async fn drive<C: Connection>(
             let grew = serving.learn::<C>(&state, &snapshots.borrow(), &req);
             if grew {
                 view = serving.view(&state, &snapshots.borrow(), &secrets.borrow());
+                io.proxy.update(|p| p.serve(&view));
             }
             let mut step = connection.handle_request(&view, &req);
             if grew {
@@ -403,7 +405,7 @@ async fn drive<C: Connection>(
                 &snapshots.borrow_and_update(),
                 &secrets.borrow_and_update(),
             );
-            io.proxy.update(|p| p.generation = view.generation);
+            io.proxy.update(|p| p.serve(&view));
             if io
                 .send::<C>(connection.handle_snapshot(&view))
                 .await

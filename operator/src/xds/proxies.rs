@@ -32,6 +32,10 @@ pub struct ProxyRecord {
     pub generation: u64,
     /// Per type (cds, eds, lds, rds), what the proxy was sent and answered.
     pub types: PerType<TypeState>,
+    /// Per type, what the stream serves now (its workload's listeners, a scoped proxy's
+    /// clusters and virtual hosts differ from its profile's): shared with the stream;
+    /// None before its first view.
+    pub serving: Option<PerType<Arc<weir_core::TypeSnapshot>>>,
 }
 
 /// Seconds since the epoch.
@@ -54,6 +58,12 @@ fn profile_string(p: &ProxyProfile) -> String {
 }
 
 impl ProxyRecord {
+    /// The stream serves `view` now.
+    pub fn serve(&mut self, view: &weir_core::Snapshot) {
+        self.generation = view.generation;
+        self.serving = Some(view.types.clone());
+    }
+
     /// The record as `/debug/proxies` shows it: only the types the proxy asked for or was
     /// sent.
     pub fn view(&self) -> ProxyView {
@@ -159,6 +169,7 @@ impl ProxyRegistry {
             connected_at: now(),
             generation: 0,
             types: PerType::default(),
+            serving: None,
         }));
         crate::sync::lock(&self.proxies).insert(id, record.clone());
         ProxyHandle {
