@@ -84,9 +84,11 @@ pub const VHDS_PLACEHOLDER: &str = "weir-placeholder";
 pub fn consumer_route_key(namespace: &str, table: &str) -> String {
     format!("{}{table}", consumer_route_prefix(namespace))
 }
+/// The common start of every [`consumer_route_key`].
+pub const CONSUMER_PREFIX: &str = "consumer/";
 /// The common start of [`consumer_route_key`]s of one namespace.
 pub fn consumer_route_prefix(namespace: &str) -> String {
-    format!("consumer/{namespace}/")
+    format!("{CONSUMER_PREFIX}{namespace}/")
 }
 /// Cluster for traffic to destinations outside the mesh (transparent mode).
 pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";

@@ -4,7 +4,8 @@
 //! ```text
 //! the pod's own Services, its `weir.dev/dependencies` hint,
 //! what the proxy asks for on demand (VHDS `outbound|<port>/<host>`, ODCDS cluster names)
-//! and what it says it holds on reconnect  --Scope::learn_*-->  Services in scope
+//! and what it says it holds on reconnect  --Scope::declare / Scope::learn-->  Services
+//!   in scope
 //! profile snapshot (every cluster, every VHDS virtual host)  --Scope::cut-->
 //!   the CDS and VHDS type snapshots the stream serves: the scope's, the profile's own
 //!   clusters, and one resource per on-demand name (the Service's virtual host under the
@@ -27,10 +28,6 @@ use crate::names;
 use crate::object_key::ObjectKey;
 use crate::resources::{Resource, ResourceType};
 use crate::snapshot::{ResourceMap, TypeSnapshot};
-
-/// How the VHDS map names a namespace's variant of a virtual host (see
-/// [`names::consumer_route_key`]).
-const CONSUMER: &str = "consumer/";
 
 /// At most this many Hosts that name no Service are remembered per proxy (each is a
 /// virtual host in its Envoy); the oldest go first and are asked for again when used.
@@ -81,7 +78,7 @@ type Cut = (Arc<TypeSnapshot>, Arc<TypeSnapshot>, u64);
 /// `outbound|<port>/<name>.<ns>.svc.cluster.local:<port>`); None for the profile's own
 /// clusters (passthrough, tracing) and for names of no Service.
 pub fn service_of(name: &str) -> Option<ObjectKey> {
-    if name.starts_with(CONSUMER) {
+    if name.starts_with(names::CONSUMER_PREFIX) {
         // A namespace's variant of a virtual host: served in its place, never as itself.
         return None;
     }
@@ -280,7 +277,7 @@ impl Scope {
         let wanted = |services: &BTreeMap<ObjectKey, Reason>, name: &str| match service_of(name) {
             Some(key) => services.contains_key(&key),
             // The profile's own clusters (passthrough, tracing), each table's placeholder.
-            None => !name.starts_with(CONSUMER),
+            None => !name.starts_with(names::CONSUMER_PREFIX),
         };
         // The common case, a change of some resources of the profile and none removed:
         // patch the last cut with the change list, O(change) rather than O(mesh).
@@ -554,19 +551,20 @@ mod tests {
         by_name.into_values().flatten().collect()
     }
 
+    /// Service `api` (port 8080) in namespaces `shop` and `other`.
+    fn two_apis() -> crate::Index {
+        let mut index = crate::Index::new();
+        for (ns, ip) in [("shop", "10.96.0.1"), ("other", "10.96.0.2")] {
+            let svc = crate::testing::mk_service(ns, "api", ip, &[8080]);
+            index.apply(crate::Event::apply(crate::Object::Service(svc)));
+        }
+        index
+    }
+
     #[test]
     fn services_of_one_name_in_two_namespaces_never_share_a_domain() {
-        use crate::testing::mk_service;
-        use crate::{Event, Index, Object, SnapshotBuilder};
-        let mut index = Index::new();
-        for (ns, ip) in [("shop", "10.96.0.1"), ("other", "10.96.0.2")] {
-            index.apply(Event::apply(Object::Service(mk_service(
-                ns,
-                "api",
-                ip,
-                &[8080],
-            ))));
-        }
+        use crate::SnapshotBuilder;
+        let mut index = two_apis();
         let mut builder = SnapshotBuilder::new();
         builder.update(&mut index);
         let profile =
@@ -607,17 +605,9 @@ mod tests {
     #[test]
     fn an_unscoped_port_table_leaves_out_short_names_two_namespaces_share() {
         use crate::testing::mk_service;
-        use crate::{Event, Index, Object, SnapshotBuilder};
+        use crate::{Event, Object, SnapshotBuilder};
         use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-        let mut index = Index::new();
-        for (ns, ip) in [("shop", "10.96.0.1"), ("other", "10.96.0.2")] {
-            index.apply(Event::apply(Object::Service(mk_service(
-                ns,
-                "api",
-                ip,
-                &[8080],
-            ))));
-        }
+        let mut index = two_apis();
         index.apply(Event::apply(Object::Service(mk_service(
             "shop",
             "web",
@@ -667,25 +657,7 @@ mod tests {
             "10.0.0.1",
             &[9080],
         ))));
-        for doc in crate::yaml::documents(
-            r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: add-header, namespace: consumer, generation: 1}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, namespace: default}]
-  rules:
-  - filters:
-    - type: ResponseHeaderModifier
-      responseHeaderModifier: {set: [{name: x-consumer, value: "yes"}]}
-    backendRefs: [{name: reviews, namespace: default, port: 9080}]
-"#,
-        ) {
-            let object = crate::index::decode_document(doc.unwrap())
-                .unwrap()
-                .unwrap();
-            index.apply(Event::apply(object));
-        }
+        crate::testing::apply_yaml(&mut index, crate::testing::CONSUMER_ROUTE);
         let mut builder = SnapshotBuilder::new();
         builder.update(&mut index);
         let profile =

@@ -863,25 +863,7 @@ mod tests {
             "app",
             &[],
         ))));
-        for doc in crate::yaml::documents(
-            r#"
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: add-header, namespace: consumer, generation: 1}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, namespace: default}]
-  rules:
-  - filters:
-    - type: ResponseHeaderModifier
-      responseHeaderModifier: {set: [{name: x-consumer, value: "yes"}]}
-    backendRefs: [{name: reviews, namespace: default, port: 9080}]
-"#,
-        ) {
-            let object = crate::index::decode_document(doc.unwrap())
-                .unwrap()
-                .unwrap();
-            index.apply(Event::apply(object));
-        }
+        crate::testing::apply_yaml(&mut index, crate::testing::CONSUMER_ROUTE);
         let mut builder = SnapshotBuilder::new();
         builder.update(&mut index);
         let profile = ProxyProfile::new(Capture::Transparent, MtlsMode::Strict);

@@ -21,6 +21,31 @@ fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
     }
 }
 
+/// Applies every document of `yaml` to `index` (the documents must decode).
+pub fn apply_yaml(index: &mut crate::Index, yaml: &str) {
+    for doc in crate::yaml::documents(yaml) {
+        let object = crate::index::decode_document(doc.expect("a YAML document"))
+            .expect("a document of a kind the index reads")
+            .expect("a document of a kind the index keeps");
+        index.apply(crate::Event::apply(object));
+    }
+}
+
+/// A consumer route: namespace `consumer`'s HTTPRoute for Service `default/reviews`
+/// (port 9080) that sets the response header `x-consumer: yes`.
+pub const CONSUMER_ROUTE: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: add-header, namespace: consumer, generation: 1}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, namespace: default}]
+  rules:
+  - filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-consumer, value: "yes"}]}
+    backendRefs: [{name: reviews, namespace: default, port: 9080}]
+"#;
+
 /// A ClusterIP Service with named ports (`http` for the first, `p<port>` for the others).
 pub fn mk_service(ns: &str, name: &str, cluster_ip: &str, ports: &[u16]) -> Service {
     Service {

@@ -228,14 +228,7 @@ mod tests {
     use crate::routing::PathMatch;
     use crate::{Event, Index, ObjectKey};
 
-    fn apply(index: &mut Index, yaml: &str) {
-        for doc in crate::yaml::documents(yaml) {
-            let object = crate::index::decode_document(doc.unwrap())
-                .unwrap()
-                .unwrap();
-            index.apply(Event::apply(object));
-        }
-    }
+    use crate::testing::apply_yaml as apply;
 
     const MESH: &str = r#"
 apiVersion: v1
