@@ -133,9 +133,9 @@ pub struct Resource {
     pub version: u64,
     /// The resource packed as `Any`, with its wire forms (shared by every stream).
     pub body: Arc<Body>,
-    /// The name a proxy asked for on demand (VHDS), when it is not `name`: sent as the
-    /// resource's alias, so that the request waiting for it goes on.
-    pub alias: Option<Arc<str>>,
+    /// Names a proxy asked for on demand (VHDS) that resolved to this resource: sent as
+    /// its aliases, so that the requests waiting for them go on.
+    pub aliases: Vec<Arc<str>>,
 }
 
 /// A packed resource and, made on first use and then shared by every stream that sends
@@ -190,7 +190,7 @@ impl Resource {
                 any,
                 ..Default::default()
             }),
-            alias: None,
+            aliases: Vec::new(),
         }
     }
 
@@ -201,24 +201,24 @@ impl Resource {
 
     /// Contribution of this resource to its type's version (order-independent).
     pub fn fingerprint(&self) -> u64 {
-        let name = self.alias.as_deref().unwrap_or(&self.name);
+        let name = self.aliases.first().map_or(&*self.name, |a| &**a);
         xxh3_64(name.as_bytes()).rotate_left(17) ^ self.version
     }
 
     /// The resource as one entry of `DeltaDiscoveryResponse.resources` (field 2, holding a
     /// `Resource` with version, body and name), encoded once.
     pub fn delta_entry(&self) -> Bytes {
-        if let Some(alias) = &self.alias {
+        if !self.aliases.is_empty() {
             // Per stream and rare (a first call): encoded when sent, not kept.
-            return Bytes::from(self.encode_delta_entry(Some(alias)));
+            return Bytes::from(self.encode_delta_entry());
         }
         self.body
             .delta_entry
-            .get_or_init(|| Bytes::from(self.encode_delta_entry(None)))
+            .get_or_init(|| Bytes::from(self.encode_delta_entry()))
             .clone()
     }
 
-    fn encode_delta_entry(&self, alias: Option<&str>) -> Vec<u8> {
+    fn encode_delta_entry(&self) -> Vec<u8> {
         use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
         let version = self.version_string();
         let any_len = self.body.any.encoded_len();
@@ -227,14 +227,18 @@ impl Resource {
             + encoded_len_varint(any_len as u64)
             + any_len
             + field_len(self.name.len())
-            + alias.map_or(0, |a| field_len(a.len()));
+            + self
+                .aliases
+                .iter()
+                .map(|a| field_len(a.len()))
+                .sum::<usize>();
         let mut buf = Vec::with_capacity(1 + encoded_len_varint(inner as u64) + inner);
         encode_key(RESOURCES_FIELD, WireType::LengthDelimited, &mut buf);
         encode_varint(inner as u64, &mut buf);
         prost::encoding::string::encode(RESOURCE_VERSION_FIELD, &version, &mut buf);
         prost::encoding::message::encode(RESOURCE_BODY_FIELD, &self.body.any, &mut buf);
         prost::encoding::string::encode(RESOURCE_NAME_FIELD, &self.name.to_string(), &mut buf);
-        if let Some(alias) = alias {
+        for alias in &self.aliases {
             prost::encoding::string::encode(RESOURCE_ALIASES_FIELD, &alias.to_string(), &mut buf);
         }
         buf

@@ -353,7 +353,7 @@ impl Scope {
                         // once a resource of that name or alias arrives.
                         let own = resources.get(vhds.as_ref()).cloned();
                         if let Some(mut r) = own.or_else(|| base.resources.get(vhds).cloned()) {
-                            r.alias = Some(alias.clone());
+                            r.aliases = vec![alias.clone()];
                             resources.insert(alias.clone(), r);
                         }
                         continue;

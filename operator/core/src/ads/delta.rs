@@ -230,7 +230,7 @@ impl super::Connection for DeltaConnection {
                 .into_iter()
                 .map(|r| PbResource {
                     name: r.name.to_string(),
-                    aliases: r.alias.iter().map(|a| a.to_string()).collect(),
+                    aliases: r.aliases.iter().map(|a| a.to_string()).collect(),
                     version: r.version_string(),
                     resource: Some((*r.body).clone()),
                     ..Default::default()

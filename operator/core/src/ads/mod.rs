@@ -254,10 +254,11 @@ impl ConnectionState {
     ) -> Response {
         let typed = &snapshot.types[t];
         let state = &mut self.types[t];
-        let resources: Vec<Resource> = updates
-            .iter()
-            .filter_map(|name| typed.resources.get(name).cloned())
-            .collect();
+        let resources = one_per_name(
+            updates
+                .iter()
+                .filter_map(|name| typed.resources.get(name).cloned()),
+        );
         state.sync(typed);
         self.next_nonce += 1;
         state.pending_nonce = Some(self.next_nonce);
@@ -269,6 +270,32 @@ impl ConnectionState {
             removed,
         }
     }
+}
+
+/// The resources of a response, one per resource name: a virtual host and the on-demand
+/// names that resolved to it (see `crate::scope`) are one entry with every alias, since
+/// Envoy refuses a response that names a resource twice.
+fn one_per_name(resources: impl Iterator<Item = Resource>) -> Vec<Resource> {
+    let resources: Vec<Resource> = resources.collect();
+    if resources.iter().all(|r| r.aliases.is_empty()) {
+        // Every other response: names are the map's keys, distinct already.
+        return resources;
+    }
+    let mut out: Vec<Resource> = Vec::new();
+    let mut at: std::collections::HashMap<Arc<str>, usize> = std::collections::HashMap::new();
+    for r in resources {
+        match at.get(&r.name) {
+            Some(&i) => {
+                let aliases = r.aliases;
+                out[i].aliases.extend(aliases);
+            }
+            None => {
+                at.insert(r.name.clone(), out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
 }
 
 /// The name as the snapshot holds it (shared), or a new allocation for a name it lacks.
@@ -362,6 +389,18 @@ pub(crate) mod tests {
             (Endpoint, "b", "1"),
             (Route, "r", "1"),
         ])
+    }
+
+    #[test]
+    fn a_virtual_host_and_the_names_resolved_to_it_are_one_entry() {
+        let real = mk_resource("outbound|80/a", "1");
+        let mut asked = real.clone();
+        asked.aliases = vec![Arc::from("outbound|80/a.ns:80")];
+        let other = mk_resource("outbound|80/b", "1");
+        let out = one_per_name([real, other, asked].into_iter());
+        let names: Vec<&str> = out.iter().map(|r| r.name.as_ref()).collect();
+        assert_eq!(names, ["outbound|80/a", "outbound|80/b"]);
+        assert_eq!(out[0].aliases, [Arc::from("outbound|80/a.ns:80")]);
     }
 
     /// Names carried by a response.
