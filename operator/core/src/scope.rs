@@ -663,7 +663,17 @@ mod tests {
         let profile =
             crate::ProxyProfile::new(crate::Capture::Transparent, weir_api::MtlsMode::Strict)
                 .scoped(true);
-        let base = builder.snapshot(profile).types[ResourceType::VirtualHost].clone();
+        let snapshot = builder.snapshot(profile);
+        // Its route tables stay shells: no full per-namespace table comes over them.
+        assert!(
+            !snapshot
+                .of(ResourceType::Route)
+                .keys()
+                .any(|k| k.starts_with(names::CONSUMER_PREFIX)),
+            "{:?}",
+            snapshot.of(ResourceType::Route).keys().collect::<Vec<_>>()
+        );
+        let base = snapshot.types[ResourceType::VirtualHost].clone();
         let sets_header = |namespace: &str, alias: &str| {
             let mut scope = Scope::new(namespace);
             scope.learn(ResourceType::VirtualHost, [alias], &base.resources, |_| {

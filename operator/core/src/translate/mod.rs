@@ -872,12 +872,13 @@ fn shared_short_names(translator: &Translator) -> BTreeSet<(u16, &str)> {
 
 /// The route tables whose routing differs for callers of one namespace (their consumer
 /// routes), each under [`names::consumer_route_key`] (transparent mode: explicit mode has
-/// one table for every caller and no namespace to tell them apart).
+/// one table for every caller and no namespace to tell them apart; scoped profiles get a
+/// namespace's variants as virtual hosts, see [`vhds_resources`]).
 pub fn consumer_route_tables(
     translator: &Translator,
     profile: &ProxyProfile,
 ) -> Vec<(Arc<str>, Resource)> {
-    if profile.capture != Capture::Transparent {
+    if profile.capture != Capture::Transparent || profile.scoped {
         return Vec::new();
     }
     let namespaces: BTreeSet<&String> = translator
