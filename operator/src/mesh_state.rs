@@ -174,11 +174,7 @@ impl MeshState {
 
     /// The Service whose ClusterIP is `address`, for a scoped proxy's first request to it.
     pub fn service_by_address(&self, address: &str) -> Option<weir_core::ObjectKey> {
-        self.model()
-            .index
-            .services()
-            .find(|(_, svc)| svc.cluster_ip.as_deref() == Some(address))
-            .map(|(key, _)| key.clone())
+        self.model().index.service_at(address)
     }
 
     fn model(&self) -> std::sync::MutexGuard<'_, Model> {

@@ -805,25 +805,9 @@ fn find_destination(
         };
     let port = port.or(query.port);
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    let by_name = || -> Option<ObjectKey> {
-        let parts: Vec<&str> = host.split('.').collect();
-        let (name, namespace) = match parts.as_slice() {
-            // A short name resolves in the caller's namespace, as its DNS search path does.
-            [name] => (*name, caller_namespace),
-            [name, ns] | [name, ns, "svc"] => (*name, *ns),
-            [name, ns, "svc", rest @ ..] if rest.join(".") == names::CLUSTER_DOMAIN => (*name, *ns),
-            _ => return None,
-        };
-        let key = ObjectKey::new(namespace, name);
-        index.service(&key).map(|_| key)
-    };
-    let by_ip = || {
-        index
-            .services()
-            .find(|(_, s)| s.cluster_ip.as_deref() == Some(host.as_str()))
-            .map(|(k, _)| k.clone())
-    };
-    let Some(service) = by_name().or_else(by_ip) else {
+    let by_name =
+        names::service_named(&host, caller_namespace).filter(|key| index.service(key).is_some());
+    let Some(service) = by_name.or_else(|| index.service_at(&host)) else {
         return Ok(None);
     };
     let model = index.service(&service).expect("found");

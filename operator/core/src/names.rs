@@ -31,6 +31,21 @@ pub fn hostnames(svc: &ObjectKey) -> Vec<String> {
     ]
 }
 
+/// The Service a DNS name means to a client in `caller_namespace`, as its search path
+/// resolves it: `name` (the caller's namespace), `name.ns`, `name.ns.svc` or the FQDN
+/// (lower case, no port, no trailing dot); None for any other name. Whether the Service
+/// exists is the caller's question.
+pub fn service_named(host: &str, caller_namespace: &str) -> Option<ObjectKey> {
+    let parts: Vec<&str> = host.split('.').collect();
+    let (name, namespace) = match parts.as_slice() {
+        [name] => (*name, caller_namespace),
+        [name, ns] | [name, ns, "svc"] => (*name, *ns),
+        [name, ns, "svc", rest @ ..] if rest.join(".") == CLUSTER_DOMAIN => (*name, *ns),
+        _ => return None,
+    };
+    (!name.is_empty() && !namespace.is_empty()).then(|| ObjectKey::new(namespace, name))
+}
+
 /// Every name a client in any namespace may use for a Service port: each DNS form with and
 /// (when `bare` is set) without the port, plus the ClusterIP with and without the port.
 /// The short `name` form is only resolvable from the Service's own namespace, but it is

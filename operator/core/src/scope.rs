@@ -239,17 +239,7 @@ impl Scope {
         let key = if host.parse::<std::net::IpAddr>().is_ok() {
             by_address(host)
         } else {
-            let host = host
-                .strip_suffix(&format!(".{}", names::CLUSTER_DOMAIN))
-                .unwrap_or(host);
-            let host = host.strip_suffix(".svc").unwrap_or(host);
-            match host.split_once('.') {
-                None => Some(ObjectKey::new(&self.namespace, host)),
-                Some((service, namespace)) if !namespace.contains('.') => {
-                    Some(ObjectKey::new(namespace, service))
-                }
-                Some(_) => None,
-            }
+            names::service_named(host, &self.namespace)
         };
         match key
             .map(|k| names::vhds_name(port, &names::vhost_name(&k, port)))
@@ -485,7 +475,14 @@ mod tests {
             assert_eq!(scope.resolve(&alias, &map, &ip), want, "{host}");
         }
         let elsewhere = Scope::new("other");
-        for host in ["reviews", "reviews.shop:9090", "example.com", "10.1.2.3"] {
+        for host in [
+            "reviews",
+            "reviews.shop:9090",
+            "example.com",
+            "10.1.2.3",
+            // Not a name DNS resolves (no `svc`): passed through, as an unscoped table does.
+            "reviews.shop.cluster.local",
+        ] {
             assert_eq!(
                 elsewhere.resolve(&format!("outbound|8080/{host}"), &map, &ip),
                 Alias::Passthrough,

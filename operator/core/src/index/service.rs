@@ -106,6 +106,15 @@ impl Index {
         self.services.get(key)
     }
 
+    /// The Service whose ClusterIP is `address` (a scan: for a first call or a question,
+    /// not for every request).
+    pub fn service_at(&self, address: &str) -> Option<ObjectKey> {
+        self.services
+            .iter()
+            .find(|(_, s)| s.cluster_ip.as_deref() == Some(address))
+            .map(|(k, _)| k.clone())
+    }
+
     /// Marks a Service dirty, and the targets of policies elsewhere that route to it: they
     /// see it appear or vanish.
     pub(super) fn dirty_service(&mut self, key: &ObjectKey) {
