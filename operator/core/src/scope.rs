@@ -314,15 +314,10 @@ impl Scope {
             // The caller's namespace's own routes (consumer routes) in place of the
             // producer's, under the usual names.
             let prefix = names::consumer_route_prefix(&self.namespace);
-            let theirs: BTreeMap<&str, &Resource> = base
-                .resources
-                .range::<_, str>((
-                    std::ops::Bound::Included(prefix.as_str()),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take_while(|(k, _)| k.starts_with(&prefix))
-                .map(|(k, r)| (&k[prefix.len()..], r))
-                .collect();
+            let theirs: BTreeMap<&str, &Resource> =
+                crate::snapshot::with_prefix(&base.resources, &prefix)
+                    .map(|(k, r)| (&k[prefix.len()..], r))
+                    .collect();
             for (name, r) in &theirs {
                 if let Some((key, _)) = resources.get_key_value(*name) {
                     let key = key.clone();

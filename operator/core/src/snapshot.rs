@@ -98,6 +98,18 @@ impl TypeSnapshot {
     }
 }
 
+/// The resources whose names start with `prefix`, in name order (a range of the map).
+pub(crate) fn with_prefix<'a>(
+    map: &'a ResourceMap,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a Arc<str>, &'a Resource)> + 'a {
+    map.range::<_, str>((
+        std::ops::Bound::Included(prefix),
+        std::ops::Bound::Unbounded,
+    ))
+    .take_while(move |(name, _)| name.starts_with(prefix))
+}
+
 /// Order-independent hash of a map's resources.
 fn content_version(map: &ResourceMap) -> u64 {
     map.values().fold(0, |v, r| v ^ r.fingerprint())
@@ -567,27 +579,13 @@ impl WorkloadListeners {
             return base.clone();
         }
         let prefix = names::consumer_route_prefix(&workload.namespace);
-        let has_consumer_tables = !workload.namespace.is_empty()
-            && base
-                .resources
-                .range::<_, str>((
-                    std::ops::Bound::Included(prefix.as_str()),
-                    std::ops::Bound::Unbounded,
-                ))
-                .next()
-                .is_some_and(|(key, _)| key.starts_with(&prefix));
+        let has_consumer_tables = with_prefix(&base.resources, &prefix).next().is_some();
         if workload.authorization.is_none() && !has_consumer_tables {
             return base.clone();
         }
         let trust_domain = &self.trust_domain;
         self.routes.get(profile, workload, base, || {
-            let mut tables: Vec<Resource> = base
-                .resources
-                .range::<_, str>((
-                    std::ops::Bound::Included(prefix.as_str()),
-                    std::ops::Bound::Unbounded,
-                ))
-                .take_while(|(key, _)| key.starts_with(&prefix))
+            let mut tables: Vec<Resource> = with_prefix(&base.resources, &prefix)
                 .map(|(_, table)| table.clone())
                 .collect();
             if workload.authorization.is_some() {
