@@ -320,8 +320,10 @@ impl Scope {
                     .collect();
             for (name, r) in &theirs {
                 if let Some((key, _)) = resources.get_key_value(*name) {
-                    let key = key.clone();
-                    resources.insert(key.clone(), Resource::from_any(key, (*r.body).clone()));
+                    // The variant's body, shared (it is only ever sent under this name).
+                    let mut r = (*r).clone();
+                    r.name = key.clone();
+                    resources.insert(r.name.clone(), r);
                 }
             }
             let body_of = |vhds: &str| {
