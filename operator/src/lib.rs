@@ -16,6 +16,7 @@ pub mod local;
 pub mod mesh_state;
 pub mod metrics;
 pub mod sync;
+pub mod usage;
 pub mod xds;
 
 use std::net::SocketAddr;
@@ -71,6 +72,9 @@ pub struct Options {
     /// Scoped proxies: a transparent-capture sidecar on delta xDS holds the Services of
     /// its scope only and fetches the others on first use (see `weir_core::scope`).
     pub scoped_proxies: bool,
+    /// A Service a scoped proxy learned leaves its scope after going unused this long
+    /// (None: never).
+    pub scope_idle: Option<Duration>,
 }
 
 impl Options {
@@ -87,6 +91,7 @@ impl Options {
             xds_limits: xds::conn::XdsLimits::default(),
             telemetry: Default::default(),
             scoped_proxies: true,
+            scope_idle: Some(weir_core::mesh::DEFAULT_SCOPE_IDLE),
         }
     }
 }
@@ -144,6 +149,7 @@ impl ControlPlane {
         let state = Arc::new(MeshState::with_rotation_grace(options.rotation_grace));
         state.set_telemetry(options.telemetry.clone());
         state.set_scoped_proxies(options.scoped_proxies);
+        state.usage.set_idle(options.scope_idle);
         let tls = if options.xds_names.is_empty() {
             None
         } else {

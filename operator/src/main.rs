@@ -183,6 +183,11 @@ struct LimitArgs {
     /// on its first call (transparent capture on delta xDS; others hold the mesh).
     #[arg(long, value_enum, default_value_t = ProxyScopeArg::Learned)]
     proxy_scope: ProxyScopeArg,
+    /// With learned scopes: a Service a sidecar learned leaves its scope after going unused
+    /// this long (its sidecar's load reports show no request or connection), e.g. 10m; its
+    /// next call fetches it again. 0s: scopes never shrink.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    scope_idle: std::time::Duration,
 }
 
 /// `--proxy-scope`.
@@ -349,6 +354,7 @@ async fn run() -> Result<()> {
                 xds_limits: limits.limits(),
                 telemetry: telemetry.telemetry(),
                 scoped_proxies: limits.proxy_scope == ProxyScopeArg::Learned,
+                scope_idle: Some(limits.scope_idle),
                 ..Options::new(xds_addr, admin_addr)
             };
             serve(source, options).await
@@ -371,6 +377,7 @@ async fn run() -> Result<()> {
                 xds_limits: limits.limits(),
                 telemetry: telemetry.telemetry(),
                 scoped_proxies: limits.proxy_scope == ProxyScopeArg::Learned,
+                scope_idle: Some(limits.scope_idle),
                 ..Options::new(xds_addr, admin_addr)
             };
             serve(Source::Dir(dir), options).await

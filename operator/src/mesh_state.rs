@@ -92,6 +92,8 @@ pub struct MeshState {
     pub identity: Arc<Authority>,
     /// Authorization denials the sidecars report, per policy.
     pub denials: Arc<crate::denials::Denials>,
+    /// What scoped sidecars report using, for their scopes to shrink.
+    pub usage: Arc<crate::usage::Usage>,
     /// The pods whose placement (see [`Placement`]) the last batch may have changed.
     placements: watch::Sender<Placements>,
     /// The listeners each workload is served (derived per stream, without the model lock).
@@ -140,6 +142,7 @@ impl MeshState {
             metrics,
             proxies: Arc::new(ProxyRegistry::default()),
             denials: Arc::default(),
+            usage: Arc::default(),
             scoped_proxies: Default::default(),
             placements: watch::channel(Placements::default()).0,
             workload_listeners: Mutex::new(WorkloadListeners::new(

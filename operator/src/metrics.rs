@@ -80,6 +80,8 @@ pub struct Metrics {
     /// Requests and connections authorization denied (Enforce) or would have (Audit), as
     /// sidecars report them, per policy.
     pub authorization_denials: Family<DenialLabels, Counter>,
+    /// Services that left a scoped proxy's scope because it stopped using them.
+    pub scope_unused: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,6 +123,12 @@ impl Metrics {
         let xds_connections = Gauge::default();
         let xds_refused = Family::<ReasonLabels, Counter>::default();
         let authorization_denials = Family::<DenialLabels, Counter>::default();
+        let scope_unused = Counter::default();
+        registry.register(
+            "scope_unused_services",
+            "Services that left a scoped proxy's scope after going unused for --scope-idle",
+            scope_unused.clone(),
+        );
         registry.register(
             "authorization_denials",
             "Requests and connections denied (mode Enforce) or that would be (mode Audit), per policy, as sidecars report them",
@@ -227,6 +235,7 @@ impl Metrics {
             xds_refused.clone(),
         );
         Metrics {
+            scope_unused,
             registry,
             pushes,
             pushed_resources,

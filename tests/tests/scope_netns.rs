@@ -5,7 +5,9 @@
 //! and a split) in force on the very first request; afterwards its config holds that
 //! Service and still not the Services it never called; a Service deleted from the mesh
 //! leaves the scope; after an operator restart, calls keep working and a new first call is
-//! still answered.
+//! still answered. With `--scope-idle`, a learned Service the caller stops using (its load
+//! reports show no request and no open connection) leaves its sidecar, a declared one and
+//! one with an open connection stay, and the next call fetches it again.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -227,6 +229,189 @@ fn a_scoped_sidecar_fetches_what_it_calls_with_mtls_and_policy_on_the_first_call
     );
     assert!(holds(&net, "ratings"));
     assert!(holds(&net, "reviews"), "the scope survived the restart");
+}
+
+/// A TCP connection through the caller's sidecar, held open until dropped.
+struct OpenConnection(std::process::Child);
+
+impl OpenConnection {
+    /// Connects to `addr` from the pod and waits for one echo, so the connection is up.
+    fn open(net: &Net, ip: &str, port: u16) -> OpenConnection {
+        use std::io::BufRead;
+        let script = format!(
+            "import socket, sys, time\n\
+             s = socket.create_connection(('{ip}', {port}), timeout=20)\n\
+             s.sendall(b'held\\n')\n\
+             print(s.recv(100).decode().strip(), flush=True)\n\
+             time.sleep(3600)\n"
+        );
+        let mut child = net
+            .command(Side::Pod, &[PYTHON, "-c", &script])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 in the pod");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the echo");
+        assert!(
+            line.contains("held"),
+            "the held connection's echo: {line:?}"
+        );
+        OpenConnection(child)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_scope_shrinks_when_a_dependency_goes_unused_and_grows_again_on_the_next_call() {
+    if !can_run("a_scope_shrinks_when_a_dependency_goes_unused_and_grows_again_on_the_next_call") {
+        return;
+    }
+    let mut net = Net::new("shrink");
+    let (v1, v2) = (net.add_host(), net.add_host());
+    let dir = scratch_dir("shrink-mesh");
+    let ca_dir = scratch_dir("shrink-ca");
+    write_mesh(&dir, &net.ip(v1), &net.ip(v2), true);
+    net.start_operator(
+        &dir,
+        &ca_dir,
+        &["--proxy-scope", "learned", "--scope-idle", "3s"],
+    );
+    for (side, name) in [(v1, "reviews-v1"), (v2, "reviews-v2")] {
+        net.serve_app(side, &["http", name, "0.0.0.0:8080"]);
+        net.serve_app(side, &["tcp", name, "0.0.0.0:9000"]);
+        net.start_sidecar(side, &pod("shop", name, "reviews", None), &ca_dir);
+    }
+    net.start_sidecar(
+        Side::Pod,
+        &pod("shop", "web", "web", Some("details")),
+        &ca_dir,
+    );
+    let names = |svc: &str| format!("{svc}.shop.svc.cluster.local {svc}.shop.svc {svc}.shop");
+    net.hosts(
+        Side::Pod,
+        &[
+            (REVIEWS_IP, &names("reviews")),
+            (RATINGS_IP, &names("ratings")),
+            (DETAILS_IP, &names("details")),
+        ],
+    );
+    let ratings = "http://ratings.shop.svc.cluster.local:8080/";
+    let canary = || {
+        net.get_with(
+            Side::Pod,
+            &format!("http://{REVIEWS}:8080/"),
+            "x-canary: yes",
+        )
+    };
+
+    // Two Services learned by calling them: ratings over HTTP, reviews over HTTP and a
+    // TCP connection that stays open (a database connection, say).
+    assert!(net.get(Side::Pod, ratings).starts_with("200 "), "ratings");
+    let first = canary();
+    assert!(first.starts_with("200 reviews-v2"), "{first}");
+    let held = OpenConnection::open(&net, REVIEWS_IP, 9000);
+    assert!(holds(&net, "ratings") && holds(&net, "reviews"));
+
+    // ratings, unused, leaves the proxy (its clusters; its virtual host stays, see
+    // weir_core::scope); reviews, whose connection is open, stays; details, which the pod
+    // declares, stays.
+    eventually(
+        "the unused Service leaves the scope",
+        Duration::from_secs(30),
+        || holds(&net, "ratings").then(|| format!("clusters: {:?}", clusters(&net))),
+    );
+    assert!(
+        holds(&net, "reviews"),
+        "a Service with an open connection stays: {:?}",
+        clusters(&net)
+    );
+    assert!(holds(&net, "details"), "a declared Service stays");
+    let scope = scope_of(&net, "web.shop");
+    assert_eq!(scope.dormant, ["shop/ratings"], "{scope:?}");
+    assert!(
+        scope.services.contains(&"shop/details".to_string()),
+        "{scope:?}"
+    );
+    let served_vhosts = || -> Vec<String> {
+        let config: serde_json::Value = serde_json::from_str(&net.fetch(
+            Side::Peer,
+            "http://127.0.0.1:15099/debug/config?node=web.shop",
+        ))
+        .expect("/debug/config is JSON");
+        config["served"]["vhds"]["resources"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let vhosts = served_vhosts();
+    assert!(
+        vhosts.iter().any(|n| n.contains("ratings")),
+        "ratings' virtual host stays for its next call: {vhosts:?}"
+    );
+
+    // The connection closes: reviews goes unused and leaves too.
+    drop(held);
+    eventually(
+        "the Service whose connection closed leaves the scope",
+        Duration::from_secs(30),
+        || holds(&net, "reviews").then(|| format!("clusters: {:?}", clusters(&net))),
+    );
+    assert!(net.operator_metric("weir_scope_unused_services_total") >= 2);
+
+    // The next call to each brings it back, with mTLS and the policy: over HTTP (Envoy
+    // asks for the wake name its kept virtual host now routes to), over TCP (it asks for
+    // the cluster by name, which pins the Service: Envoy never asks for a name twice).
+    let again = net.get(Side::Pod, ratings);
+    assert!(again.starts_with("200 "), "ratings again: {again}");
+    assert!(tcp_call(&net, "again").contains("again"), "TCP again");
+    let again = canary();
+    assert!(
+        again.starts_with("200 reviews-v2"),
+        "reviews again, with its header rule: {again}"
+    );
+    assert!(holds(&net, "ratings") && holds(&net, "reviews"));
+    let scope = scope_of(&net, "web.shop");
+    assert!(scope.dormant.is_empty(), "{scope:?}");
+    assert_eq!(scope.pinned, ["shop/reviews"], "{scope:?}");
+
+    // And again: a Service leaves and comes back as often as it goes unused.
+    eventually(
+        "ratings leaves a second time",
+        Duration::from_secs(30),
+        || holds(&net, "ratings").then(|| format!("clusters: {:?}", clusters(&net))),
+    );
+    assert!(
+        holds(&net, "reviews"),
+        "the Service the proxy asked for by name stays: {:?}",
+        clusters(&net)
+    );
+    let again = net.get(Side::Pod, ratings);
+    assert!(again.starts_with("200 "), "ratings a third time: {again}");
+}
+
+/// A proxy's scope as the operator's `/debug/proxies` shows it.
+fn scope_of(net: &Net, node: &str) -> weir_core::views::proxies::ScopeView {
+    let text = net.fetch(Side::Peer, "http://127.0.0.1:15099/debug/proxies");
+    let proxies: Vec<weir_core::views::proxies::ProxyView> =
+        serde_json::from_str(&text).expect("/debug/proxies is JSON");
+    proxies
+        .into_iter()
+        .find(|p| p.node == node)
+        .and_then(|p| p.scope)
+        .unwrap_or_else(|| panic!("{node} has a scope: {text}"))
 }
 
 fn grpc_call(net: &Net, method: &str) -> String {

@@ -296,6 +296,13 @@ pub fn bootstrap(params: &BootstrapParams) -> Result<Value, BootstrapError> {
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "static_resources": static_resources(params)?,
+        // Envoy's load reports (requests and connections per cluster) reach the operator,
+        // which answers only a scoped proxy's stream, to learn what it no longer uses.
+        "cluster_manager": {"load_stats_config": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": mesh::REPORTS_CLUSTER}}],
+        }},
         "stats_config": {
             "stats_matcher": stats_matcher(),
             // Request and response sizes: decades from 1 byte to 10 MB.

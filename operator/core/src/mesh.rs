@@ -231,6 +231,20 @@ pub const REPORTS_CLUSTER: &str = "weir-reports";
 pub const REPORTS_META: &str = "REPORTS";
 /// The gRPC service sidecars report denials to.
 pub const ACCESS_LOG_SERVICE: &str = "envoy.service.accesslog.v3.AccessLogService";
+/// Envoy's load reporting gRPC service: scoped sidecars report their use of each cluster
+/// to it (on the reports cluster), so that their scopes shrink.
+pub const LOAD_REPORTING_SERVICE: &str = "envoy.service.load_stats.v3.LoadReportingService";
+/// How long a Service a sidecar learned may go unused before it leaves the sidecar's scope
+/// (the operator's `--scope-idle`): its next call is then a first call again.
+pub const DEFAULT_SCOPE_IDLE: Duration = Duration::from_secs(10 * 60);
+
+/// How often a scoped sidecar reports its use when Services leave its scope after `idle`:
+/// a quarter of it (a Service leaves between `idle` and `idle` plus one report late),
+/// between 1 s and 60 s.
+pub fn usage_report_interval(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
 /// Envoy's network filter that answers and closes (a connection authorization denies).
 pub const DIRECT_RESPONSE_FILTER: &str = "envoy.filters.network.direct_response";
 /// The fault injection HTTP filter.

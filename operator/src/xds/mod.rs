@@ -18,24 +18,83 @@ pub mod proxies;
 pub mod tls;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
+use std::collections::BTreeSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::Status;
 use weir_core::ads::{self, Answer, Connection, DeltaConnection, SotwConnection};
 use weir_core::bootstrap::ProxyMeta;
 use weir_core::index::Workload;
 use weir_core::mesh::ADS_SERVICE;
-use weir_core::{ResourceType, TypeSnapshot};
+use weir_core::{ObjectKey, ResourceType, TypeSnapshot};
 
 use crate::mesh_state::{MeshState, Placements};
 use conn::{ConnInfo, XdsLimits};
 use grpc::{Outgoing, RequestStream, ResponseBody};
 use proxies::ProxyHandle;
+
+/// How long a scoped proxy's first request for a virtual host waits for the endpoints of
+/// the clusters sent before it to be applied (see [`Held`]).
+const HOLD_LIMIT: Duration = Duration::from_millis(200);
+
+/// A scoped proxy's first request for a virtual host, answered once Envoy applied the
+/// endpoints of the clusters sent ahead of it (or at [`HOLD_LIMIT`]): the clusters are
+/// then warm when the virtual host's routes first use them, so Envoy does not ask for them
+/// by name, which would pin them (see `weir_core::scope`). Envoy applies endpoints only
+/// after clusters (it pauses EDS meanwhile) and acknowledges a response once applied.
+struct Held<R> {
+    /// The requests, answered in order.
+    requests: Vec<R>,
+    deadline: tokio::time::Instant,
+    /// Clusters sent ahead whose endpoints are not known applied.
+    waiting: std::collections::BTreeSet<Arc<str>>,
+    /// Endpoints sent since the hold began.
+    sent: std::collections::BTreeSet<Arc<str>>,
+}
+
+impl<R> Held<R> {
+    fn new(req: R, ahead: &[ads::Response]) -> Held<R> {
+        Held {
+            requests: vec![req],
+            deadline: tokio::time::Instant::now() + HOLD_LIMIT,
+            waiting: ahead
+                .iter()
+                .filter(|r| r.type_ == ResourceType::Cluster)
+                .flat_map(|r| r.resources.iter().map(|c| c.name.clone()))
+                .collect(),
+            sent: Default::default(),
+        }
+    }
+
+    /// Holds one more request (Envoy may ask for a virtual host again meanwhile), with
+    /// the clusters sent ahead of it.
+    fn join(&mut self, req: R, ahead: &[ads::Response]) {
+        self.requests.push(req);
+        self.waiting.extend(
+            ahead
+                .iter()
+                .filter(|r| r.type_ == ResourceType::Cluster)
+                .flat_map(|r| r.resources.iter().map(|c| c.name.clone())),
+        );
+    }
+
+    /// Notes an answer (endpoints sent; whether the request acknowledged the endpoints
+    /// sent before it); true when every cluster sent ahead has its endpoints applied.
+    fn note(&mut self, sent: Vec<Arc<str>>, acknowledged: bool) -> bool {
+        if acknowledged {
+            let applied = &self.sent;
+            self.waiting.retain(|name| !applied.contains(name));
+        }
+        self.sent.extend(sent);
+        self.waiting.is_empty()
+    }
+}
 
 /// Responses buffered per stream before the stream waits for the proxy to read.
 const RESPONSE_BUFFER: usize = 4;
@@ -179,6 +238,7 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let metrics = state.metrics.clone();
     let reports = crate::denials::ReportService::new(state.clone(), authenticator.is_some());
+    let loads = crate::usage::LoadReportService::new(state.clone(), authenticator.is_some());
     let service = AdsService::new(state, authenticator, limits);
     // Envoy opens one ADS stream per connection; a few more are allowed for clients that
     // reconnect a stream on the same connection.
@@ -188,6 +248,7 @@ pub async fn serve(
         .http2_max_header_list_size(Some(16 * 1024))
         .add_service(service)
         .add_service(reports)
+        .add_service(loads)
         .serve_with_incoming_shutdown(conn::incoming(listener, tls, limits, metrics), shutdown)
         .await
 }
@@ -233,6 +294,56 @@ impl StreamIo {
             Answer::Ack { .. } => {}
         }
         self.proxy.update(|p| p.record_answer(answer));
+    }
+
+    /// Handles a request and sends `before`, then its answer; the endpoints that went out,
+    /// and whether the request acknowledged the last endpoints sent.
+    async fn answer<C: Connection>(
+        &self,
+        connection: &mut C,
+        view: &weir_core::Snapshot,
+        req: &C::Request,
+        before: Vec<ads::Response>,
+    ) -> Result<(Vec<Arc<str>>, bool), Gone> {
+        let mut step = connection.handle_request(view, req);
+        let endpoints: Vec<Arc<str>> = step
+            .responses
+            .iter()
+            .filter(|r| r.type_ == ResourceType::Endpoint)
+            .flat_map(|r| r.resources.iter().map(|e| e.name.clone()))
+            .collect();
+        let acknowledged = matches!(
+            step.answer,
+            Some(Answer::Ack {
+                type_: ResourceType::Endpoint,
+                ..
+            })
+        );
+        if !before.is_empty() {
+            step.responses.splice(0..0, before);
+        }
+        if let Some(t) = step.subscribed {
+            self.proxy.update(|p| p.types[t].subscribed = true);
+        }
+        if let Some(answer) = step.answer {
+            self.record(answer);
+        }
+        self.send::<C>(step.responses)
+            .await
+            .map(|()| (endpoints, acknowledged))
+    }
+
+    /// Answers held requests in order.
+    async fn answer_all<C: Connection>(
+        &self,
+        connection: &mut C,
+        view: &weir_core::Snapshot,
+        requests: Vec<C::Request>,
+    ) -> Result<(), Gone> {
+        for req in &requests {
+            self.answer(connection, view, req, Vec::new()).await?;
+        }
+        Ok(())
     }
 
     /// Books and sends responses in order; fails when the proxy is gone.
@@ -313,7 +424,10 @@ async fn drive<C: Connection>(
         serving.profile,
         &service_account,
     );
-    proxy.update(|p| p.serve(&view));
+    proxy.update(|p| {
+        p.serve(&view);
+        p.scope = serving.scope_view();
+    });
     state.metrics.connected_proxies.inc();
     tracing::info!(
         node,
@@ -332,31 +446,87 @@ async fn drive<C: Connection>(
     let mut connection = C::default();
     let closed = state.closed();
     tokio::pin!(closed);
+    // A scoped proxy's load reports, looked at every report interval: what it stopped
+    // using leaves its scope.
+    let usage = serving
+        .scope
+        .is_some()
+        .then(|| state.usage.register(&node, &serving.pod))
+        .flatten();
+    let mut sweep = tokio::time::interval(
+        usage
+            .as_ref()
+            .map_or(Duration::from_secs(86_400), |u| u.interval),
+    );
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next = Some(first);
+    let mut held: Option<Held<C::Request>> = None;
     loop {
         if let Some(req) = next.take() {
+            let asks_virtual_hosts = C::request_type(&req) == Some(ResourceType::VirtualHost)
+                && !C::subscribed_names(&req).is_empty();
+            let vhosts_before = view.types[ResourceType::VirtualHost].clone();
             let grew = serving.learn::<C>(&state, &snapshots.borrow(), &req);
             if grew {
                 view = serving.view(&state, &snapshots.borrow(), &secrets.borrow());
-                io.proxy.update(|p| p.serve(&view));
+                io.proxy.update(|p| {
+                    p.serve(&view);
+                    p.scope = serving.scope_view();
+                });
             }
-            let mut step = connection.handle_request(&view, &req);
-            if grew {
-                // What else the scope's growth brings (the Service's clusters with its
-                // virtual host, or the reverse), after the answer to the request.
-                step.responses.extend(connection.handle_snapshot(&view));
-            }
-            if let Some(t) = step.subscribed {
-                io.proxy.update(|p| p.types[t].subscribed = true);
-            }
-            if let Some(answer) = step.answer {
-                io.record(answer);
-            }
-            if io.send::<C>(step.responses).await.is_err() {
-                break;
+            // What the scope's growth brings besides the answer (the Service's clusters
+            // with its virtual host) goes first; for virtual hosts asked for, without them
+            // (they follow once the clusters are warm, see `Held`).
+            let before = match (grew, asks_virtual_hosts) {
+                (false, _) => Vec::new(),
+                (true, false) => connection.handle_snapshot(&view),
+                (true, true) => {
+                    let mut ahead = view.clone();
+                    ahead.types[ResourceType::VirtualHost] = vhosts_before;
+                    connection.handle_snapshot(&ahead)
+                }
+            };
+            let sends_clusters = before.iter().any(|r| r.type_ == ResourceType::Cluster);
+            if asks_virtual_hosts && (sends_clusters || held.is_some()) {
+                // Answered once the clusters sent ahead are warm (see `Held`), in order.
+                match &mut held {
+                    Some(waiting) => waiting.join(req, &before),
+                    None => held = Some(Held::new(req, &before)),
+                }
+
+                if io.send::<C>(before).await.is_err() {
+                    break;
+                }
+            } else {
+                let Ok((endpoints, acked)) = io.answer(&mut connection, &view, &req, before).await
+                else {
+                    break;
+                };
+                if held.as_mut().is_some_and(|h| h.note(endpoints, acked)) {
+                    let requests = held.take().map(|h| h.requests).unwrap_or_default();
+                    if io
+                        .answer_all(&mut connection, &view, requests)
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
             }
         }
+        let deadline = held.as_ref().map_or_else(
+            || tokio::time::Instant::now() + Duration::from_secs(86_400),
+            |h| h.deadline,
+        );
         tokio::select! {
+            _ = tokio::time::sleep_until(deadline), if held.is_some() => {
+                tracing::debug!(node, "virtual hosts went out at the deadline, before their clusters were warm");
+                let requests = held.take().map(|h| h.requests).unwrap_or_default();
+                if io.answer_all(&mut connection, &view, requests).await.is_err() {
+                    break;
+                }
+                continue;
+            }
             _ = &mut closed => break,
             msg = inbound.message() => match msg {
                 Ok(Some(req)) => next = Some(req),
@@ -379,6 +549,13 @@ async fn drive<C: Connection>(
                 if changed.is_err() {
                     break;
                 }
+            }
+            _ = sweep.tick(), if usage.is_some() => {
+                let Some(usage) = &usage else { continue };
+                if !serving.shrink(&state, usage.take(), usage.idle) {
+                    continue;
+                }
+                io.proxy.update(|p| p.scope = serving.scope_view());
             }
             changed = placements.changed() => {
                 if changed.is_err() {
@@ -405,7 +582,14 @@ async fn drive<C: Connection>(
                 &snapshots.borrow_and_update(),
                 &secrets.borrow_and_update(),
             );
-            io.proxy.update(|p| p.serve(&view));
+            // A cut may have dropped Services deleted from the mesh.
+            let scope = serving.scope_view();
+            io.proxy.update(|p| {
+                p.serve(&view);
+                if p.scope != scope {
+                    p.scope = scope;
+                }
+            });
             if io
                 .send::<C>(connection.handle_snapshot(&view))
                 .await
@@ -575,10 +759,39 @@ impl Serving {
             &snapshot.types[ResourceType::VirtualHost].resources,
             |address| state.service_by_address(address),
         );
+        if t == ResourceType::Cluster {
+            let asked = C::subscribed_names(req);
+            if !asked.is_empty() {
+                tracing::debug!(pod = %self.pod, ?asked, "clusters asked for by name: their Services never sleep");
+            }
+            scope.pin(asked);
+        }
         if learned {
             tracing::debug!(pod = %self.pod, services = scope.services().len(), "a scoped proxy's scope grew");
         }
         learned
+    }
+
+    /// The scope as the admin views show it.
+    fn scope_view(&self) -> Option<weir_core::views::proxies::ScopeView> {
+        self.scope.as_ref().map(|s| s.view())
+    }
+
+    /// Forgets the learned Services the proxy has not used for `idle` (`used`: what it
+    /// reported using since the last look); true when the scope shrank.
+    fn shrink(&mut self, state: &MeshState, used: BTreeSet<ObjectKey>, idle: Duration) -> bool {
+        let Some(scope) = &mut self.scope else {
+            return false;
+        };
+        let now = std::time::Instant::now();
+        scope.touch(used, now);
+        let gone = scope.shrink(now, idle);
+        if gone.is_empty() {
+            return false;
+        }
+        state.metrics.scope_unused.inc_by(gone.len() as u64);
+        tracing::info!(pod = %self.pod, unused = ?gone, services = scope.services().len(), "Services a scoped proxy stopped using left its scope");
+        true
     }
 
     /// Reads the pod's placement again, when batch `now` may have moved it.

@@ -36,6 +36,8 @@ pub struct ProxyRecord {
     /// clusters and virtual hosts differ from its profile's): shared with the stream;
     /// None before its first view.
     pub serving: Option<PerType<Arc<weir_core::TypeSnapshot>>>,
+    /// A scoped proxy's scope as last served.
+    pub scope: Option<weir_core::views::proxies::ScopeView>,
 }
 
 /// Seconds since the epoch.
@@ -83,6 +85,7 @@ impl ProxyRecord {
                 .map(|(t, state)| (t.short().to_string(), state.clone()))
                 .collect(),
             certificate_expires_at: None,
+            scope: self.scope.clone(),
         }
     }
 
@@ -170,6 +173,7 @@ impl ProxyRegistry {
             generation: 0,
             types: PerType::default(),
             serving: None,
+            scope: None,
         }));
         crate::sync::lock(&self.proxies).insert(id, record.clone());
         ProxyHandle {

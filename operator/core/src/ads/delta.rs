@@ -218,6 +218,18 @@ impl super::Connection for DeltaConnection {
         (!names.is_empty()).then_some((t, names))
     }
 
+    fn subscribed_names(req: &DeltaDiscoveryRequest) -> Vec<&str> {
+        req.resource_names_subscribe
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != "*")
+            .collect()
+    }
+
+    fn request_type(req: &DeltaDiscoveryRequest) -> Option<ResourceType> {
+        ResourceType::from_type_url(&req.type_url)
+    }
+
     fn message(response: &Response) -> super::wire::Message {
         super::wire::delta(response)
     }

@@ -57,6 +57,14 @@ pub trait Connection: Default + Send + 'static {
     fn requested_names(_req: &Self::Request) -> Option<(ResourceType, Vec<&str>)> {
         None
     }
+    /// Of those, the ones the request subscribes to by name (not the ones it holds).
+    fn subscribed_names(_req: &Self::Request) -> Vec<&str> {
+        Vec::new()
+    }
+    /// The type a request is about (delta only, for scoped proxies).
+    fn request_type(_req: &Self::Request) -> Option<ResourceType> {
+        None
+    }
 }
 
 /// A response to send, before encoding: what the state machine decided.

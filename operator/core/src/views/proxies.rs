@@ -51,6 +51,25 @@ pub struct ProxyView {
     /// When its workload certificate expires (seconds since the epoch), once issued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_expires_at: Option<u64>,
+    /// A scoped proxy's scope (see `weir_core::scope`); absent for a proxy that holds the
+    /// whole mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<ScopeView>,
+}
+
+/// The Services a scoped proxy holds, as `namespace/name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeView {
+    /// Held with their clusters: the pod's own, its hint's, and those it used lately.
+    pub services: Vec<String>,
+    /// Learned, then unused for the operator's `--scope-idle`: their clusters left the
+    /// proxy; the next call brings them back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dormant: Vec<String>,
+    /// Of `services`, those that never go dormant: the proxy asked for one of their
+    /// clusters by name (a TCP connection's), which Envoy never asks for again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<String>,
 }
 
 /// What one proxy was sent of one type and what it answered.
