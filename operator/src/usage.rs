@@ -51,6 +51,8 @@ pub struct Usage {
 struct Cell {
     pod: ObjectKey,
     used: Mutex<BTreeSet<ObjectKey>>,
+    /// When its last report came.
+    reported: Mutex<Option<std::time::Instant>>,
 }
 
 /// A scoped stream's place in [`Usage`], given back on drop.
@@ -88,6 +90,7 @@ impl Usage {
         let cell = Arc::new(Cell {
             pod: pod.clone(),
             used: Mutex::default(),
+            reported: Mutex::default(),
         });
         crate::sync::lock(&self.cells).insert(node.to_string(), cell.clone());
         self.registered.send_modify(|n| *n += 1);
@@ -110,9 +113,16 @@ impl Usage {
 }
 
 impl Registration {
-    /// The Services the proxy reported using since the last call.
-    pub fn take(&self) -> BTreeSet<ObjectKey> {
-        std::mem::take(&mut *crate::sync::lock(&self.cell.used))
+    /// The Services the proxy reported using since the last call; None when its reports
+    /// stopped coming (none for two intervals): then nothing is known unused. With several
+    /// replicas, a proxy's reports may reach another one than its ADS stream: its scope
+    /// then does not shrink.
+    pub fn take(&self) -> Option<BTreeSet<ObjectKey>> {
+        let used = std::mem::take(&mut *crate::sync::lock(&self.cell.used));
+        let reported = *crate::sync::lock(&self.cell.reported);
+        reported
+            .is_some_and(|at| at.elapsed() <= self.interval * 2 + Duration::from_secs(1))
+            .then_some(used)
     }
 }
 
@@ -259,6 +269,7 @@ async fn serve_reports(
                 if let Some(cell) = usage.cell(&node, &pod) {
                     let used = weir_core::scope::used_services(&report.cluster_stats);
                     crate::sync::lock(&cell.used).extend(used);
+                    *crate::sync::lock(&cell.reported) = Some(std::time::Instant::now());
                 }
             }
             Ok(None) => return Status::ok(""),
@@ -274,4 +285,50 @@ fn frame(message: &impl Message) -> wire::Message {
     prefix.put_u8(0); // not compressed
     prefix.put_u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
     vec![prefix.freeze(), Bytes::from(body)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_reaches_the_scoped_stream_of_its_node_and_pod_only() {
+        let usage = Arc::new(Usage::default());
+        let pod = ObjectKey::new("shop", "web");
+        let stream = usage.register("web.shop", &pod).expect("scopes shrink");
+        assert!(usage
+            .cell("web.shop", &ObjectKey::new("shop", "other"))
+            .is_none());
+        let cell = usage.cell("web.shop", &pod).expect("registered");
+        assert_eq!(
+            stream.take(),
+            None,
+            "no report yet: nothing is known unused"
+        );
+        cell.used
+            .lock()
+            .unwrap()
+            .insert(ObjectKey::new("shop", "reviews"));
+        *cell.reported.lock().unwrap() = Some(std::time::Instant::now());
+        assert_eq!(
+            stream.take().unwrap().into_iter().collect::<Vec<_>>(),
+            [ObjectKey::new("shop", "reviews")]
+        );
+        assert_eq!(stream.take(), Some(BTreeSet::new()), "taken once");
+        // A reconnect registers anew; the old stream's end leaves the new one in place.
+        let newer = usage.register("web.shop", &pod).expect("scopes shrink");
+        drop(stream);
+        assert!(usage.cell("web.shop", &pod).is_some());
+        drop(newer);
+        assert!(usage.cell("web.shop", &pod).is_none());
+    }
+
+    #[test]
+    fn scopes_that_never_shrink_register_nothing() {
+        let usage = Arc::new(Usage::default());
+        usage.set_idle(Some(Duration::ZERO));
+        assert!(usage
+            .register("web.shop", &ObjectKey::new("shop", "web"))
+            .is_none());
+    }
 }

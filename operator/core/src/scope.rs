@@ -296,6 +296,11 @@ impl Scope {
         }
     }
 
+    /// Bumped whenever the Services in scope or the names asked for change.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// What the scope holds, for the admin views.
     pub fn view(&self) -> crate::views::proxies::ScopeView {
         let name = |k: &ObjectKey| format!("{}/{}", k.namespace, k.name);

@@ -56,11 +56,15 @@ struct Held<R> {
     waiting: std::collections::BTreeSet<Arc<str>>,
     /// Endpoints sent since the hold began.
     sent: std::collections::BTreeSet<Arc<str>>,
+    /// The virtual hosts the proxy was served before: what other pushes meanwhile send
+    /// of that type (it is a wildcard subscription), so that nothing goes out ahead.
+    vhosts: Arc<TypeSnapshot>,
 }
 
 impl<R> Held<R> {
-    fn new(req: R, ahead: &[ads::Response]) -> Held<R> {
+    fn new(req: R, ahead: &[ads::Response], vhosts: Arc<TypeSnapshot>) -> Held<R> {
         Held {
+            vhosts,
             requests: vec![req],
             deadline: tokio::time::Instant::now() + HOLD_LIMIT,
             waiting: ahead
@@ -465,7 +469,10 @@ async fn drive<C: Connection>(
         if let Some(req) = next.take() {
             let asks_virtual_hosts = C::request_type(&req) == Some(ResourceType::VirtualHost)
                 && !C::subscribed_names(&req).is_empty();
-            let vhosts_before = view.types[ResourceType::VirtualHost].clone();
+            let vhosts_before = match &held {
+                Some(h) => h.vhosts.clone(),
+                None => view.types[ResourceType::VirtualHost].clone(),
+            };
             let grew = serving.learn::<C>(&state, &snapshots.borrow(), &req);
             if grew {
                 view = serving.view(&state, &snapshots.borrow(), &secrets.borrow());
@@ -482,7 +489,7 @@ async fn drive<C: Connection>(
                 (true, false) => connection.handle_snapshot(&view),
                 (true, true) => {
                     let mut ahead = view.clone();
-                    ahead.types[ResourceType::VirtualHost] = vhosts_before;
+                    ahead.types[ResourceType::VirtualHost] = vhosts_before.clone();
                     connection.handle_snapshot(&ahead)
                 }
             };
@@ -491,7 +498,7 @@ async fn drive<C: Connection>(
                 // Answered once the clusters sent ahead are warm (see `Held`), in order.
                 match &mut held {
                     Some(waiting) => waiting.join(req, &before),
-                    None => held = Some(Held::new(req, &before)),
+                    None => held = Some(Held::new(req, &before, vhosts_before)),
                 }
 
                 if io.send::<C>(before).await.is_err() {
@@ -583,18 +590,23 @@ async fn drive<C: Connection>(
                 &secrets.borrow_and_update(),
             );
             // A cut may have dropped Services deleted from the mesh.
-            let scope = serving.scope_view();
+            let scope = serving.scope_view_if_changed();
             io.proxy.update(|p| {
                 p.serve(&view);
-                if p.scope != scope {
-                    p.scope = scope;
+                if let Some(scope) = scope {
+                    p.scope = Some(scope);
                 }
             });
-            if io
-                .send::<C>(connection.handle_snapshot(&view))
-                .await
-                .is_err()
-            {
+            // While a virtual host is held, the others wait with it.
+            let pushed = match &held {
+                Some(h) => {
+                    let mut ahead = view.clone();
+                    ahead.types[ResourceType::VirtualHost] = h.vhosts.clone();
+                    connection.handle_snapshot(&ahead)
+                }
+                None => connection.handle_snapshot(&view),
+            };
+            if io.send::<C>(pushed).await.is_err() {
                 break;
             }
         }
@@ -651,6 +663,8 @@ struct Serving {
     delta: bool,
     /// A scoped proxy's scope (None: it holds the whole mesh).
     scope: Option<weir_core::scope::Scope>,
+    /// The scope version the admin views last showed.
+    scope_shown: u64,
 }
 
 /// What a stream serves of one type over `base` for `workload`: the last derivation when
@@ -695,6 +709,7 @@ impl Serving {
             routes: None,
             delta,
             scope: None,
+            scope_shown: 0,
         };
         serving.rescope();
         serving
@@ -773,17 +788,38 @@ impl Serving {
     }
 
     /// The scope as the admin views show it.
-    fn scope_view(&self) -> Option<weir_core::views::proxies::ScopeView> {
-        self.scope.as_ref().map(|s| s.view())
+    fn scope_view(&mut self) -> Option<weir_core::views::proxies::ScopeView> {
+        let scope = self.scope.as_ref()?;
+        self.scope_shown = scope.version();
+        Some(scope.view())
+    }
+
+    /// The same, when the scope changed since it was last shown.
+    fn scope_view_if_changed(&mut self) -> Option<weir_core::views::proxies::ScopeView> {
+        let version = self.scope.as_ref()?.version();
+        (version != self.scope_shown)
+            .then(|| self.scope_view())
+            .flatten()
     }
 
     /// Forgets the learned Services the proxy has not used for `idle` (`used`: what it
     /// reported using since the last look); true when the scope shrank.
-    fn shrink(&mut self, state: &MeshState, used: BTreeSet<ObjectKey>, idle: Duration) -> bool {
+    fn shrink(
+        &mut self,
+        state: &MeshState,
+        used: Option<BTreeSet<ObjectKey>>,
+        idle: Duration,
+    ) -> bool {
         let Some(scope) = &mut self.scope else {
             return false;
         };
         let now = std::time::Instant::now();
+        let Some(used) = used else {
+            // No reports: nothing is known unused; the clock starts again when they come.
+            let all: Vec<ObjectKey> = scope.services().keys().cloned().collect();
+            scope.touch(all, now);
+            return false;
+        };
         scope.touch(used, now);
         let gone = scope.shrink(now, idle);
         if gone.is_empty() {
@@ -853,5 +889,40 @@ impl Serving {
             generation: snapshot.generation,
             types,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::google::protobuf::Any;
+
+    fn clusters(names: &[&str]) -> ads::Response {
+        let resource = |name: &str| weir_core::Resource::from_any(name, Any::default());
+        ads::Response {
+            type_: ResourceType::Cluster,
+            version: 1,
+            nonce: 1,
+            resources: names.iter().map(|n| resource(n)).collect(),
+            removed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_held_request_waits_until_every_cluster_sent_ahead_has_its_endpoints_applied() {
+        let vhosts = Arc::new(TypeSnapshot::first(Default::default()));
+        let mut held = Held::new("vhds", &[clusters(&["a", "b"])], vhosts);
+        // An acknowledgement of endpoints sent before the hold counts for nothing.
+        assert!(!held.note(Vec::new(), true));
+        assert!(!held.note(vec!["a".into()], false));
+        // Acknowledged: a is applied, b not sent yet.
+        assert!(!held.note(vec!["b".into()], true));
+        held.join("vhds again", &[clusters(&["c"])]);
+        assert!(
+            !held.note(vec!["c".into()], true),
+            "c was sent with this answer"
+        );
+        assert!(held.note(Vec::new(), true));
+        assert_eq!(held.requests, ["vhds", "vhds again"]);
     }
 }

@@ -8,6 +8,8 @@
 //!   has never held), then the same 10 again  --> per-request latency (measured in the client)
 //!   --> the caller's Envoy RSS  --> first calls to 200 more Services: p50/p99 against
 //!   repeated calls: what a first call adds
+//! learned, 5000 Services: --scope-idle 30s; once the 210 called Services went dormant, the
+//!   caller's Envoy RSS again, and the calls that wake them: p50/p99
 //! ```
 //!
 //! Runs as root (network namespaces). Figures are printed and appended to
@@ -123,6 +125,57 @@ fn all_ok(what: &str, answers: &[(u16, f64)], expected: usize) -> Result<Vec<f64
     Ok(answers.iter().map(|(_, ms)| *ms).collect())
 }
 
+/// The operator's `--scope-idle` in this bench: longer than the calls before the shrink.
+const SCOPE_IDLE: &str = "30s";
+
+/// The 210 Services called go dormant: the caller's Envoy RSS before and after, and the
+/// calls that wake them.
+fn shrink(net: &Net, script: &Path) -> Result<Vec<serde_json::Value>> {
+    std::thread::sleep(Duration::from_secs(2));
+    let before = envoy_rss(net, Side::Pod).context("the caller's Envoy")?;
+    let heap_before = envoy_allocated(net)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while net.operator_metric("weir_scope_unused_services_total") < 210 {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "the called Services did not go dormant ({} did)",
+                net.operator_metric("weir_scope_unused_services_total")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Envoy frees removed clusters lazily.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = envoy_rss(net, Side::Pod).context("the caller's Envoy")?;
+    let heap_after = envoy_allocated(net)?;
+    let wakes = all_ok("wake calls", &timed(net, script, &urls(10..210)), 200)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let repeats = all_ok("repeated calls", &timed(net, script, &urls(10..210)), 200)?;
+    println!(
+        "  after {SCOPE_IDLE} unused: caller's Envoy heap in use {heap_before:.1} -> {heap_after:.1} MiB (RSS {before:.1} -> {after:.1} MiB: its allocator keeps freed pages); the calls that wake them: p50 {:.1} ms, p99 {:.1} ms (then p99 {:.1} ms)",
+        percentile(&wakes, 0.5),
+        percentile(&wakes, 0.99),
+        percentile(&repeats, 0.99)
+    );
+    Ok(vec![
+        serde_json::json!({"run": "scope", "measure": "caller's Envoy heap in use with 210 Services called (5000 Services, learned)", "goal": "reported", "figure": heap_before, "unit": "MiB"}),
+        serde_json::json!({"run": "scope", "measure": format!("caller's Envoy heap in use once they were unused for --scope-idle {SCOPE_IDLE}"), "goal": "back near its 10-called figure", "figure": heap_after, "unit": "MiB"}),
+        serde_json::json!({"run": "scope", "measure": "a call to a dormant Service: added latency at p99", "goal": "<= 100 ms (as a first call)", "figure": percentile(&wakes, 0.99) - percentile(&repeats, 0.99), "unit": "ms"}),
+    ])
+}
+
+/// The caller's Envoy heap in use (its admin `/memory`, `allocated`), MiB.
+fn envoy_allocated(net: &Net) -> Result<f64> {
+    let text = net.fetch(Side::Pod, "http://127.0.0.1:15000/memory");
+    let memory: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("/memory: {text}"))?;
+    let bytes: f64 = memory["allocated"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .context("/memory has no allocated")?;
+    Ok(bytes / (1024.0 * 1024.0))
+}
+
 fn main() -> Result<()> {
     if !netns::can_run("bench_scope") {
         bail!("the scoping bench needs root (network namespaces)");
@@ -138,7 +191,11 @@ fn main() -> Result<()> {
         let script = scratch_dir("bench-scope-client").join("client.py");
         std::fs::write(&script, TIMED_CLIENT)?;
         write_mesh(&dir, services, &net.ip(backend))?;
-        net.start_operator(&dir, &ca_dir, &["--proxy-scope", scope]);
+        net.start_operator(
+            &dir,
+            &ca_dir,
+            &["--proxy-scope", scope, "--scope-idle", SCOPE_IDLE],
+        );
         net.serve_app(backend, &["http", "backend-0", "0.0.0.0:8080"]);
         net.start_sidecar(backend, &pod("backend-0"), &ca_dir);
         net.start_sidecar(Side::Pod, &pod("client"), &ca_dir);
@@ -161,8 +218,9 @@ fn main() -> Result<()> {
         // Envoy frees replaced configuration lazily.
         std::thread::sleep(Duration::from_secs(2));
         let rss = envoy_rss(&net, Side::Pod).context("the caller's Envoy")?;
+        let heap = envoy_allocated(&net)?;
         println!(
-            "  {services:>5} Services, --proxy-scope {scope:<7}: caller's Envoy {rss:6.1} MiB after calling 10 (first calls p50 {:.1} ms, repeated p50 {:.1} ms)",
+            "  {services:>5} Services, --proxy-scope {scope:<7}: caller's Envoy {rss:6.1} MiB ({heap:.1} MiB heap in use) after calling 10 (first calls p50 {:.1} ms, repeated p50 {:.1} ms)",
             percentile(&first, 0.5),
             percentile(&again, 0.5)
         );
@@ -192,6 +250,9 @@ fn main() -> Result<()> {
                 lines.push(serde_json::json!({"run": "scope", "measure": "first call to a Service outside the scope: added latency at p99 (5000 Services)", "goal": "<= 100 ms", "figure": added, "unit": "ms"}));
             }
             lines.push(serde_json::json!({"run": "scope", "measure": format!("later calls p99 (5000 Services, --proxy-scope {scope})"), "goal": "as fast as --proxy-scope mesh", "figure": percentile(&repeats, 0.99), "unit": "ms"}));
+            if scope == "learned" {
+                lines.extend(shrink(&net, &script)?);
+            }
         }
     }
     append_results(&lines)?;

@@ -166,6 +166,11 @@ pub(crate) mod tests {
                 ),
             ]),
             certificate_expires_at: None,
+            scope: Some(ScopeView {
+                services: vec!["shop/reviews".into(), "shop/web".into()],
+                dormant: vec!["shop/ratings".into()],
+                pinned: vec!["shop/reviews".into()],
+            }),
         }
     }
 
