@@ -301,11 +301,12 @@ impl Scope {
         self.version
     }
 
-    /// What the scope holds, for the admin views.
+    /// What the scope holds, for the admin views, but `services`, which the views take
+    /// from the clusters served (so a stream does not keep a copy).
     pub fn view(&self) -> crate::views::proxies::ScopeView {
         let name = |k: &ObjectKey| format!("{}/{}", k.namespace, k.name);
         crate::views::proxies::ScopeView {
-            services: self.services.keys().map(name).collect(),
+            services: Vec::new(),
             dormant: self.dormant.keys().map(name).collect(),
             pinned: self.pinned.iter().map(name).collect(),
         }
@@ -330,8 +331,12 @@ impl Scope {
     pub fn shrink(&mut self, now: Instant, idle: Duration) -> Vec<ObjectKey> {
         let services = &self.services;
         self.last_used.retain(|key, _| services.contains_key(key));
-        for key in services.keys() {
-            self.last_used.entry(key.clone()).or_insert(now);
+        // Only the Services that may sleep are clocked (a declared one is noted when used,
+        // for the Services routed through it).
+        for (key, reason) in services {
+            if *reason == Reason::Learned && !self.pinned.contains(key) {
+                self.last_used.entry(key.clone()).or_insert(now);
+            }
         }
         let fresh = |at: &Instant| now.saturating_duration_since(*at) < idle;
         let stale: BTreeSet<ObjectKey> = self

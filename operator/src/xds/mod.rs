@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod conn;
 pub mod grpc;
+mod hold;
 pub mod proxies;
 pub mod tls;
 
@@ -37,68 +38,8 @@ use weir_core::{ObjectKey, ResourceType, TypeSnapshot};
 use crate::mesh_state::{MeshState, Placements};
 use conn::{ConnInfo, XdsLimits};
 use grpc::{Outgoing, RequestStream, ResponseBody};
+use hold::Held;
 use proxies::ProxyHandle;
-
-/// How long a scoped proxy's first request for a virtual host waits for the endpoints of
-/// the clusters sent before it to be applied (see [`Held`]).
-const HOLD_LIMIT: Duration = Duration::from_millis(200);
-
-/// A scoped proxy's first request for a virtual host, answered once Envoy applied the
-/// endpoints of the clusters sent ahead of it (or at [`HOLD_LIMIT`]): the clusters are
-/// then warm when the virtual host's routes first use them, so Envoy does not ask for them
-/// by name, which would pin them (see `weir_core::scope`). Envoy applies endpoints only
-/// after clusters (it pauses EDS meanwhile) and acknowledges a response once applied.
-struct Held<R> {
-    /// The requests, answered in order.
-    requests: Vec<R>,
-    deadline: tokio::time::Instant,
-    /// Clusters sent ahead whose endpoints are not known applied.
-    waiting: std::collections::BTreeSet<Arc<str>>,
-    /// Endpoints sent since the hold began.
-    sent: std::collections::BTreeSet<Arc<str>>,
-    /// The virtual hosts the proxy was served before: what other pushes meanwhile send
-    /// of that type (it is a wildcard subscription), so that nothing goes out ahead.
-    vhosts: Arc<TypeSnapshot>,
-}
-
-impl<R> Held<R> {
-    fn new(req: R, ahead: &[ads::Response], vhosts: Arc<TypeSnapshot>) -> Held<R> {
-        Held {
-            vhosts,
-            requests: vec![req],
-            deadline: tokio::time::Instant::now() + HOLD_LIMIT,
-            waiting: ahead
-                .iter()
-                .filter(|r| r.type_ == ResourceType::Cluster)
-                .flat_map(|r| r.resources.iter().map(|c| c.name.clone()))
-                .collect(),
-            sent: Default::default(),
-        }
-    }
-
-    /// Holds one more request (Envoy may ask for a virtual host again meanwhile), with
-    /// the clusters sent ahead of it.
-    fn join(&mut self, req: R, ahead: &[ads::Response]) {
-        self.requests.push(req);
-        self.waiting.extend(
-            ahead
-                .iter()
-                .filter(|r| r.type_ == ResourceType::Cluster)
-                .flat_map(|r| r.resources.iter().map(|c| c.name.clone())),
-        );
-    }
-
-    /// Notes an answer (endpoints sent; whether the request acknowledged the endpoints
-    /// sent before it); true when every cluster sent ahead has its endpoints applied.
-    fn note(&mut self, sent: Vec<Arc<str>>, acknowledged: bool) -> bool {
-        if acknowledged {
-            let applied = &self.sent;
-            self.waiting.retain(|name| !applied.contains(name));
-        }
-        self.sent.extend(sent);
-        self.waiting.is_empty()
-    }
-}
 
 /// Responses buffered per stream before the stream waits for the proxy to read.
 const RESPONSE_BUFFER: usize = 4;
@@ -500,7 +441,6 @@ async fn drive<C: Connection>(
                     Some(waiting) => waiting.join(req, &before),
                     None => held = Some(Held::new(req, &before, vhosts_before)),
                 }
-
                 if io.send::<C>(before).await.is_err() {
                     break;
                 }
@@ -889,40 +829,5 @@ impl Serving {
             generation: snapshot.generation,
             types,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use envoy_types::pb::google::protobuf::Any;
-
-    fn clusters(names: &[&str]) -> ads::Response {
-        let resource = |name: &str| weir_core::Resource::from_any(name, Any::default());
-        ads::Response {
-            type_: ResourceType::Cluster,
-            version: 1,
-            nonce: 1,
-            resources: names.iter().map(|n| resource(n)).collect(),
-            removed: Vec::new(),
-        }
-    }
-
-    #[test]
-    fn a_held_request_waits_until_every_cluster_sent_ahead_has_its_endpoints_applied() {
-        let vhosts = Arc::new(TypeSnapshot::first(Default::default()));
-        let mut held = Held::new("vhds", &[clusters(&["a", "b"])], vhosts);
-        // An acknowledgement of endpoints sent before the hold counts for nothing.
-        assert!(!held.note(Vec::new(), true));
-        assert!(!held.note(vec!["a".into()], false));
-        // Acknowledged: a is applied, b not sent yet.
-        assert!(!held.note(vec!["b".into()], true));
-        held.join("vhds again", &[clusters(&["c"])]);
-        assert!(
-            !held.note(vec!["c".into()], true),
-            "c was sent with this answer"
-        );
-        assert!(held.note(Vec::new(), true));
-        assert_eq!(held.requests, ["vhds", "vhds again"]);
     }
 }

@@ -85,7 +85,19 @@ impl ProxyRecord {
                 .map(|(t, state)| (t.short().to_string(), state.clone()))
                 .collect(),
             certificate_expires_at: None,
-            scope: self.scope.clone(),
+            scope: self.scope.clone().map(|mut scope| {
+                // The Services whose clusters the stream serves.
+                let served = self.serving.as_ref().map(|types| {
+                    types[weir_core::ResourceType::Cluster]
+                        .resources
+                        .keys()
+                        .filter_map(|name| weir_core::scope::service_of(name))
+                        .map(|k| format!("{}/{}", k.namespace, k.name))
+                        .collect::<std::collections::BTreeSet<_>>()
+                });
+                scope.services = served.into_iter().flatten().collect();
+                scope
+            }),
         }
     }
 
