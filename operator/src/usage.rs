@@ -182,14 +182,7 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for LoadReportSer
                 ))
                 .into_http());
             }
-            let conn = request
-                .extensions()
-                .get::<crate::xds::conn::ConnInfo>()
-                .cloned();
-            if let Some(info) = &conn {
-                info.mark_stream();
-            }
-            let source = conn.and_then(|c| c.remote).map(|a| a.ip().to_string());
+            let source = crate::xds::conn::stream_opened(&request);
             let reports =
                 RequestStream::<LoadStatsRequest>::new(request.into_body(), MAX_REPORT_BYTES);
             let (tx, rx) = tokio::sync::mpsc::channel(1);

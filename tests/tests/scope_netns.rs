@@ -80,32 +80,7 @@ fn a_scoped_sidecar_fetches_what_it_calls_with_mtls_and_policy_on_the_first_call
     if !can_run("a_scoped_sidecar_fetches_what_it_calls_with_mtls_and_policy_on_the_first_call") {
         return;
     }
-    let mut net = Net::new("scope");
-    let (v1, v2) = (net.add_host(), net.add_host());
-    let dir = scratch_dir("scope-mesh");
-    let ca_dir = scratch_dir("scope-ca");
-    write_mesh(&dir, &net.ip(v1), &net.ip(v2), true);
-    net.start_operator(&dir, &ca_dir, &["--proxy-scope", "learned"]);
-    for (side, name) in [(v1, "reviews-v1"), (v2, "reviews-v2")] {
-        net.serve_app(side, &["http", name, "0.0.0.0:8080"]);
-        net.serve_app(side, &["grpc", name, "0.0.0.0:50051"]);
-        net.serve_app(side, &["tcp", name, "0.0.0.0:9000"]);
-        net.start_sidecar(side, &pod("shop", name, "reviews", None), &ca_dir);
-    }
-    net.start_sidecar(
-        Side::Pod,
-        &pod("shop", "web", "web", Some("details")),
-        &ca_dir,
-    );
-    let names = |svc: &str| format!("{svc}.shop.svc.cluster.local {svc}.shop.svc {svc}.shop");
-    net.hosts(
-        Side::Pod,
-        &[
-            (REVIEWS_IP, &names("reviews")),
-            (RATINGS_IP, &names("ratings")),
-            (DETAILS_IP, &names("details")),
-        ],
-    );
+    let (mut net, v1, v2, dir) = start_shop("scope", &["--proxy-scope", "learned"]);
 
     // Before any call: what the pod declares, nothing else.
     eventually(
@@ -231,6 +206,40 @@ fn a_scoped_sidecar_fetches_what_it_calls_with_mtls_and_policy_on_the_first_call
     assert!(holds(&net, "reviews"), "the scope survived the restart");
 }
 
+/// The shop mesh (see `write_mesh`) in network namespaces: an operator run with
+/// `operator_args`, reviews v1 and v2 serving HTTP, gRPC and TCP behind their sidecars, and
+/// the caller `web` (hint: details) whose /etc/hosts names the Services. Returns the net,
+/// v1's and v2's sides and the mesh directory.
+fn start_shop(label: &str, operator_args: &[&str]) -> (Net, Side, Side, std::path::PathBuf) {
+    let mut net = Net::new(label);
+    let (v1, v2) = (net.add_host(), net.add_host());
+    let dir = scratch_dir(&format!("{label}-mesh"));
+    let ca_dir = scratch_dir(&format!("{label}-ca"));
+    write_mesh(&dir, &net.ip(v1), &net.ip(v2), true);
+    net.start_operator(&dir, &ca_dir, operator_args);
+    for (side, name) in [(v1, "reviews-v1"), (v2, "reviews-v2")] {
+        net.serve_app(side, &["http", name, "0.0.0.0:8080"]);
+        net.serve_app(side, &["grpc", name, "0.0.0.0:50051"]);
+        net.serve_app(side, &["tcp", name, "0.0.0.0:9000"]);
+        net.start_sidecar(side, &pod("shop", name, "reviews", None), &ca_dir);
+    }
+    net.start_sidecar(
+        Side::Pod,
+        &pod("shop", "web", "web", Some("details")),
+        &ca_dir,
+    );
+    let names = |svc: &str| format!("{svc}.shop.svc.cluster.local {svc}.shop.svc {svc}.shop");
+    net.hosts(
+        Side::Pod,
+        &[
+            (REVIEWS_IP, &names("reviews")),
+            (RATINGS_IP, &names("ratings")),
+            (DETAILS_IP, &names("details")),
+        ],
+    );
+    (net, v1, v2, dir)
+}
+
 /// A TCP connection through the caller's sidecar, held open until dropped.
 struct OpenConnection(std::process::Child);
 
@@ -275,34 +284,9 @@ fn a_scope_shrinks_when_a_dependency_goes_unused_and_grows_again_on_the_next_cal
     if !can_run("a_scope_shrinks_when_a_dependency_goes_unused_and_grows_again_on_the_next_call") {
         return;
     }
-    let mut net = Net::new("shrink");
-    let (v1, v2) = (net.add_host(), net.add_host());
-    let dir = scratch_dir("shrink-mesh");
-    let ca_dir = scratch_dir("shrink-ca");
-    write_mesh(&dir, &net.ip(v1), &net.ip(v2), true);
-    net.start_operator(
-        &dir,
-        &ca_dir,
+    let (net, _, _, _) = start_shop(
+        "shrink",
         &["--proxy-scope", "learned", "--scope-idle", "3s"],
-    );
-    for (side, name) in [(v1, "reviews-v1"), (v2, "reviews-v2")] {
-        net.serve_app(side, &["http", name, "0.0.0.0:8080"]);
-        net.serve_app(side, &["tcp", name, "0.0.0.0:9000"]);
-        net.start_sidecar(side, &pod("shop", name, "reviews", None), &ca_dir);
-    }
-    net.start_sidecar(
-        Side::Pod,
-        &pod("shop", "web", "web", Some("details")),
-        &ca_dir,
-    );
-    let names = |svc: &str| format!("{svc}.shop.svc.cluster.local {svc}.shop.svc {svc}.shop");
-    net.hosts(
-        Side::Pod,
-        &[
-            (REVIEWS_IP, &names("reviews")),
-            (RATINGS_IP, &names("ratings")),
-            (DETAILS_IP, &names("details")),
-        ],
     );
     let ratings = "http://ratings.shop.svc.cluster.local:8080/";
     let canary = || {

@@ -66,6 +66,14 @@ impl ConnInfo {
     }
 }
 
+/// Marks the connection a request came on as carrying a stream (report services); the
+/// peer's IP address.
+pub fn stream_opened<B>(request: &http::Request<B>) -> Option<String> {
+    let info = request.extensions().get::<ConnInfo>()?;
+    info.mark_stream();
+    info.remote.map(|a| a.ip().to_string())
+}
+
 /// The bytes under a connection: TCP, or TLS over TCP.
 enum Transport {
     Plain(TcpStream),
