@@ -287,6 +287,12 @@ impl Scope {
         true
     }
 
+    /// Forgets when Services were last used: with no usage signal nothing is known unused,
+    /// and the next [`Scope::shrink`] starts every clock again.
+    pub fn restart_clock(&mut self) {
+        self.last_used.clear();
+    }
+
     /// Records that the proxy used these Services (its load report) at `now`.
     pub fn touch(&mut self, used: impl IntoIterator<Item = ObjectKey>, now: Instant) {
         for key in used {
@@ -1037,6 +1043,11 @@ mod tests {
             scope.shrink(t0, idle).is_empty(),
             "first seen: a whole period"
         );
+        // Reports stopped for a while, then came back: every clock starts again.
+        scope.restart_clock();
+        assert!(scope.shrink(t0 + Duration::from_secs(11), idle).is_empty());
+        scope.restart_clock();
+        assert!(scope.shrink(t0, idle).is_empty());
         scope.touch(
             [ObjectKey::new("shop", "reviews")],
             t0 + Duration::from_secs(8),

@@ -756,8 +756,7 @@ impl Serving {
         let now = std::time::Instant::now();
         let Some(used) = used else {
             // No reports: nothing is known unused; the clock starts again when they come.
-            let all: Vec<ObjectKey> = scope.services().keys().cloned().collect();
-            scope.touch(all, now);
+            scope.restart_clock();
             return false;
         };
         scope.touch(used, now);
