@@ -93,6 +93,8 @@ pub struct Scope {
     /// Learned Services the proxy stopped using, with the token of their wake names: their
     /// virtual hosts are served (naming wake names), their clusters are not.
     dormant: BTreeMap<ObjectKey, Arc<str>>,
+    /// The token of each Service's last sleep (its wake names are served while awake).
+    tokens: BTreeMap<ObjectKey, Arc<str>>,
     /// Services with a cluster the proxy asked for by its own name: they never sleep.
     pinned: BTreeSet<ObjectKey>,
     /// Wake names the proxy asked for, served as copies of the clusters they name while
@@ -213,10 +215,11 @@ impl Scope {
                         let Some(key) = service_of(name) else {
                             continue;
                         };
-                        if self.dormant.get(&key).is_some_and(|t| **t == *token) {
+                        // Its last sleep's token: it wakes (or woke already, by another of
+                        // its wake names: requests in flight may name several).
+                        if self.tokens.get(&key).is_some_and(|t| **t == *token) {
                             self.add_with_routed(key.clone(), vhosts);
-                            self.wake_names.insert(name.into(), key);
-                            changed = true;
+                            changed |= self.wake_names.insert(name.into(), key).is_none();
                         }
                     } else if let Some(key) = service_of(name) {
                         changed |= self.add_with_routed(key, vhosts);
@@ -279,6 +282,7 @@ impl Scope {
             return false;
         }
         self.pinned.remove(key);
+        self.tokens.remove(key);
         self.wake_names.retain(|_, k| k != key);
         self.last_used.remove(key);
         // Its on-demand names stay (Envoy would not ask for them again): passed through
@@ -385,6 +389,7 @@ impl Scope {
             let token: Arc<str> = format!("{:x}", self.salt.wrapping_add(self.sleeps)).into();
             for key in &gone {
                 self.dormant.insert(key.clone(), token.clone());
+                self.tokens.insert(key.clone(), token.clone());
             }
             self.version += 1;
         }
@@ -1192,7 +1197,15 @@ mod tests {
         // The Service its routes split to wakes with it.
         assert!(!scope.is_dormant(&ObjectKey::new("shop", "reviews")));
         assert!(!scope.is_dormant(&ObjectKey::new("shop", "reviews-v2")));
+        // A request in flight that named the other share's wake name is answered too.
+        assert!(scope.learn(
+            ResourceType::Cluster,
+            [wake_names[1].as_str()],
+            &base.resources,
+            |_| None
+        ));
         let cut = scope.cut(ResourceType::Cluster, &cbase);
+        assert!(cut.resources.contains_key(wake_names[1].as_str()));
         let copy =
             Cluster::decode(cut.resources[wake_names[0].as_str()].body.value.as_slice()).unwrap();
         assert_eq!(
