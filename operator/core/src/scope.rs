@@ -410,13 +410,7 @@ impl Scope {
             let Some(key) = service_of(name).filter(|k| keys.contains(k)) else {
                 continue;
             };
-            let Ok(vhost) = VirtualHost::decode(resource.body.value.as_slice()) else {
-                continue;
-            };
-            let others: Vec<ObjectKey> = routed_clusters(&vhost)
-                .filter_map(service_of)
-                .filter(|other| *other != key)
-                .collect();
+            let others = services_routed_to(resource, &key);
             routed.entry(key).or_default().extend(others);
         }
         routed
@@ -453,13 +447,7 @@ impl Scope {
     ) {
         let routed: Vec<ObjectKey> = names
             .filter_map(|n| vhosts.get(n))
-            .filter_map(|r| VirtualHost::decode(r.body.value.as_slice()).ok())
-            .flat_map(|v| {
-                routed_clusters(&v)
-                    .filter_map(service_of)
-                    .collect::<Vec<_>>()
-            })
-            .filter(|other| other != key)
+            .flat_map(|r| services_routed_to(r, key))
             .collect();
         for other in routed {
             self.add(other);
@@ -714,6 +702,18 @@ pub fn used_services(stats: &[ClusterStats]) -> BTreeSet<ObjectKey> {
         })
         .filter_map(|cluster| service_of(&cluster.cluster_name))
         .collect()
+}
+
+/// The Services other than `key` whose clusters the virtual host `vhost` sends to.
+fn services_routed_to(vhost: &Resource, key: &ObjectKey) -> Vec<ObjectKey> {
+    VirtualHost::decode(vhost.body.value.as_slice())
+        .map(|v| {
+            routed_clusters(&v)
+                .filter_map(service_of)
+                .filter(|other| other != key)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The clusters a virtual host's routes send to (mirrors included).
