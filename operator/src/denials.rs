@@ -30,7 +30,7 @@ use envoy_types::pb::envoy::data::accesslog::v3::{
     tls_properties::certificate_properties::subject_alt_name::San, AccessLogCommon,
 };
 use envoy_types::pb::envoy::service::accesslog::v3::{
-    stream_access_logs_message::LogEntries, StreamAccessLogsMessage, StreamAccessLogsResponse,
+    stream_access_logs_message::LogEntries, StreamAccessLogsMessage,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct};
 use tonic::Status;
@@ -40,7 +40,7 @@ use weir_core::translate::authorization::parse_policy_id;
 use weir_core::ObjectKey;
 
 use crate::mesh_state::MeshState;
-use crate::xds::grpc::{self, Outgoing, RequestStream, ResponseBody};
+use crate::xds::grpc::{self, RequestStream};
 
 /// Distinct (caller, rule, protocol) entries kept per policy; when full, the least denied
 /// one makes room.
@@ -237,51 +237,49 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for ReportService
         let state = self.state.clone();
         let check_source = self.check_source;
         Box::pin(async move {
-            let method = request.uri().path().rsplit('/').next().unwrap_or_default();
-            if method != "StreamAccessLogs" {
-                return Ok(Status::unimplemented(format!(
-                    "{ACCESS_LOG_SERVICE} has no method {method:?}"
-                ))
-                .into_http());
-            }
-            let source = crate::xds::conn::stream_opened(&request);
-            let mut messages = RequestStream::<StreamAccessLogsMessage>::new(
-                request.into_body(),
+            // Envoy's access log service answers nothing but the stream's end.
+            Ok(grpc::report_stream(
+                request,
+                ACCESS_LOG_SERVICE,
+                "StreamAccessLogs",
                 MAX_REPORT_BYTES,
-            );
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tokio::spawn(async move {
-                // The identifier comes with the first message of the stream.
-                let mut pod: Option<ObjectKey> = None;
-                let end = loop {
-                    match messages.message().await {
-                        Ok(Some(message)) => {
-                            if let Some(node) =
-                                message.identifier.as_ref().and_then(|i| i.node.as_ref())
-                            {
-                                pod = crate::xds::identify(Some(node))
-                                    .ok()
-                                    .map(|(_, meta)| ObjectKey::new(meta.namespace, meta.pod))
-                                    .filter(|pod| {
-                                        !check_source
-                                            || source.as_ref().is_some_and(|ip| {
-                                                state.pod_addresses(pod).contains(ip)
-                                            })
-                                    });
-                            }
-                            if let Some(pod) = &pod {
-                                record_message(&state, pod, message);
-                            }
-                        }
-                        Ok(None) => break Status::ok(""),
-                        Err(status) => break status,
-                    }
-                };
-                let _ = tx.send(Outgoing::End(end)).await;
-            });
-            let _: Option<StreamAccessLogsResponse> = None;
-            Ok(grpc::response(ResponseBody::new(rx)))
+                move |source, messages, _| async move {
+                    serve_reports(&state, check_source, source, messages).await
+                },
+            ))
         })
+    }
+}
+
+/// One sidecar's denial reports: the pod its first message names (from one of its own
+/// addresses, with `check_source`) and the denials of each message; the status the stream
+/// ends with.
+async fn serve_reports(
+    state: &MeshState,
+    check_source: bool,
+    source: Option<String>,
+    mut messages: RequestStream<StreamAccessLogsMessage>,
+) -> Status {
+    // The identifier comes with the first message of the stream.
+    let mut pod: Option<ObjectKey> = None;
+    loop {
+        match messages.message().await {
+            Ok(Some(message)) => {
+                if let Some(node) = message.identifier.as_ref().and_then(|i| i.node.as_ref()) {
+                    pod = crate::xds::identify(Some(node))
+                        .ok()
+                        .map(|(_, meta)| ObjectKey::new(meta.namespace, meta.pod))
+                        .filter(|pod| {
+                            !check_source || state.is_pod_address(pod, source.as_deref())
+                        });
+                }
+                if let Some(pod) = &pod {
+                    record_message(state, pod, message);
+                }
+            }
+            Ok(None) => return Status::ok(""),
+            Err(status) => return status,
+        }
     }
 }
 

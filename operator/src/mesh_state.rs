@@ -265,6 +265,11 @@ impl MeshState {
         self.model().index.pod_addresses(pod)
     }
 
+    /// Whether `ip` (a report's source) is one of `pod`'s addresses.
+    pub fn is_pod_address(&self, pod: &weir_core::ObjectKey, ip: Option<&str>) -> bool {
+        ip.is_some_and(|ip| self.pod_addresses(pod).iter().any(|a| a == ip))
+    }
+
     /// The mode of every policy that authorizes (its served version).
     pub fn authorization_modes(
         &self,

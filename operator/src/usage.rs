@@ -32,7 +32,7 @@ use weir_core::mesh::LOAD_REPORTING_SERVICE;
 use weir_core::ObjectKey;
 
 use crate::mesh_state::MeshState;
-use crate::xds::grpc::{self, Outgoing, RequestStream, ResponseBody};
+use crate::xds::grpc::{self, Outgoing, RequestStream};
 
 /// A load report larger than this is refused (a scoped proxy reports a few clusters).
 const MAX_REPORT_BYTES: usize = 4 * 1024 * 1024;
@@ -175,22 +175,15 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for LoadReportSer
         let state = self.state.clone();
         let check_source = self.check_source;
         Box::pin(async move {
-            let method = request.uri().path().rsplit('/').next().unwrap_or_default();
-            if method != "StreamLoadStats" {
-                return Ok(Status::unimplemented(format!(
-                    "{LOAD_REPORTING_SERVICE} has no method {method:?}"
-                ))
-                .into_http());
-            }
-            let source = crate::xds::conn::stream_opened(&request);
-            let reports =
-                RequestStream::<LoadStatsRequest>::new(request.into_body(), MAX_REPORT_BYTES);
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            tokio::spawn(async move {
-                let end = serve_reports(&state, check_source, source, reports, &tx).await;
-                let _ = tx.send(Outgoing::End(end)).await;
-            });
-            Ok(grpc::response(ResponseBody::new(rx)))
+            Ok(grpc::report_stream(
+                request,
+                LOAD_REPORTING_SERVICE,
+                "StreamLoadStats",
+                MAX_REPORT_BYTES,
+                move |source, reports, tx| async move {
+                    serve_reports(&state, check_source, source, reports, &tx).await
+                },
+            ))
         })
     }
 }
@@ -214,11 +207,7 @@ async fn serve_reports(
         Err(status) => return status,
     };
     let pod = ObjectKey::new(meta.namespace, meta.pod);
-    if check_source
-        && !source
-            .as_ref()
-            .is_some_and(|ip| state.pod_addresses(&pod).contains(ip))
-    {
+    if check_source && !state.is_pod_address(&pod, source.as_deref()) {
         return Status::permission_denied(format!(
             "load reports of pod {pod} must come from its own address"
         ));

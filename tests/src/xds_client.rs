@@ -13,6 +13,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// A delta request for type `t`, subscribing to `subscribe` (none: the type's default) and
+/// answering the response of `nonce` (empty: none).
+pub fn delta_request(
+    t: weir_core::ResourceType,
+    subscribe: Vec<String>,
+    nonce: String,
+) -> DeltaDiscoveryRequest {
+    DeltaDiscoveryRequest {
+        type_url: t.type_url().to_string(),
+        resource_names_subscribe: subscribe,
+        response_nonce: nonce,
+        ..Default::default()
+    }
+}
+
 /// A TLS channel to an xDS server at `addr`, verifying its certificate for `name` against
 /// `root_pem`.
 pub async fn tls_channel(addr: SocketAddr, name: &str, root_pem: &str) -> Result<Channel> {

@@ -199,6 +199,37 @@ impl http_body::Body for ResponseBody {
     }
 }
 
+/// Serves a sidecar's report stream (messages of type `M` sent to `method` of `service`):
+/// marks its connection, decodes messages of at most `max_message` bytes, and ends the
+/// stream with the status `serve` returns. `serve` gets the peer's IP address, the
+/// messages, and the sender for any response.
+pub fn report_stream<M, F, Fut>(
+    request: http::Request<tonic::body::Body>,
+    service: &str,
+    method: &str,
+    max_message: usize,
+    serve: F,
+) -> http::Response<tonic::body::Body>
+where
+    M: prost::Message + Default,
+    F: FnOnce(Option<String>, RequestStream<M>, mpsc::Sender<Outgoing>) -> Fut,
+    Fut: std::future::Future<Output = Status> + Send + 'static,
+{
+    let called = request.uri().path().rsplit('/').next().unwrap_or_default();
+    if called != method {
+        return Status::unimplemented(format!("{service} has no method {called:?}")).into_http();
+    }
+    let source = super::conn::stream_opened(&request);
+    let messages = RequestStream::<M>::new(request.into_body(), max_message);
+    let (tx, rx) = mpsc::channel(1);
+    let served = serve(source, messages, tx.clone());
+    tokio::spawn(async move {
+        let end = served.await;
+        let _ = tx.send(Outgoing::End(end)).await;
+    });
+    response(ResponseBody::new(rx))
+}
+
 /// The response that starts a stream: gRPC headers and `body`.
 pub fn response(body: ResponseBody) -> http::Response<tonic::body::Body> {
     let mut response = http::Response::new(tonic::body::Body::new(body));

@@ -244,11 +244,7 @@ async fn client(
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
     let mut ads =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
-    let req = |t: ResourceType, nonce: String| DeltaDiscoveryRequest {
-        type_url: t.type_url().to_string(),
-        response_nonce: nonce,
-        ..Default::default()
-    };
+    let req = |t: ResourceType, nonce: String| xds_client::delta_request(t, Vec::new(), nonce);
     let mut first = req(ResourceType::Cluster, String::new());
     first.node = Some(xds_client::node("default", &format!("bench-{i}")));
     tx.send(first).await?;

@@ -67,12 +67,7 @@ async fn scoped_client(
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(64);
     let mut ads =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
-    let req = |t: ResourceType, subscribe: Vec<String>, nonce: String| DeltaDiscoveryRequest {
-        type_url: t.type_url().to_string(),
-        resource_names_subscribe: subscribe,
-        response_nonce: nonce,
-        ..Default::default()
-    };
+    let req = xds_client::delta_request;
     let scope = scope_of(i, services);
     let holds_edited = scope.contains(&0);
     let aliases: Vec<String> = scope

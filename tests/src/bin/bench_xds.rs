@@ -124,12 +124,7 @@ async fn delta_client(i: usize, channel: tonic::transport::Channel, shared: &Sha
     let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
     let mut ads =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
-    let req = |t: ResourceType, subscribe: Vec<String>, nonce: String| DeltaDiscoveryRequest {
-        type_url: t.type_url().to_string(),
-        resource_names_subscribe: subscribe,
-        response_nonce: nonce,
-        ..Default::default()
-    };
+    let req = xds_client::delta_request;
     let mut first = req(ResourceType::Cluster, vec![], String::new());
     first.node = Some(xds_client::explicit_node(
         "default",
