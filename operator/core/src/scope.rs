@@ -602,9 +602,18 @@ impl Scope {
             };
             // A Host passed through because it named no Service may name one now: it
             // gets the Service's virtual host, never a plaintext path around its policy.
+            // Only a virtual host the profile did not have before can change that (a cut
+            // runs at every push: the Hosts are not resolved again for nothing).
+            let new_vhosts = match &self.cuts[1] {
+                Some((from, _, _)) if base.generation == from.generation + 1 => {
+                    base.changed.iter().any(|n| !from.resources.contains_key(n))
+                }
+                _ => true,
+            };
             let now_services: Vec<(Arc<str>, Alias)> = self
                 .aliases
                 .iter()
+                .filter(|_| new_vhosts)
                 .filter(|(_, target)| **target == Alias::Passthrough)
                 .filter_map(|(alias, _)| {
                     let resolved = self.resolve(alias, &base.resources, &|_| None);
